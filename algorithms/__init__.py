@@ -1,0 +1,1 @@
+"""Teachers (RLlib), imitators (torch) and baselines: each algorithm readable in one file."""

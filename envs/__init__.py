@@ -1,0 +1,6 @@
+"""Environment factories and game suites. Pure Python: no Ray in this package."""
+from understudy.envs.atari import (FRAME_SHAPE, AtariProtocol, all_games, canonical_game,
+                                   game_metadata, make_atari_env, newest_frame)
+
+__all__ = ["FRAME_SHAPE", "AtariProtocol", "all_games", "canonical_game", "game_metadata",
+           "make_atari_env", "newest_frame"]

@@ -1,0 +1,125 @@
+"""Atari environments under one explicit protocol (Machado et al. 2018, as Dopamine uses it).
+
+Every run logs `AtariProtocol.as_params()` and `game_metadata(game)`, so a score can always be
+traced to the exact environment that produced it. Pure Python and gymnasium: no Ray here.
+"""
+from __future__ import annotations
+
+import difflib
+import functools
+import hashlib
+import re
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+FRAME_SHAPE = (84, 84)
+
+
+@dataclass(frozen=True)
+class AtariProtocol:
+    sticky_action_prob: float = 0.25
+    frame_skip: int = 4  # with max-pooling over the last two frames
+    frame_stack: int = 4
+    screen_size: int = 84
+    max_episode_frames: int = 108_000  # emulator frames, i.e. 27,000 agent steps
+    noop_max: int = 30
+    full_action_space: bool = False  # True: all 18 actions, so one model serves every game
+    terminal_on_life_loss: bool = False  # training-time only; never for evaluation
+
+    def as_params(self) -> dict:
+        return {f"atari.{k}": v for k, v in asdict(self).items()}
+
+
+@functools.lru_cache(maxsize=1)
+def _rom_ids() -> dict[str, str]:
+    """Game name as ale-py registers it ('SpaceInvaders') -> ROM id ('space_invaders'), for the
+    ROMs the installed ale-py ships."""
+    import ale_py
+    import gymnasium as gym
+    from ale_py import roms
+
+    gym.register_envs(ale_py)
+    names = {_key(e[4:-3]): e[4:-3] for e in gym.registry if e.startswith("ALE/") and e.endswith("-v5")}
+    return {names[_key(rom)]: rom for rom in roms.get_all_rom_ids() if _key(rom) in names}
+
+
+def all_games() -> list[str]:
+    return sorted(_rom_ids())
+
+
+def _key(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def canonical_game(name: str) -> str:
+    """'breakout', 'space_invaders', 'SpaceInvaders' -> the CamelCase name; unknown -> ValueError
+    naming the closest valid games."""
+    by_key = {_key(g): g for g in _rom_ids()}
+    if _key(name) in by_key:
+        return by_key[_key(name)]
+    close = difflib.get_close_matches(_key(name), list(by_key), n=3, cutoff=0.5)
+    hint = ", ".join(by_key[c] for c in close) if close else ", ".join(all_games()[:5]) + ", ..."
+    raise ValueError(f"unknown game {name!r}; closest valid games: {hint} "
+                     f"({len(by_key)} games ship with ale-py)")
+
+
+@functools.lru_cache(maxsize=None)
+def game_metadata(game: str) -> dict:
+    """ale-py version and the ROM's sha256: what makes a result reproducible."""
+    import ale_py
+    from ale_py import roms
+
+    rom = _rom_ids()[canonical_game(game)]
+    digest = hashlib.sha256(open(roms.get_rom_path(rom), "rb").read()).hexdigest()
+    return {"ale_py_version": ale_py.__version__, "rom_id": rom, "rom_sha256": digest}
+
+
+def make_atari_env(game: str, protocol: AtariProtocol = AtariProtocol(), *, scale_obs: bool = False,
+                   max_episode_steps: int | None = None):
+    """A gymnasium env: sticky actions, frame skip with max-pool, 84x84 grayscale, no-op starts,
+    frame stack. Observations are (84, 84, stack), uint8, newest frame last; with `scale_obs`
+    they are float32 in [0, 1] (the same pixels divided by 255, so the bytes are recoverable).
+    `max_episode_steps` additionally truncates an episode after that many agent steps.
+    """
+    import ale_py
+    import gymnasium as gym
+    from gymnasium.wrappers import (AtariPreprocessing, FrameStackObservation,
+                                    RecordEpisodeStatistics, TimeLimit, TransformObservation)
+
+    gym.register_envs(ale_py)
+    env = gym.make(
+        f"ALE/{canonical_game(game)}-v5",
+        frameskip=1,  # AtariPreprocessing does the skipping, with max-pooling
+        repeat_action_probability=protocol.sticky_action_prob,
+        full_action_space=protocol.full_action_space,
+        max_num_frames_per_episode=protocol.max_episode_frames,
+    )
+    env = AtariPreprocessing(
+        env,
+        noop_max=protocol.noop_max,
+        frame_skip=protocol.frame_skip,
+        screen_size=protocol.screen_size,
+        terminal_on_life_loss=protocol.terminal_on_life_loss,
+        grayscale_obs=True,
+        scale_obs=False,
+    )
+    env = FrameStackObservation(env, protocol.frame_stack)  # pads the start with the reset frame
+    if max_episode_steps:
+        env = TimeLimit(env, max_episode_steps)
+    # Counts the raw, unclipped return independently of RLlib and of the recorder.
+    env = RecordEpisodeStatistics(env)
+    space = gym.spaces.Box(0.0 if scale_obs else 0, 1.0 if scale_obs else 255,
+                           (protocol.screen_size, protocol.screen_size, protocol.frame_stack),
+                           np.float32 if scale_obs else np.uint8)
+    if scale_obs:
+        return TransformObservation(env, lambda o: np.moveaxis(o, 0, -1).astype(np.float32) / 255.0, space)
+    return TransformObservation(env, lambda o: np.ascontiguousarray(np.moveaxis(o, 0, -1)), space)
+
+
+def newest_frame(obs: np.ndarray) -> np.ndarray:
+    """The newest 84x84 uint8 frame of an observation from `make_atari_env` (scaled or not)."""
+    last = obs[..., -1]
+    if last.dtype != np.uint8:
+        last = np.rint(last * 255.0).astype(np.uint8)
+    return last

@@ -1,0 +1,195 @@
+"""`understudy`: one subcommand per stage, and `demo` / `pipeline` to run them all.
+
+Configs are validated before Ray starts. Exit codes: 0 done, 1 a stage failed, 2 bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from understudy.platform.config import ConfigError, PipelineConfig, load_config, stage_config
+from understudy.platform.workspace import StageMissing, Workspace
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEMO_CONFIG = "tune_configs/pipelines/demo.yaml"
+REQUIRED_MODULES = ["torch", "ray.rllib", "ray.tune", "ale_py", "cv2", "pyarrow", "mlflow", "gymnasium"]
+
+
+def check_dependencies() -> None:
+    """Fail fast here: a missing module inside a Ray actor can hang instead of failing."""
+    missing = []
+    for name in REQUIRED_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            missing.append(f"{name} ({err})")
+    if missing:
+        raise SystemExit(f"understudy: missing dependencies: {'; '.join(missing)}. "
+                         "Run ./dev setup (or pip install -e .) first.")
+
+
+def init_ray():
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    if address:  # a cluster, e.g. inside `ray job submit`
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(include_dashboard=False, log_to_driver=True,
+                 num_cpus=int(os.environ.get("UNDERSTUDY_NUM_CPUS", os.cpu_count() or 2)))
+
+
+def _banner(text: str) -> float:
+    print(f"\n=== {text} ===", flush=True)
+    return time.perf_counter()
+
+
+def _done(stage: str, started: float) -> None:
+    print(f"=== {stage} done in {time.perf_counter() - started:.0f}s ===", flush=True)
+
+
+def cmd_teach(cfg, ws):
+    from understudy.platform.teach import run_teach
+
+    t = _banner(f"teach: {cfg.algorithm} on {', '.join(cfg.games)}, seeds {cfg.seeds}, "
+                f"{cfg.env_steps} env steps each")
+    manifest = run_teach(cfg, ws)
+    for r in manifest["runs"]:
+        print(f"  {r['run_id']}: {r['recorded_episodes']} episodes, {r['recorded_steps']} steps "
+              f"in {r['shards']} shard(s)")
+    _done("teach", t)
+    return manifest
+
+
+def cmd_distill(cfg, ws):
+    from understudy.platform.distill import run_distill
+
+    t = _banner(f"distill: {cfg.algorithm} on {cfg.game} from teach stage {cfg.teacher!r}")
+    manifest = run_distill(cfg, ws)
+    print(f"  checkpoint: {manifest['checkpoint']}")
+    _done("distill", t)
+    return manifest
+
+
+def cmd_evaluate(cfg, ws):
+    from understudy.platform.evaluate import run_evaluate
+
+    t = _banner(f"evaluate: {', '.join(cfg.agents)} on {', '.join(cfg.games)}, {cfg.episodes} episodes")
+    manifest = run_evaluate(cfg, ws)
+    print(manifest["table"])
+    _done("evaluate", t)
+    return manifest
+
+
+STAGES = {"teach": cmd_teach, "distill": cmd_distill, "evaluate": cmd_evaluate}
+
+
+def cmd_pipeline(cfg: PipelineConfig, ws):
+    started = time.perf_counter()
+    for stage, run in STAGES.items():
+        run(getattr(cfg, stage), ws)
+    evaluate = ws.read_stage("evaluate", cfg.evaluate.name)
+    print(f"\nPipeline {cfg.name!r} finished in {time.perf_counter() - started:.0f}s.\n")
+    print(evaluate["table"])
+    print(f"\nBrowse every run:\n  {ws.mlflow_ui_command()}")
+
+
+def cmd_shards(args, ws):
+    from understudy.platform import shards
+
+    root = args.root or ws.shard_root
+    if args.action == "ls":
+        for run_id in shards.list_runs(root):
+            catalog = shards.read_catalog(root, run_id)
+            eps = sum(len(e["episodes"]) for e in catalog)
+            print(f"{run_id}\t{len(catalog)} shards\t{eps} episodes\t{sum(e['rows'] for e in catalog)} steps")
+        return 0
+    runs = [args.run] if args.run else shards.list_runs(root)
+    if args.action == "show":
+        for run_id in runs:
+            meta = shards.read_run_metadata(root, run_id)
+            returns = [e["return"] for e in shards.episode_returns(root, run_id)]
+            print(json.dumps({"run": meta, "episodes": len(returns), "returns": returns}, indent=2))
+        return 0
+    bad = 0
+    for run_id in runs:
+        problems = shards.verify_run(root, run_id)
+        bad += len(problems)
+        print(f"{run_id}: " + ("ok" if not problems else f"{len(problems)} problem(s)"))
+        for p in problems:
+            print(f"  {p}")
+    return 1 if bad else 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="understudy", description=__doc__)
+    p.add_argument("--workspace", help="output folder (default ./workspace or $UNDERSTUDY_WORKSPACE)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite in the workspace)")
+    p.add_argument("--shard-root", help="where shards go: a path or s3://bucket/prefix")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name in ("teach", "distill", "evaluate"):
+        s = sub.add_parser(name, help=f"run the {name} stage (a {name} or pipeline YAML)")
+        s.add_argument("config")
+    for name in ("pipeline", "demo"):
+        s = sub.add_parser(name, help="run teach, distill and evaluate end to end")
+        s.add_argument("config", nargs="?" if name == "demo" else None,
+                       default=DEMO_CONFIG if name == "demo" else None)
+    s = sub.add_parser("shards", help="list, summarise or verify recorded learning histories")
+    s.add_argument("action", choices=["ls", "show", "verify"])
+    s.add_argument("run", nargs="?", help="a run id (default: every run)")
+    s.add_argument("--root", help="shard root (default: the workspace's)")
+    return p
+
+
+def _config_path(path: str) -> str:
+    if not Path(path).exists() and (REPO_ROOT / path).exists():
+        return str(REPO_ROOT / path)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    ws = Workspace.resolve(args.workspace, args.tracking_uri, args.shard_root)
+    try:
+        if args.command == "shards":
+            return cmd_shards(args, ws)
+        path = _config_path(args.config)
+        if args.command in STAGES:
+            cfg = stage_config(path, args.command)
+        else:
+            cfg = load_config(path, expect=("pipeline",))
+    except ConfigError as err:
+        print(f"understudy: config error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # noqa: BLE001  (shards: unreadable root and such)
+        print(f"understudy: error: {err}", file=sys.stderr)
+        return 1
+    check_dependencies()
+    ws.ensure()
+    from understudy.platform.tracking import configure_mlflow_env
+
+    configure_mlflow_env(ws)
+    init_ray()
+    try:
+        if args.command in STAGES:
+            STAGES[args.command](cfg, ws)
+        else:
+            cmd_pipeline(cfg, ws)
+    except StageMissing as err:
+        print(f"understudy: {err}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:
+        print(f"understudy: {args.command} failed: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

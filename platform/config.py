@@ -1,0 +1,218 @@
+"""Typed, validated configs: one schema per config kind. YAML files in tune_configs/ are what
+users edit; they are checked here before Ray starts, and a bad one gets a one-line error that
+names the field, the value and what would be valid.
+
+Where things live (workspace, MLflow, shard storage) is not in these files: it comes from the
+command line or the environment, so the same file runs on a laptop and on a cluster.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import yaml
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt,
+                      ValidationError, model_validator)
+
+from understudy.envs import canonical_game
+
+
+class ConfigError(ValueError):
+    """A config that cannot be run; the message is one line meant for the user."""
+
+
+def _game(name: str) -> str:
+    return canonical_game(name)  # ValueError names the closest valid games
+
+
+Game = Annotated[str, AfterValidator(_game)]
+StageName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$", min_length=1, max_length=64)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Protocol(Strict):
+    """The Atari protocol (envs.AtariProtocol), Machado et al. 2018 defaults."""
+    sticky_action_prob: float = Field(0.25, ge=0.0, le=1.0)
+    frame_skip: PositiveInt = 4
+    frame_stack: PositiveInt = 4
+    screen_size: Literal[84] = 84
+    max_episode_frames: PositiveInt = 108_000
+    noop_max: int = Field(30, ge=0)
+    full_action_space: bool = False
+    terminal_on_life_loss: bool = False
+
+
+class PPOParams(Strict):
+    minibatch_size: PositiveInt = 64
+    num_epochs: PositiveInt = 2
+
+
+class DQNParams(Strict):
+    batch_size: PositiveInt = 32
+    n_step: PositiveInt = 1
+    double_q: bool = True
+    dueling: bool = False
+    learning_starts: int = Field(200, ge=0)
+    target_update: PositiveInt = 500
+    buffer_size: PositiveInt = 10_000
+
+
+class TeachConfig(Strict):
+    """Teachers: one Tune trial per (game, seed), each recording its whole learning history."""
+    kind: Literal["teach"] = "teach"
+    name: StageName = "teach"
+    algorithm: Literal["ppo", "dqn"]
+    games: list[Game] = Field(min_length=1)
+    seeds: list[Annotated[int, Field(ge=0)]] = Field(default=[0], min_length=1)
+    env_steps: PositiveInt  # budget per trial
+    env_steps_per_iter: PositiveInt = 256  # PPO train batch; DQN: steps per Tune report
+    lr: PositiveFloat = 2.5e-4
+    cnn: Literal["small", "nature"] = "small"
+    num_envs_per_runner: PositiveInt = 1
+    max_episode_steps: PositiveInt | None = None  # extra truncation for tiny budgets
+    protocol: Protocol = Protocol()
+    ppo: PPOParams = PPOParams()
+    dqn: DQNParams = DQNParams()
+    shard_rows: PositiveInt = 50_000
+    max_concurrent_trials: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _budget_fits(self):
+        if self.env_steps < self.env_steps_per_iter:
+            raise ValueError(f"env_steps ({self.env_steps}) is smaller than env_steps_per_iter "
+                             f"({self.env_steps_per_iter}); raise env_steps or lower env_steps_per_iter")
+        return self
+
+
+class DistillConfig(Strict):
+    """An imitator trained by Tune on recorded learning histories."""
+    kind: Literal["distill"] = "distill"
+    name: StageName = "distill"
+    teacher: StageName  # the teach stage whose shards to read
+    game: Game  # train on this game's histories
+    algorithm: Literal["bc"] = "bc"
+    epochs: PositiveInt = 3
+    batch_size: PositiveInt = 64
+    lr: PositiveFloat = 1e-3
+    heldout_episodes: int = Field(1, ge=0)  # the last N episodes, for action accuracy
+    expert_last_episodes: PositiveInt | None = None  # None: the whole history
+    cnn: Literal["small", "nature"] = "small"
+    seed: int = Field(0, ge=0)
+    cpus_per_trial: PositiveInt = 1
+
+
+class EvaluateConfig(Strict):
+    """Agents play games for a few episodes; returns go to MLflow."""
+    kind: Literal["evaluate"] = "evaluate"
+    name: StageName = "evaluate"
+    imitator: StageName  # the distill stage whose checkpoint plays
+    teacher: StageName  # the teach stage whose final policy plays
+    agents: list[Literal["imitator", "teacher", "random"]] = ["imitator", "teacher", "random"]
+    games: list[Game] = Field(min_length=1)
+    episodes: PositiveInt = 3
+    max_episode_steps: PositiveInt | None = None
+    greedy: bool = True
+    seed: int = Field(0, ge=0)
+
+
+class PipelineConfig(Strict):
+    """teach -> distill -> evaluate, one command. Stage links default to the stage names here."""
+    kind: Literal["pipeline"] = "pipeline"
+    name: StageName = "pipeline"
+    teach: TeachConfig
+    distill: DistillConfig
+    evaluate: EvaluateConfig
+
+    @model_validator(mode="before")
+    @classmethod
+    def _link(cls, data):
+        if isinstance(data, dict):
+            teach, distill, evaluate = (dict(data.get(k) or {}) for k in ("teach", "distill", "evaluate"))
+            teach_name = teach.get("name", "teach")
+            distill.setdefault("teacher", teach_name)
+            evaluate.setdefault("teacher", teach_name)
+            evaluate.setdefault("imitator", distill.get("name", "distill"))
+            data = {**data, "teach": teach, "distill": distill, "evaluate": evaluate}
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.distill.teacher != self.teach.name:
+            raise ValueError(f"distill.teacher is {self.distill.teacher!r} but the teach stage is "
+                             f"named {self.teach.name!r}")
+        if self.distill.game not in self.teach.games:
+            raise ValueError(f"distill.game {self.distill.game!r} is not among teach.games "
+                             f"{self.teach.games}")
+        return self
+
+
+KINDS = {"teach": TeachConfig, "distill": DistillConfig, "evaluate": EvaluateConfig,
+         "pipeline": PipelineConfig}
+AnyConfig = Union[TeachConfig, DistillConfig, EvaluateConfig, PipelineConfig]
+
+
+def _format_error(err: ValidationError, model: type[BaseModel], source: str) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in e["loc"]).replace(".[", "[")
+        if e["type"] == "extra_forbidden":
+            valid = _fields_at(model, e["loc"][:-1])
+            parts.append(f"{loc}: unknown key; valid keys here: {', '.join(valid)}")
+            continue
+        msg = e["msg"].removeprefix("Value error, ")
+        shown = e.get("input")
+        got = "" if isinstance(shown, dict) or shown is None else f" (got {shown!r})"
+        if e["type"] == "missing":
+            got = ""
+        parts.append(f"{loc}: {msg}{got}" if loc else f"{msg}")
+    return f"{source}: " + "; ".join(parts)
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            break
+        model = annotation
+    return list(model.model_fields)
+
+
+def parse_config(data, source: str = "config", expect: tuple[str, ...] | None = None) -> AnyConfig:
+    """Validate a mapping as the config kind it names in `kind`; ConfigError on anything wrong."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a YAML mapping with a 'kind' key, got {type(data).__name__}")
+    kind = data.get("kind")
+    if kind not in KINDS:
+        raise ConfigError(f"{source}: kind: {kind!r} is not a config kind; valid: {', '.join(KINDS)}")
+    if expect and kind not in expect:
+        raise ConfigError(f"{source}: kind: {kind!r} cannot be used here; expected one of: {', '.join(expect)}")
+    model = KINDS[kind]
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, model, source)) from None
+
+
+def load_config(path: str | Path, expect: tuple[str, ...] | None = None) -> AnyConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: malformed YAML{where}: {getattr(err, 'problem', err)}") from None
+    return parse_config(data, str(path), expect)
+
+
+def stage_config(path: str | Path, stage: str):
+    """The config of one stage from either a file of that kind or a pipeline file."""
+    cfg = load_config(path, expect=(stage, "pipeline"))
+    return getattr(cfg, stage) if isinstance(cfg, PipelineConfig) else cfg

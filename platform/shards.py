@@ -1,0 +1,284 @@
+"""The data contract: how a teacher's learning history is stored. The shard schema lives here
+and nowhere else (documented in docs/shards.md).
+
+Layout under a shard root (a local path or any URI `pyarrow.fs` understands, e.g. s3://b/p):
+
+    <root>/<run_id>/run.json                 run metadata (game, algorithm, seed, protocol, ROM hash)
+    <root>/<run_id>/shards/<name>.arrow      Arrow IPC files, zstd-compressed, whole episodes only
+    <root>/<run_id>/catalog/<name>.json      one entry per complete shard: rows, episodes, sha256
+
+A shard is written under a temporary name and renamed when complete; its catalog entry is
+written (also via a temporary name) only after that. Readers find shards through the catalog
+alone, so they never see a partial shard.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+
+from understudy.envs import FRAME_SHAPE
+
+SCHEMA_VERSION = 1
+FRAME_BYTES = FRAME_SHAPE[0] * FRAME_SHAPE[1]
+
+# One row per agent step: the observation the action was chosen on (its newest frame only;
+# stacks are rebuilt on read), the action, and what the env returned for it.
+SHARD_SCHEMA = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("game", pa.string(), nullable=False),
+        pa.field("algorithm", pa.string(), nullable=False),
+        pa.field("seed", pa.int32(), nullable=False),
+        pa.field("env_runner", pa.int16(), nullable=False),
+        pa.field("episode_index", pa.int64(), nullable=False),  # per env runner, completion order
+        pa.field("step", pa.int32(), nullable=False),  # step within the episode, from 0
+        pa.field("global_step", pa.int64(), nullable=False),  # env steps taken by this env runner
+        pa.field("policy_version", pa.int64(), nullable=False),  # learner update behind the action
+        pa.field("frame", pa.binary(FRAME_BYTES), nullable=False),  # newest 84x84 uint8 frame
+        pa.field("action", pa.int16(), nullable=False),
+        pa.field("reward", pa.float32(), nullable=False),  # raw, unclipped
+        pa.field("terminated", pa.bool_(), nullable=False),
+        pa.field("truncated", pa.bool_(), nullable=False),
+        pa.field("lives", pa.int16(), nullable=False),
+        pa.field("epsilon", pa.float32(), nullable=True),  # behaviour epsilon, where there is one
+        pa.field("policy_outputs", pa.list_(pa.float32()), nullable=True),  # logits or Q-values
+    ],
+    metadata={"understudy.schema_version": str(SCHEMA_VERSION)},
+)
+PER_STEP_COLUMNS = ("step", "global_step", "policy_version", "frame", "action", "reward",
+                    "terminated", "truncated", "lives", "epsilon", "policy_outputs")
+
+
+class ShardError(RuntimeError):
+    """A shard root, run or shard that cannot be read or written as the contract says."""
+
+
+def filesystem(root: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path) for a local path or a URI such as s3://bucket/prefix."""
+    if "://" not in root:
+        root = os.path.abspath(root)
+        return pafs.LocalFileSystem(), root
+    return pafs.FileSystem.from_uri(root)
+
+
+def _write_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Write to a temporary name beside `path`, then rename: a reader sees all or nothing."""
+    directory, name = path.rsplit("/", 1)
+    tmp = f"{directory}/.tmp-{uuid.uuid4().hex[:8]}-{name}"
+    try:
+        with fs.open_output_stream(tmp) as out:
+            out.write(data)
+        fs.move(tmp, path)
+    except BaseException:
+        try:
+            fs.delete_file(tmp)
+        except Exception:
+            pass
+        raise
+
+
+def _read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+@dataclass
+class Episode:
+    """One complete episode, ready to be written: per-step columns plus its summary."""
+    env_runner: int
+    episode_index: int
+    columns: dict  # PER_STEP_COLUMNS -> sequences of equal length
+    env_return: float  # the return the env itself counted (RecordEpisodeStatistics)
+
+    @property
+    def steps(self) -> int:
+        return len(self.columns["action"])
+
+
+@dataclass
+class ShardWriter:
+    """Buffers whole episodes of one env runner and writes them as shards of about `max_rows`."""
+    root: str
+    run_id: str
+    static: dict  # game, algorithm, seed: the same for every row of the run
+    env_runner: int
+    max_rows: int = 50_000
+    _pending: list = field(default_factory=list)
+    _pending_rows: int = 0
+    _next_shard: int = 0
+
+    def __post_init__(self):
+        self.fs, self.base = filesystem(self.root)
+        self.run_dir = f"{self.base}/{self.run_id}"
+        for sub in ("shards", "catalog"):
+            self.fs.create_dir(f"{self.run_dir}/{sub}", recursive=True)
+        # Continue numbering after shards this runner already wrote (a resumed run).
+        mine = [e["shard"] for e in read_catalog(self.root, self.run_id)
+                if e["env_runner"] == self.env_runner]
+        self._next_shard = 1 + max((int(s.rsplit("-", 1)[1]) for s in mine), default=-1)
+
+    def add(self, episode: Episode) -> None:
+        self._pending.append(episode)
+        self._pending_rows += episode.steps
+        if self._pending_rows >= self.max_rows:
+            self.flush()
+
+    def flush(self) -> dict | None:
+        """Write the buffered episodes as one shard plus its catalog entry; return the entry."""
+        if not self._pending:
+            return None
+        episodes, self._pending, self._pending_rows = self._pending, [], 0
+        table = episodes_to_table(episodes, run_id=self.run_id, **self.static)
+        name = f"r{self.env_runner:03d}-{self._next_shard:06d}"
+        sink = pa.BufferOutputStream()
+        options = pa.ipc.IpcWriteOptions(compression="zstd")
+        with pa.ipc.new_file(sink, SHARD_SCHEMA, options=options) as writer:
+            writer.write_table(table, max_chunksize=4096)
+        data = sink.getvalue().to_pybytes()
+        path = f"{self.run_dir}/shards/{name}.arrow"
+        try:
+            _write_atomic(self.fs, path, data)
+        except OSError as err:
+            raise ShardError(f"cannot write shard {path}: {err}") from err
+        entry = {
+            "schema_version": SCHEMA_VERSION,
+            "shard": name,
+            "path": f"shards/{name}.arrow",
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "bytes": len(data),
+            "rows": table.num_rows,
+            "env_runner": self.env_runner,
+            "created": time.time(),
+            "episodes": [
+                {"episode_index": e.episode_index, "steps": e.steps, "return": e.env_return,
+                 "first_policy_version": int(e.columns["policy_version"][0]),
+                 "last_policy_version": int(e.columns["policy_version"][-1]),
+                 "first_global_step": int(e.columns["global_step"][0])}
+                for e in episodes
+            ],
+        }
+        try:
+            _write_atomic(self.fs, f"{self.run_dir}/catalog/{name}.json",
+                          json.dumps(entry).encode())
+        except OSError as err:
+            # The shard is there but uncataloged, so no reader will ever see it.
+            raise ShardError(f"cannot write catalog entry for {path}: {err}") from err
+        self._next_shard += 1
+        return entry
+
+
+def episodes_to_table(episodes: list[Episode], *, run_id: str, game: str, algorithm: str,
+                      seed: int) -> pa.Table:
+    n = sum(e.steps for e in episodes)
+    cols = {k: [] for k in PER_STEP_COLUMNS}
+    runner, index = [], []
+    for e in episodes:
+        for k in PER_STEP_COLUMNS:
+            cols[k].extend(e.columns[k])
+        runner.append(np.full(e.steps, e.env_runner, np.int16))
+        index.append(np.full(e.steps, e.episode_index, np.int64))
+    arrays = {
+        "run_id": pa.array([run_id] * n, pa.string()),
+        "game": pa.array([game] * n, pa.string()),
+        "algorithm": pa.array([algorithm] * n, pa.string()),
+        "seed": pa.array(np.full(n, seed, np.int32)),
+        "env_runner": pa.array(np.concatenate(runner)),
+        "episode_index": pa.array(np.concatenate(index)),
+    }
+    for k in PER_STEP_COLUMNS:
+        arrays[k] = pa.array(cols[k], SHARD_SCHEMA.field(k).type)
+    return pa.table([arrays[f.name] for f in SHARD_SCHEMA], schema=SHARD_SCHEMA)
+
+
+# ---- run metadata and the catalog ---------------------------------------------------------
+
+def write_run_metadata(root: str, run_id: str, metadata: dict) -> None:
+    fs, base = filesystem(root)
+    fs.create_dir(f"{base}/{run_id}", recursive=True)
+    _write_atomic(fs, f"{base}/{run_id}/run.json",
+                  json.dumps({"run_id": run_id, "schema_version": SCHEMA_VERSION, **metadata},
+                             indent=2, sort_keys=True).encode())
+
+
+def read_run_metadata(root: str, run_id: str) -> dict:
+    fs, base = filesystem(root)
+    try:
+        return json.loads(_read_bytes(fs, f"{base}/{run_id}/run.json"))
+    except FileNotFoundError as err:
+        raise ShardError(f"run {run_id!r} has no run.json under shard root {root!r}") from err
+
+
+def list_runs(root: str) -> list[str]:
+    fs, base = filesystem(root)
+    info = fs.get_file_info(base)
+    if info.type == pafs.FileType.NotFound:
+        raise ShardError(f"shard root {root!r} does not exist")
+    entries = fs.get_file_info(pafs.FileSelector(base))
+    return sorted(e.base_name for e in entries if e.type == pafs.FileType.Directory
+                  and fs.get_file_info(f"{e.path}/run.json").type == pafs.FileType.File)
+
+
+def read_catalog(root: str, run_id: str) -> list[dict]:
+    """The complete shards of a run, in shard-name order. Temporary files are ignored."""
+    fs, base = filesystem(root)
+    selector = pafs.FileSelector(f"{base}/{run_id}/catalog", allow_not_found=True)
+    names = sorted(e.path for e in fs.get_file_info(selector)
+                   if e.base_name.endswith(".json") and not e.base_name.startswith("."))
+    return [json.loads(_read_bytes(fs, p)) for p in names]
+
+
+def shard_paths(root: str, run_id: str) -> list[str]:
+    fs, base = filesystem(root)
+    return [f"{base}/{run_id}/{e['path']}" for e in read_catalog(root, run_id)]
+
+
+def open_run(root: str, run_id: str) -> pads.Dataset:
+    """A run's learning history as a pyarrow dataset over its cataloged shards."""
+    fs, _ = filesystem(root)
+    paths = shard_paths(root, run_id)
+    if not paths:
+        raise ShardError(f"run {run_id!r} under {root!r} has no cataloged shards")
+    return pads.dataset(paths, format="ipc", filesystem=fs, schema=SHARD_SCHEMA)
+
+
+def data_version(root: str, run_ids: list[str]) -> str:
+    """A short content hash of exactly which shards a consumer read."""
+    h = hashlib.sha256()
+    for run_id in sorted(run_ids):
+        for entry in read_catalog(root, run_id):
+            h.update(f"{run_id}/{entry['shard']}:{entry['sha256']}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def verify_run(root: str, run_id: str) -> list[str]:
+    """Problems found, one line each (empty: every cataloged shard is intact)."""
+    fs, base = filesystem(root)
+    problems = []
+    for entry in read_catalog(root, run_id):
+        path = f"{base}/{run_id}/{entry['path']}"
+        try:
+            data = _read_bytes(fs, path)
+        except FileNotFoundError:
+            problems.append(f"{path}: cataloged but missing")
+            continue
+        if len(data) != entry["bytes"]:
+            problems.append(f"{path}: {len(data)} bytes, catalog says {entry['bytes']}")
+        elif hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            problems.append(f"{path}: sha256 mismatch (corrupted)")
+    return problems
+
+
+def episode_returns(root: str, run_id: str) -> list[dict]:
+    """Per-episode summaries from the catalog, in (env runner, episode index) order."""
+    eps = [dict(e, env_runner=entry["env_runner"]) for entry in read_catalog(root, run_id)
+           for e in entry["episodes"]]
+    return sorted(eps, key=lambda e: (e["env_runner"], e["episode_index"]))

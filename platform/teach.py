@@ -1,0 +1,101 @@
+"""Stage 1, teach: RLlib teachers as Tune trials (games x seeds), histories recorded to shards."""
+from __future__ import annotations
+
+import time
+
+from ray import tune
+
+from understudy.envs import AtariProtocol, game_metadata
+from understudy.platform import plots, shards, tracking
+from understudy.platform.config import TeachConfig
+from understudy.platform.workspace import Workspace
+
+STEPS_KEY = "env_runners/num_env_steps_sampled_lifetime"
+
+
+class StageFailed(RuntimeError):
+    pass
+
+
+def run_teach(cfg: TeachConfig, ws: Workspace) -> dict:
+    from understudy.algorithms.teachers import run_id_for, teacher_config
+
+    session = time.strftime("%Y%m%d-%H%M%S")
+    protocol = cfg.protocol.model_dump()
+    record = {"root": ws.shard_root, "session": session, "algorithm": cfg.algorithm,
+              "shard_rows": cfg.shard_rows}
+    hparams = (cfg.ppo if cfg.algorithm == "ppo" else cfg.dqn).model_dump()
+    config = teacher_config(
+        algorithm=cfg.algorithm, game=tune.grid_search(cfg.games), seed=tune.grid_search(cfg.seeds),
+        env_steps_per_iter=cfg.env_steps_per_iter, protocol=protocol,
+        max_episode_steps=cfg.max_episode_steps, record=record, cnn=cfg.cnn,
+        num_envs=cfg.num_envs_per_runner, lr=cfg.lr, hparams=hparams)
+
+    def identity(trial_config):
+        game, seed = trial_config["env_config"]["game"], trial_config["seed"]
+        return game, seed, run_id_for(session, cfg.algorithm, game, seed)
+
+    def params_of(trial_config):
+        game, seed, run_id = identity(trial_config)
+        return {"stage": cfg.name, "algorithm": cfg.algorithm, "game": game, "seed": seed,
+                "shard_run_id": run_id, "shard_root": ws.shard_root, "env_steps": cfg.env_steps,
+                "env_steps_per_iter": cfg.env_steps_per_iter, "lr": cfg.lr, "cnn": cfg.cnn,
+                "num_envs_per_runner": cfg.num_envs_per_runner,
+                "max_episode_steps": cfg.max_episode_steps, **hparams,
+                **AtariProtocol(**protocol).as_params(),
+                **{f"env.{k}": v for k, v in game_metadata(game).items()}}
+
+    to_mlflow = tracking.TuneToMlflow(
+        ws, "teach", params_of,
+        metrics={"episode_return_mean": "env_runners/episode_return_mean",
+                 "episode_len_mean": "env_runners/episode_len_mean",
+                 "env_steps": STEPS_KEY},
+        step_key=STEPS_KEY, total=cfg.env_steps,
+        name_of=lambda t: "{}-{}-s{}".format(identity(t.config)[0], cfg.algorithm, identity(t.config)[1]))
+    tuner = tune.Tuner(
+        config.algo_class,
+        param_space=config,
+        tune_config=tune.TuneConfig(max_concurrent_trials=cfg.max_concurrent_trials),
+        run_config=tune.RunConfig(
+            name=f"teach-{cfg.name}-{session}",
+            storage_path=str(ws.ray_results),
+            stop={STEPS_KEY: cfg.env_steps},
+            checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=True, num_to_keep=2),
+            callbacks=[to_mlflow],
+            verbose=0,  # progress comes from TuneToMlflow, one line per result
+        ),
+    )
+    grid = tuner.fit()
+    errors = [str(r.error).splitlines()[0] for r in grid if r.error]
+    if errors:
+        raise StageFailed(f"teach: {len(errors)} of {len(grid)} trials failed: {errors[0]}")
+
+    client = tracking.client_for(ws)
+    runs = []
+    for result in grid:
+        game, seed, run_id = identity(result.config)
+        mlflow_run = to_mlflow.runs[result.metrics["trial_id"]]
+        episodes = shards.episode_returns(ws.shard_root, run_id)
+        returns = [e["return"] for e in episodes]
+        # Per-episode returns as counted by the env itself; tests re-add them from the shards.
+        tracking.log_metric_series(client, mlflow_run, "episode_return", returns)
+        catalog = shards.read_catalog(ws.shard_root, run_id)
+        summary = {"recorded_episodes": len(episodes),
+                   "recorded_steps": sum(e["rows"] for e in catalog),
+                   "shards": len(catalog), "shard_bytes": sum(e["bytes"] for e in catalog)}
+        for k, v in summary.items():
+            client.log_metric(mlflow_run, k, v)
+        client.set_tag(mlflow_run, "understudy.data_version", shards.data_version(ws.shard_root, [run_id]))
+        client.set_tag(mlflow_run, "understudy.checkpoint", result.checkpoint.path)
+        fig = plots.learning_curve([e["first_global_step"] + e["steps"] for e in episodes], returns,
+                                   f"{cfg.algorithm.upper()} teacher on {game} (seed {seed}): every episode played")
+        tracking.log_figure(client, mlflow_run, fig, "learning_curve.png")
+        runs.append({"run_id": run_id, "game": game, "seed": seed,
+                     "checkpoint": result.checkpoint.path, "mlflow_run_id": mlflow_run,
+                     "final_return_mean": result.metrics.get("env_runners", {}).get("episode_return_mean"),
+                     **summary})
+    manifest = {"kind": "teach", "name": cfg.name, "session": session, "algorithm": cfg.algorithm,
+                "shard_root": ws.shard_root, "protocol": protocol,
+                "max_episode_steps": cfg.max_episode_steps, "runs": runs}
+    ws.write_stage("teach", cfg.name, manifest)
+    return manifest

@@ -1,0 +1,105 @@
+"""Bad configs are rejected before Ray starts, with a one-line error naming the field."""
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from understudy.platform.config import ConfigError, PipelineConfig, load_config, parse_config
+from conftest import REPO_ROOT
+
+TEACH = {"kind": "teach", "algorithm": "ppo", "games": ["Pong"], "env_steps": 1024}
+
+
+def error_of(data) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, "cfg.yaml")
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_valid_teach_config_canonicalises_game_names():
+    cfg = parse_config({**TEACH, "games": ["pong", "space_invaders"]})
+    assert cfg.games == ["Pong", "SpaceInvaders"]
+
+
+def test_wrong_game_name_names_field_and_closest_games():
+    msg = error_of({**TEACH, "games": ["Pong", "Breakot"]})
+    assert "games[1]" in msg and "'Breakot'" in msg and "Breakout" in msg
+
+
+def test_negative_budget_is_rejected():
+    msg = error_of({**TEACH, "env_steps": -5})
+    assert "env_steps" in msg and "greater than 0" in msg and "-5" in msg
+
+
+def test_zero_budget_is_rejected():
+    assert "env_steps" in error_of({**TEACH, "env_steps": 0})
+
+
+def test_unknown_algorithm_lists_valid_choices():
+    msg = error_of({**TEACH, "algorithm": "sac"})
+    assert "algorithm" in msg and "'ppo'" in msg and "'dqn'" in msg and "sac" in msg
+
+
+def test_unknown_key_is_rejected_not_ignored():
+    msg = error_of({**TEACH, "env_stepz": 10})
+    assert "env_stepz" in msg and "unknown key" in msg and "env_steps" in msg
+
+
+def test_unknown_nested_key_lists_that_level():
+    msg = error_of({**TEACH, "protocol": {"sticky": 0.1}})
+    assert "protocol.sticky" in msg and "sticky_action_prob" in msg
+
+
+def test_unknown_kind():
+    msg = error_of({**TEACH, "kind": "train"})
+    assert "kind" in msg and "teach" in msg and "pipeline" in msg
+
+
+def test_pipeline_links_stages_and_checks_distill_game():
+    base = {"kind": "pipeline", "teach": TEACH,
+            "distill": {"game": "Pong"}, "evaluate": {"games": ["Pong"]}}
+    cfg = parse_config(base)
+    assert isinstance(cfg, PipelineConfig)
+    assert cfg.distill.teacher == cfg.teach.name == cfg.evaluate.teacher
+    msg = error_of({**base, "distill": {"game": "Breakout"}})
+    assert "distill.game" in msg and "Breakout" in msg
+
+
+def test_malformed_yaml(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("kind: teach\ngames: [Pong\n")
+    with pytest.raises(ConfigError, match="malformed YAML at line"):
+        load_config(path)
+
+
+def test_every_shipped_config_is_valid():
+    import glob
+
+    paths = glob.glob(f"{REPO_ROOT}/tune_configs/**/*.yaml", recursive=True)
+    assert len(paths) >= 4
+    for path in paths:
+        load_config(path)
+
+
+@pytest.mark.parametrize("body, field", [
+    ("games: [Pongg]", "games[0]"),
+    ("env_steps: -1", "env_steps"),
+    ("algorithm: a2c", "algorithm"),
+])
+def test_cli_exits_2_before_ray_starts(tmp_path, body, field):
+    fields = {"games": "games: [Pong]", "env_steps": "env_steps: 512", "algorithm": "algorithm: ppo"}
+    key = body.split(":")[0]
+    fields[key] = body
+    path = tmp_path / "teach.yaml"
+    path.write_text("kind: teach\n" + "\n".join(fields.values()) + "\n")
+    proc = subprocess.run([sys.executable, "-m", "understudy.platform.cli", "--workspace",
+                           str(tmp_path / "ws"), "teach", str(path)],
+                          capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and field in lines[0], proc.stderr
+    assert "Ray" not in proc.stdout + proc.stderr
+    assert not (tmp_path / "ws").exists()  # nothing was started or written
