@@ -1,6 +1,7 @@
 """Environment factories and game suites. Pure Python: no Ray in this package."""
 from understudy.envs.atari import (FRAME_SHAPE, AtariProtocol, all_games, canonical_game,
-                                   game_metadata, make_atari_env, newest_frame)
+                                   game_metadata, make_atari_env, make_atari_vector_env,
+                                   newest_frame)
 
 __all__ = ["FRAME_SHAPE", "AtariProtocol", "all_games", "canonical_game", "game_metadata",
-           "make_atari_env", "newest_frame"]
+           "make_atari_env", "make_atari_vector_env", "newest_frame"]

@@ -123,3 +123,36 @@ def newest_frame(obs: np.ndarray) -> np.ndarray:
     if last.dtype != np.uint8:
         last = np.rint(last * 255.0).astype(np.uint8)
     return last
+
+
+def make_atari_vector_env(game: str, protocol: AtariProtocol = AtariProtocol(), *, num_envs: int = 1,
+                          num_threads: int = 0, max_episode_steps: int | None = None):
+    """ale-py's C++ vector env under the same protocol: preprocessing and frame stacking in C++.
+
+    Observations are (num_envs, 84, 84, stack) uint8 (a channels-last view), rewards raw
+    (unclipped), autoreset on the step after an episode ends (gymnasium's NEXT_STEP mode: that
+    step's action is ignored and it returns the new episode's first observation).
+    `max_episode_steps` caps episodes in agent steps via the emulator frame limit.
+    """
+    import gymnasium as gym
+    from ale_py import AtariVectorEnv
+
+    frames = protocol.max_episode_frames
+    if max_episode_steps:
+        frames = min(frames, max_episode_steps * protocol.frame_skip)
+    env = AtariVectorEnv(
+        _rom_ids()[canonical_game(game)], num_envs,
+        num_threads=num_threads,
+        repeat_action_probability=protocol.sticky_action_prob,
+        full_action_space=protocol.full_action_space,
+        max_num_frames_per_episode=frames,
+        img_height=protocol.screen_size, img_width=protocol.screen_size,
+        stack_num=protocol.frame_stack, frameskip=protocol.frame_skip, maxpool=True,
+        noop_max=protocol.noop_max, episodic_life=protocol.terminal_on_life_loss,
+        reward_clipping=False, use_fire_reset=False,
+    )
+    space = gym.spaces.Box(0, 255, (protocol.screen_size, protocol.screen_size, protocol.frame_stack),
+                           np.uint8)
+    return gym.wrappers.vector.TransformObservation(
+        env, lambda obs: np.moveaxis(obs, 1, -1),
+        observation_space=gym.vector.utils.batch_space(space, num_envs), single_observation_space=space)

@@ -50,31 +50,48 @@ class PPOParams(Strict):
     num_epochs: PositiveInt = 2
 
 
+class APPOParams(Strict):
+    vtrace: bool = True
+
+
 class DQNParams(Strict):
     batch_size: PositiveInt = 32
     n_step: PositiveInt = 1
     double_q: bool = True
     dueling: bool = False
+    prioritized: bool = False
     learning_starts: int = Field(200, ge=0)
     target_update: PositiveInt = 500
     buffer_size: PositiveInt = 10_000
+    epsilon_steps: PositiveInt = 10_000  # linear decay from 1.0 over this many env steps
+    final_epsilon: float = Field(0.05, ge=0.0, le=1.0)
+    training_intensity: PositiveFloat = 8.0  # batch of 32 every 4 env steps
 
 
 class TeachConfig(Strict):
     """Teachers: one Tune trial per (game, seed), each recording its whole learning history."""
     kind: Literal["teach"] = "teach"
     name: StageName = "teach"
-    algorithm: Literal["ppo", "dqn"]
+    algorithm: Literal["ppo", "appo", "dqn"]
     games: list[Game] = Field(min_length=1)
     seeds: list[Annotated[int, Field(ge=0)]] = Field(default=[0], min_length=1)
     env_steps: PositiveInt  # budget per trial
     env_steps_per_iter: PositiveInt = 256  # PPO train batch; DQN: steps per Tune report
     lr: PositiveFloat = 2.5e-4
     cnn: Literal["small", "nature"] = "small"
+    # "vector": ale-py's C++ vector env with batched inference (fast); "rllib": RLlib's own
+    # SingleAgentEnvRunner on gymnasium wrappers (the reference).
+    runner: Literal["vector", "rllib"] = "vector"
+    num_env_runners: int = Field(0, ge=0)  # 0: sample in the trial's own process
     num_envs_per_runner: PositiveInt = 1
+    env_threads: PositiveInt = 1  # C++ threads of each vector env
     max_episode_steps: PositiveInt | None = None  # extra truncation for tiny budgets
+    eval_interval: int = Field(0, ge=0)  # greedy evaluation every N iterations (0: never)
+    eval_episodes: PositiveInt = 2
+    checkpoint_interval: int = Field(0, ge=0)  # checkpoint every N iterations (0: at the end)
     protocol: Protocol = Protocol()
     ppo: PPOParams = PPOParams()
+    appo: APPOParams = APPOParams()
     dqn: DQNParams = DQNParams()
     shard_rows: PositiveInt = 50_000
     max_concurrent_trials: PositiveInt | None = None

@@ -14,9 +14,10 @@ from understudy.platform.workspace import Workspace
 
 def _make_policy(agent: dict, env, greedy: bool, seed: int):
     kind = agent["kind"]
+    n = env.single_action_space.n
     if kind == "random":
-        env.action_space.seed(seed)
-        return lambda obs: np.array([env.action_space.sample() for _ in range(len(obs))])
+        rng = np.random.default_rng(seed)
+        return lambda obs: rng.integers(n, size=len(obs))
     if kind == "imitator":
         from understudy.algorithms import bc
 
@@ -30,9 +31,9 @@ def _make_policy(agent: dict, env, greedy: bool, seed: int):
         act = load_teacher_policy(agent["checkpoint"])
     else:
         raise ValueError(f"agent kind {kind!r}; valid: imitator, teacher, random")
-    if num_actions != env.action_space.n:
+    if num_actions != n:
         raise StageFailed(
-            f"{kind} acts with {num_actions} actions but this game has {env.action_space.n} under "
+            f"{kind} acts with {num_actions} actions but this game has {n} under "
             "the teacher's protocol; teach with protocol.full_action_space: true to play across games")
     return act
 
@@ -40,27 +41,29 @@ def _make_policy(agent: dict, env, greedy: bool, seed: int):
 @ray.remote(num_cpus=1)
 def play(agent: dict, game: str, protocol: dict, episodes: int, max_episode_steps, greedy: bool,
          seed: int) -> list[dict]:
-    """Play `episodes` episodes; return per-episode raw return and length."""
+    """Play `episodes` episodes at once, one per env of a vector env, with batched actions;
+    return each one's raw return and length."""
     import torch
 
-    from understudy.envs import AtariProtocol, make_atari_env
+    from understudy.envs import AtariProtocol, make_atari_vector_env
 
     torch.set_num_threads(1)
-    env = make_atari_env(game, AtariProtocol(**protocol), scale_obs=True,
-                         max_episode_steps=max_episode_steps)
+    env = make_atari_vector_env(game, AtariProtocol(**protocol), num_envs=episodes,
+                                max_episode_steps=max_episode_steps)
     act = _make_policy(agent, env, greedy, seed)
-    out = []
-    for episode in range(episodes):
-        obs, _ = env.reset(seed=seed + episode)
-        done = False
-        while not done:
-            action = int(act(obs[None])[0])
-            obs, _, terminated, truncated, info = env.step(action)
-            done = terminated or truncated
-        out.append({"return": float(info["episode"]["r"]), "length": int(info["episode"]["l"]),
-                    "truncated": bool(truncated)})
+    obs, _ = env.reset(seed=seed)
+    returns, lengths = np.zeros(episodes), np.zeros(episodes, int)
+    running = np.ones(episodes, bool)
+    truncated_any = np.zeros(episodes, bool)
+    while running.any():
+        obs, rewards, terminated, truncated, _ = env.step(np.asarray(act(obs)))
+        returns += rewards * running
+        lengths += running
+        truncated_any |= truncated & running
+        running &= ~(terminated | truncated)  # each env plays exactly one episode
     env.close()
-    return out
+    return [{"return": float(r), "length": int(n), "truncated": bool(t)}
+            for r, n, t in zip(returns, lengths, truncated_any)]
 
 
 def run_evaluate(cfg: EvaluateConfig, ws: Workspace) -> dict:

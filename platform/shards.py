@@ -96,7 +96,7 @@ class Episode:
     """One complete episode, ready to be written: per-step columns plus its summary."""
     env_runner: int
     episode_index: int
-    columns: dict  # PER_STEP_COLUMNS -> sequences of equal length
+    columns: dict  # PER_STEP_COLUMNS -> numpy arrays of equal length (see episodes_to_table)
     env_return: float  # the return the env itself counted (RecordEpisodeStatistics)
 
     @property
@@ -178,24 +178,60 @@ class ShardWriter:
 
 def episodes_to_table(episodes: list[Episode], *, run_id: str, game: str, algorithm: str,
                       seed: int) -> pa.Table:
+    """Episodes (numpy columns; `frame` is (T, 84, 84) uint8, `policy_outputs` (T, A) or None,
+    `epsilon` (T,) or None) -> one table in SHARD_SCHEMA, built without per-row Python."""
     n = sum(e.steps for e in episodes)
-    cols = {k: [] for k in PER_STEP_COLUMNS}
-    runner, index = [], []
-    for e in episodes:
-        for k in PER_STEP_COLUMNS:
-            cols[k].extend(e.columns[k])
-        runner.append(np.full(e.steps, e.env_runner, np.int16))
-        index.append(np.full(e.steps, e.episode_index, np.int64))
+
+    def cat(key, dtype):
+        return np.concatenate([np.asarray(e.columns[key], dtype) for e in episodes])
+
+    def nullable(key, make):
+        parts = [e.columns[key] for e in episodes]
+        if all(p is None for p in parts):
+            return pa.nulls(n, SHARD_SCHEMA.field(key).type)
+        masks, values = [], []
+        for e, p in zip(episodes, parts):
+            masks.append(np.full(e.steps, p is None))
+            values.append(p if p is not None else None)
+        return make(values, np.concatenate(masks), [e.steps for e in episodes])
+
+    def epsilon(values, mask, sizes):
+        data = np.concatenate([v if v is not None else np.zeros(s, np.float32)
+                               for v, s in zip(values, sizes)]).astype(np.float32)
+        return pa.array(data, pa.float32(), mask=mask)
+
+    def outputs(values, mask, sizes):
+        width = next(v.shape[1] for v in values if v is not None)
+        flat = np.concatenate([np.asarray(v, np.float32).reshape(s, width) if v is not None
+                               else np.zeros((s, width), np.float32)
+                               for v, s in zip(values, sizes)])
+        offsets = pa.array(np.arange(n + 1, dtype=np.int32) * width)
+        arr = pa.ListArray.from_arrays(offsets, pa.array(flat.ravel(), pa.float32()),
+                                       mask=pa.array(mask))
+        return arr
+
+    frames = np.ascontiguousarray(np.concatenate([np.asarray(e.columns["frame"], np.uint8)
+                                                  .reshape(e.steps, FRAME_BYTES) for e in episodes]))
     arrays = {
         "run_id": pa.array([run_id] * n, pa.string()),
         "game": pa.array([game] * n, pa.string()),
         "algorithm": pa.array([algorithm] * n, pa.string()),
         "seed": pa.array(np.full(n, seed, np.int32)),
-        "env_runner": pa.array(np.concatenate(runner)),
-        "episode_index": pa.array(np.concatenate(index)),
+        "env_runner": pa.array(np.concatenate([np.full(e.steps, e.env_runner, np.int16) for e in episodes])),
+        "episode_index": pa.array(np.concatenate([np.full(e.steps, e.episode_index, np.int64) for e in episodes])),
+        "step": pa.array(cat("step", np.int32)),
+        "global_step": pa.array(cat("global_step", np.int64)),
+        "policy_version": pa.array(cat("policy_version", np.int64)),
+        "frame": pa.FixedSizeBinaryArray.from_buffers(pa.binary(FRAME_BYTES), n,
+                                                      [None, pa.py_buffer(frames)]),
+        "action": pa.array(cat("action", np.int16)),
+        "reward": pa.array(cat("reward", np.float32)),
+        "terminated": pa.array(cat("terminated", bool)),
+        "truncated": pa.array(cat("truncated", bool)),
+        "lives": pa.array(cat("lives", np.int16)),
+        "epsilon": nullable("epsilon", epsilon),
+        "policy_outputs": nullable("policy_outputs", outputs),
     }
-    for k in PER_STEP_COLUMNS:
-        arrays[k] = pa.array(cols[k], SHARD_SCHEMA.field(k).type)
     return pa.table([arrays[f.name] for f in SHARD_SCHEMA], schema=SHARD_SCHEMA)
 
 

@@ -24,12 +24,19 @@ def run_teach(cfg: TeachConfig, ws: Workspace) -> dict:
     protocol = cfg.protocol.model_dump()
     record = {"root": ws.shard_root, "session": session, "algorithm": cfg.algorithm,
               "shard_rows": cfg.shard_rows}
-    hparams = (cfg.ppo if cfg.algorithm == "ppo" else cfg.dqn).model_dump()
+    hparams = getattr(cfg, cfg.algorithm).model_dump()
     config = teacher_config(
         algorithm=cfg.algorithm, game=tune.grid_search(cfg.games), seed=tune.grid_search(cfg.seeds),
         env_steps_per_iter=cfg.env_steps_per_iter, protocol=protocol,
         max_episode_steps=cfg.max_episode_steps, record=record, cnn=cfg.cnn,
-        num_envs=cfg.num_envs_per_runner, lr=cfg.lr, hparams=hparams)
+        num_envs=cfg.num_envs_per_runner, num_env_runners=cfg.num_env_runners, lr=cfg.lr,
+        hparams=hparams, runner=cfg.runner, env_threads=cfg.env_threads)
+    if cfg.eval_interval:
+        # Greedy play on separate env runners that never record: the teacher's learning curve.
+        config.evaluation(evaluation_interval=cfg.eval_interval, evaluation_duration=cfg.eval_episodes,
+                          evaluation_duration_unit="episodes", evaluation_num_env_runners=0,
+                          evaluation_config={"explore": False,
+                                             "num_envs_per_env_runner": cfg.eval_episodes})
 
     def identity(trial_config):
         game, seed = trial_config["env_config"]["game"], trial_config["seed"]
@@ -40,7 +47,8 @@ def run_teach(cfg: TeachConfig, ws: Workspace) -> dict:
         return {"stage": cfg.name, "algorithm": cfg.algorithm, "game": game, "seed": seed,
                 "shard_run_id": run_id, "shard_root": ws.shard_root, "env_steps": cfg.env_steps,
                 "env_steps_per_iter": cfg.env_steps_per_iter, "lr": cfg.lr, "cnn": cfg.cnn,
-                "num_envs_per_runner": cfg.num_envs_per_runner,
+                "num_envs_per_runner": cfg.num_envs_per_runner, "runner": cfg.runner,
+                "num_env_runners": cfg.num_env_runners, "env_threads": cfg.env_threads,
                 "max_episode_steps": cfg.max_episode_steps, **hparams,
                 **AtariProtocol(**protocol).as_params(),
                 **{f"env.{k}": v for k, v in game_metadata(game).items()}}
@@ -49,7 +57,8 @@ def run_teach(cfg: TeachConfig, ws: Workspace) -> dict:
         ws, "teach", params_of,
         metrics={"episode_return_mean": "env_runners/episode_return_mean",
                  "episode_len_mean": "env_runners/episode_len_mean",
-                 "env_steps": STEPS_KEY},
+                 "greedy_return_mean": "evaluation/env_runners/episode_return_mean",
+                 "env_steps_per_s": "env_runners/num_env_steps_sampled_lifetime_throughput"},
         step_key=STEPS_KEY, total=cfg.env_steps,
         name_of=lambda t: "{}-{}-s{}".format(identity(t.config)[0], cfg.algorithm, identity(t.config)[1]))
     tuner = tune.Tuner(
@@ -60,7 +69,8 @@ def run_teach(cfg: TeachConfig, ws: Workspace) -> dict:
             name=f"teach-{cfg.name}-{session}",
             storage_path=str(ws.ray_results),
             stop={STEPS_KEY: cfg.env_steps},
-            checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=True, num_to_keep=2),
+            checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=True, num_to_keep=2,
+                                                    checkpoint_frequency=cfg.checkpoint_interval),
             callbacks=[to_mlflow],
             verbose=0,  # progress comes from TuneToMlflow, one line per result
         ),

@@ -14,7 +14,7 @@ STATIC = {"game": "Breakout", "algorithm": "random", "seed": 0}
 
 
 def play_random(game="Breakout", episodes=2, max_steps=60, seed=0):
-    """Real ALE episodes: (per-step columns for the shard, the stacks the policy saw)."""
+    """Real ALE episodes as shard Episodes, with the stacks the policy saw."""
     env = make_atari_env(game, AtariProtocol(full_action_space=True), max_episode_steps=max_steps)
     env.action_space.seed(seed)
     out = []
@@ -28,14 +28,15 @@ def play_random(game="Breakout", episodes=2, max_steps=60, seed=0):
             action = env.action_space.sample()
             seen.append(obs.copy())
             cols["step"].append(t); cols["global_step"].append(global_step)
-            cols["policy_version"].append(e); cols["frame"].append(newest_frame(obs).tobytes())
+            cols["policy_version"].append(e); cols["frame"].append(newest_frame(obs))
             cols["action"].append(int(action)); cols["lives"].append(info["lives"])
-            cols["epsilon"].append(1.0); cols["policy_outputs"].append(None)
+            cols["epsilon"].append(1.0); cols["policy_outputs"].append([0.5] * 3)
             obs, reward, term, trunc, info = env.step(action)
             cols["reward"].append(float(reward)); cols["terminated"].append(bool(term))
             cols["truncated"].append(bool(trunc))
             done, t, global_step = term or trunc, t + 1, global_step + 1
-        out.append((shards.Episode(0, e, cols, float(info["episode"]["r"])), np.stack(seen)))
+        columns = {k: np.asarray(v) for k, v in cols.items()}
+        out.append((shards.Episode(0, e, columns, float(info["episode"]["r"])), np.stack(seen)))
     env.close()
     return out
 

@@ -1,0 +1,199 @@
+"""A fast RLlib EnvRunner for Atari: ale-py's C++ vector env, one batched forward pass per
+step for all its envs, and recording of every step as it is taken.
+
+RLlib's default SingleAgentEnvRunner runs connector pipelines and grows an Episode object per
+env per step in Python; here the loop keeps plain per-env lists and builds the
+SingleAgentEpisode chunks that the Learner expects once per `sample()` call. It keeps the
+roles of the new API stack: the RLModule computes actions, the Learner consumes episodes,
+weights arrive through `set_state` (inherited), metrics go to the MetricsLogger.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+
+import numpy as np
+import torch
+from ray.rllib.core.columns import Columns
+from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
+from ray.rllib.env.single_agent_episode import SingleAgentEpisode
+from ray.rllib.utils.metrics import WEIGHTS_SEQ_NO
+
+from understudy.algorithms.recording import EpisodeRecorder
+from understudy.envs import AtariProtocol, game_metadata, make_atari_vector_env
+
+
+class _OpenEpisode:
+    """The not-yet-returned part (chunk) of one env's current episode."""
+
+    def __init__(self, obs: np.ndarray, lives: int, t_started: int = 0, id_: str | None = None):
+        self.id_ = id_ or uuid.uuid4().hex
+        self.t_started = t_started
+        self.obs = [obs]
+        self.actions, self.rewards, self.extra = [], [], {}
+        self.lives = lives
+        self.episode_return = 0.0  # the whole episode's, across chunks
+        self.length = 0
+        self.started = time.perf_counter()
+
+    def to_chunk(self, spaces, terminated=False, truncated=False) -> SingleAgentEpisode:
+        return SingleAgentEpisode(
+            id_=self.id_, observations=self.obs, actions=self.actions, rewards=self.rewards,
+            extra_model_outputs={k: v for k, v in self.extra.items()},
+            terminated=terminated, truncated=truncated, t_started=self.t_started,
+            observation_space=spaces[0], action_space=spaces[1], len_lookback_buffer=0,
+        ).to_numpy()
+
+    def continuation(self) -> "_OpenEpisode":
+        nxt = _OpenEpisode(self.obs[-1], self.lives, self.t_started + len(self.actions), self.id_)
+        nxt.episode_return, nxt.length, nxt.started = self.episode_return, self.length, self.started
+        return nxt
+
+
+class AtariVectorEnvRunner(SingleAgentEnvRunner):
+    """SingleAgentEnvRunner with a lean sampling loop over ale-py's AtariVectorEnv.
+
+    env_config: game, protocol (AtariProtocol fields), max_episode_steps, record (optional:
+    root, session, algorithm, shard_rows) and env_threads (C++ threads for the vector env).
+    """
+
+    def __init__(self, *, config, **kwargs):
+        self._open: list[_OpenEpisode] | None = None
+        self._resetting = None
+        self.recorder = None
+        super().__init__(config=config, **kwargs)
+        env_config = config.env_config
+        record = env_config.get("record")
+        if record and not config.in_evaluation:
+            from understudy.algorithms.teachers import run_id_for
+
+            game, seed = env_config["game"], int(config.seed or 0)
+            self.recorder = EpisodeRecorder(
+                record, run_id=run_id_for(record["session"], record["algorithm"], game, seed),
+                game=game, algorithm=record["algorithm"], seed=seed, env_runner=self.worker_index,
+                metadata={"protocol": env_config.get("protocol", {}),
+                          "max_episode_steps": env_config.get("max_episode_steps"),
+                          "env_runner_class": type(self).__name__, **game_metadata(game)})
+
+    def make_env(self) -> None:
+        if self.env is not None:
+            self.env.close()
+        cfg = self.config.env_config
+        self.env = make_atari_vector_env(
+            cfg["game"], AtariProtocol(**cfg.get("protocol", {})),
+            num_envs=self.config.num_envs_per_env_runner, num_threads=cfg.get("env_threads", 0),
+            max_episode_steps=cfg.get("max_episode_steps"))
+        self.num_envs = self.env.num_envs
+        self._needs_initial_reset = True
+        self._spaces = (self.env.single_observation_space, self.env.single_action_space)
+
+    # -- sampling ---------------------------------------------------------------------------
+
+    def _sample(self, *, num_timesteps=None, num_episodes=None, explore: bool,
+                random_actions: bool = False, force_reset: bool = False):
+        if num_timesteps is None and num_episodes is None:
+            num_episodes = self.num_envs
+        if force_reset or num_episodes is not None or self._needs_initial_reset or self._open is None:
+            self._reset_all()
+        done_chunks: list[SingleAgentEpisode] = []
+        ts = episodes_done = 0
+        runners = self.config.num_env_runners or 1
+        while (ts < num_timesteps) if num_timesteps is not None else (episodes_done < num_episodes):
+            obs = np.stack([ep.obs[-1] for ep in self._open])
+            t_global = (self.num_env_steps_sampled_lifetime // runners + ts) * runners
+            actions, extra, epsilon, outputs = self._act(obs, explore, random_actions, t_global)
+            next_obs, rewards, terminated, truncated, infos = self.env.step(actions)
+            for i, ep in enumerate(self._open):
+                if self._resetting[i]:  # this step was the autoreset: a new episode starts
+                    self._open[i] = _OpenEpisode(next_obs[i].copy(), int(infos["lives"][i]))
+                    self._resetting[i] = False
+                    continue
+                ts += 1
+                reward = float(rewards[i])
+                if self.recorder is not None:
+                    self.recorder.step(
+                        ep.id_, frame=ep.obs[-1][..., -1], action=int(actions[i]), reward=reward,
+                        policy_version=self._weights_seq_no, lives=ep.lives,
+                        epsilon=epsilon, policy_outputs=None if outputs is None else outputs[i])
+                ep.obs.append(next_obs[i].copy())
+                ep.actions.append(int(actions[i]))
+                ep.rewards.append(reward)
+                for k, v in extra.items():
+                    ep.extra.setdefault(k, []).append(v[i])
+                ep.lives = int(infos["lives"][i])
+                ep.episode_return += reward
+                ep.length += 1
+                if terminated[i] or truncated[i]:
+                    done_chunks.append(ep.to_chunk(self._spaces, bool(terminated[i]), bool(truncated[i])))
+                    self._log_episode_metrics(ep.length, ep.episode_return, time.perf_counter() - ep.started)
+                    if self.recorder is not None:
+                        self.recorder.end(ep.id_, terminated=bool(terminated[i]),
+                                          truncated=bool(truncated[i]), env_return=ep.episode_return)
+                    self._resetting[i] = True
+                    episodes_done += 1
+        ongoing = []
+        if num_timesteps is not None:
+            for i, ep in enumerate(self._open):
+                if not self._resetting[i] and ep.actions:
+                    ongoing.append(ep.to_chunk(self._spaces))
+                    self._open[i] = ep.continuation()
+        self._increase_sampled_metrics(ts, episodes_done)
+        return done_chunks + ongoing
+
+    def _reset_all(self) -> None:
+        if self.recorder is not None:
+            self.recorder.drop_open()  # unfinished episodes are dropped whole
+        obs, infos = self.env.reset(seed=self._seed if self._needs_initial_reset else None)
+        self._open = [_OpenEpisode(obs[i].copy(), int(infos["lives"][i])) for i in range(self.num_envs)]
+        self._resetting = np.zeros(self.num_envs, bool)
+        self._needs_initial_reset = False
+
+    @torch.no_grad()
+    def _act(self, obs: np.ndarray, explore: bool, random_actions: bool, t: int):
+        """Batched actions for all envs -> (actions, extra model outputs per env, epsilon,
+        policy outputs to record: Q-values or logits)."""
+        n = len(obs)
+        if random_actions:
+            return (np.random.randint(self.env.single_action_space.n, size=n), {}, 1.0, None)
+        batch = {Columns.OBS: torch.from_numpy(obs)}
+        weights = np.full(n, self._weights_seq_no)
+        if hasattr(self.module, "compute_q_values"):  # DQN: epsilon-greedy on Q-values
+            q = self.module.compute_q_values(batch)["qf_preds"]
+            epsilon = 0.0
+            if explore:
+                self.module.epsilon_schedule.update(t)
+                epsilon = float(self.module.epsilon_schedule.get_current_value())
+            greedy = q.argmax(-1).numpy()
+            explore_mask = np.random.random(n) < epsilon
+            actions = np.where(explore_mask, np.random.randint(q.shape[-1], size=n), greedy)
+            return actions, {WEIGHTS_SEQ_NO: weights}, epsilon, q.numpy()
+        out = (self.module.forward_exploration(batch, t=t) if explore
+               else self.module.forward_inference(batch))
+        logits = out[Columns.ACTION_DIST_INPUTS]
+        if explore:
+            dist = torch.distributions.Categorical(logits=logits)
+            actions = dist.sample()
+        else:
+            actions = logits.argmax(-1)
+            dist = torch.distributions.Categorical(logits=logits)
+        extra = {Columns.ACTION_DIST_INPUTS: logits.numpy(),
+                 Columns.ACTION_LOGP: dist.log_prob(actions).numpy(), WEIGHTS_SEQ_NO: weights}
+        return actions.numpy(), extra, None, logits.numpy()
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def stop(self):
+        if self.recorder is not None:
+            self.recorder.close()  # finished episodes only; open ones are dropped
+        super().stop()
+
+    def get_state(self, *args, **kwargs):
+        state = super().get_state(*args, **kwargs)
+        if self.recorder is not None:
+            state["understudy_recorder"] = self.recorder.get_state()
+        return state
+
+    def set_state(self, state):
+        super().set_state(state)
+        if self.recorder is not None and "understudy_recorder" in state:
+            self.recorder.set_state(state["understudy_recorder"])
