@@ -58,8 +58,9 @@ class AtariVectorEnvRunner(SingleAgentEnvRunner):
     """
 
     def __init__(self, *, config, **kwargs):
-        self._open: list[_OpenEpisode] | None = None
-        self._resetting = None
+        self._open: list[_OpenEpisode | None] | None = None  # per env id
+        self._pending: list | None = None  # per env id: the action in flight and its outputs
+        self._batch = None  # the last received batch, not yet acted on
         self.recorder = None
         super().__init__(config=config, **kwargs)
         env_config = config.env_config
@@ -79,15 +80,21 @@ class AtariVectorEnvRunner(SingleAgentEnvRunner):
         if self.env is not None:
             self.env.close()
         cfg = self.config.env_config
+        num_envs = self.config.num_envs_per_env_runner
+        # Asynchronous halves: the policy acts on one half while the C++ threads step the other.
+        batch = num_envs // 2 if cfg.get("async_envs", True) and num_envs >= 2 and num_envs % 2 == 0 else 0
         self.env = make_atari_vector_env(
-            cfg["game"], AtariProtocol(**cfg.get("protocol", {})),
-            num_envs=self.config.num_envs_per_env_runner, num_threads=cfg.get("env_threads", 0),
+            cfg["game"], AtariProtocol(**cfg.get("protocol", {})), num_envs=num_envs,
+            batch_size=batch, num_threads=cfg.get("env_threads", 0),
             max_episode_steps=cfg.get("max_episode_steps"))
-        self.num_envs = self.env.num_envs
+        self.num_envs = num_envs
         self._needs_initial_reset = True
         self._spaces = (self.env.single_observation_space, self.env.single_action_space)
 
     # -- sampling ---------------------------------------------------------------------------
+    # The loop is recv -> act -> send. What `recv` returns for an env is either the result of
+    # the action last sent for it (a transition) or, when no action is pending (the env is new
+    # or its last step ended an episode), the first observation of a new episode.
 
     def _sample(self, *, num_timesteps=None, num_episodes=None, explore: bool,
                 random_actions: bool = False, force_reset: bool = False):
@@ -95,46 +102,56 @@ class AtariVectorEnvRunner(SingleAgentEnvRunner):
             num_episodes = self.num_envs
         if force_reset or num_episodes is not None or self._needs_initial_reset or self._open is None:
             self._reset_all()
+        if self.module is not None:
+            self.module.eval()  # once, instead of RLlib toggling train/eval on every forward
         done_chunks: list[SingleAgentEpisode] = []
         ts = episodes_done = 0
         runners = self.config.num_env_runners or 1
         while (ts < num_timesteps) if num_timesteps is not None else (episodes_done < num_episodes):
-            obs = np.stack([ep.obs[-1] for ep in self._open])
-            t_global = (self.num_env_steps_sampled_lifetime // runners + ts) * runners
-            actions, extra, epsilon, outputs = self._act(obs, explore, random_actions, t_global)
-            next_obs, rewards, terminated, truncated, infos = self.env.step(actions)
-            for i, ep in enumerate(self._open):
-                if self._resetting[i]:  # this step was the autoreset: a new episode starts
-                    self._open[i] = _OpenEpisode(next_obs[i].copy(), int(infos["lives"][i]))
-                    self._resetting[i] = False
+            obs, rewards, terminated, truncated, info = self._batch
+            ids = info["env_id"]
+            for j, i in enumerate(ids):
+                ep, pending = self._open[i], self._pending[i]
+                if pending is None:  # a new episode starts with this observation
+                    self._open[i] = _OpenEpisode(obs[j].copy(), int(info["lives"][j]))
                     continue
                 ts += 1
-                reward = float(rewards[i])
+                reward = float(rewards[j])
+                action, extra, epsilon, outputs, version = pending
                 if self.recorder is not None:
-                    self.recorder.step(
-                        ep.id_, frame=ep.obs[-1][..., -1], action=int(actions[i]), reward=reward,
-                        policy_version=self._weights_seq_no, lives=ep.lives,
-                        epsilon=epsilon, policy_outputs=None if outputs is None else outputs[i])
-                ep.obs.append(next_obs[i].copy())
-                ep.actions.append(int(actions[i]))
+                    self.recorder.step(ep.id_, frame=ep.obs[-1][..., -1], action=action,
+                                       reward=reward, policy_version=version, lives=ep.lives,
+                                       epsilon=epsilon, policy_outputs=outputs)
+                ep.obs.append(obs[j].copy())
+                ep.actions.append(action)
                 ep.rewards.append(reward)
                 for k, v in extra.items():
-                    ep.extra.setdefault(k, []).append(v[i])
-                ep.lives = int(infos["lives"][i])
+                    ep.extra.setdefault(k, []).append(v)
+                ep.lives = int(info["lives"][j])
                 ep.episode_return += reward
                 ep.length += 1
-                if terminated[i] or truncated[i]:
-                    done_chunks.append(ep.to_chunk(self._spaces, bool(terminated[i]), bool(truncated[i])))
+                if terminated[j] or truncated[j]:
+                    term, trunc = bool(terminated[j]), bool(truncated[j])
+                    done_chunks.append(ep.to_chunk(self._spaces, term, trunc))
                     self._log_episode_metrics(ep.length, ep.episode_return, time.perf_counter() - ep.started)
                     if self.recorder is not None:
-                        self.recorder.end(ep.id_, terminated=bool(terminated[i]),
-                                          truncated=bool(truncated[i]), env_return=ep.episode_return)
-                    self._resetting[i] = True
+                        self.recorder.end(ep.id_, terminated=term, truncated=trunc,
+                                          env_return=ep.episode_return)
+                    self._open[i] = None
                     episodes_done += 1
+            # Act for this batch (an env that just finished gets an ignored autoreset action).
+            t_global = (self.num_env_steps_sampled_lifetime // runners + ts) * runners
+            actions, extra, epsilon, outputs = self._act(obs, explore, random_actions, t_global)
+            for j, i in enumerate(ids):
+                self._pending[i] = None if self._open[i] is None else (
+                    int(actions[j]), {k: v[j] for k, v in extra.items()}, epsilon,
+                    None if outputs is None else outputs[j], self._weights_seq_no)
+            self.env.send(actions)
+            self._batch = self.env.recv()
         ongoing = []
         if num_timesteps is not None:
             for i, ep in enumerate(self._open):
-                if not self._resetting[i] and ep.actions:
+                if ep is not None and ep.actions:
                     ongoing.append(ep.to_chunk(self._spaces))
                     self._open[i] = ep.continuation()
         self._increase_sampled_metrics(ts, episodes_done)
@@ -143,12 +160,16 @@ class AtariVectorEnvRunner(SingleAgentEnvRunner):
     def _reset_all(self) -> None:
         if self.recorder is not None:
             self.recorder.drop_open()  # unfinished episodes are dropped whole
-        obs, infos = self.env.reset(seed=self._seed if self._needs_initial_reset else None)
-        self._open = [_OpenEpisode(obs[i].copy(), int(infos["lives"][i])) for i in range(self.num_envs)]
-        self._resetting = np.zeros(self.num_envs, bool)
+        obs, info = self.env.reset(seed=self._seed if self._needs_initial_reset else None)
+        n = len(obs)
+        zeros = np.zeros(n, bool)
+        # The reset batch is handled like any received batch with nothing pending.
+        self._batch = (obs, np.zeros(n, np.float32), zeros, zeros, info)
+        self._open = [None] * self.num_envs
+        self._pending = [None] * self.num_envs
         self._needs_initial_reset = False
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def _act(self, obs: np.ndarray, explore: bool, random_actions: bool, t: int):
         """Batched actions for all envs -> (actions, extra model outputs per env, epsilon,
         policy outputs to record: Q-values or logits)."""
@@ -187,13 +208,3 @@ class AtariVectorEnvRunner(SingleAgentEnvRunner):
             self.recorder.close()  # finished episodes only; open ones are dropped
         super().stop()
 
-    def get_state(self, *args, **kwargs):
-        state = super().get_state(*args, **kwargs)
-        if self.recorder is not None:
-            state["understudy_recorder"] = self.recorder.get_state()
-        return state
-
-    def set_state(self, state):
-        super().set_state(state)
-        if self.recorder is not None and "understudy_recorder" in state:
-            self.recorder.set_state(state["understudy_recorder"])

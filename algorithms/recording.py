@@ -20,9 +20,21 @@ class EpisodeRecorder:
             write_run_metadata(record["root"], run_id, {"game": game, "algorithm": algorithm,
                                                         "seed": seed, **metadata})
         self.env_runner = env_runner
+        self.root, self.run_id = record["root"], run_id
         self.episodes_done = 0  # episode_index of the next finished episode
         self.steps_done = 0  # global_step of the next step
         self._open: dict = {}
+        self.sync_from_catalog()
+
+    def sync_from_catalog(self) -> None:
+        """Continue after the last episode this env runner has in the catalog: a restarted
+        runner, or a run resumed from a checkpoint, extends its history without gaps."""
+        from understudy.platform.shards import read_catalog
+
+        last = [e for entry in read_catalog(self.root, self.run_id)
+                if entry["env_runner"] == self.env_runner for e in entry["episodes"]]
+        self.episodes_done = 1 + max((e["episode_index"] for e in last), default=-1)
+        self.steps_done = 1 + max((e["last_global_step"] for e in last), default=-1)
 
     def step(self, key, *, frame: np.ndarray, action: int, reward: float, policy_version: int,
              lives: int, epsilon: float | None = None, policy_outputs=None) -> None:
@@ -69,11 +81,7 @@ class EpisodeRecorder:
         self._open.clear()
         return n
 
-    def close(self) -> None:
+    def flush(self) -> None:
         self.writer.flush()
 
-    def get_state(self) -> dict:
-        return {"episodes_done": self.episodes_done, "steps_done": self.steps_done}
-
-    def set_state(self, state: dict) -> None:
-        self.episodes_done, self.steps_done = state["episodes_done"], state["steps_done"]
+    close = flush

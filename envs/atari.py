@@ -104,7 +104,8 @@ def make_atari_env(game: str, protocol: AtariProtocol = AtariProtocol(), *, scal
         grayscale_obs=True,
         scale_obs=False,
     )
-    env = FrameStackObservation(env, protocol.frame_stack)  # pads the start with the reset frame
+    # Zero frames before the first one, as ale-py's C++ vector env does: one convention everywhere.
+    env = FrameStackObservation(env, protocol.frame_stack, padding_type="zero")
     if max_episode_steps:
         env = TimeLimit(env, max_episode_steps)
     # Counts the raw, unclipped return independently of RLlib and of the recorder.
@@ -126,15 +127,19 @@ def newest_frame(obs: np.ndarray) -> np.ndarray:
 
 
 def make_atari_vector_env(game: str, protocol: AtariProtocol = AtariProtocol(), *, num_envs: int = 1,
-                          num_threads: int = 0, max_episode_steps: int | None = None):
+                          batch_size: int = 0, num_threads: int = 0,
+                          max_episode_steps: int | None = None):
     """ale-py's C++ vector env under the same protocol: preprocessing and frame stacking in C++.
 
-    Observations are (num_envs, 84, 84, stack) uint8 (a channels-last view), rewards raw
-    (unclipped), autoreset on the step after an episode ends (gymnasium's NEXT_STEP mode: that
-    step's action is ignored and it returns the new episode's first observation).
-    `max_episode_steps` caps episodes in agent steps via the emulator frame limit.
+    Observations are (batch, 84, 84, stack) uint8 (channels last, as for `make_atari_env`),
+    rewards raw (unclipped). An env that ends an episode is reset on its next step (gymnasium's
+    NEXT_STEP autoreset: that step's action is ignored and it returns the new first
+    observation). With `batch_size` < `num_envs` the env is asynchronous: `recv()` returns the
+    first `batch_size` envs that are ready (`info["env_id"]` says which) and `send(actions)`
+    acts for exactly those, so a policy can think while the other envs step.
+    `max_episode_steps` caps episodes through the emulator's frame limit (frame_skip frames
+    per agent step, no-op start frames included).
     """
-    import gymnasium as gym
     from ale_py import AtariVectorEnv
 
     frames = protocol.max_episode_frames
@@ -142,7 +147,7 @@ def make_atari_vector_env(game: str, protocol: AtariProtocol = AtariProtocol(), 
         frames = min(frames, max_episode_steps * protocol.frame_skip)
     env = AtariVectorEnv(
         _rom_ids()[canonical_game(game)], num_envs,
-        num_threads=num_threads,
+        batch_size=batch_size, num_threads=num_threads,
         repeat_action_probability=protocol.sticky_action_prob,
         full_action_space=protocol.full_action_space,
         max_num_frames_per_episode=frames,
@@ -151,8 +156,44 @@ def make_atari_vector_env(game: str, protocol: AtariProtocol = AtariProtocol(), 
         noop_max=protocol.noop_max, episodic_life=protocol.terminal_on_life_loss,
         reward_clipping=False, use_fire_reset=False,
     )
-    space = gym.spaces.Box(0, 255, (protocol.screen_size, protocol.screen_size, protocol.frame_stack),
-                           np.uint8)
-    return gym.wrappers.vector.TransformObservation(
-        env, lambda obs: np.moveaxis(obs, 1, -1),
-        observation_space=gym.vector.utils.batch_space(space, num_envs), single_observation_space=space)
+    return _ChannelsLast(env)
+
+
+def _channels_last(obs: np.ndarray) -> np.ndarray:
+    return np.moveaxis(obs, 1, -1)
+
+
+def _vector_wrapper_base():
+    import gymnasium as gym
+
+    return gym.vector.VectorWrapper
+
+
+class _ChannelsLast(_vector_wrapper_base()):
+    """AtariVectorEnv with channels-last observations and spaces that say so; also forwards
+    the asynchronous send/recv pair."""
+
+    def __init__(self, env):
+        import gymnasium as gym
+
+        super().__init__(env)
+        stack, h, w = env.single_observation_space.shape
+        self.single_observation_space = gym.spaces.Box(0, 255, (h, w, stack), np.uint8)
+        self.observation_space = gym.vector.utils.batch_space(self.single_observation_space,
+                                                              env.batch_size)
+        self.batch_size = env.batch_size
+
+    def reset(self, *, seed=None, options=None):
+        obs, info = self.env.reset(seed=seed, options=options)
+        return _channels_last(obs), info
+
+    def step(self, actions):
+        obs, *rest = self.env.step(np.asarray(actions, np.int64))
+        return (_channels_last(obs), *rest)
+
+    def send(self, actions) -> None:
+        self.env.send(np.asarray(actions, np.int64))
+
+    def recv(self):
+        obs, *rest = self.env.recv()
+        return (_channels_last(obs), *rest)

@@ -55,12 +55,12 @@ def _done(stage: str, started: float) -> None:
     print(f"=== {stage} done in {time.perf_counter() - started:.0f}s ===", flush=True)
 
 
-def cmd_teach(cfg, ws):
+def cmd_teach(cfg, ws, resume: bool = False):
     from understudy.platform.teach import run_teach
 
     t = _banner(f"teach: {cfg.algorithm} on {', '.join(cfg.games)}, seeds {cfg.seeds}, "
                 f"{cfg.env_steps} env steps each")
-    manifest = run_teach(cfg, ws)
+    manifest = run_teach(cfg, ws, resume=resume)
     for r in manifest["runs"]:
         print(f"  {r['run_id']}: {r['recorded_episodes']} episodes, {r['recorded_steps']} steps "
               f"in {r['shards']} shard(s)")
@@ -137,6 +137,9 @@ def parser() -> argparse.ArgumentParser:
     for name in ("teach", "distill", "evaluate"):
         s = sub.add_parser(name, help=f"run the {name} stage (a {name} or pipeline YAML)")
         s.add_argument("config")
+        if name == "teach":
+            s.add_argument("--resume", action="store_true",
+                           help="continue this config's interrupted run from its last checkpoints")
     for name in ("pipeline", "demo"):
         s = sub.add_parser(name, help="run teach, distill and evaluate end to end")
         s.add_argument("config", nargs="?" if name == "demo" else None,
@@ -178,7 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     configure_mlflow_env(ws)
     init_ray()
     try:
-        if args.command in STAGES:
+        if args.command == "teach":
+            cmd_teach(cfg, ws, resume=args.resume)
+        elif args.command in STAGES:
             STAGES[args.command](cfg, ws)
         else:
             cmd_pipeline(cfg, ws)

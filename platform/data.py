@@ -1,6 +1,6 @@
 """From cataloged shards to training arrays: whole episodes in training order, frame stacks
 rebuilt on read exactly as the policy saw them (the stack at step t is frames t-3..t of the
-same episode, the episode's first frame repeated before its start)."""
+same episode, zero frames before its start, as both Atari env factories produce them)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -33,8 +33,11 @@ class History:
         """(B, 84, 84, k) uint8 stacks for the given rows, oldest frame first."""
         rows = np.asarray(rows)
         offsets = np.arange(k - 1, -1, -1)
-        idx = np.maximum(rows[:, None] - offsets[None, :], self.episode_start[rows][:, None])
-        return np.moveaxis(self.frames[idx], 1, -1)
+        idx = rows[:, None] - offsets[None, :]
+        before_start = idx < self.episode_start[rows][:, None]
+        stacks = self.frames[np.where(before_start, rows[:, None], idx)]
+        stacks[before_start] = 0
+        return np.moveaxis(stacks, 1, -1)
 
     def episode_rows(self, first: int, last: int) -> np.ndarray:
         """Row indices of episodes first..last-1 (episode ids, training order)."""

@@ -121,8 +121,9 @@ class ShardWriter:
         self.run_dir = f"{self.base}/{self.run_id}"
         for sub in ("shards", "catalog"):
             self.fs.create_dir(f"{self.run_dir}/{sub}", recursive=True)
-        # Continue numbering after shards this runner already wrote (a resumed run).
-        mine = [e["shard"] for e in read_catalog(self.root, self.run_id)
+        # Continue numbering after every shard this runner wrote before (a restarted runner or
+        # a resumed run), rewound ones included, so no name is ever reused.
+        mine = [e["shard"] for e in read_catalog(self.root, self.run_id, include_rewound=True)
                 if e["env_runner"] == self.env_runner]
         self._next_shard = 1 + max((int(s.rsplit("-", 1)[1]) for s in mine), default=-1)
 
@@ -162,7 +163,8 @@ class ShardWriter:
                 {"episode_index": e.episode_index, "steps": e.steps, "return": e.env_return,
                  "first_policy_version": int(e.columns["policy_version"][0]),
                  "last_policy_version": int(e.columns["policy_version"][-1]),
-                 "first_global_step": int(e.columns["global_step"][0])}
+                 "first_global_step": int(e.columns["global_step"][0]),
+                 "last_global_step": int(e.columns["global_step"][-1])}
                 for e in episodes
             ],
         }
@@ -263,13 +265,32 @@ def list_runs(root: str) -> list[str]:
                   and fs.get_file_info(f"{e.path}/run.json").type == pafs.FileType.File)
 
 
-def read_catalog(root: str, run_id: str) -> list[dict]:
-    """The complete shards of a run, in shard-name order. Temporary files are ignored."""
+def read_catalog(root: str, run_id: str, include_rewound: bool = False) -> list[dict]:
+    """The complete shards of a run, in shard-name order. Temporary files are ignored, and so
+    are shards rewound by a resume (unless asked for)."""
     fs, base = filesystem(root)
-    selector = pafs.FileSelector(f"{base}/{run_id}/catalog", allow_not_found=True)
-    names = sorted(e.path for e in fs.get_file_info(selector)
-                   if e.base_name.endswith(".json") and not e.base_name.startswith("."))
-    return [json.loads(_read_bytes(fs, p)) for p in names]
+    folders = ["catalog"] + (["rewound"] if include_rewound else [])
+    paths = []
+    for folder in folders:
+        selector = pafs.FileSelector(f"{base}/{run_id}/{folder}", allow_not_found=True)
+        paths += [e.path for e in fs.get_file_info(selector)
+                  if e.base_name.endswith(".json") and not e.base_name.startswith(".")]
+    entries = [json.loads(_read_bytes(fs, p)) for p in paths]
+    return sorted(entries, key=lambda e: e["shard"])
+
+
+def rewind_run(root: str, run_id: str, keep: set[str]) -> list[str]:
+    """Take every shard not in `keep` out of the catalog (its entry moves to rewound/), e.g.
+    the history recorded after the checkpoint a run resumes from. Returns what was rewound."""
+    fs, base = filesystem(root)
+    fs.create_dir(f"{base}/{run_id}/rewound", recursive=True)
+    rewound = []
+    for entry in read_catalog(root, run_id):
+        if entry["shard"] not in keep:
+            fs.move(f"{base}/{run_id}/catalog/{entry['shard']}.json",
+                    f"{base}/{run_id}/rewound/{entry['shard']}.json")
+            rewound.append(entry["shard"])
+    return rewound
 
 
 def shard_paths(root: str, run_id: str) -> list[str]:

@@ -1,6 +1,7 @@
 """Stage 1, teach: RLlib teachers as Tune trials (games x seeds), histories recorded to shards."""
 from __future__ import annotations
 
+import json
 import time
 
 from ray import tune
@@ -17,10 +18,19 @@ class StageFailed(RuntimeError):
     pass
 
 
-def run_teach(cfg: TeachConfig, ws: Workspace) -> dict:
-    from understudy.algorithms.teachers import run_id_for, teacher_config
+def run_teach(cfg: TeachConfig, ws: Workspace, resume: bool = False) -> dict:
+    """Run the teachers; with `resume`, continue this config's interrupted run from its last
+    checkpoints (the history recorded after them is rewound, see recording_algorithm)."""
+    from understudy.algorithms.teachers import recording_algorithm, run_id_for, teacher_config
 
-    session = time.strftime("%Y%m%d-%H%M%S")
+    running = ws.stage_path("teach", cfg.name).with_suffix(".running.json")
+    if resume:
+        if not running.exists():
+            raise StageFailed(f"--resume: no interrupted teach stage named {cfg.name!r} in "
+                              f"{ws.root} (nothing at {running})")
+        session = json.loads(running.read_text())["session"]
+    else:
+        session = time.strftime("%Y%m%d-%H%M%S")
     protocol = cfg.protocol.model_dump()
     record = {"root": ws.shard_root, "session": session, "algorithm": cfg.algorithm,
               "shard_rows": cfg.shard_rows}
@@ -59,22 +69,30 @@ def run_teach(cfg: TeachConfig, ws: Workspace) -> dict:
                  "episode_len_mean": "env_runners/episode_len_mean",
                  "greedy_return_mean": "evaluation/env_runners/episode_return_mean",
                  "env_steps_per_s": "env_runners/num_env_steps_sampled_lifetime_throughput"},
-        step_key=STEPS_KEY, total=cfg.env_steps,
+        step_key=STEPS_KEY, total=cfg.env_steps, experiment=f"teach-{cfg.name}-{session}",
         name_of=lambda t: "{}-{}-s{}".format(identity(t.config)[0], cfg.algorithm, identity(t.config)[1]))
-    tuner = tune.Tuner(
-        config.algo_class,
-        param_space=config,
-        tune_config=tune.TuneConfig(max_concurrent_trials=cfg.max_concurrent_trials),
-        run_config=tune.RunConfig(
-            name=f"teach-{cfg.name}-{session}",
-            storage_path=str(ws.ray_results),
-            stop={STEPS_KEY: cfg.env_steps},
-            checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=True, num_to_keep=2,
-                                                    checkpoint_frequency=cfg.checkpoint_interval),
-            callbacks=[to_mlflow],
-            verbose=0,  # progress comes from TuneToMlflow, one line per result
-        ),
+    trainable = recording_algorithm(config.algo_class)
+    experiment = f"teach-{cfg.name}-{session}"
+    run_config = tune.RunConfig(
+        name=experiment,
+        storage_path=str(ws.ray_results),
+        stop={STEPS_KEY: cfg.env_steps},
+        checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=True, num_to_keep=2,
+                                                checkpoint_frequency=cfg.checkpoint_interval),
+        callbacks=[to_mlflow],
+        verbose=0,  # progress comes from TuneToMlflow, one line per result
     )
+    path = ws.ray_results / experiment
+    if resume and tune.Tuner.can_restore(str(path)):
+        print(f"[teach] resuming {experiment} from its last checkpoints", flush=True)
+        tuner = tune.Tuner.restore(str(path), trainable=trainable, param_space=config,
+                                   resume_unfinished=True, resume_errored=True)
+    else:
+        ws.write_stage("teach", cfg.name + ".running", {"session": session, "experiment": str(path)})
+        tuner = tune.Tuner(
+            trainable, param_space=config,
+            tune_config=tune.TuneConfig(max_concurrent_trials=cfg.max_concurrent_trials),
+            run_config=run_config)
     grid = tuner.fit()
     errors = [str(r.error).splitlines()[0] for r in grid if r.error]
     if errors:
@@ -97,7 +115,7 @@ def run_teach(cfg: TeachConfig, ws: Workspace) -> dict:
             client.log_metric(mlflow_run, k, v)
         client.set_tag(mlflow_run, "understudy.data_version", shards.data_version(ws.shard_root, [run_id]))
         client.set_tag(mlflow_run, "understudy.checkpoint", result.checkpoint.path)
-        fig = plots.learning_curve([e["first_global_step"] + e["steps"] for e in episodes], returns,
+        fig = plots.learning_curve([e["last_global_step"] + 1 for e in episodes], returns,
                                    f"{cfg.algorithm.upper()} teacher on {game} (seed {seed}): every episode played")
         tracking.log_figure(client, mlflow_run, fig, "learning_curve.png")
         runs.append({"run_id": run_id, "game": game, "seed": seed,
@@ -108,4 +126,5 @@ def run_teach(cfg: TeachConfig, ws: Workspace) -> dict:
                 "shard_root": ws.shard_root, "protocol": protocol,
                 "max_episode_steps": cfg.max_episode_steps, "runs": runs}
     ws.write_stage("teach", cfg.name, manifest)
+    running.unlink(missing_ok=True)
     return manifest

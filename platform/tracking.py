@@ -91,10 +91,12 @@ class TuneToMlflow(tune.Callback):
     at every result, status at the end. `runs` maps trial id -> MLflow run id afterwards."""
 
     def __init__(self, ws: Workspace, stage: str, params_of, metrics: dict, step_key: str,
-                 name_of=lambda trial: str(trial), total: float | None = None):
+                 name_of=lambda trial: str(trial), total: float | None = None,
+                 experiment: str = ""):
         self.ws, self.stage = ws, stage
         self.params_of, self.metrics, self.step_key, self.name_of = params_of, metrics, step_key, name_of
         self.total = total  # the step_key value at which a trial ends, for progress lines
+        self.experiment = experiment  # Tune experiment name: finds a trial's run again on resume
         self.runs: dict[str, str] = {}
         self.started = time.perf_counter()
 
@@ -103,10 +105,17 @@ class TuneToMlflow(tune.Callback):
         self.exp_id = experiment_id(self.client, self.ws, self.stage)
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        if trial.trial_id not in self.runs:
-            self.runs[trial.trial_id] = start_run(self.client, self.exp_id, self.name_of(trial),
-                                                  self.params_of(trial.config),
-                                                  {"tune.trial_id": trial.trial_id})
+        if trial.trial_id in self.runs:
+            return
+        tags = {"tune.trial_id": trial.trial_id, "tune.experiment": self.experiment}
+        found = self.client.search_runs(
+            [self.exp_id], " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items()))
+        if found:  # a resumed experiment: keep logging into the trial's run
+            self.runs[trial.trial_id] = found[0].info.run_id
+            self.client.update_run(found[0].info.run_id, status="RUNNING")
+            return
+        self.runs[trial.trial_id] = start_run(self.client, self.exp_id, self.name_of(trial),
+                                              self.params_of(trial.config), tags)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         from mlflow.entities import Metric

@@ -63,7 +63,8 @@ class Workspace:
     def read_stage(self, kind: str, name: str) -> dict:
         path = self.stage_path(kind, name)
         if not path.is_file():
-            have = sorted(p.stem.split("-", 1)[1] for p in (self.root / "stages").glob(f"{kind}-*.json"))
+            have = sorted(p.stem.split("-", 1)[1] for p in (self.root / "stages").glob(f"{kind}-*.json")
+                          if not p.name.endswith(".running.json"))
             raise StageMissing(
                 f"no finished {kind} stage named {name!r} in workspace {self.root} "
                 f"(finished {kind} stages: {', '.join(have) or 'none'}); run `understudy {kind}` first")

@@ -1,0 +1,162 @@
+"""Collection speed, memory and bytes on disk, on Breakout, all measured in this one run.
+
+Variants (interleaved over several rounds; medians reported, so a burst of load elsewhere on
+the machine hits all of them alike):
+  raw        ale-py AtariVectorEnv, random actions, no policy, no recording: the baseline
+  teacher    AtariVectorEnvRunner.sample(): PPO policy (Nature CNN) acting + recording
+  no-record  the same runner with recording off
+  rllib      RLlib's own SingleAgentEnvRunner on gymnasium wrappers + recording (reference)
+Memory: the collector's peak RSS after 10k and after 100k recorded steps (--memory).
+
+Usage: python bench/collection.py [--steps 6000] [--rounds 3] [--memory] [--out docs/bench]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import tempfile
+import time
+
+import numpy as np
+
+
+def make_raw(envs: int, threads: int):
+    from understudy.envs import AtariProtocol, make_atari_vector_env
+
+    env = make_atari_vector_env("Breakout", AtariProtocol(full_action_space=True), num_envs=envs,
+                                num_threads=threads)
+    env.reset(seed=0)
+    return env
+
+
+def time_raw(env, steps: int) -> float:
+    rng = np.random.default_rng(0)
+    n = env.batch_size
+    done, started = 0, time.perf_counter()
+    while done < steps:
+        env.step(rng.integers(18, size=n))
+        done += n
+    return done / (time.perf_counter() - started)
+
+
+def make_runner(envs: int, threads: int, record_root: str | None, runner: str, session: str):
+    from understudy.algorithms.teachers import teacher_config
+
+    record = ({"root": record_root, "session": session, "algorithm": "ppo", "shard_rows": 50_000}
+              if record_root else None)
+    config = teacher_config(algorithm="ppo", game="Breakout", seed=0, env_steps_per_iter=envs * 64,
+                            protocol={"full_action_space": True}, max_episode_steps=None,
+                            record=record, cnn="nature", num_envs=envs, runner=runner,
+                            env_threads=threads)
+    algo = config.build_algo()
+    algo.env_runner.sample(num_timesteps=envs * 20)  # warm-up
+    return algo
+
+
+def time_runner(algo, steps: int) -> float:
+    env_runner = algo.env_runner
+    per_call = env_runner.num_envs * 64
+    started, done = time.perf_counter(), 0
+    while done < steps:
+        done += sum(len(e) for e in env_runner.sample(num_timesteps=per_call))
+    return done / (time.perf_counter() - started)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def memory_profile(envs: int, threads: int, root: str) -> dict:
+    """Peak RSS after 10k and after 100k recorded steps in one collector."""
+    algo = make_runner(envs, threads, root, "vector", "bench-memory")
+    out, done = {}, 0
+    env_runner = algo.env_runner
+    for mark in (10_000, 100_000):
+        while done < mark:
+            done += sum(len(e) for e in env_runner.sample(num_timesteps=envs * 64))
+        out[mark] = peak_rss_mb()
+        print(f"  peak RSS after {done} steps: {out[mark]:.0f} MB", flush=True)
+    algo.stop()
+    return {"peak_rss_mb_10k": out[10_000], "peak_rss_mb_100k": out[100_000],
+            "growth_10k_to_100k": out[100_000] / out[10_000]}
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--steps", type=int, default=6_000, help="steps per variant per round")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--envs", type=int, default=16)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rllib-steps", type=int, default=1_500)
+    p.add_argument("--memory", action="store_true", help="also measure RSS at 10k and 100k steps")
+    p.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--out", default=None, help="folder for collection.json")
+    args = p.parse_args()
+    import ray
+    import torch
+
+    torch.set_num_threads(1)  # one core infers while the env's C++ threads step the other half
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    tmp = tempfile.mkdtemp(prefix="bench-shards-")
+    if args.memory_only:  # a fresh process, so peak RSS is the collector's alone
+        try:
+            print("MEMORY " + json.dumps(memory_profile(args.envs, args.threads, tmp)))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return
+    try:
+        raws = {n: make_raw(n, args.threads) for n in sorted({8, args.envs})}
+        teacher = make_runner(args.envs, args.threads, tmp, "vector", "bench-vector")
+        plain = make_runner(args.envs, args.threads, None, "vector", "none")
+        rllib = make_runner(8, args.threads, tmp, "rllib", "bench-rllib")
+        samples = {k: [] for k in ["raw8", f"raw{args.envs}", "teacher", "no_record", "rllib"]}
+        for r in range(args.rounds):
+            for n, env in raws.items():
+                samples[f"raw{n}"].append(time_raw(env, args.steps))
+            samples["teacher"].append(time_runner(teacher, args.steps))
+            samples["no_record"].append(time_runner(plain, args.steps))
+            samples["rllib"].append(time_runner(rllib, args.rllib_steps))
+            print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in samples.items())
+                  + " steps/s", flush=True)
+        teacher.stop(); plain.stop(); rllib.stop()
+        med = {k: statistics.median(v) for k, v in samples.items()}
+        raw = max(med["raw8"], med[f"raw{args.envs}"])
+        from understudy.platform import shards
+
+        catalog = shards.read_catalog(tmp, "ppo-Breakout-s0-bench-vector")
+        rows, size = sum(e["rows"] for e in catalog), sum(e["bytes"] for e in catalog)
+        results = {
+            "args": vars(args), "samples_steps_per_s": samples, "median_steps_per_s": med,
+            "bytes_per_step": size / rows, "recorded_rows": rows,
+            "ratios": {
+                "teacher_vs_raw": med["teacher"] / raw,
+                "record_on_vs_off": med["teacher"] / med["no_record"],
+                "rllib_runner_vs_raw": med["rllib"] / raw,
+                "teacher_vs_rllib_runner": med["teacher"] / med["rllib"],
+                "bytes_per_step_vs_raw_frame": size / rows / 7056,
+            },
+        }
+        if args.memory:
+            import subprocess
+            import sys
+
+            out = subprocess.run([sys.executable, __file__, "--memory-only", "--envs", str(args.envs),
+                                  "--threads", str(args.threads)], capture_output=True, text=True,
+                                 check=True).stdout
+            results["memory"] = json.loads(out.split("MEMORY ", 1)[1])
+        print(json.dumps({k: v for k, v in results.items() if k != "samples_steps_per_s"}, indent=2))
+        if args.out:
+            os.makedirs(args.out, exist_ok=True)
+            with open(os.path.join(args.out, "collection.json"), "w") as f:
+                json.dump(results, f, indent=2)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
