@@ -2,6 +2,8 @@
 from understudy.envs.atari import (FRAME_SHAPE, AtariProtocol, all_games, canonical_game,
                                    game_metadata, make_atari_env, make_atari_vector_env,
                                    newest_frame)
+from understudy.envs.suites import SUITES, Suite, resolve_suite, suite_names
 
 __all__ = ["FRAME_SHAPE", "AtariProtocol", "all_games", "canonical_game", "game_metadata",
-           "make_atari_env", "make_atari_vector_env", "newest_frame"]
+           "make_atari_env", "make_atari_vector_env", "newest_frame", "SUITES", "Suite",
+           "resolve_suite", "suite_names"]

@@ -114,9 +114,7 @@ def cmd_shards(args, ws):
     runs = [args.run] if args.run else shards.list_runs(root)
     if args.action == "show":
         for run_id in runs:
-            meta = shards.read_run_metadata(root, run_id)
-            returns = [e["return"] for e in shards.episode_returns(root, run_id)]
-            print(json.dumps({"run": meta, "episodes": len(returns), "returns": returns}, indent=2))
+            print(summarise_run(root, run_id))
         return 0
     bad = 0
     for run_id in runs:
@@ -126,6 +124,28 @@ def cmd_shards(args, ws):
         for p in problems:
             print(f"  {p}")
     return 1 if bad else 0
+
+
+def summarise_run(root: str, run_id: str, bins: int = 10) -> str:
+    """A run in a few lines: what it is, how much was recorded, and its return curve."""
+    from understudy.platform import shards
+
+    meta = shards.read_run_metadata(root, run_id)
+    catalog = shards.read_catalog(root, run_id)
+    episodes = shards.episode_returns(root, run_id)
+    returns = [e["return"] for e in episodes]
+    lines = [f"{run_id}: {meta['algorithm']} on {meta['game']} (seed {meta['seed']}), "
+             f"ale-py {meta.get('ale_py_version')}, ROM sha256 {meta.get('rom_sha256', '')[:12]}",
+             f"  {len(catalog)} shards, {sum(e['bytes'] for e in catalog) / 1e6:.1f} MB, "
+             f"{sum(e['rows'] for e in catalog)} steps, {len(episodes)} episodes, policy versions "
+             f"{min((e['first_policy_version'] for e in episodes), default='-')}.."
+             f"{max((e['last_policy_version'] for e in episodes), default='-')}"]
+    if returns:
+        chunks = [returns[i * len(returns) // bins:(i + 1) * len(returns) // bins] for i in range(bins)]
+        means = [sum(c) / len(c) for c in chunks if c]
+        lines.append("  return curve (mean per tenth of the history, first to last): "
+                     + "  ".join(f"{m:.1f}" for m in means))
+    return "\n".join(lines)
 
 
 def parser() -> argparse.ArgumentParser:

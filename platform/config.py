@@ -73,7 +73,8 @@ class TeachConfig(Strict):
     kind: Literal["teach"] = "teach"
     name: StageName = "teach"
     algorithm: Literal["ppo", "appo", "dqn"]
-    games: list[Game] = Field(min_length=1)
+    games: list[Game] = Field(min_length=1)  # or give `suite`, e.g. "dev5" or "mgdt@1:train"
+    suite: str | None = None
     seeds: list[Annotated[int, Field(ge=0)]] = Field(default=[0], min_length=1)
     env_steps: PositiveInt  # budget per trial
     env_steps_per_iter: PositiveInt = 256  # PPO train batch; DQN: steps per Tune report
@@ -95,6 +96,21 @@ class TeachConfig(Strict):
     dqn: DQNParams = DQNParams()
     shard_rows: PositiveInt = 50_000
     max_concurrent_trials: PositiveInt | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_suite(cls, data):
+        if isinstance(data, dict) and data.get("suite") is not None:
+            from understudy.envs import resolve_suite
+
+            if data.get("games"):
+                raise ValueError("give either games or suite, not both")
+            try:
+                _, games = resolve_suite(str(data["suite"]))
+            except ValueError as err:
+                raise ValueError(f"suite: {err}") from None
+            data = {**data, "games": games}
+        return data
 
     @model_validator(mode="after")
     def _budget_fits(self):

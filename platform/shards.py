@@ -307,6 +307,46 @@ def open_run(root: str, run_id: str) -> pads.Dataset:
     return pads.dataset(paths, format="ipc", filesystem=fs, schema=SHARD_SCHEMA)
 
 
+def find_runs(root: str, games: list[str] | None = None, algorithm: str | None = None) -> list[str]:
+    """Run ids under a shard root, optionally only those of some games or one algorithm."""
+    found = []
+    for run_id in list_runs(root):
+        meta = read_run_metadata(root, run_id)
+        if (games is None or meta["game"] in games) and (algorithm is None or meta["algorithm"] == algorithm):
+            found.append(run_id)
+    return found
+
+
+def open_runs(root: str, run_ids: list[str]) -> pads.Dataset:
+    """Several runs (e.g. a suite's) as one pyarrow dataset."""
+    fs, _ = filesystem(root)
+    paths = [p for run_id in run_ids for p in shard_paths(root, run_id)]
+    if not paths:
+        raise ShardError(f"runs {run_ids} under {root!r} have no cataloged shards")
+    return pads.dataset(paths, format="ipc", filesystem=fs, schema=SHARD_SCHEMA)
+
+
+def ray_dataset(root: str, run_ids: list[str], columns: list[str] | None = None):
+    """The same shards as a Ray Data dataset: one read task per cataloged shard."""
+    import ray.data
+
+    paths = [p for run_id in run_ids for p in shard_paths(root, run_id)]
+    if not paths:
+        raise ShardError(f"runs {run_ids} under {root!r} have no cataloged shards")
+
+    def read(batch):
+        fs, _ = filesystem(root)
+        tables = []
+        for path in batch["path"]:
+            with fs.open_input_file(str(path)) as f:
+                table = pa.ipc.open_file(f).read_all()
+            tables.append(table.select(columns) if columns else table)
+        return pa.concat_tables(tables)
+
+    return ray.data.from_items([{"path": p} for p in paths]).map_batches(
+        read, batch_size=1, batch_format="pyarrow")
+
+
 def data_version(root: str, run_ids: list[str]) -> str:
     """A short content hash of exactly which shards a consumer read."""
     h = hashlib.sha256()

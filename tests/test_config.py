@@ -103,3 +103,26 @@ def test_cli_exits_2_before_ray_starts(tmp_path, body, field):
     assert len(lines) == 1 and field in lines[0], proc.stderr
     assert "Ray" not in proc.stdout + proc.stderr
     assert not (tmp_path / "ws").exists()  # nothing was started or written
+
+
+def test_suite_expands_to_its_games():
+    cfg = parse_config({**TEACH, "games": None, "suite": "mgdt@1:heldout"})
+    assert cfg.games == ["Alien", "MsPacman", "Pong", "SpaceInvaders", "StarGunner"]
+    assert cfg.suite == "mgdt@1:heldout"
+
+
+def test_unknown_suite_names_the_valid_ones():
+    msg = error_of({**TEACH, "games": None, "suite": "dev"})
+    assert "suite" in msg and "dev5" in msg and "mgdt" in msg
+
+
+def test_suites_and_holdout_split():
+    from understudy.envs import all_games, resolve_suite
+
+    suite, train = resolve_suite("mgdt:train")
+    assert len(train) == 41 and len(suite.heldout) == 5
+    assert not set(train) & set(suite.heldout)
+    _, atari57 = resolve_suite("atari57")
+    assert len(atari57) == 57 and set(atari57) <= set(all_games())
+    with pytest.raises(ValueError, match="no version 9"):
+        resolve_suite("dev5@9")

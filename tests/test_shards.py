@@ -149,3 +149,36 @@ def test_unwritable_storage_fails_clearly_and_catalogs_nothing(tmp_path):
     shards_dir.unlink(); shards_dir.mkdir()
     (shards_dir / "r000-000000.arrow").write_bytes(kept)
     assert shards.verify_run(str(root), "run-d") == []  # the earlier shard is intact
+
+
+def test_runs_open_as_one_dataset_and_through_ray_data(recorded, ray_session):
+    root, played = recorded
+    assert shards.find_runs(root, games=["Breakout"]) == ["run-a"]
+    assert shards.find_runs(root, games=["Pong"]) == []
+    assert shards.open_runs(root, ["run-a"]).count_rows() == sum(ep.steps for ep, _ in played)
+    ds = shards.ray_dataset(root, ["run-a"], columns=["episode_index", "reward"])
+    assert ds.count() == sum(ep.steps for ep, _ in played)
+    assert set(ds.schema().names) == {"episode_index", "reward"}
+
+
+def test_shards_cli_lists_shows_and_verifies(recorded, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    root = tmp_path / "copy"
+    shutil.copytree(recorded[0], root)
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "understudy.platform.cli", "shards", *args,
+                               "--root", str(root)], capture_output=True, text=True, timeout=60)
+
+    ls = cli("ls")
+    assert ls.returncode == 0 and "run-a\t2 shards\t3 episodes" in ls.stdout
+    show = cli("show", "run-a")
+    assert show.returncode == 0 and "random on Breakout" in show.stdout and "return curve" in show.stdout
+    assert cli("verify").returncode == 0
+    path = root / "run-a" / "shards" / "r000-000001.arrow"
+    data = bytearray(path.read_bytes()); data[100] ^= 0xFF; path.write_bytes(bytes(data))
+    bad = cli("verify")
+    assert bad.returncode == 1 and "r000-000001.arrow" in bad.stdout and "sha256" in bad.stdout
