@@ -260,8 +260,10 @@ def teacher_config(*, algorithm: str, game, seed, env_steps_per_iter: int, proto
                             target_network_update_freq=hp.pop("target_update", 500),
                             epsilon=[(0, 1.0), (hp.pop("epsilon_steps", 10_000), hp.pop("final_epsilon", 0.05))],
                             replay_buffer_config=buffer, **hp)
-                  # One env step per sample call per env, one batch of 32 per 4 env steps.
-                  .env_runners(rollout_fragment_length=1)
+                  # 4 env steps per sample call and one batch of 32 per call: at RLlib's
+                  # native ratio (32 / 4 = 8 = training_intensity) each training step is one
+                  # sample call plus one update, the least overhead for this replay ratio.
+                  .env_runners(rollout_fragment_length=4)
                   .reporting(min_sample_timesteps_per_iteration=env_steps_per_iter))
         # Replay ratio: train_batch_size / (steps sampled per update) = 32 / 4 -> ratio 8.
         config.training(training_intensity=hp.pop("training_intensity", None) or 8.0)
@@ -276,6 +278,10 @@ def teacher_config(*, algorithm: str, game, seed, env_steps_per_iter: int, proto
                          num_envs_per_env_runner=num_envs, num_cpus_per_env_runner=1)
             .rl_module(rl_module_spec=RLModuleSpec(module_class=PIXEL_MODULES[algorithm],
                                                    model_config=model))
+            # A remote env runner that dies is replaced; its unfinished episodes were never
+            # written, and the new one continues the runner's history after its last episode.
+            .fault_tolerance(restart_failed_env_runners=True, max_num_env_runner_restarts=100,
+                             delay_between_env_runner_restarts_s=1.0)
             .debugging(seed=seed))
 
 

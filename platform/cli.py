@@ -195,7 +195,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"understudy: error: {err}", file=sys.stderr)
         return 1
     check_dependencies()
-    ws.ensure()
+    try:
+        ws.ensure()
+        if args.command in ("teach", "pipeline", "demo"):
+            from understudy.platform.shards import check_writable
+
+            check_writable(ws.shard_root)
+    except Exception as err:  # noqa: BLE001  (unwritable workspace or shard root)
+        print(f"understudy: error: {err}", file=sys.stderr)
+        return 2
     from understudy.platform.tracking import configure_mlflow_env
 
     configure_mlflow_env(ws)

@@ -239,6 +239,20 @@ def episodes_to_table(episodes: list[Episode], *, run_id: str, game: str, algori
 
 # ---- run metadata and the catalog ---------------------------------------------------------
 
+def check_writable(root: str) -> None:
+    """Fail before any work starts if shards cannot be written under `root`."""
+    try:
+        fs, base = filesystem(root)
+        fs.create_dir(base, recursive=True)
+        probe = f"{base}/.understudy-write-probe-{uuid.uuid4().hex[:8]}"
+        with fs.open_output_stream(probe) as out:
+            out.write(b"ok")
+        fs.delete_file(probe)
+    except (OSError, ValueError) as err:
+        raise ShardError(f"shard root {root!r} is not writable: {err}. Choose another with "
+                         "--shard-root or UNDERSTUDY_SHARD_ROOT, or fix its permissions") from None
+
+
 def write_run_metadata(root: str, run_id: str, metadata: dict) -> None:
     fs, base = filesystem(root)
     fs.create_dir(f"{base}/{run_id}", recursive=True)

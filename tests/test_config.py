@@ -126,3 +126,17 @@ def test_suites_and_holdout_split():
     assert len(atari57) == 57 and set(atari57) <= set(all_games())
     with pytest.raises(ValueError, match="no version 9"):
         resolve_suite("dev5@9")
+
+
+def test_unwritable_shard_root_fails_before_ray_starts(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    path = tmp_path / "teach.yaml"
+    path.write_text("kind: teach\nalgorithm: ppo\ngames: [Pong]\nenv_steps: 512\n")
+    proc = subprocess.run([sys.executable, "-m", "understudy.platform.cli", "--workspace",
+                           str(tmp_path / "ws"), "--shard-root", str(blocker / "shards"),
+                           "teach", str(path)], capture_output=True, text=True, cwd=REPO_ROOT,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert "not writable" in proc.stderr and str(blocker) in proc.stderr
+    assert "Started a local Ray" not in proc.stderr

@@ -89,6 +89,10 @@ def test_mlflow_has_three_experiments_with_metrics_and_plots(pipeline):
         assert runs, name
         if metric:
             assert all(metric in r.data.metrics for r in runs), (name, metric)
+        if name == "understudy-teach":  # the greedy evaluation curve, from separate env runners
+            assert all("greedy_return_mean" in r.data.metrics for r in runs)
+            assert all(r.data.params["atari.sticky_action_prob"] == "0.25" for r in runs)
+            assert all(len(r.data.params["env.rom_sha256"]) == 64 for r in runs)
         artifacts = {a.path for r in runs for a in client.list_artifacts(r.info.run_id)}
         assert plot in artifacts, (name, artifacts)
         assert all(r.data.tags.get("understudy.code_version") for r in runs)
