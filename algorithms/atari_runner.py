@@ -109,11 +109,14 @@ class AtariVectorEnvRunner(SingleAgentEnvRunner):
         runners = self.config.num_env_runners or 1
         while (ts < num_timesteps) if num_timesteps is not None else (episodes_done < num_episodes):
             obs, rewards, terminated, truncated, info = self._batch
+            # One contiguous copy for the batch (the env reuses its buffers); episodes keep
+            # per-env views of it.
+            obs = np.ascontiguousarray(obs)
             ids = info["env_id"]
             for j, i in enumerate(ids):
                 ep, pending = self._open[i], self._pending[i]
                 if pending is None:  # a new episode starts with this observation
-                    self._open[i] = _OpenEpisode(obs[j].copy(), int(info["lives"][j]))
+                    self._open[i] = _OpenEpisode(obs[j], int(info["lives"][j]))
                     continue
                 ts += 1
                 reward = float(rewards[j])
@@ -122,7 +125,7 @@ class AtariVectorEnvRunner(SingleAgentEnvRunner):
                     self.recorder.step(ep.id_, frame=ep.obs[-1][..., -1], action=action,
                                        reward=reward, policy_version=version, lives=ep.lives,
                                        epsilon=epsilon, policy_outputs=outputs)
-                ep.obs.append(obs[j].copy())
+                ep.obs.append(obs[j])
                 ep.actions.append(action)
                 ep.rewards.append(reward)
                 for k, v in extra.items():
