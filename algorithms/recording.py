@@ -15,7 +15,7 @@ class EpisodeRecorder:
                  env_runner: int, metadata: dict):
         self.writer = ShardWriter(root=record["root"], run_id=run_id, env_runner=env_runner,
                                   static={"game": game, "algorithm": algorithm, "seed": seed},
-                                  max_rows=int(record.get("shard_rows", 50_000)))
+                                  max_rows=int(record.get("shard_rows", 20_000)))
         if env_runner <= 1:  # the local runner or the first remote one writes run.json
             write_run_metadata(record["root"], run_id, {"game": game, "algorithm": algorithm,
                                                         "seed": seed, **metadata})

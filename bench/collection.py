@@ -43,10 +43,11 @@ def time_raw(env, steps: int) -> float:
     return done / (time.perf_counter() - started)
 
 
-def make_runner(envs: int, threads: int, record_root: str | None, runner: str, session: str):
+def make_runner(envs: int, threads: int, record_root: str | None, runner: str, session: str,
+                shard_rows: int = 20_000):
     from understudy.algorithms.teachers import teacher_config
 
-    record = ({"root": record_root, "session": session, "algorithm": "ppo", "shard_rows": 50_000}
+    record = ({"root": record_root, "session": session, "algorithm": "ppo", "shard_rows": shard_rows}
               if record_root else None)
     config = teacher_config(algorithm="ppo", game="Breakout", seed=0, env_steps_per_iter=envs * 64,
                             protocol={"full_action_space": True}, max_episode_steps=None,
@@ -71,8 +72,9 @@ def peak_rss_mb() -> float:
 
 
 def memory_profile(envs: int, threads: int, root: str) -> dict:
-    """Peak RSS after 10k and after 100k recorded steps in one collector."""
-    algo = make_runner(envs, threads, root, "vector", "bench-memory")
+    """Peak RSS after 10k and after 100k recorded steps in one collector. Shards of 5k rows, so
+    the first flush (the writer's largest transient buffer) is already behind the 10k mark."""
+    algo = make_runner(envs, threads, root, "vector", "bench-memory", shard_rows=5_000)
     out, done = {}, 0
     env_runner = algo.env_runner
     for mark in (10_000, 100_000):

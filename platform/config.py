@@ -94,7 +94,7 @@ class TeachConfig(Strict):
     ppo: PPOParams = PPOParams()
     appo: APPOParams = APPOParams()
     dqn: DQNParams = DQNParams()
-    shard_rows: PositiveInt = 50_000
+    shard_rows: PositiveInt = 20_000  # ~140 MB of frames buffered per env runner, ~3 MB on disk
     max_concurrent_trials: PositiveInt | None = None
 
     @model_validator(mode="before")

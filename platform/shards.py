@@ -111,7 +111,7 @@ class ShardWriter:
     run_id: str
     static: dict  # game, algorithm, seed: the same for every row of the run
     env_runner: int
-    max_rows: int = 50_000
+    max_rows: int = 20_000
     _pending: list = field(default_factory=list)
     _pending_rows: int = 0
     _next_shard: int = 0
