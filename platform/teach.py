@@ -6,7 +6,7 @@ import time
 from ray import tune
 
 from understudy.envs import AtariProtocol, game_metadata
-from understudy.platform import plots, shards, tracking
+from understudy.platform import plots, shards, storage, tracking
 from understudy.platform.config import TeachConfig
 from understudy.platform.workspace import Workspace
 
@@ -67,7 +67,7 @@ def run_teach(cfg: TeachConfig, ws: Workspace) -> dict:
         tune_config=tune.TuneConfig(max_concurrent_trials=cfg.max_concurrent_trials),
         run_config=tune.RunConfig(
             name=f"teach-{cfg.name}-{session}",
-            storage_path=str(ws.ray_results),
+            storage_path=ws.ray_results,
             stop={STEPS_KEY: cfg.env_steps},
             checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=True, num_to_keep=2,
                                                     checkpoint_frequency=cfg.checkpoint_interval),
@@ -96,12 +96,13 @@ def run_teach(cfg: TeachConfig, ws: Workspace) -> dict:
         for k, v in summary.items():
             client.log_metric(mlflow_run, k, v)
         client.set_tag(mlflow_run, "understudy.data_version", shards.data_version(ws.shard_root, [run_id]))
-        client.set_tag(mlflow_run, "understudy.checkpoint", result.checkpoint.path)
+        checkpoint = storage.checkpoint_uri(result.checkpoint)
+        client.set_tag(mlflow_run, "understudy.checkpoint", checkpoint)
         fig = plots.learning_curve([e["first_global_step"] + e["steps"] for e in episodes], returns,
                                    f"{cfg.algorithm.upper()} teacher on {game} (seed {seed}): every episode played")
         tracking.log_figure(client, mlflow_run, fig, "learning_curve.png")
         runs.append({"run_id": run_id, "game": game, "seed": seed,
-                     "checkpoint": result.checkpoint.path, "mlflow_run_id": mlflow_run,
+                     "checkpoint": checkpoint, "mlflow_run_id": mlflow_run,
                      "final_return_mean": result.metrics.get("env_runners", {}).get("episode_return_mean"),
                      **summary})
     manifest = {"kind": "teach", "name": cfg.name, "session": session, "algorithm": cfg.algorithm,
