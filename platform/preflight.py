@@ -128,7 +128,7 @@ def _probe_bucket(bucket: str, uri: str, setting: str) -> None:
         found = fs.get_file_info(bucket).type
     except OSError as err:
         text = str(err)
-        if any(s in text for s in ("ACCESS_DENIED", "AccessDenied", "403", "InvalidAccessKeyId",
+        if any(s in text for s in ("ACCESS_DENIED", "AccessDenied", "InvalidAccessKeyId",
                                    "SignatureDoesNotMatch")):
             raise PreflightError(f"object storage {where} refused the credentials in the "
                                  f"environment for {uri} ({setting}); check AWS_ACCESS_KEY_ID "
@@ -154,8 +154,8 @@ def shared_storage_warning(ws, ray_address: str | None) -> str | None:
     loopback test's one machine); say so once instead of failing late on a worker node."""
     if not ray_address or ray_address == "local":
         return None
-    local = [name for name, value in (("--storage", ws.storage_root), ("--shard-root", ws.shard_root))
-             if "://" not in value]
+    settings = (("--storage", ws.storage_root), ("--shard-root", ws.shard_root))
+    local = [name for name, value in settings if "://" not in value]
     if not local:
         return None
     return (f"understudy: note: {' and '.join(local)} are local paths on a Ray cluster; every "

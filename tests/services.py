@@ -110,17 +110,26 @@ class S3Server:
         return [o["Key"] for page in pages for o in page.get("Contents", [])]
 
 
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory):
-    """A real S3-protocol server (moto) on a free loopback port, for the whole session."""
+@contextmanager
+def moto_server(workdir: str, check_credentials: bool = False):
+    """moto in server mode on a free loopback port. By default it accepts any credentials;
+    check_credentials=True makes it refuse keys it does not know, as S3 does."""
     port = free_port()
-    log = str(tmp_path_factory.mktemp("moto") / "moto.log")
+    log = os.path.join(workdir, f"moto-{port}.log")
+    env = dict(os.environ, **({"INITIAL_NO_AUTH_ACTION_COUNT": "0"} if check_credentials else {}))
     cmd = [os.path.join(BIN, "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
-    with process_group(cmd, dict(os.environ), log) as proc:
+    with process_group(cmd, env, log) as proc:
         endpoint = f"http://127.0.0.1:{port}"
         wait_until(lambda: http_ok(f"{endpoint}/moto-api/"), 60, "moto server", proc, log)
         yield S3Server(endpoint, {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                                   "AWS_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": "us-east-1"})
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-protocol server (moto) for the whole session."""
+    with moto_server(str(tmp_path_factory.mktemp("moto"))) as server:
+        yield server
 
 
 @pytest.fixture

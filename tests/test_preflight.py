@@ -1,6 +1,7 @@
 """Bad cluster settings fail within seconds, before Ray starts, with one line that says which
 setting is wrong and how to fix it: an unreachable Ray address, an unreachable MLflow server,
-missing object-storage credentials (and a missing bucket, an unreachable endpoint)."""
+missing object-storage credentials (and refused credentials, a missing bucket, an
+unreachable endpoint)."""
 import os
 import socket
 import subprocess
@@ -9,7 +10,7 @@ import time
 import pytest
 
 from conftest import REPO_ROOT
-from services import BIN, free_port
+from services import BIN, free_port, moto_server
 
 SMOKE = "tune_configs/pipelines/smoke.yaml"
 FAST_S = 10  # the CLI's own start-up is under a second; the probes time out after 3 s
@@ -88,6 +89,15 @@ def test_bucket_that_does_not_exist(s3_server, tmp_path):
     assert code == 2 and elapsed < FAST_S
     assert "bucket 'no-such-bucket-here'" in message and "does not exist" in message
     assert s3_server.endpoint in message
+
+
+def test_credentials_the_object_storage_refuses(tmp_path):
+    with moto_server(str(tmp_path), check_credentials=True) as s3:
+        env = clean_env(**dict(s3.env, AWS_ACCESS_KEY_ID="not-a-key", AWS_SECRET_ACCESS_KEY="nope"))
+        code, message, elapsed = understudy(["--storage", "s3://understudy-data/runs"], env, tmp_path)
+    assert code == 2 and elapsed < FAST_S
+    assert f"object storage at {s3.endpoint} refused the credentials" in message
+    assert "check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" in message
 
 
 def test_unreachable_object_storage_endpoint(s3_server, tmp_path):
