@@ -3,6 +3,7 @@ schemas in ../shared/kuberay-crds/, core objects against Kubernetes' own schemas
 (kubernetes-validate), every reference between them resolves, Secrets hold placeholders only,
 and the image, entrypoint and config paths they name exist in this repo."""
 import copy
+import fnmatch
 import functools
 import glob
 import os
@@ -241,6 +242,9 @@ def test_mlflow_server_and_settings_agree_on_names_and_storage():
     assert mlflow["command"] == ["mlflow", "server"]
     args = dict(a.removeprefix("--").split("=", 1) for a in mlflow["args"])
     assert args["port"] == str(port) and args["artifacts-destination"].startswith("s3://")
+    # The server accepts the Host header its clients send (MLflow matches with fnmatch).
+    host = settings["data"]["MLFLOW_TRACKING_URI"].split("://", 1)[1]
+    assert any(fnmatch.fnmatch(host, pattern) for pattern in args["allowed-hosts"].split(","))
     storage = settings["data"]["UNDERSTUDY_STORAGE"]
     assert storage.startswith("s3://")
     # The head mounts the workspace volume where UNDERSTUDY_WORKSPACE points.
