@@ -1,6 +1,8 @@
 """`understudy`: one subcommand per stage, and `demo` / `pipeline` to run them all.
 
-Configs are validated before Ray starts. Exit codes: 0 done, 1 a stage failed, 2 bad input.
+Configs are validated before Ray starts, and so are the places a run needs (preflight.py): the
+Ray cluster (RAY_ADDRESS), an MLflow tracking server, object storage and its credentials.
+Exit codes: 0 done, 1 a stage failed or a service is unreachable, 2 bad input.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from understudy.platform import preflight
 from understudy.platform.config import ConfigError, PipelineConfig, load_config, stage_config
 from understudy.platform.workspace import StageMissing, Workspace
 
@@ -152,7 +155,11 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="understudy", description=__doc__)
     p.add_argument("--workspace", help="output folder (default ./workspace or $UNDERSTUDY_WORKSPACE)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite in the workspace)")
-    p.add_argument("--shard-root", help="where shards go: a path or s3://bucket/prefix")
+    p.add_argument("--shard-root", help="where shards go: a path or s3://bucket/prefix "
+                   "(default <storage>/shards or $UNDERSTUDY_SHARD_ROOT)")
+    p.add_argument("--storage", help="where checkpoints, MLflow artifacts of a local store and "
+                   "shards go: a path or s3://bucket/prefix (default the workspace or "
+                   "$UNDERSTUDY_STORAGE); credentials only from the environment")
     sub = p.add_subparsers(dest="command", required=True)
     for name in ("teach", "distill", "evaluate"):
         s = sub.add_parser(name, help=f"run the {name} stage (a {name} or pipeline YAML)")
@@ -179,21 +186,30 @@ def _config_path(path: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    ws = Workspace.resolve(args.workspace, args.tracking_uri, args.shard_root)
+    ws = Workspace.resolve(args.workspace, args.tracking_uri, args.shard_root, args.storage)
     try:
         if args.command == "shards":
+            root = args.root or ws.shard_root
+            preflight.check_object_storage({root: "--root" if args.root else "--shard-root"})
             return cmd_shards(args, ws)
         path = _config_path(args.config)
         if args.command in STAGES:
             cfg = stage_config(path, args.command)
         else:
             cfg = load_config(path, expect=("pipeline",))
+        preflight.check_all(ws, os.environ.get("RAY_ADDRESS"))
     except ConfigError as err:
         print(f"understudy: config error: {err}", file=sys.stderr)
         return 2
+    except preflight.PreflightError as err:
+        print(f"understudy: {err}", file=sys.stderr)
+        return err.exit_code
     except Exception as err:  # noqa: BLE001  (shards: unreadable root and such)
         print(f"understudy: error: {err}", file=sys.stderr)
         return 1
+    warning = preflight.shared_storage_warning(ws, os.environ.get("RAY_ADDRESS"))
+    if warning:
+        print(warning, file=sys.stderr)
     check_dependencies()
     try:
         ws.ensure()

@@ -8,7 +8,7 @@ import time
 import numpy as np
 from ray import tune
 
-from understudy.platform import plots, shards, tracking
+from understudy.platform import plots, shards, storage, tracking
 from understudy.platform.config import DistillConfig
 from understudy.platform.teach import StageFailed
 from understudy.platform.workspace import Workspace
@@ -79,7 +79,7 @@ def run_distill(cfg: DistillConfig, ws: Workspace) -> dict:
     grid = tune.Tuner(
         trainable, param_space=param_space,
         run_config=tune.RunConfig(name=f"distill-{cfg.name}-{session}",
-                                  storage_path=str(ws.ray_results), callbacks=[to_mlflow],
+                                  storage_path=ws.ray_results, callbacks=[to_mlflow],
                                   verbose=0),
     ).fit()
     errors = [str(r.error).splitlines()[0] for r in grid if r.error]
@@ -95,9 +95,11 @@ def run_distill(cfg: DistillConfig, ws: Workspace) -> dict:
             history, f"BC on {cfg.game} ({len(run_ids)} teacher run(s), data {version})"),
             "training_curves.png")
         client.set_tag(mlflow_run, "understudy.data_version", version)
-        client.set_tag(mlflow_run, "understudy.checkpoint", result.checkpoint.path)
-        client.log_artifacts(mlflow_run, result.checkpoint.path, "model")
-        trials.append({"checkpoint": result.checkpoint.path, "mlflow_run_id": mlflow_run,
+        checkpoint = storage.checkpoint_uri(result.checkpoint)
+        client.set_tag(mlflow_run, "understudy.checkpoint", checkpoint)
+        with result.checkpoint.as_directory() as local:  # a download when storage is remote
+            client.log_artifacts(mlflow_run, local, "model")
+        trials.append({"checkpoint": checkpoint, "mlflow_run_id": mlflow_run,
                        "heldout_accuracy": result.metrics.get("heldout_accuracy"),
                        "train_loss": result.metrics.get("train_loss")})
     best = max(trials, key=lambda t: t["heldout_accuracy"] or 0.0)

@@ -6,7 +6,7 @@ import time
 import numpy as np
 import ray
 
-from understudy.platform import plots, tracking
+from understudy.platform import plots, storage, tracking
 from understudy.platform.config import EvaluateConfig
 from understudy.platform.teach import StageFailed
 from understudy.platform.workspace import Workspace
@@ -50,7 +50,9 @@ def play(agent: dict, game: str, protocol: dict, episodes: int, max_episode_step
     torch.set_num_threads(1)
     env = make_atari_vector_env(game, AtariProtocol(**protocol), num_envs=episodes,
                                 max_episode_steps=max_episode_steps)
-    act = _make_policy(agent, env, greedy, seed)
+    # Checkpoints on object storage are copied here; the policy holds its weights in memory.
+    with storage.local_copy(agent.get("checkpoint")) as checkpoint:
+        act = _make_policy(dict(agent, checkpoint=checkpoint), env, greedy, seed)
     obs, _ = env.reset(seed=seed)
     returns, lengths = np.zeros(episodes), np.zeros(episodes, int)
     running = np.ones(episodes, bool)

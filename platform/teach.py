@@ -7,7 +7,7 @@ import time
 from ray import tune
 
 from understudy.envs import AtariProtocol, game_metadata
-from understudy.platform import plots, shards, tracking
+from understudy.platform import plots, shards, storage, tracking
 from understudy.platform.config import TeachConfig
 from understudy.platform.workspace import Workspace
 
@@ -75,20 +75,20 @@ def run_teach(cfg: TeachConfig, ws: Workspace, resume: bool = False) -> dict:
     experiment = f"teach-{cfg.name}-{session}"
     run_config = tune.RunConfig(
         name=experiment,
-        storage_path=str(ws.ray_results),
+        storage_path=ws.ray_results,
         stop={STEPS_KEY: cfg.env_steps},
         checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=True, num_to_keep=2,
                                                 checkpoint_frequency=cfg.checkpoint_interval),
         callbacks=[to_mlflow],
         verbose=0,  # progress comes from TuneToMlflow, one line per result
     )
-    path = ws.ray_results / experiment
-    if resume and tune.Tuner.can_restore(str(path)):
+    path = f"{ws.ray_results}/{experiment}"
+    if resume and tune.Tuner.can_restore(path):
         print(f"[teach] resuming {experiment} from its last checkpoints", flush=True)
-        tuner = tune.Tuner.restore(str(path), trainable=trainable, param_space=config,
+        tuner = tune.Tuner.restore(path, trainable=trainable, param_space=config,
                                    resume_unfinished=True, resume_errored=True)
     else:
-        ws.write_stage("teach", cfg.name + ".running", {"session": session, "experiment": str(path)})
+        ws.write_stage("teach", cfg.name + ".running", {"session": session, "experiment": path})
         tuner = tune.Tuner(
             trainable, param_space=config,
             tune_config=tune.TuneConfig(max_concurrent_trials=cfg.max_concurrent_trials),
@@ -114,12 +114,13 @@ def run_teach(cfg: TeachConfig, ws: Workspace, resume: bool = False) -> dict:
         for k, v in summary.items():
             client.log_metric(mlflow_run, k, v)
         client.set_tag(mlflow_run, "understudy.data_version", shards.data_version(ws.shard_root, [run_id]))
-        client.set_tag(mlflow_run, "understudy.checkpoint", result.checkpoint.path)
+        checkpoint = storage.checkpoint_uri(result.checkpoint)
+        client.set_tag(mlflow_run, "understudy.checkpoint", checkpoint)
         fig = plots.learning_curve([e["last_global_step"] + 1 for e in episodes], returns,
                                    f"{cfg.algorithm.upper()} teacher on {game} (seed {seed}): every episode played")
         tracking.log_figure(client, mlflow_run, fig, "learning_curve.png")
         runs.append({"run_id": run_id, "game": game, "seed": seed,
-                     "checkpoint": result.checkpoint.path, "mlflow_run_id": mlflow_run,
+                     "checkpoint": checkpoint, "mlflow_run_id": mlflow_run,
                      "final_return_mean": result.metrics.get("env_runners", {}).get("episode_return_mean"),
                      **summary})
     manifest = {"kind": "teach", "name": cfg.name, "session": session, "algorithm": cfg.algorithm,

@@ -31,11 +31,17 @@ def experiment_id(client: MlflowClient, ws: Workspace, stage: str) -> str:
     if exp is not None:
         return exp.experiment_id
     # An explicit artifact location: the default would be ./mlruns under whatever the cwd is.
-    return client.create_experiment(name, artifact_location=f"{ws.artifact_root}/{name}")
+    # With a tracking server, the server's artifact destination is the right default.
+    root = ws.artifact_root
+    return client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
 
 
 def code_version() -> str:
-    """The git commit of the code that ran, '+dirty' if it had uncommitted changes."""
+    """The git commit of the code that ran, '+dirty' if it had uncommitted changes.
+
+    An image has no .git: its build sets UNDERSTUDY_CODE_VERSION (see Dockerfile)."""
+    if os.environ.get("UNDERSTUDY_CODE_VERSION"):
+        return os.environ["UNDERSTUDY_CODE_VERSION"]
     here = os.path.dirname(os.path.abspath(__file__))
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,

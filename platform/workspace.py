@@ -2,8 +2,11 @@
 
 A workspace is a folder (default ./workspace) holding the MLflow store, Tune's results and
 small JSON manifests, one per finished stage, that name what the stage produced (shard runs,
-checkpoints, MLflow run ids). Shards may live elsewhere (any pyarrow.fs URI, e.g. s3://).
-Everything can be moved by flags or environment variables, never by the YAML configs.
+checkpoints, MLflow run ids). Bulky outputs may live elsewhere: `storage` (a folder or any
+pyarrow.fs URI such as s3://bucket/prefix) holds Tune's checkpoints, MLflow artifacts of a local
+MLflow store and, unless the shard root is set on its own, the shards.
+Everything can be moved by flags or environment variables, never by the YAML configs; object
+storage credentials come only from the environment (AWS_ACCESS_KEY_ID and friends).
 """
 from __future__ import annotations
 
@@ -23,25 +26,40 @@ class Workspace:
     root: Path
     tracking_uri: str
     shard_root: str
+    storage: str = ""  # a folder or URI for checkpoints and artifacts; "" means `root`
 
     @classmethod
     def resolve(cls, root: str | None = None, tracking_uri: str | None = None,
-                shard_root: str | None = None) -> "Workspace":
+                shard_root: str | None = None, storage: str | None = None) -> "Workspace":
         base = Path(root or os.environ.get("UNDERSTUDY_WORKSPACE") or "workspace").resolve()
+        store = _location(storage or os.environ.get("UNDERSTUDY_STORAGE") or str(base))
         return cls(
             root=base,
             tracking_uri=(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
                           or f"sqlite:///{base / 'mlflow.db'}"),
-            shard_root=shard_root or os.environ.get("UNDERSTUDY_SHARD_ROOT") or str(base / "shards"),
+            shard_root=_location(shard_root or os.environ.get("UNDERSTUDY_SHARD_ROOT")
+                                 or f"{store}/shards"),
+            storage=store,
         )
 
     @property
-    def ray_results(self) -> Path:
-        return self.root / "ray_results"
+    def storage_root(self) -> str:
+        return self.storage or str(self.root)
 
     @property
-    def artifact_root(self) -> str:
-        return (self.root / "mlartifacts").as_uri()
+    def ray_results(self) -> str:
+        """Tune's storage_path: a local folder or a URI (Tune writes through pyarrow.fs)."""
+        return f"{self.storage_root}/ray_results"
+
+    @property
+    def artifact_root(self) -> str | None:
+        """Where new MLflow experiments keep artifacts; None lets a tracking server decide
+        (its --artifacts-destination), so clients need no object-storage access for MLflow."""
+        if self.tracking_uri.startswith(("http://", "https://")):
+            return None
+        if "://" in self.storage_root:
+            return f"{self.storage_root}/mlartifacts"
+        return (Path(self.storage_root) / "mlartifacts").as_uri()
 
     def ensure(self) -> "Workspace":
         self.root.mkdir(parents=True, exist_ok=True)
@@ -70,7 +88,23 @@ class Workspace:
                 f"(finished {kind} stages: {', '.join(have) or 'none'}); run `understudy {kind}` first")
         return json.loads(path.read_text())
 
+    def remote_locations(self) -> dict[str, str]:
+        """URI -> the setting it came from, for every output not on a local path."""
+        found = {}
+        for uri, setting in ((self.storage_root, "--storage / UNDERSTUDY_STORAGE"),
+                             (self.shard_root, "--shard-root / UNDERSTUDY_SHARD_ROOT")):
+            if "://" in uri:
+                found.setdefault(uri, setting)
+        return found
+
     def mlflow_ui_command(self) -> str:
         if self.tracking_uri.startswith("sqlite:"):
             return f"mlflow ui --backend-store-uri {self.tracking_uri} --port 5000"
         return f"open {self.tracking_uri} in a browser"
+
+
+def _location(value: str) -> str:
+    """URIs as given (without a trailing slash); local paths made absolute, so Ray workers
+    that run in another folder write to the same place."""
+    value = value.rstrip("/") or "/"
+    return value if "://" in value else str(Path(value).resolve())

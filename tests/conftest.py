@@ -16,3 +16,7 @@ def ray_session():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+# Real services on loopback (moto S3 server), shared by the storage and cluster tests.
+from services import s3_env, s3_server  # noqa: E402,F401  (pytest fixtures)

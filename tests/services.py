@@ -1,0 +1,248 @@
+"""Real services on loopback for the cluster tests: an S3-protocol server (moto in server mode),
+an `mlflow server`, and a Ray cluster of `ray start` nodes. Each runs in its own process group
+(session) and is stopped by killing that group, so a failing test leaves nothing running and
+nothing outside the group is touched (`ray stop` would stop every Ray on the machine).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import pytest
+
+BIN = os.path.dirname(sys.executable)  # the venv's bin: ray, mlflow, moto_server, understudy
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(check, timeout: float, what: str, proc: subprocess.Popen | None = None,
+               log: str | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what}: process exited with {proc.returncode}\n{_tail(log)}")
+        try:
+            result = check()
+            if result:
+                return result
+        except Exception:  # noqa: BLE001  (not up yet)
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"{what}: not ready after {timeout:.0f}s\n{_tail(log)}")
+
+
+def _tail(path: str | None, lines: int = 40) -> str:
+    if not path or not os.path.exists(path):
+        return ""
+    with open(path, errors="replace") as f:
+        return "".join(f.readlines()[-lines:])
+
+
+def http_ok(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=2) as reply:
+        return reply.status == 200
+
+
+@contextmanager
+def process_group(cmd: list[str], env: dict, log: str, cwd: str | None = None, grace: float = 5.0):
+    """Run `cmd` as the leader of a new session; on exit, SIGTERM then SIGKILL the group."""
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
+                                start_new_session=True)
+    try:
+        yield proc
+    finally:
+        kill_group(proc, grace)
+
+
+def kill_group(proc: subprocess.Popen, grace: float) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+    try:  # children may outlive the leader: kill whatever is left in the group
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=5)
+
+
+# ---- S3 (moto server) ------------------------------------------------------------------------
+
+@dataclass
+class S3Server:
+    endpoint: str
+    env: dict  # AWS_* settings a client needs (dummy credentials: moto accepts any)
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
+                            aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"])
+
+    def new_bucket(self) -> str:
+        name = f"understudy-{uuid.uuid4().hex[:12]}"
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    def keys(self, bucket: str, prefix: str = "") -> list[str]:
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
+@contextmanager
+def moto_server(workdir: str, check_credentials: bool = False):
+    """moto in server mode on a free loopback port. By default it accepts any credentials;
+    check_credentials=True makes it refuse keys it does not know, as S3 does."""
+    port = free_port()
+    log = os.path.join(workdir, f"moto-{port}.log")
+    env = dict(os.environ, **({"INITIAL_NO_AUTH_ACTION_COUNT": "0"} if check_credentials else {}))
+    cmd = [os.path.join(BIN, "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
+    with process_group(cmd, env, log) as proc:
+        endpoint = f"http://127.0.0.1:{port}"
+        wait_until(lambda: http_ok(f"{endpoint}/moto-api/"), 60, "moto server", proc, log)
+        yield S3Server(endpoint, {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                                  "AWS_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": "us-east-1"})
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-protocol server (moto) for the whole session."""
+    with moto_server(str(tmp_path_factory.mktemp("moto"))) as server:
+        yield server
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """This process talks to the moto server through the standard AWS_* variables."""
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    return s3_server
+
+
+# ---- mlflow server ---------------------------------------------------------------------------
+
+@dataclass
+class MlflowServer:
+    uri: str
+    backend_db: str  # the server's SQLite file (its database backend store)
+    artifacts: str  # --artifacts-destination
+    proc: subprocess.Popen
+    log: str
+
+    def wait_ready(self) -> "MlflowServer":
+        wait_until(lambda: http_ok(f"{self.uri}/health"), 120, "mlflow server", self.proc, self.log)
+        return self
+
+
+@contextmanager
+def mlflow_server(workdir: str, artifacts_destination: str, env: dict, wait: bool = True):
+    """`mlflow server` with a database backend store and proxied artifacts on `destination`.
+    wait=False returns at once (call wait_ready() later) so other services can start meanwhile."""
+    port = free_port()
+    db = os.path.join(workdir, "mlflow-server.db")
+    log = os.path.join(workdir, "mlflow-server.log")
+    cmd = [os.path.join(BIN, "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+           "--workers", "1", "--backend-store-uri", f"sqlite:///{db}",
+           "--artifacts-destination", artifacts_destination]
+    # No GenAI job runners: they are several extra processes this platform does not use.
+    env = {**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    with process_group(cmd, env, log, cwd=workdir) as proc:
+        server = MlflowServer(f"http://127.0.0.1:{port}", db, artifacts_destination, proc, log)
+        yield server.wait_ready() if wait else server
+
+
+# ---- a Ray cluster of `ray start` nodes ------------------------------------------------------
+
+@dataclass
+class RayCluster:
+    gcs_address: str
+    dashboard_url: str
+    temp_dir: str
+    env: dict
+    logs: list = field(default_factory=list)
+
+    def ray(self, *args: str, timeout: float = 120, cwd: str | None = None,
+            env: dict | None = None) -> subprocess.CompletedProcess:
+        """The `ray` CLI against this cluster (by default with the nodes' environment)."""
+        return subprocess.run([os.path.join(BIN, "ray"), *args], env=env or self.env, cwd=cwd,
+                              capture_output=True, text=True, timeout=timeout)
+
+    def nodes(self) -> list[dict]:
+        out = self.ray("list", "nodes", "--address", self.dashboard_url, "--format", "json",
+                       timeout=60)
+        return json.loads(out.stdout) if out.returncode == 0 else []
+
+
+def _node_ports() -> list[str]:
+    # Two raylets share one machine: every port a node opens must differ between them.
+    return ["--dashboard-agent-listen-port", str(free_port()),
+            "--dashboard-agent-grpc-port", str(free_port()),
+            "--metrics-export-port", str(free_port()),
+            "--runtime-env-agent-port", str(free_port()),
+            "--node-manager-port", str(free_port()),
+            "--object-manager-port", str(free_port())]
+
+
+@contextmanager
+def ray_cluster(env: dict, head_cpus: int, worker_cpus: int, worker_resources: dict):
+    """A head and one worker node, each `ray start --block` in its own process group, on
+    127.0.0.1. Each node gets its own temp dir, as on two machines: with a shared one, a
+    node's runtime-env cleanup deletes the other node's copy of the job's working dir. (Short
+    paths: Ray's Unix sockets have a length limit.)"""
+    temp_dir = tempfile.mkdtemp(prefix="usray-", dir="/tmp")
+    gcs, dashboard = free_port(), free_port()
+    common = ["--block", "--node-ip-address", "127.0.0.1", "--disable-usage-stats",
+              "--object-store-memory", str(200 * 1024 ** 2)]
+    head = [os.path.join(BIN, "ray"), "start", "--head", "--port", str(gcs),
+            "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
+            "--dashboard-port", str(dashboard), "--ray-client-server-port", str(free_port()),
+            "--num-cpus", str(head_cpus), "--temp-dir", f"{temp_dir}/h", *common, *_node_ports()]
+    worker = [os.path.join(BIN, "ray"), "start", "--address", f"127.0.0.1:{gcs}",
+              "--num-cpus", str(worker_cpus), "--resources", json.dumps(worker_resources),
+              "--temp-dir", f"{temp_dir}/w", *common, *_node_ports()]
+    cluster = RayCluster(f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dashboard}", temp_dir, env,
+                         [os.path.join(temp_dir, "head.log"), os.path.join(temp_dir, "worker.log")])
+    try:
+        with process_group(head, env, cluster.logs[0]) as head_proc:
+            wait_until(lambda: http_ok(f"{cluster.dashboard_url}/api/version"), 120,
+                       "ray head (dashboard)", head_proc, cluster.logs[0])
+            with process_group(worker, env, cluster.logs[1]) as worker_proc:
+                wait_until(lambda: len([n for n in cluster.nodes() if n["state"] == "ALIVE"]) == 2,
+                           120, "ray worker node", worker_proc, cluster.logs[1])
+                yield cluster
+    finally:
+        _kill_leftovers(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _kill_leftovers(temp_dir: str) -> None:
+    """Ray processes of this cluster that left the process groups: found by the cluster's
+    own temp dir in their command line, nothing else."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if temp_dir.encode() in f.read():
+                    os.kill(int(pid), signal.SIGKILL)
+        except OSError:
+            pass

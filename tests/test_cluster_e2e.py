@@ -1,0 +1,162 @@
+"""The platform off the laptop, for real: a Ray cluster of two `ray start` nodes on loopback, the
+smoke pipeline submitted with `ray job submit`, shards and checkpoints on an S3-protocol server
+(moto), MLflow as an `mlflow server` process whose artifacts live on that object storage.
+Outputs are then checked without understudy's own readers."""
+import hashlib
+import io
+import json
+import os
+import sqlite3
+import time
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import REPO_ROOT
+from services import BIN, mlflow_server, ray_cluster
+
+pytestmark = pytest.mark.slow
+
+JOB_TIMEOUT_S = 540
+
+
+@pytest.fixture(scope="module")
+def cluster_run(s3_server, tmp_path_factory):
+    """Start everything, submit the smoke pipeline, wait for it; services stop even if it fails."""
+    tmp = tmp_path_factory.mktemp("cluster")
+    bucket = s3_server.new_bucket()
+    # Credentials go into the nodes' and the MLflow server's environment (as a Kubernetes Secret
+    # would); the submitting shell and the job's runtime env never see them.
+    node_env = dict(os.environ, **s3_server.env, RAY_AUTH_MODE="disabled", OMP_NUM_THREADS="1",
+                    PATH=f"{BIN}:{os.environ['PATH']}")
+    submit_env = {k: v for k, v in node_env.items() if not k.startswith("AWS_")}
+    storage = f"s3://{bucket}/runs"
+    workspace = tmp / "ws"
+    submission_id = f"understudy-smoke-{int(time.time())}"
+    with mlflow_server(str(tmp), f"s3://{bucket}/mlflow", node_env, wait=False) as mlflow, \
+            ray_cluster(node_env, head_cpus=1, worker_cpus=2,
+                        worker_resources={"understudy_worker": 1}) as cluster:
+        mlflow.wait_ready()  # started beside the Ray nodes, to save a few seconds
+        nodes = cluster.nodes()
+        started = time.perf_counter()
+        # The README's command, with this cluster's addresses.
+        submit = cluster.ray(
+            "job", "submit", "--address", cluster.dashboard_url, "--submission-id", submission_id,
+            "--working-dir", ".", "--runtime-env", "runtime_env.yaml", "--",
+            "understudy", "--workspace", str(workspace), "--storage", storage,
+            "--tracking-uri", mlflow.uri, "pipeline", "tune_configs/pipelines/smoke.yaml",
+            cwd=REPO_ROOT, env=submit_env, timeout=JOB_TIMEOUT_S)
+        elapsed = time.perf_counter() - started
+        from ray.job_submission import JobSubmissionClient
+
+        jobs = JobSubmissionClient(cluster.dashboard_url)
+        status = str(jobs.get_job_status(submission_id))
+        job_id = jobs.get_job_info(submission_id).job_id
+        work = _work_of_job(cluster.dashboard_url, job_id)
+        yield {"submit": submit, "status": status, "elapsed": elapsed, "nodes": nodes,
+               "work": work, "workspace": workspace, "bucket": bucket, "storage": storage,
+               "mlflow": mlflow, "s3": s3_server}
+
+
+def _work_of_job(dashboard_url: str, job_id: str) -> list[dict]:
+    """Tasks and actors of the job, with the node each ran on (Ray's state API)."""
+    from ray.util.state import list_actors, list_tasks
+
+    filters = [("job_id", "=", job_id)]
+    tasks = list_tasks(address=dashboard_url, filters=filters, detail=True, limit=10_000,
+                       raise_on_missing_output=False)
+    actors = list_actors(address=dashboard_url, filters=filters, detail=True, limit=10_000,
+                         raise_on_missing_output=False)
+    return ([{"name": t.name, "node_id": t.node_id} for t in tasks]
+            + [{"name": a.class_name, "node_id": a.node_id} for a in actors])
+
+
+def stage(run, kind, name):
+    return json.loads((run["workspace"] / "stages" / f"{kind}-{name}.json").read_text())
+
+
+def test_job_submitted_with_ray_cli_succeeds_on_two_nodes(cluster_run):
+    submit = cluster_run["submit"]
+    assert submit.returncode == 0, submit.stdout[-4000:] + submit.stderr[-4000:]
+    assert cluster_run["status"] == "SUCCEEDED"
+    assert "Pipeline 'smoke' finished" in submit.stdout
+    print(f"\nray job submit: pipeline took {cluster_run['elapsed']:.0f}s on the 2-node cluster")
+    nodes = cluster_run["nodes"]
+    assert len(nodes) == 2 and {n["is_head_node"] for n in nodes} == {True, False}
+    worker = next(n for n in nodes if not n["is_head_node"])
+    assert worker["resources_total"].get("understudy_worker") == 1
+    # The work spread over both nodes: the worker node ran trials, the head ran some tasks.
+    used = {w["node_id"] for w in cluster_run["work"] if w["node_id"]}
+    assert {n["node_id"] for n in nodes} <= used, cluster_run["work"]
+
+
+def test_shards_on_object_storage_are_whole_and_match_their_catalog(cluster_run):
+    s3, bucket = cluster_run["s3"], cluster_run["bucket"]
+    teach = stage(cluster_run, "teach", "smoke-teachers")
+    assert teach["shard_root"] == f"{cluster_run['storage']}/shards"
+    assert sorted(r["game"] for r in teach["runs"]) == ["Breakout", "Pong"]
+    client = MlflowClient(cluster_run["mlflow"].uri)
+    for run in teach["runs"]:
+        prefix = f"runs/shards/{run['run_id']}"
+        keys = s3.keys(bucket, prefix)
+        assert f"{prefix}/run.json" in keys
+        catalog = sorted(k for k in keys if "/catalog/" in k and k.endswith(".json"))
+        assert catalog, keys
+        tables = []
+        for key in catalog:
+            entry = json.loads(s3.client().get_object(Bucket=bucket, Key=key)["Body"].read())
+            data = s3.client().get_object(Bucket=bucket, Key=f"{prefix}/{entry['path']}")["Body"].read()
+            assert hashlib.sha256(data).hexdigest() == entry["sha256"]
+            table = pa.ipc.open_file(io.BytesIO(data)).read_all()
+            assert table.num_rows == entry["rows"]
+            tables.append(table)
+        table = pa.concat_tables(tables)
+        assert set(table["game"].to_pylist()) == {run["game"]}
+        assert sum(t.num_rows for t in tables) == run["recorded_steps"]
+        # Per-episode reward sums equal what the MLflow server recorded for the teacher.
+        episodes, rewards = np.asarray(table["episode_index"]), np.asarray(table["reward"])
+        runner = np.asarray(table["env_runner"])
+        sums = [rewards[(runner == r) & (episodes == e)].sum()
+                for r, e in sorted({(int(r), int(e)) for r, e in zip(runner, episodes)})]
+        logged = sorted(client.get_metric_history(run["mlflow_run_id"], "episode_return"),
+                        key=lambda m: m.step)
+        np.testing.assert_allclose(sums, [m.value for m in logged])
+
+
+def test_checkpoints_live_on_object_storage(cluster_run):
+    s3, bucket = cluster_run["s3"], cluster_run["bucket"]
+    teach = stage(cluster_run, "teach", "smoke-teachers")
+    distill = stage(cluster_run, "distill", "smoke-bc")
+    for checkpoint in [r["checkpoint"] for r in teach["runs"]] + [distill["checkpoint"]]:
+        assert checkpoint.startswith(f"s3://{bucket}/runs/ray_results/"), checkpoint
+        assert s3.keys(bucket, checkpoint.removeprefix(f"s3://{bucket}/")), checkpoint
+    keys = s3.keys(bucket, distill["checkpoint"].removeprefix(f"s3://{bucket}/"))
+    assert any(k.endswith("/model.pt") for k in keys) and any(k.endswith("/model.json") for k in keys)
+    # Evaluation played the teacher and the imitator from those remote checkpoints.
+    evaluate = stage(cluster_run, "evaluate", "smoke-eval")
+    assert {r["agent"] for r in evaluate["rows"]} == {"imitator", "teacher", "random"}
+
+
+def test_mlflow_server_has_the_runs_and_object_storage_has_their_artifacts(cluster_run):
+    mlflow, s3, bucket = cluster_run["mlflow"], cluster_run["s3"], cluster_run["bucket"]
+    client = MlflowClient(mlflow.uri)
+    artifact_keys = s3.keys(bucket, "mlflow/")
+    for name, plot in [("understudy-teach", "learning_curve.png"),
+                       ("understudy-distill", "training_curves.png"),
+                       ("understudy-evaluate", "returns.png")]:
+        exp = client.get_experiment_by_name(name)
+        assert exp is not None and exp.artifact_location.startswith("mlflow-artifacts:"), name
+        runs = client.search_runs([exp.experiment_id])
+        assert runs and all(r.info.status == "FINISHED" for r in runs), name
+        assert plot in {a.path for r in runs for a in client.list_artifacts(r.info.run_id)}
+        # The server proxied the upload to the bucket: the plot is an object there.
+        assert any(k.endswith(f"/artifacts/{plot}") and f"/{exp.experiment_id}/" in k
+                   for k in artifact_keys), (name, artifact_keys[:20])
+    # The runs are rows in the server's database backend store.
+    with sqlite3.connect(mlflow.backend_db) as db:
+        assert db.execute("select count(*) from runs").fetchone()[0] >= 2 + 1 + 7
+    # Nothing of MLflow's was written into the job's workspace.
+    assert not (cluster_run["workspace"] / "mlflow.db").exists()
+    assert not (cluster_run["workspace"] / "mlartifacts").exists()
