@@ -22,16 +22,23 @@ def test_killed_env_runner_is_restarted_and_loses_no_recorded_episode(ray_sessio
         num_envs=2, num_env_runners=1, runner="vector")
     algo = recording_algorithm(config.algo_class)(config=config)
     run_id = "ppo-Breakout-s0-kill"
-    algo.train(); algo.train()
-    before = shards.read_catalog(root, run_id)
-    assert before, "the runner should have written shards before the kill"
-    pid = algo.env_runner_group.foreach_env_runner(lambda r: os.getpid(), local_env_runner=False)[0]
-    os.kill(pid, signal.SIGKILL)  # mid-run, with episodes open and some buffered
-    time.sleep(1)
-    for _ in range(4):
-        algo.train()
-    new_pid = algo.env_runner_group.foreach_env_runner(lambda r: os.getpid(), local_env_runner=False)[0]
-    algo.stop()
+    try:
+        algo.train(); algo.train()
+        before = shards.read_catalog(root, run_id)
+        assert before, "the runner should have written shards before the kill"
+        pid = algo.env_runner_group.foreach_env_runner(lambda r: os.getpid(), local_env_runner=False)[0]
+        os.kill(pid, signal.SIGKILL)  # mid-run, with episodes open and some buffered
+        # Train on until RLlib has a replacement runner and it has recorded on for a while.
+        deadline, trained_after_restart, new_pid = time.time() + 180, 0, None
+        while trained_after_restart < 3:
+            assert time.time() < deadline, "the killed env runner was not replaced in time"
+            algo.train()
+            pids = algo.env_runner_group.foreach_env_runner(lambda r: os.getpid(), local_env_runner=False)
+            if pids and pids[0] != pid:
+                new_pid = pids[0]
+                trained_after_restart += 1
+    finally:
+        algo.stop()  # frees the session's CPUs even when the test fails
     assert new_pid != pid  # RLlib replaced the runner and training went on
 
     after = shards.read_catalog(root, run_id)
