@@ -19,8 +19,8 @@ from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 from ray.rllib.utils.metrics import WEIGHTS_SEQ_NO
 
-from understudy.algorithms.recording import EpisodeRecorder
-from understudy.envs import AtariProtocol, game_metadata, make_atari_vector_env
+from understudy.algorithms.recording import recorder_for
+from understudy.envs import AtariProtocol, make_atari_vector_env
 
 
 class _OpenEpisode:
@@ -63,18 +63,7 @@ class AtariVectorEnvRunner(SingleAgentEnvRunner):
         self._batch = None  # the last received batch, not yet acted on
         self.recorder = None
         super().__init__(config=config, **kwargs)
-        env_config = config.env_config
-        record = env_config.get("record")
-        if record and not config.in_evaluation:
-            from understudy.algorithms.teachers import run_id_for
-
-            game, seed = env_config["game"], int(config.seed or 0)
-            self.recorder = EpisodeRecorder(
-                record, run_id=run_id_for(record["session"], record["algorithm"], game, seed),
-                game=game, algorithm=record["algorithm"], seed=seed, env_runner=self.worker_index,
-                metadata={"protocol": env_config.get("protocol", {}),
-                          "max_episode_steps": env_config.get("max_episode_steps"),
-                          "env_runner_class": type(self).__name__, **game_metadata(game)})
+        self.recorder = recorder_for(self)
 
     def make_env(self) -> None:
         if self.env is not None:

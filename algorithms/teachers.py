@@ -26,8 +26,8 @@ from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 from ray.rllib.utils.metrics import WEIGHTS_SEQ_NO
 from ray.tune.registry import register_env
 
-from understudy.algorithms.recording import EpisodeRecorder
-from understudy.envs import AtariProtocol, game_metadata, make_atari_env, newest_frame
+from understudy.algorithms.recording import recorder_for, run_id_for
+from understudy.envs import AtariProtocol, make_atari_env, newest_frame
 
 ENV_NAME = "understudy_atari"
 ALGORITHMS = ("ppo", "appo", "dqn")
@@ -47,10 +47,6 @@ def _env_creator(env_config: dict):
 
 
 register_env(ENV_NAME, _env_creator)
-
-
-def run_id_for(session: str, algorithm: str, game: str, seed: int) -> str:
-    return f"{algorithm}-{game}-s{seed}-{session}"
 
 
 # ---- RLModules that take uint8 pixels -------------------------------------------------------
@@ -99,16 +95,7 @@ class RecordingEnvRunner(SingleAgentEnvRunner):
 
     def __init__(self, *, config: AlgorithmConfig, **kwargs):
         super().__init__(config=config, **kwargs)
-        self.recorder = None
-        record = config.env_config.get("record")
-        if record and not config.in_evaluation:
-            game, seed = config.env_config["game"], int(config.seed or 0)
-            self.recorder = EpisodeRecorder(
-                record, run_id=run_id_for(record["session"], record["algorithm"], game, seed),
-                game=game, algorithm=record["algorithm"], seed=seed, env_runner=self.worker_index,
-                metadata={"protocol": config.env_config.get("protocol", {}),
-                          "max_episode_steps": config.env_config.get("max_episode_steps"),
-                          "env_runner_class": type(self).__name__, **game_metadata(game)})
+        self.recorder = recorder_for(self)
 
     def sample(self, **kwargs):
         episodes = super().sample(**kwargs)

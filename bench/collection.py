@@ -92,7 +92,9 @@ def main():
     p.add_argument("--steps", type=int, default=6_000, help="steps per variant per round")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--envs", type=int, default=16)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="C++ threads of the raw baseline env")
+    p.add_argument("--runner-threads", type=int, default=1,
+                   help="C++ threads of the runner's env (the other core runs the policy)")
     p.add_argument("--rllib-steps", type=int, default=1_500)
     p.add_argument("--memory", action="store_true", help="also measure RSS at 10k and 100k steps")
     p.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)
@@ -112,9 +114,9 @@ def main():
         return
     try:
         raws = {n: make_raw(n, args.threads) for n in sorted({8, args.envs})}
-        teacher = make_runner(args.envs, args.threads, tmp, "vector", "bench-vector")
-        plain = make_runner(args.envs, args.threads, None, "vector", "none")
-        rllib = make_runner(8, args.threads, tmp, "rllib", "bench-rllib")
+        teacher = make_runner(args.envs, args.runner_threads, tmp, "vector", "bench-vector")
+        plain = make_runner(args.envs, args.runner_threads, None, "vector", "none")
+        rllib = make_runner(8, args.runner_threads, tmp, "rllib", "bench-rllib")
         samples = {k: [] for k in ["raw8", f"raw{args.envs}", "teacher", "no_record", "rllib"]}
         for r in range(args.rounds):
             for n, env in raws.items():
@@ -147,7 +149,7 @@ def main():
             import sys
 
             out = subprocess.run([sys.executable, __file__, "--memory-only", "--envs", str(args.envs),
-                                  "--threads", str(args.threads)], capture_output=True, text=True,
+                                  "--threads", str(args.runner_threads)], capture_output=True, text=True,
                                  check=True).stdout
             results["memory"] = json.loads(out.split("MEMORY ", 1)[1])
         print(json.dumps({k: v for k, v in results.items() if k != "samples_steps_per_s"}, indent=2))
