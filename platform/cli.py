@@ -152,26 +152,34 @@ def summarise_run(root: str, run_id: str, bins: int = 10) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="understudy", description=__doc__)
-    p.add_argument("--workspace", help="output folder (default ./workspace or $UNDERSTUDY_WORKSPACE)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite in the workspace)")
-    p.add_argument("--shard-root", help="where shards go: a path or s3://bucket/prefix "
-                   "(default <storage>/shards or $UNDERSTUDY_SHARD_ROOT)")
-    p.add_argument("--storage", help="where checkpoints, MLflow artifacts of a local store and "
-                   "shards go: a path or s3://bucket/prefix (default the workspace or "
-                   "$UNDERSTUDY_STORAGE); credentials only from the environment")
+    # Where things go: accepted before or after the subcommand (`understudy demo --workspace X`).
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("--workspace", default=argparse.SUPPRESS,
+                       help="output folder (default ./workspace or $UNDERSTUDY_WORKSPACE)")
+    where.add_argument("--tracking-uri", default=argparse.SUPPRESS,
+                       help="MLflow tracking URI (default sqlite in the workspace)")
+    where.add_argument("--shard-root", default=argparse.SUPPRESS,
+                       help="where shards go: a path or s3://bucket/prefix "
+                            "(default <storage>/shards or $UNDERSTUDY_SHARD_ROOT)")
+    where.add_argument("--storage", default=argparse.SUPPRESS,
+                       help="where checkpoints, MLflow artifacts of a local store and shards go: "
+                            "a path or s3://bucket/prefix (default the workspace or "
+                            "$UNDERSTUDY_STORAGE); credentials only from the environment")
+    p = argparse.ArgumentParser(prog="understudy", description=__doc__, parents=[where])
     sub = p.add_subparsers(dest="command", required=True)
     for name in ("teach", "distill", "evaluate"):
-        s = sub.add_parser(name, help=f"run the {name} stage (a {name} or pipeline YAML)")
+        s = sub.add_parser(name, help=f"run the {name} stage (a {name} or pipeline YAML)",
+                           parents=[where])
         s.add_argument("config")
         if name == "teach":
             s.add_argument("--resume", action="store_true",
                            help="continue this config's interrupted run from its last checkpoints")
     for name in ("pipeline", "demo"):
-        s = sub.add_parser(name, help="run teach, distill and evaluate end to end")
+        s = sub.add_parser(name, help="run teach, distill and evaluate end to end", parents=[where])
         s.add_argument("config", nargs="?" if name == "demo" else None,
                        default=DEMO_CONFIG if name == "demo" else None)
-    s = sub.add_parser("shards", help="list, summarise or verify recorded learning histories")
+    s = sub.add_parser("shards", help="list, summarise or verify recorded learning histories",
+                       parents=[where])
     s.add_argument("action", choices=["ls", "show", "verify"])
     s.add_argument("run", nargs="?", help="a run id (default: every run)")
     s.add_argument("--root", help="shard root (default: the workspace's)")
@@ -186,7 +194,8 @@ def _config_path(path: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    ws = Workspace.resolve(args.workspace, args.tracking_uri, args.shard_root, args.storage)
+    ws = Workspace.resolve(*(getattr(args, k, None) for k in ("workspace", "tracking_uri",
+                                                             "shard_root", "storage")))
     try:
         if args.command == "shards":
             root = args.root or ws.shard_root
