@@ -135,6 +135,8 @@ class DistillConfig(Strict):
     cnn: Literal["small", "nature"] = "small"
     seed: int = Field(0, ge=0)
     cpus_per_trial: PositiveInt = 1
+    verify_shards: bool = True  # re-hash every shard before training on it
+    skip_corrupt_shards: bool = False  # train without corrupted shards (logged) instead of refusing
 
 
 class EvaluateConfig(Strict):

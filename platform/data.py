@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from understudy.envs import FRAME_SHAPE
 from understudy.platform import shards
@@ -51,11 +50,13 @@ def frames_of(column: pa.ChunkedArray) -> np.ndarray:
     return data[arr.offset * size:(arr.offset + len(arr)) * size].reshape(len(arr), *FRAME_SHAPE)
 
 
-def load_history(root: str, run_ids: list[str], last_episodes: int | None = None) -> History:
-    """Load runs into memory (the skeleton's loader: fine for demo-scale histories)."""
+def load_history(root: str, run_ids: list[str], last_episodes: int | None = None,
+                 exclude: frozenset[str] = frozenset()) -> History:
+    """Load runs into memory (the skeleton's loader: fine for demo-scale histories), less the
+    shard paths in `exclude`."""
     tables = []
     for run_id in run_ids:
-        t = shards.open_run(root, run_id).to_table(
+        t = shards.open_run(root, run_id, exclude).to_table(
             columns=["run_id", "env_runner", "episode_index", "step", "frame", "action", "reward"])
         tables.append(t)
     table = pa.concat_tables(tables).sort_by(

@@ -24,7 +24,8 @@ def train_imitator(config: dict) -> None:
     torch.set_num_threads(config["threads"])
     torch.manual_seed(config["seed"])
     rng = np.random.default_rng(config["seed"])
-    history = load_history(config["shard_root"], config["run_ids"], config["expert_last_episodes"])
+    history = load_history(config["shard_root"], config["run_ids"], config["expert_last_episodes"],
+                           exclude=frozenset(config["skipped_shards"]))
     held = min(config["heldout_episodes"], history.num_episodes - 1)
     split = history.num_episodes - held
     train_rows = history.episode_rows(0, split)
@@ -55,7 +56,15 @@ def run_distill(cfg: DistillConfig, ws: Workspace) -> dict:
         raise StageFailed(f"distill.game: teach stage {cfg.teacher!r} recorded no {cfg.game!r} "
                           f"runs; it has: {sorted({r['game'] for r in teach['runs']})}")
     root = teach["shard_root"]
-    version = shards.data_version(root, run_ids)
+    bad = shards.corrupted_shards(root, run_ids) if cfg.verify_shards else {}
+    if bad and not cfg.skip_corrupt_shards:
+        path, problem = next(iter(bad.items()))
+        raise StageFailed(f"distill: {len(bad)} corrupted shard(s) in teach stage {cfg.teacher!r}'s "
+                          f"history, e.g. {path} ({problem}); see `understudy shards verify`, or set "
+                          "skip_corrupt_shards: true to train without them")
+    for path, problem in bad.items():
+        print(f"[distill] skipping corrupted shard {path}: {problem}", flush=True)
+    version = shards.data_version(root, run_ids, exclude=set(bad))
     num_actions = _num_actions(cfg.game, teach["protocol"])
     session = time.strftime("%Y%m%d-%H%M%S")
     param_space = {
@@ -63,12 +72,14 @@ def run_distill(cfg: DistillConfig, ws: Workspace) -> dict:
         "num_actions": num_actions, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
         "lr": cfg.lr, "heldout_episodes": cfg.heldout_episodes,
         "expert_last_episodes": cfg.expert_last_episodes, "cnn": cfg.cnn, "seed": cfg.seed,
-        "threads": cfg.cpus_per_trial,
+        "threads": cfg.cpus_per_trial, "skipped_shards": sorted(bad),
     }
 
     def params_of(c):
         return {"stage": cfg.name, "algorithm": cfg.algorithm, "teacher_stage": cfg.teacher,
-                "data_version": version, **{k: v for k, v in c.items() if k != "run_ids"},
+                "data_version": version,
+                **{k: v for k, v in c.items() if k not in ("run_ids", "skipped_shards")},
+                "skipped_shards": ",".join(sorted(bad)) or "none",
                 "run_ids": ",".join(run_ids)}
 
     to_mlflow = tracking.TuneToMlflow(
@@ -105,6 +116,7 @@ def run_distill(cfg: DistillConfig, ws: Workspace) -> dict:
     best = max(trials, key=lambda t: t["heldout_accuracy"] or 0.0)
     manifest = {"kind": "distill", "name": cfg.name, "algorithm": cfg.algorithm, "game": cfg.game,
                 "teacher": cfg.teacher, "data_version": version, "run_ids": run_ids,
+                "skipped_shards": sorted(bad),
                 "num_actions": num_actions, "checkpoint": best["checkpoint"],
                 "mlflow_run_id": best["mlflow_run_id"], "trials": trials}
     ws.write_stage("distill", cfg.name, manifest)

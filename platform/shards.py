@@ -312,10 +312,11 @@ def shard_paths(root: str, run_id: str) -> list[str]:
     return [f"{base}/{run_id}/{e['path']}" for e in read_catalog(root, run_id)]
 
 
-def open_run(root: str, run_id: str) -> pads.Dataset:
-    """A run's learning history as a pyarrow dataset over its cataloged shards."""
+def open_run(root: str, run_id: str, exclude: frozenset[str] = frozenset()) -> pads.Dataset:
+    """A run's learning history as a pyarrow dataset over its cataloged shards (less the
+    shard paths in `exclude`, e.g. ones found corrupted)."""
     fs, _ = filesystem(root)
-    paths = shard_paths(root, run_id)
+    paths = [p for p in shard_paths(root, run_id) if p not in exclude]
     if not paths:
         raise ShardError(f"run {run_id!r} under {root!r} has no cataloged shards")
     return pads.dataset(paths, format="ipc", filesystem=fs, schema=SHARD_SCHEMA)
@@ -361,17 +362,26 @@ def ray_dataset(root: str, run_ids: list[str], columns: list[str] | None = None)
         read, batch_size=1, batch_format="pyarrow")
 
 
-def data_version(root: str, run_ids: list[str]) -> str:
-    """A short content hash of exactly which shards a consumer read."""
+def data_version(root: str, run_ids: list[str], exclude: set[str] = frozenset()) -> str:
+    """A short content hash of exactly which shards a consumer read (less `exclude`d paths)."""
+    fs, base = filesystem(root)
     h = hashlib.sha256()
     for run_id in sorted(run_ids):
         for entry in read_catalog(root, run_id):
+            if f"{base}/{run_id}/{entry['path']}" in exclude:
+                continue
             h.update(f"{run_id}/{entry['shard']}:{entry['sha256']}\n".encode())
     return h.hexdigest()[:16]
 
 
+def corrupted_shards(root: str, run_ids: list[str]) -> dict[str, str]:
+    """Shard path -> what is wrong with it, for every cataloged shard that fails verification."""
+    return {line.split(": ", 1)[0]: line.split(": ", 1)[1]
+            for run_id in run_ids for line in verify_run(root, run_id)}
+
+
 def verify_run(root: str, run_id: str) -> list[str]:
-    """Problems found, one line each (empty: every cataloged shard is intact)."""
+    """Problems found, one line each as 'path: problem' (empty: every cataloged shard is intact)."""
     fs, base = filesystem(root)
     problems = []
     for entry in read_catalog(root, run_id):
