@@ -229,9 +229,6 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001  (unwritable workspace or shard root)
         print(f"understudy: error: {err}", file=sys.stderr)
         return 2
-    from understudy.platform.tracking import configure_mlflow_env
-
-    configure_mlflow_env(ws)
     init_ray()
     try:
         if args.command == "teach":

@@ -11,7 +11,6 @@ import subprocess
 import tempfile
 import time
 
-import mlflow
 from mlflow.tracking import MlflowClient
 from ray import tune
 
@@ -160,9 +159,3 @@ def _lookup(result: dict, key: str):
             return None
         value = value[part]
     return value
-
-
-def configure_mlflow_env(ws: Workspace) -> None:
-    """Make mlflow calls in this process (and its Ray workers) use the workspace store."""
-    os.environ["MLFLOW_TRACKING_URI"] = ws.tracking_uri
-    mlflow.set_tracking_uri(ws.tracking_uri)
