@@ -75,11 +75,10 @@ def game_metadata(game: str) -> dict:
     return {"ale_py_version": ale_py.__version__, "rom_id": rom, "rom_sha256": digest}
 
 
-def make_atari_env(game: str, protocol: AtariProtocol = AtariProtocol(), *, scale_obs: bool = False,
+def make_atari_env(game: str, protocol: AtariProtocol = AtariProtocol(), *,
                    max_episode_steps: int | None = None):
     """A gymnasium env: sticky actions, frame skip with max-pool, 84x84 grayscale, no-op starts,
-    frame stack. Observations are (84, 84, stack), uint8, newest frame last; with `scale_obs`
-    they are float32 in [0, 1] (the same pixels divided by 255, so the bytes are recoverable).
+    frame stack. Observations are (84, 84, stack), uint8, newest frame last.
     `max_episode_steps` additionally truncates an episode after that many agent steps.
     """
     import ale_py
@@ -110,20 +109,14 @@ def make_atari_env(game: str, protocol: AtariProtocol = AtariProtocol(), *, scal
         env = TimeLimit(env, max_episode_steps)
     # Counts the raw, unclipped return independently of RLlib and of the recorder.
     env = RecordEpisodeStatistics(env)
-    space = gym.spaces.Box(0.0 if scale_obs else 0, 1.0 if scale_obs else 255,
-                           (protocol.screen_size, protocol.screen_size, protocol.frame_stack),
-                           np.float32 if scale_obs else np.uint8)
-    if scale_obs:
-        return TransformObservation(env, lambda o: np.moveaxis(o, 0, -1).astype(np.float32) / 255.0, space)
+    space = gym.spaces.Box(0, 255, (protocol.screen_size, protocol.screen_size, protocol.frame_stack),
+                           np.uint8)
     return TransformObservation(env, lambda o: np.ascontiguousarray(np.moveaxis(o, 0, -1)), space)
 
 
 def newest_frame(obs: np.ndarray) -> np.ndarray:
-    """The newest 84x84 uint8 frame of an observation from `make_atari_env` (scaled or not)."""
-    last = obs[..., -1]
-    if last.dtype != np.uint8:
-        last = np.rint(last * 255.0).astype(np.uint8)
-    return last
+    """The newest 84x84 frame of a channels-last observation stack."""
+    return obs[..., -1]
 
 
 def make_atari_vector_env(game: str, protocol: AtariProtocol = AtariProtocol(), *, num_envs: int = 1,

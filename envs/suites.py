@@ -8,8 +8,6 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
-from understudy.envs.atari import all_games
-
 
 @dataclass(frozen=True)
 class Suite:
@@ -50,12 +48,6 @@ MGDT_TRAIN = (
 )
 
 
-def _shipped(games) -> tuple[str, ...]:
-    """Only the games whose ROMs the installed ale-py ships, in the given order."""
-    have = set(all_games())
-    return tuple(g for g in games if g in have)
-
-
 SUITES: dict[tuple[str, int], Suite] = {}
 
 
@@ -69,16 +61,11 @@ _add(Suite("transfer2", 1, ("Breakout",), ("SpaceInvaders",),
            description="the essay's thought experiment: Breakout to Space Invaders"))
 _add(Suite("mgdt", 1, MGDT_TRAIN, MGDT_HELDOUT,
            description="Multi-Game Decision Transformer's 41 train / 5 held-out split"))
-
-
-def _add_atari57() -> None:
-    _add(Suite("atari57", 1, _shipped(ATARI57),
-               description="Atari-57 restricted to the ROMs ale-py ships"))
+# ale-py 0.12 ships all 57 ROMs (tests check every suite's games against the installed ROMs).
+_add(Suite("atari57", 1, ATARI57, description="the Atari-57 benchmark"))
 
 
 def _latest(name: str) -> Suite:
-    if not SUITES or all(n != "atari57" for n, _ in SUITES):
-        _add_atari57()
     versions = [v for (n, v) in SUITES if n == name]
     if not versions:
         names = sorted({n for n, _ in SUITES})
@@ -101,5 +88,4 @@ def resolve_suite(spec: str) -> tuple[Suite, list[str]]:
 
 
 def suite_names() -> list[str]:
-    _latest("dev5")
     return [f"{n}@{v}" for n, v in sorted(SUITES)]

@@ -191,11 +191,8 @@ def episodes_to_table(episodes: list[Episode], *, run_id: str, game: str, algori
         parts = [e.columns[key] for e in episodes]
         if all(p is None for p in parts):
             return pa.nulls(n, SHARD_SCHEMA.field(key).type)
-        masks, values = [], []
-        for e, p in zip(episodes, parts):
-            masks.append(np.full(e.steps, p is None))
-            values.append(p if p is not None else None)
-        return make(values, np.concatenate(masks), [e.steps for e in episodes])
+        mask = np.concatenate([np.full(e.steps, p is None) for e, p in zip(episodes, parts)])
+        return make(parts, mask, [e.steps for e in episodes])
 
     def epsilon(values, mask, sizes):
         data = np.concatenate([v if v is not None else np.zeros(s, np.float32)

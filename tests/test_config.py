@@ -124,6 +124,10 @@ def test_suites_and_holdout_split():
     assert not set(train) & set(suite.heldout)
     _, atari57 = resolve_suite("atari57")
     assert len(atari57) == 57 and set(atari57) <= set(all_games())
+    from understudy.envs import SUITES
+
+    for s in SUITES.values():  # every suite's games ship with the installed ale-py
+        assert set(s.part()) <= set(all_games()), s.name
     with pytest.raises(ValueError, match="no version 9"):
         resolve_suite("dev5@9")
 
