@@ -7,3 +7,10 @@ from understudy.envs.suites import SUITES, Suite, resolve_suite, suite_names
 __all__ = ["FRAME_SHAPE", "AtariProtocol", "all_games", "canonical_game", "game_metadata",
            "make_atari_env", "make_atari_vector_env", "newest_frame", "SUITES", "Suite",
            "resolve_suite", "suite_names"]
+
+from understudy.envs.darkroom import (EPISODE_STEPS, GRID, NUM_ACTIONS, DarkRoomEnv,
+                                      DarkRoomVectorEnv, cell_index_of, darkroom_goals, frame_of,
+                                      optimal_return, position_of)
+
+__all__ += ["EPISODE_STEPS", "GRID", "NUM_ACTIONS", "DarkRoomEnv", "DarkRoomVectorEnv",
+            "cell_index_of", "darkroom_goals", "frame_of", "optimal_return", "position_of"]

@@ -121,7 +121,7 @@ def newest_frame(obs: np.ndarray) -> np.ndarray:
 
 def make_atari_vector_env(game: str, protocol: AtariProtocol = AtariProtocol(), *, num_envs: int = 1,
                           batch_size: int = 0, num_threads: int = 0,
-                          max_episode_steps: int | None = None):
+                          max_episode_steps: int | None = None, same_step_reset: bool = False):
     """ale-py's C++ vector env under the same protocol: preprocessing and frame stacking in C++.
 
     Observations are (batch, 84, 84, stack) uint8 (channels last, as for `make_atari_env`),
@@ -131,7 +131,8 @@ def make_atari_vector_env(game: str, protocol: AtariProtocol = AtariProtocol(), 
     first `batch_size` envs that are ready (`info["env_id"]` says which) and `send(actions)`
     acts for exactly those, so a policy can think while the other envs step.
     `max_episode_steps` caps episodes through the emulator's frame limit (frame_skip frames
-    per agent step, no-op start frames included).
+    per agent step, no-op start frames included). With `same_step_reset` an ending step
+    already returns the next episode's first observation (for players of many episodes).
     """
     from ale_py import AtariVectorEnv
 
@@ -148,6 +149,7 @@ def make_atari_vector_env(game: str, protocol: AtariProtocol = AtariProtocol(), 
         stack_num=protocol.frame_stack, frameskip=protocol.frame_skip, maxpool=True,
         noop_max=protocol.noop_max, episodic_life=protocol.terminal_on_life_loss,
         reward_clipping=False, use_fire_reset=False,
+        autoreset_mode="SameStep" if same_step_reset else "NextStep",
     )
     return _ChannelsLast(env)
 
@@ -190,3 +192,18 @@ class _ChannelsLast(_vector_wrapper_base()):
     def recv(self):
         obs, *rest = self.env.recv()
         return (_channels_last(obs), *rest)
+
+
+@functools.lru_cache(maxsize=None)
+def action_set(game: str, full_action_space: bool = False) -> tuple[int, ...]:
+    """The ALE action ids (0..17) behind a game's action indices under a protocol: the minimal
+    set unless the full 18-action space is on. Maps any game's actions into one shared space."""
+    if full_action_space:
+        return tuple(range(18))
+    import ale_py
+    from ale_py import roms
+
+    ale = ale_py.ALEInterface()
+    ale.setLoggerMode(ale_py.LoggerMode.Error)
+    ale.loadROM(roms.get_rom_path(_rom_ids()[canonical_game(game)]))
+    return tuple(int(a.value) for a in ale.getMinimalActionSet())

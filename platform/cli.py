@@ -71,12 +71,15 @@ def cmd_teach(cfg, ws, resume: bool = False):
     return manifest
 
 
-def cmd_distill(cfg, ws):
+def cmd_distill(cfg, ws, resume: bool = False):
     from understudy.platform.distill import run_distill
 
-    t = _banner(f"distill: {cfg.algorithm} on {cfg.game} from teach stage {cfg.teacher!r}")
-    manifest = run_distill(cfg, ws)
-    print(f"  checkpoint: {manifest['checkpoint']}")
+    t = _banner(f"distill: {cfg.algorithm} on {', '.join(cfg.train_games)} from teach stage {cfg.teacher!r}")
+    manifest = run_distill(cfg, ws, resume=resume)
+    for trial in manifest["trials"]:
+        print(f"  {trial['mlflow_run_id']}: heldout_accuracy {trial.get('heldout_accuracy')}, "
+              f"train_loss {trial.get('train_loss')}")
+    print(f"  best ({manifest['best_by']}): {manifest['checkpoint']}")
     _done("distill", t)
     return manifest
 
@@ -171,7 +174,7 @@ def parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=f"run the {name} stage (a {name} or pipeline YAML)",
                            parents=[where])
         s.add_argument("config")
-        if name == "teach":
+        if name in ("teach", "distill"):
             s.add_argument("--resume", action="store_true",
                            help="continue this config's interrupted run from its last checkpoints")
     for name in ("pipeline", "demo"):
@@ -231,8 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     init_ray()
     try:
-        if args.command == "teach":
-            cmd_teach(cfg, ws, resume=args.resume)
+        if args.command in ("teach", "distill"):
+            STAGES[args.command](cfg, ws, resume=args.resume)
         elif args.command in STAGES:
             STAGES[args.command](cfg, ws)
         else:

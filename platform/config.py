@@ -120,23 +120,124 @@ class TeachConfig(Strict):
         return self
 
 
+class DataParams(Strict):
+    """Which parts of the recorded histories an imitator sees (platform.data.Selection and
+    StepTransforms), applied in the order listed."""
+    games: list[Game] | None = None  # default: the distill stage's games
+    suite: str | None = None  # e.g. "mgdt@1:train": the games of a suite split present in the data
+    cutoff_env_steps: PositiveInt | None = None  # teacher cutoff: history up to this many env steps
+    cutoff_policy_version: int | None = Field(None, ge=0)  # ... or up to this learner update
+    gap: PositiveInt = 1  # every k-th episode (AD's "gap" subsampling)
+    expert_last: PositiveInt | None = None  # only the last N episodes per history (ED)
+    unified_actions: bool = False  # the 18 ALE actions, so histories of different games mix
+    reward: Literal["raw", "clip", "sign"] = "raw"
+    gla: bool = False  # per-history random pixel and action permutations (GLA-style)
+    heldout_episodes: int = Field(1, ge=0)  # the last N episodes of each history: action accuracy
+
+    @model_validator(mode="after")
+    def _exclusive(self):
+        if self.expert_last is not None and self.gap != 1:
+            raise ValueError("expert_last and gap cannot be combined (expert-only keeps the last "
+                             "N episodes as they are)")
+        if self.games is not None and self.suite is not None:
+            raise ValueError("give either data.games or data.suite, not both")
+        if self.suite is not None:
+            from understudy.envs import resolve_suite
+
+            try:
+                resolve_suite(self.suite)
+            except ValueError as err:
+                raise ValueError(f"suite: {err}") from None
+        return self
+
+
+class ModelParams(Strict):
+    """Constructor arguments of the model; None keeps the model's own default."""
+    cnn: Literal["small", "nature", "grid"] = "small"  # grid: Dark Room frames
+    stack: PositiveInt | None = None  # frames per observation (BC/DT: 4, AD: 1)
+    hidden: PositiveInt | None = None  # BC
+    context: PositiveInt | None = None  # DT/AD: steps per context window
+    d_model: PositiveInt | None = None
+    layers: PositiveInt | None = None
+    heads: PositiveInt | None = None
+    dropout: float | None = Field(None, ge=0.0, lt=1.0)
+
+
+class SearchDomain(Strict):
+    """One swept value: exactly one of these keys."""
+    grid: list | None = None
+    choice: list | None = None
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[PositiveFloat, PositiveFloat] | None = None
+    randint: tuple[int, int] | None = None
+
+    @model_validator(mode="after")
+    def _one(self):
+        given = [k for k, v in self.model_dump().items() if v is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of grid, choice, uniform, loguniform, randint (got {given or 'none'})")
+        return self
+
+
+class AshaParams(Strict):
+    metric: str = "heldout_loss"
+    mode: Literal["min", "max"] = "min"
+    grace_period: PositiveInt = 1  # epochs before a trial can be stopped
+    reduction_factor: float = Field(2.0, gt=1.0)
+
+
 class DistillConfig(Strict):
-    """An imitator trained by Tune on recorded learning histories."""
+    """An imitator (or a Tune sweep of them) trained on recorded learning histories."""
     kind: Literal["distill"] = "distill"
     name: StageName = "distill"
     teacher: StageName  # the teach stage whose shards to read
-    game: Game  # train on this game's histories
-    algorithm: Literal["bc"] = "bc"
+    game: Game | None = None  # one game, or give `games`
+    games: list[Game] = Field(default_factory=list)
+    algorithm: Literal["bc", "dt", "ad", "ad_gru"] = "bc"
+    model: ModelParams = ModelParams()
+    data: DataParams = DataParams()
     epochs: PositiveInt = 3
     batch_size: PositiveInt = 64
     lr: PositiveFloat = 1e-3
-    heldout_episodes: int = Field(1, ge=0)  # the last N episodes, for action accuracy
-    expert_last_episodes: PositiveInt | None = None  # None: the whole history
-    cnn: Literal["small", "nature"] = "small"
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_batches_per_epoch: PositiveInt | None = None  # cap an epoch on huge data
     seed: int = Field(0, ge=0)
     cpus_per_trial: PositiveInt = 1
+    workers: PositiveInt = 1  # >1: data-parallel training with Ray Train inside the trial
+    block_steps: PositiveInt = 20_000  # rows of consecutive episodes the loader reads at once
+    blocks_in_memory: PositiveInt = 2
+    search: dict[str, SearchDomain] = Field(default_factory=dict)  # dotted keys, e.g. model.d_model
+    num_samples: PositiveInt = 1  # samples of the random domains (grids multiply it)
+    scheduler: Literal["none", "asha"] = "none"
+    asha: AshaParams = AshaParams()
+    max_concurrent_trials: PositiveInt | None = None
+    max_failures: int = Field(2, ge=0)  # a failed trial restarts from its last checkpoint
     verify_shards: bool = True  # re-hash every shard before training on it
     skip_corrupt_shards: bool = False  # train without corrupted shards (logged) instead of refusing
+
+    @model_validator(mode="after")
+    def _check(self):
+        if not self.game and not self.games:
+            raise ValueError("give game (one) or games (several) to train on")
+        if self.game and self.games:
+            raise ValueError("give either game or games, not both")
+        for key in self.search:
+            if key not in _sweepable(DistillConfig):
+                raise ValueError(f"search.{key}: not a sweepable key; valid: {', '.join(_sweepable(DistillConfig))}")
+        return self
+
+    @property
+    def train_games(self) -> list[str]:
+        return [self.game] if self.game else list(self.games)
+
+
+def _sweepable(model: type[BaseModel]) -> list[str]:
+    keys = []
+    for name in ("lr", "batch_size", "weight_decay", "epochs", "seed"):
+        keys.append(name)
+    for section, sub in (("model", ModelParams), ("data", DataParams)):
+        keys += [f"{section}.{k}" for k in sub.model_fields if k not in ("games", "suite")]
+    return keys
 
 
 class EvaluateConfig(Strict):
@@ -178,9 +279,9 @@ class PipelineConfig(Strict):
         if self.distill.teacher != self.teach.name:
             raise ValueError(f"distill.teacher is {self.distill.teacher!r} but the teach stage is "
                              f"named {self.teach.name!r}")
-        if self.distill.game not in self.teach.games:
-            raise ValueError(f"distill.game {self.distill.game!r} is not among teach.games "
-                             f"{self.teach.games}")
+        missing = [g for g in self.distill.train_games if g not in self.teach.games]
+        if missing:
+            raise ValueError(f"distill.game(s) {missing} are not among teach.games {self.teach.games}")
         return self
 
 

@@ -1,11 +1,15 @@
-"""Stage 2, distill: Tune trains an imitator on a teacher's recorded learning history."""
+"""Stage 2, distill: Tune trains imitators (BC, DT, AD, recurrent AD) on recorded learning
+histories: one trial, or a sweep with an ASHA scheduler, checkpointed every epoch, resumable,
+every trial an MLflow run. A trial that asks for several workers trains data-parallel with
+Ray Train inside the trial.
+"""
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
 
-import numpy as np
 from ray import tune
 
 from understudy.platform import plots, shards, storage, tracking
@@ -13,48 +17,174 @@ from understudy.platform.config import DistillConfig
 from understudy.platform.teach import StageFailed
 from understudy.platform.workspace import Workspace
 
+METRICS = ("train_loss", "train_accuracy", "heldout_loss", "heldout_accuracy", "samples_per_s",
+           "data_wait_s", "train_targets")
+
+
+# ---- the data a trial sees ---------------------------------------------------------------------
+
+def select_data(cfg: DistillConfig, root: str, run_ids: list[str], exclude=frozenset()):
+    """(train histories, held-out histories, num_actions) exactly as a trial will read them."""
+    from understudy.platform import data
+
+    games = cfg.train_games
+    if cfg.data.games is not None:
+        games = cfg.data.games
+    elif cfg.data.suite is not None:
+        from understudy.envs import resolve_suite
+
+        games = [g for g in resolve_suite(cfg.data.suite)[1] if g in games] or resolve_suite(cfg.data.suite)[1]
+    d = cfg.data
+    selection = data.Selection(games=tuple(games), cutoff_env_steps=d.cutoff_env_steps,
+                               cutoff_policy_version=d.cutoff_policy_version, gap=d.gap,
+                               expert_last=d.expert_last)
+    histories = selection.apply(data.index_runs(root, run_ids, frozenset(exclude)))
+    if not histories:
+        raise StageFailed(f"distill.data: no episodes left of runs {run_ids} after the selection "
+                          f"{selection}; loosen the cutoff or check the games")
+    transforms = step_transforms(cfg)
+    train, heldout = data.split_heldout(histories, d.heldout_episodes)
+    return train, heldout, data.num_actions_of(histories, transforms)
+
+
+def step_transforms(cfg: DistillConfig):
+    from understudy.platform.data import StepTransforms
+
+    return StepTransforms(unified_actions=cfg.data.unified_actions, reward=cfg.data.reward,
+                          gla=cfg.data.gla, seed=cfg.seed)
+
+
+# ---- the trial -------------------------------------------------------------------------------------
 
 def train_imitator(config: dict) -> None:
-    """Tune function trainable: one imitator, reported per epoch, checkpointed at the end."""
+    """Tune function trainable: one imitator, reported and checkpointed every epoch, restored
+    from its last checkpoint when Tune restarts it."""
+    cfg = DistillConfig.model_validate(config["distill"])
+    if cfg.workers > 1:
+        return _train_data_parallel(cfg, config["context"])
+    _train_loop(cfg, config["context"], report=tune.report, checkpoint=tune.get_checkpoint(),
+                make_checkpoint=tune.Checkpoint.from_directory)
+
+
+def _train_loop(cfg: DistillConfig, context: dict, report, checkpoint, make_checkpoint,
+                rank: int = 0, world: int = 1) -> None:
     import torch
 
-    from understudy.algorithms import bc
-    from understudy.platform.data import load_history
+    from understudy.algorithms import imitation
+    from understudy.platform.data import Loader
 
-    torch.set_num_threads(config["threads"])
-    torch.manual_seed(config["seed"])
-    rng = np.random.default_rng(config["seed"])
-    history = load_history(config["shard_root"], config["run_ids"], config["expert_last_episodes"],
-                           exclude=frozenset(config["skipped_shards"]))
-    held = min(config["heldout_episodes"], history.num_episodes - 1)
-    split = history.num_episodes - held
-    train_rows = history.episode_rows(0, split)
-    heldout_rows = history.episode_rows(split, history.num_episodes)
-    model = bc.ConvPolicy(config["num_actions"], config["cnn"])
-    optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"])
-    for epoch in range(1, config["epochs"] + 1):
-        started = time.perf_counter()
-        train_loss = bc.train_epoch(model, optimizer, history, train_rows, config["batch_size"], rng)
-        metrics = {"epoch": epoch, "train_loss": train_loss, "train_rows": len(train_rows),
-                   "heldout_rows": len(heldout_rows),
-                   "samples_per_s": len(train_rows) / (time.perf_counter() - started)}
-        if len(heldout_rows):
-            metrics["heldout_loss"], metrics["heldout_accuracy"] = bc.evaluate_rows(model, history, heldout_rows)
-        if epoch == config["epochs"]:
-            with tempfile.TemporaryDirectory() as tmp:
-                bc.save(model, tmp, {"game": config["game"], "data_version": config["data_version"],
-                                     "run_ids": config["run_ids"]})
-                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+    torch.set_num_threads(cfg.cpus_per_trial)
+    torch.manual_seed(cfg.seed)
+    root = context["shard_root"]
+    train, heldout, num_actions = select_data(cfg, root, context["run_ids"], context["skipped_shards"])
+    model = imitation.build(cfg.algorithm, num_actions, **cfg.model.model_dump(exclude_none=True))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    first_epoch, steps = 1, 0
+    if checkpoint is not None:  # a restarted or resumed trial continues where it stopped
+        with checkpoint.as_directory() as d:
+            model.load_state_dict(torch.load(os.path.join(d, "model.pt"), weights_only=True))
+            optimizer.load_state_dict(torch.load(os.path.join(d, "optimizer.pt"), weights_only=True))
+            meta = json.load(open(os.path.join(d, "model.json")))
+        first_epoch, steps = meta["epoch"] + 1, meta["steps"]
+        print(f"[distill] restored from epoch {meta['epoch']} checkpoint", flush=True)
+    max_batches, after_backward = cfg.max_batches_per_epoch, None
+    if world > 1:
+        import torch.distributed as dist
+
+        for p in model.state_dict().values():  # start from rank 0's weights
+            dist.broadcast(p, 0)
+        after_backward = _average_gradients
+        # Every worker must take the same number of steps, or the gradient all-reduce hangs.
+        rows = sum(h.steps for h in train)
+        per_worker = max(1, rows // (cfg.batch_size * world * model.sample_spec().length))
+        max_batches = min(max_batches or per_worker, per_worker)
+    spec = model.sample_spec()
+    loader = Loader(root, train, spec, cfg.batch_size, num_actions, step_transforms(cfg),
+                    cfg.block_steps, cfg.blocks_in_memory, seed=cfg.seed + 1000 * rank,
+                    rank=rank, world=world, cycle=world > 1, epoch=first_epoch - 1)
+    held = Loader(root, heldout, spec, cfg.batch_size, num_actions, step_transforms(cfg),
+                  cfg.block_steps, cfg.blocks_in_memory, seed=cfg.seed) if heldout else None
+    for epoch in range(first_epoch, cfg.epochs + 1):
+        metrics = imitation.train_epoch(model, optimizer, loader, max_batches=max_batches,
+                                          after_backward=after_backward)
+        if held is not None and rank == 0:
+            held.epoch = 0  # the same held-out samples every epoch
+            metrics.update(imitation.evaluate(model, held))
+        steps += metrics.pop("batches")
+        metrics.update(epoch=epoch, steps=steps)
+        with tempfile.TemporaryDirectory() as tmp:
+            if rank == 0:
+                imitation.save(model, tmp, {"epoch": epoch, "steps": steps, "games": sorted({h.game for h in train}),
+                                            "data_version": context["data_version"],
+                                            "run_ids": context["run_ids"]}, optimizer)
+            report(metrics, checkpoint=make_checkpoint(tmp) if rank == 0 else None)
+
+
+def _average_gradients(model) -> None:
+    """Data parallelism by hand: every worker's gradients are averaged before the step."""
+    import torch.distributed as dist
+
+    world = dist.get_world_size()
+    for p in model.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= world
+
+
+def _train_data_parallel(cfg: DistillConfig, context: dict) -> None:
+    """Ray Train inside the Tune trial: `workers` processes, each reading its share of the
+    blocks, gradients all-reduced; rank 0's reports and checkpoints reach Tune."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    def worker(loop_config):
+        ctx = ray.train.get_context()
+        _train_loop(DistillConfig.model_validate(loop_config["distill"]), loop_config["context"],
+                    report=ray.train.report, checkpoint=ray.train.get_checkpoint(),
+                    make_checkpoint=ray.train.Checkpoint.from_directory,
+                    rank=ctx.get_world_rank(), world=ctx.get_world_size())
+
+    trial = tune.get_context()
+    trainer = TorchTrainer(
+        worker, train_loop_config={"distill": cfg.model_dump(), "context": context},
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers,
+                                               resources_per_worker={"CPU": cfg.cpus_per_trial}),
+        run_config=ray.train.RunConfig(name=f"{trial.get_experiment_name()}-{trial.get_trial_id()}",
+                                       storage_path=context["storage_path"],
+                                       callbacks=[TuneReportCallback()]))
+    trainer.fit()
+
+
+# ---- the sweep -------------------------------------------------------------------------------------
+
+def _domain(spec):
+    kind, value = next((k, v) for k, v in spec.model_dump().items() if v is not None)
+    return {"grid": tune.grid_search, "choice": tune.choice, "uniform": lambda v: tune.uniform(*v),
+            "loguniform": lambda v: tune.loguniform(*v), "randint": lambda v: tune.randint(*v)}[kind](value)
+
+
+def param_space(cfg: DistillConfig, context: dict) -> dict:
+    """The trial config: the distill config with each `search` key replaced by its domain."""
+    distill = cfg.model_dump()
+    for key, spec in cfg.search.items():
+        node, *path = key.split(".")
+        if path:
+            distill[node] = {**distill[node], path[0]: _domain(spec)}
         else:
-            tune.report(metrics)
+            distill[node] = _domain(spec)
+    distill["search"] = {}
+    return {"distill": distill, "context": context}
 
 
-def run_distill(cfg: DistillConfig, ws: Workspace) -> dict:
+def run_distill(cfg: DistillConfig, ws: Workspace, resume: bool = False) -> dict:
     teach = ws.read_stage("teach", cfg.teacher)
-    run_ids = [r["run_id"] for r in teach["runs"] if r["game"] == cfg.game]
-    if not run_ids:
-        raise StageFailed(f"distill.game: teach stage {cfg.teacher!r} recorded no {cfg.game!r} "
-                          f"runs; it has: {sorted({r['game'] for r in teach['runs']})}")
+    games = cfg.train_games
+    run_ids = [r["run_id"] for r in teach["runs"] if r["game"] in games]
+    missing = [g for g in games if g not in {r["game"] for r in teach["runs"]}]
+    if missing:
+        raise StageFailed(f"distill.games: teach stage {cfg.teacher!r} recorded no runs of {missing}; "
+                          f"it has: {sorted({r['game'] for r in teach['runs']})}")
     root = teach["shard_root"]
     bad = shards.corrupted_shards(root, run_ids) if cfg.verify_shards else {}
     if bad and not cfg.skip_corrupt_shards:
@@ -65,34 +195,61 @@ def run_distill(cfg: DistillConfig, ws: Workspace) -> dict:
     for path, problem in bad.items():
         print(f"[distill] skipping corrupted shard {path}: {problem}", flush=True)
     version = shards.data_version(root, run_ids, exclude=set(bad))
-    num_actions = _num_actions(cfg.game, teach["protocol"])
-    session = time.strftime("%Y%m%d-%H%M%S")
-    param_space = {
-        "shard_root": root, "run_ids": run_ids, "game": cfg.game, "data_version": version,
-        "num_actions": num_actions, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
-        "lr": cfg.lr, "heldout_episodes": cfg.heldout_episodes,
-        "expert_last_episodes": cfg.expert_last_episodes, "cnn": cfg.cnn, "seed": cfg.seed,
-        "threads": cfg.cpus_per_trial, "skipped_shards": sorted(bad),
-    }
+    train, heldout, num_actions = select_data(cfg, root, run_ids, frozenset(bad))
+    data_games = sorted({h.game for h in train})
+    print(f"[distill] data {version}: {sum(len(h.episodes) for h in train)} training episodes "
+          f"({sum(h.steps for h in train)} steps) of {data_games}, "
+          f"{sum(len(h.episodes) for h in heldout)} held out", flush=True)
 
-    def params_of(c):
-        return {"stage": cfg.name, "algorithm": cfg.algorithm, "teacher_stage": cfg.teacher,
-                "data_version": version,
-                **{k: v for k, v in c.items() if k not in ("run_ids", "skipped_shards")},
-                "skipped_shards": ",".join(sorted(bad)) or "none",
-                "run_ids": ",".join(run_ids)}
+    running = ws.stage_path("distill", cfg.name).with_suffix(".running.json")
+    if resume:
+        if not running.exists():
+            raise StageFailed(f"--resume: no interrupted distill stage named {cfg.name!r} in {ws.root}")
+        experiment_path = json.loads(running.read_text())["experiment"]
+    else:
+        experiment_path = f"{ws.ray_results}/distill-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    experiment = experiment_path.rsplit("/", 1)[1]
+    context = {"shard_root": root, "run_ids": run_ids, "data_version": version,
+               "skipped_shards": sorted(bad), "storage_path": ws.ray_results}
+
+    def params_of(trial_config):
+        c = trial_config["distill"]
+        flat = {k: v for k, v in c.items() if not isinstance(v, dict) and k not in ("search",)}
+        flat.update({f"model.{k}": v for k, v in c["model"].items()})
+        flat.update({f"data.{k}": v for k, v in c["data"].items()})
+        return {"stage": cfg.name, "teacher_stage": cfg.teacher, "data_version": version,
+                "data_games": ",".join(data_games), "data_run_ids": ",".join(run_ids),
+                "skipped_shards": ",".join(sorted(bad)) or "none", "num_actions": num_actions, **flat}
 
     to_mlflow = tracking.TuneToMlflow(
-        ws, "distill", params_of,
-        metrics={k: k for k in ("train_loss", "heldout_loss", "heldout_accuracy", "samples_per_s")},
-        step_key="epoch", total=cfg.epochs, name_of=lambda t: f"{cfg.algorithm}-{cfg.game}-{t.trial_id}")
-    trainable = tune.with_resources(train_imitator, {"cpu": cfg.cpus_per_trial})
-    grid = tune.Tuner(
-        trainable, param_space=param_space,
-        run_config=tune.RunConfig(name=f"distill-{cfg.name}-{session}",
-                                  storage_path=ws.ray_results, callbacks=[to_mlflow],
-                                  verbose=0),
-    ).fit()
+        ws, "distill", params_of, metrics={k: k for k in METRICS}, step_key="steps",
+        experiment=experiment,
+        name_of=lambda t: f"{cfg.algorithm}-{'+'.join(games)}-{t.trial_id}")
+    resources = ({"cpu": cfg.cpus_per_trial} if cfg.workers == 1
+                 else tune.PlacementGroupFactory([{"CPU": 0}] + [{"CPU": cfg.cpus_per_trial}] * cfg.workers,
+                                                 strategy="PACK"))
+    trainable = tune.with_resources(train_imitator, resources)
+    scheduler = None
+    if cfg.scheduler == "asha":
+        scheduler = tune.schedulers.ASHAScheduler(
+            time_attr="training_iteration", metric=cfg.asha.metric, mode=cfg.asha.mode,
+            max_t=cfg.epochs, grace_period=cfg.asha.grace_period, reduction_factor=cfg.asha.reduction_factor)
+    space = param_space(cfg, context)
+    if resume and tune.Tuner.can_restore(experiment_path):
+        print(f"[distill] resuming {experiment}", flush=True)
+        tuner = tune.Tuner.restore(experiment_path, trainable=trainable, param_space=space,
+                                   resume_unfinished=True, resume_errored=True)
+    else:
+        ws.write_stage("distill", cfg.name + ".running", {"experiment": experiment_path})
+        tuner = tune.Tuner(
+            trainable, param_space=space,
+            tune_config=tune.TuneConfig(num_samples=cfg.num_samples, scheduler=scheduler,
+                                        max_concurrent_trials=cfg.max_concurrent_trials),
+            run_config=tune.RunConfig(
+                name=experiment, storage_path=ws.ray_results, callbacks=[to_mlflow], verbose=0,
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                failure_config=tune.FailureConfig(max_failures=cfg.max_failures)))
+    grid = tuner.fit()
     errors = [str(r.error).splitlines()[0] for r in grid if r.error]
     if errors:
         raise StageFailed(f"distill: {len(errors)} of {len(grid)} trials failed: {errors[0]}")
@@ -100,34 +257,53 @@ def run_distill(cfg: DistillConfig, ws: Workspace) -> dict:
     client = tracking.client_for(ws)
     trials = []
     for result in grid:
-        mlflow_run = to_mlflow.runs[result.metrics["trial_id"]]
+        mlflow_run = to_mlflow.runs.get(result.metrics["trial_id"]) or _find_run(client, ws, experiment, result)
         history = result.metrics_dataframe.to_dict("records")
         tracking.log_figure(client, mlflow_run, plots.training_curves(
-            history, f"BC on {cfg.game} ({len(run_ids)} teacher run(s), data {version})"),
-            "training_curves.png")
+            history, f"{cfg.algorithm.upper()} on {', '.join(data_games)} ({len(run_ids)} teacher run(s), "
+                     f"data {version})"), "training_curves.png")
         client.set_tag(mlflow_run, "understudy.data_version", version)
         checkpoint = storage.checkpoint_uri(result.checkpoint)
         client.set_tag(mlflow_run, "understudy.checkpoint", checkpoint)
         with result.checkpoint.as_directory() as local:  # a download when storage is remote
-            client.log_artifacts(mlflow_run, local, "model")
+            client.log_artifacts(mlflow_run, local, "checkpoint")
+            _log_mlflow_model(client, mlflow_run, local)
         trials.append({"checkpoint": checkpoint, "mlflow_run_id": mlflow_run,
-                       "heldout_accuracy": result.metrics.get("heldout_accuracy"),
-                       "train_loss": result.metrics.get("train_loss")})
-    best = max(trials, key=lambda t: t["heldout_accuracy"] or 0.0)
-    manifest = {"kind": "distill", "name": cfg.name, "algorithm": cfg.algorithm, "game": cfg.game,
+                       "epochs": result.metrics.get("epoch"),
+                       **{k: result.metrics.get(k) for k in ("heldout_accuracy", "heldout_loss", "train_loss")}})
+    metric, mode = (cfg.asha.metric, cfg.asha.mode)
+    scored = [t for t in trials if t.get(metric) is not None] or trials
+    metric = metric if scored is not trials or trials[0].get(metric) is not None else "train_loss"
+    best = (min if mode == "min" else max)(scored, key=lambda t: t.get(metric) if t.get(metric) is not None else float("inf"))
+    manifest = {"kind": "distill", "name": cfg.name, "algorithm": cfg.algorithm,
+                "game": games[0], "games": games, "data_games": data_games,
                 "teacher": cfg.teacher, "data_version": version, "run_ids": run_ids,
-                "skipped_shards": sorted(bad),
+                "data": cfg.data.model_dump(), "skipped_shards": sorted(bad),
                 "num_actions": num_actions, "checkpoint": best["checkpoint"],
-                "mlflow_run_id": best["mlflow_run_id"], "trials": trials}
+                "mlflow_run_id": best["mlflow_run_id"], "best_by": metric, "trials": trials,
+                "data_best_return": max((e.ret for h in train for e in h.episodes), default=None)}
     ws.write_stage("distill", cfg.name, manifest)
+    running.unlink(missing_ok=True)
     return manifest
 
 
-def _num_actions(game: str, protocol: dict) -> int:
-    from understudy.envs import AtariProtocol, make_atari_env
+def _find_run(client, ws, experiment, result) -> str:
+    exp_id = tracking.experiment_id(client, ws, "distill")
+    found = client.search_runs([exp_id], f"tags.`tune.trial_id` = '{result.metrics['trial_id']}' and "
+                                         f"tags.`tune.experiment` = '{experiment}'")
+    return found[0].info.run_id
 
-    env = make_atari_env(game, AtariProtocol(**protocol))
-    try:
-        return int(env.action_space.n)
-    finally:
-        env.close()
+
+def _log_mlflow_model(client, run_id: str, checkpoint_dir: str) -> None:
+    """The trained model in MLflow's pytorch flavour (`mlflow.pytorch.load_model('runs:/<id>/model')`).
+    Our own checkpoint beside it ('checkpoint/') loads weights only, without unpickling code."""
+    import mlflow.pytorch
+
+    from understudy.algorithms import imitation
+
+    model, _ = imitation.load(checkpoint_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model")
+        mlflow.pytorch.save_model(model, path, serialization_format="pickle",
+                                  pip_requirements=["torch==2.13.0"])
+        client.log_artifacts(run_id, path, "model")

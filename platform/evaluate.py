@@ -12,60 +12,87 @@ from understudy.platform.teach import StageFailed
 from understudy.platform.workspace import Workspace
 
 
-def _make_policy(agent: dict, env, greedy: bool, seed: int):
+class _Stateless:
+    """A policy of obs alone (random, teacher) behind the players' common act() signature."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def act(self, obs, prev_action, prev_reward, new_episode):
+        return self.fn(obs)
+
+
+def _make_policy(agent: dict, num_envs: int, num_actions: int, greedy: bool, seed: int):
+    """(policy with act(obs, prev_action, prev_reward, new_episode), frames per observation)."""
     kind = agent["kind"]
-    n = env.single_action_space.n
     if kind == "random":
         rng = np.random.default_rng(seed)
-        return lambda obs: rng.integers(n, size=len(obs))
+        return _Stateless(lambda obs: rng.integers(num_actions, size=len(obs))), 1
     if kind == "imitator":
-        from understudy.algorithms import bc
+        from understudy.algorithms import imitation
 
-        model, meta = bc.load(agent["checkpoint"])
-        num_actions = meta["num_actions"]
-        act = bc.policy(model, greedy=greedy, seed=seed)
+        model, meta = imitation.load(agent["checkpoint"])
+        have, stack = meta["num_actions"], meta["stack"]
+        player = imitation.policy(model, num_envs, greedy=greedy, seed=seed,
+                                  target_return=agent.get("target_return"))
     elif kind == "teacher":
         from understudy.algorithms.teachers import load_teacher_policy
 
-        num_actions = agent["num_actions"]
-        act = load_teacher_policy(agent["checkpoint"])
+        have, stack = agent["num_actions"], 4
+        player = _Stateless(load_teacher_policy(agent["checkpoint"]))
     else:
         raise ValueError(f"agent kind {kind!r}; valid: imitator, teacher, random")
-    if num_actions != n:
+    if have != num_actions:
         raise StageFailed(
-            f"{kind} acts with {num_actions} actions but this game has {n} under "
+            f"{kind} acts with {have} actions but this game has {num_actions} under "
             "the teacher's protocol; teach with protocol.full_action_space: true to play across games")
-    return act
+    return player, stack
+
+
+def play_episodes(env, player, stack: int, num_actions: int, episodes: int, seed: int) -> list[list[dict]]:
+    """Each of the env's N copies plays `episodes` consecutive episodes with the same player,
+    which sees the previous action and reward and where episodes start (so a player with
+    memory can carry it from one episode to the next). The env resets in the same step an
+    episode ends. Returns, per env, each episode's raw return and length, in order."""
+    obs, _ = env.reset(seed=seed)
+    n = len(obs)
+    prev_action, prev_reward = np.full(n, num_actions), np.zeros(n, np.float32)
+    new_episode = np.ones(n, bool)
+    ret, length = np.zeros(n), np.zeros(n, int)
+    played: list[list[dict]] = [[] for _ in range(n)]
+    while min(len(p) for p in played) < episodes:
+        actions = np.asarray(player.act(obs[..., -stack:], prev_action, prev_reward, new_episode))
+        obs, rewards, terminated, truncated, _ = env.step(actions)
+        ret, length = ret + rewards, length + 1
+        done = terminated | truncated
+        for i in np.flatnonzero(done):
+            played[i].append({"return": float(ret[i]), "length": int(length[i]), "truncated": bool(truncated[i])})
+        ret[done], length[done] = 0.0, 0
+        prev_action, prev_reward, new_episode = actions, rewards.astype(np.float32), done
+    return [p[:episodes] for p in played]
 
 
 @ray.remote(num_cpus=1)
 def play(agent: dict, game: str, protocol: dict, episodes: int, max_episode_steps, greedy: bool,
-         seed: int) -> list[dict]:
-    """Play `episodes` episodes at once, one per env of a vector env, with batched actions;
-    return each one's raw return and length."""
+         seed: int, num_envs: int | None = None) -> list[list[dict]]:
+    """`num_envs` copies of a game (default: one per episode) each play `episodes` consecutive
+    episodes (default: 1 when num_envs is not given), actions batched across copies."""
     import torch
 
     from understudy.envs import AtariProtocol, make_atari_vector_env
 
     torch.set_num_threads(1)
-    env = make_atari_vector_env(game, AtariProtocol(**protocol), num_envs=episodes,
-                                max_episode_steps=max_episode_steps)
+    per_env = 1 if num_envs is None else episodes
+    env = make_atari_vector_env(game, AtariProtocol(**protocol), num_envs=num_envs or episodes,
+                                max_episode_steps=max_episode_steps, same_step_reset=True)
     # Checkpoints on object storage are copied here; the policy holds its weights in memory.
     with storage.local_copy(agent.get("checkpoint")) as checkpoint:
-        act = _make_policy(dict(agent, checkpoint=checkpoint), env, greedy, seed)
-    obs, _ = env.reset(seed=seed)
-    returns, lengths = np.zeros(episodes), np.zeros(episodes, int)
-    running = np.ones(episodes, bool)
-    truncated_any = np.zeros(episodes, bool)
-    while running.any():
-        obs, rewards, terminated, truncated, _ = env.step(np.asarray(act(obs)))
-        returns += rewards * running
-        lengths += running
-        truncated_any |= truncated & running
-        running &= ~(terminated | truncated)  # each env plays exactly one episode
-    env.close()
-    return [{"return": float(r), "length": int(n), "truncated": bool(t)}
-            for r, n, t in zip(returns, lengths, truncated_any)]
+        player, stack = _make_policy(dict(agent, checkpoint=checkpoint), env.num_envs,
+                                     int(env.single_action_space.n), greedy, seed)
+    try:
+        return play_episodes(env, player, stack, int(env.single_action_space.n), per_env, seed)
+    finally:
+        env.close()
 
 
 def run_evaluate(cfg: EvaluateConfig, ws: Workspace) -> dict:
@@ -90,7 +117,7 @@ def run_evaluate(cfg: EvaluateConfig, ws: Workspace) -> dict:
     while pending:
         done, _ = ray.wait([f for _, f in pending], num_returns=1)
         for key, fut in [p for p in pending if p[1] in done]:
-            episodes = ray.get(fut)
+            episodes = [e for per_env in ray.get(fut) for e in per_env]
             results[key[0]][key[1]] = [e["return"] for e in episodes]
             lengths[key] = [e["length"] for e in episodes]
             print(f"[evaluate] {key[0]:>8} on {key[1]:<14} returns {results[key[0]][key[1]]}  "

@@ -17,7 +17,7 @@ def workspace_with_corrupt_shard(tmp_path):
     ws = Workspace.resolve(str(tmp_path / "ws")).ensure()
     root = ws.shard_root
     writer = shards.ShardWriter(root, "run-x", STATIC, env_runner=0, max_rows=10**9)
-    shards.write_run_metadata(root, "run-x", dict(STATIC))
+    shards.write_run_metadata(root, "run-x", {**STATIC, "protocol": {"full_action_space": True}})
     for i, (episode, _) in enumerate(play_random(episodes=3, max_steps=40)):
         writer.add(episode)
         writer.flush()  # one shard per episode
@@ -36,7 +36,7 @@ def workspace_with_corrupt_shard(tmp_path):
 def distill_config(tmp_path, **extra):
     path = tmp_path / "distill.yaml"
     path.write_text(yaml.safe_dump({"kind": "distill", "name": "d", "teacher": "t", "game": "Breakout",
-                                    "epochs": 1, "heldout_episodes": 0, **extra}))
+                                    "epochs": 1, "data": {"heldout_episodes": 0}, **extra}))
     return str(path)
 
 

@@ -1,0 +1,48 @@
+"""Algorithm Distillation (Laskin et al. 2022): a causal transformer trained to predict the
+teacher's next action from a context that spans several consecutive episodes of the teacher's
+learning history, in training order, with no return conditioning. Because later episodes in
+the context are better than earlier ones, the model can only predict well by modelling how the
+teacher's behaviour improves from episode to episode; frozen, it may then improve in-context
+by reading its own past episodes. The observation encoder (a CNN) is shared by every step.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from understudy.algorithms.nets import CausalTransformer, ContextPolicy, StepEmbedding, masked_action_loss
+from understudy.platform.data import SampleSpec
+
+
+class AlgorithmDistillation(nn.Module):
+    def __init__(self, num_actions: int, cnn: str = "small", stack: int = 1, context: int = 256,
+                 d_model: int = 128, layers: int = 4, heads: int = 4, dropout: float = 0.1):
+        super().__init__()
+        self.embed = StepEmbedding(cnn, stack, num_actions, d_model)
+        self.transformer = CausalTransformer(d_model, layers, heads, context, dropout)
+        self.head = nn.Linear(d_model, num_actions)
+        self.spec = {"algorithm": "ad", "num_actions": num_actions, "cnn": cnn, "stack": stack,
+                     "context": context, "d_model": d_model, "layers": layers, "heads": heads,
+                     "dropout": dropout}
+
+    def sample_spec(self) -> SampleSpec:
+        return SampleSpec("history", self.spec["context"], self.spec["stack"])
+
+    def tokens(self, batch: dict) -> torch.Tensor:
+        return self.embed(batch)
+
+    def head_of(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(self.transformer(tokens))
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.head_of(self.tokens(batch))
+
+    def loss(self, batch: dict):
+        return masked_action_loss(self(batch), batch["action"], batch["mask"])
+
+
+class Policy(ContextPolicy):
+    """The context slides across episodes: the agent reads its own last `context` steps."""
+
+    def __init__(self, model: AlgorithmDistillation, num_envs: int, greedy: bool = False, seed: int = 0):
+        super().__init__(model, num_envs, model.spec["context"], False, greedy, seed)

@@ -1,0 +1,221 @@
+"""The source RL algorithm for Dark Room: tabular Q-learning with epsilon-greedy exploration,
+one learning history per goal, recorded through the same shard path as the Atari teachers.
+
+The goal is fixed within a history, so the agent's position is a Markov state and a 81 x 5
+Q-table per goal is all there is to learn. Many goals learn at once (numpy over a goal axis);
+every goal has its own random stream, seeded by (seed, x, y), so a history depends only on its
+goal, seed and hyper-parameters, never on which other goals were learned beside it.
+
+Learning is deliberately gradual, because an imitator (Algorithm Distillation) later has to
+learn *how the returns improve*: epsilon falls linearly from 1 over most of the history and the
+learning rate is moderate, so returns climb from random to near optimal over a few hundred
+episodes rather than jumping there.
+
+Each recorded step is the position the action was chosen on (as frame_of's 84x84 frame), the
+action, its reward, the behaviour epsilon and the 5 Q-values. Q is updated after every step, so
+policy_version (the Q updates applied before the action) equals global_step.
+
+    python -m understudy.algorithms.darkroom_source --root /tmp/shards --episodes 300 --split train
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import Iterator
+
+import numpy as np
+
+from understudy.envs import darkroom
+from understudy.envs.darkroom import (EPISODE_STEPS, GRID, NUM_ACTIONS, DarkRoomVectorEnv,
+                                      cell_index, frame_of, optimal_return)
+from understudy.platform.shards import Episode, ShardWriter, read_catalog, write_run_metadata
+
+GAME = "DarkRoom"
+ALGORITHM = "qlearning"
+
+
+@dataclass(frozen=True)
+class QLearningConfig:
+    episodes: int = 300  # length of each learning history
+    learning_rate: float = 0.3
+    discount: float = 0.9
+    # Mildly optimistic: untried actions look better than tried unrewarded ones, so even a
+    # near-greedy agent keeps trying new cells and far corners get found within the history.
+    q_init: float = 1.0
+    epsilon_start: float = 1.0
+    epsilon_end: float = 0.05
+    epsilon_decay_fraction: float = 0.8  # share of the history over which epsilon falls linearly
+
+    def __post_init__(self):
+        if self.episodes < 1:
+            raise ValueError(f"episodes: {self.episodes} must be >= 1")
+        if not 0 < self.learning_rate <= 1:
+            raise ValueError(f"learning_rate: {self.learning_rate} must be in (0, 1]")
+        if not 0 <= self.discount < 1:
+            raise ValueError(f"discount: {self.discount} must be in [0, 1)")
+        for name in ("epsilon_start", "epsilon_end"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name}: {getattr(self, name)} must be in [0, 1]")
+        if not 0 < self.epsilon_decay_fraction <= 1:
+            raise ValueError(f"epsilon_decay_fraction: {self.epsilon_decay_fraction} must be in (0, 1]")
+
+    def epsilon(self, episode: int) -> float:
+        """Behaviour epsilon of an episode: linear from epsilon_start to epsilon_end, then flat."""
+        decay_episodes = max(1.0, self.epsilon_decay_fraction * self.episodes)
+        frac = min(1.0, episode / decay_episodes)
+        return self.epsilon_start + frac * (self.epsilon_end - self.epsilon_start)
+
+
+@dataclass
+class EpisodeBatch:
+    """One episode of every goal, as the learner lived it (G goals, T = EPISODE_STEPS)."""
+    episode: int
+    epsilon: float
+    positions: np.ndarray  # (G, T, 2) position the action was chosen on
+    actions: np.ndarray  # (G, T)
+    rewards: np.ndarray  # (G, T)
+    q_values: np.ndarray  # (G, T, 5) Q-values the action was chosen on
+    policy_version: np.ndarray  # (T,) Q updates applied before each action (same for every goal)
+    global_step: np.ndarray  # (T,)
+
+    @property
+    def returns(self) -> np.ndarray:
+        return self.rewards.sum(axis=1)
+
+
+def q_learning(goals: np.ndarray, config: QLearningConfig = QLearningConfig(),
+               seed: int = 0) -> Iterator[EpisodeBatch]:
+    """Learn every goal from scratch at once; yield each episode as it completes."""
+    goals = np.asarray(goals, np.int64)
+    env = DarkRoomVectorEnv(goals)
+    n, T = len(goals), EPISODE_STEPS
+    rows = np.arange(n)
+    q = np.full((n, GRID * GRID, NUM_ACTIONS), config.q_init)
+    rngs = [np.random.default_rng([seed, int(x), int(y)]) for x, y in goals]
+    updates = 0  # one Q update per env step: the policy version behind the next action
+    for episode in range(config.episodes):
+        eps = config.epsilon(episode)
+        # This episode's randomness, drawn per goal: explore-or-not, the random action, and a
+        # tie-breaker among equal Q-values (a fresh table must not always pick action 0).
+        draws = [(r.random(T), r.integers(NUM_ACTIONS, size=T), r.random((T, NUM_ACTIONS)))
+                 for r in rngs]
+        explore = np.stack([d[0] for d in draws]) < eps
+        random_action = np.stack([d[1] for d in draws])
+        tie = np.stack([d[2] for d in draws])
+
+        out = EpisodeBatch(episode, eps, np.zeros((n, T, 2), np.int64), np.zeros((n, T), np.int64),
+                           np.zeros((n, T), np.float32), np.zeros((n, T, NUM_ACTIONS), np.float32),
+                           np.arange(updates, updates + T), np.arange(updates, updates + T))
+        pos = env.reset()
+        for t in range(T):
+            s = cell_index(pos)
+            qs = q[rows, s]
+            greedy = np.where(qs == qs.max(axis=1, keepdims=True), tie[:, t], -1.0).argmax(axis=1)
+            a = np.where(explore[:, t], random_action[:, t], greedy)
+            out.positions[:, t], out.actions[:, t], out.q_values[:, t] = pos, a, qs
+
+            pos, r, _, _ = env.step(a)
+            # Truncation is a time limit, not part of the state: always bootstrap.
+            target = r + config.discount * q[rows, cell_index(pos)].max(axis=1)
+            q[rows, s, a] += config.learning_rate * (target - q[rows, s, a])
+            out.rewards[:, t] = r
+            updates += 1
+        yield out
+
+
+def run_id_for(goal, seed: int) -> str:
+    x, y = (int(v) for v in goal)
+    return f"darkroom-g{x}{y}-s{seed}"
+
+
+def record_histories(root: str, goals, episodes: int = 300, seed: int = 0,
+                     config: QLearningConfig | None = None, *, shard_rows: int = 2000,
+                     goal_batch: int = 16, progress=None) -> list[str]:
+    """Learn each goal with Q-learning for `episodes` episodes (the rest of the hyper-parameters
+    from `config`) and record its whole learning history under `root`, one run per goal
+    (run_id_for(goal, seed)); returns the run ids in the order of `goals`.
+
+    `shard_rows` sets shard size (2000 rows = 100 episodes); goals learn `goal_batch` at a time
+    so buffered frames stay small. `progress(message)` is called now and then, if given."""
+    config = replace(config or QLearningConfig(), episodes=episodes)
+    if goal_batch < 1:
+        raise ValueError(f"goal_batch: {goal_batch} must be >= 1")
+    goals = darkroom.check_goals(goals)
+    run_ids = [run_id_for(g, seed) for g in goals]
+    if len(set(run_ids)) != len(run_ids):
+        raise ValueError(f"goals: {goals.tolist()} repeat a goal; each goal is one history")
+    # Appending to an existing history would splice two learners into one; refuse instead.
+    for run_id in run_ids:
+        if read_catalog(root, run_id, include_rewound=True):
+            raise FileExistsError(f"run {run_id!r} already has shards under {root!r}; record into "
+                                  "another root or delete that run first")
+
+    # Equal-sized batches of at most `goal_batch` goals (not 32 + 32 + 1).
+    starts = np.linspace(0, len(goals), -(-len(goals) // goal_batch) + 1).round().astype(int)
+    for start, stop in zip(starts[:-1], starts[1:]):
+        batch, ids = goals[start:stop], run_ids[start:stop]
+        writers = []
+        for goal, run_id in zip(batch, ids):
+            write_run_metadata(root, run_id, {
+                "game": GAME, "algorithm": ALGORITHM, "seed": seed, "goal": goal.tolist(),
+                "optimal_return": optimal_return(goal),
+                "goal_split": "heldout" if tuple(goal.tolist()) in darkroom.HELDOUT_GOALS_V1 else "train",
+                "num_actions": NUM_ACTIONS,
+                "max_episode_steps": EPISODE_STEPS, "hyperparameters": asdict(config),
+                "protocol": darkroom.protocol()})
+            writers.append(ShardWriter(root=root, run_id=run_id, env_runner=0, max_rows=shard_rows,
+                                       static={"game": GAME, "algorithm": ALGORITHM, "seed": seed}))
+        for ep in q_learning(batch, config, seed):
+            truncated = np.zeros(EPISODE_STEPS, bool)
+            truncated[-1] = True
+            for i, writer in enumerate(writers):
+                writer.add(Episode(0, ep.episode, {
+                    "step": np.arange(EPISODE_STEPS, dtype=np.int32),
+                    "global_step": ep.global_step, "policy_version": ep.policy_version,
+                    "frame": frame_of(ep.positions[i]), "action": ep.actions[i],
+                    "reward": ep.rewards[i], "terminated": np.zeros(EPISODE_STEPS, bool),
+                    "truncated": truncated, "lives": np.zeros(EPISODE_STEPS, np.int16),
+                    "epsilon": np.full(EPISODE_STEPS, ep.epsilon, np.float32),
+                    "policy_outputs": ep.q_values[i]}, float(ep.returns[i])))
+            if progress and (ep.episode + 1) % max(1, config.episodes // 4) == 0:
+                progress(f"goals {start + 1}-{stop}/{len(goals)}: episode "
+                         f"{ep.episode + 1}/{config.episodes}, epsilon {ep.epsilon:.2f}, "
+                         f"mean return {ep.returns.mean():.2f}")
+        for writer in writers:
+            writer.flush()
+    return run_ids
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", required=True, help="shard root (local path or URI)")
+    parser.add_argument("--split", default="train", choices=darkroom.GOAL_SPLITS)
+    parser.add_argument("--episodes", type=int, default=QLearningConfig.episodes)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--learning-rate", type=float, default=QLearningConfig.learning_rate)
+    parser.add_argument("--discount", type=float, default=QLearningConfig.discount)
+    parser.add_argument("--q-init", type=float, default=QLearningConfig.q_init)
+    parser.add_argument("--epsilon-end", type=float, default=QLearningConfig.epsilon_end)
+    parser.add_argument("--epsilon-decay-fraction", type=float,
+                        default=QLearningConfig.epsilon_decay_fraction)
+    parser.add_argument("--shard-rows", type=int, default=2000)
+    args = parser.parse_args(argv)
+
+    config = QLearningConfig(episodes=args.episodes, learning_rate=args.learning_rate,
+                             discount=args.discount, q_init=args.q_init, epsilon_end=args.epsilon_end,
+                             epsilon_decay_fraction=args.epsilon_decay_fraction)
+    goals = darkroom.darkroom_goals(args.split)
+    began = time.time()
+    try:
+        run_ids = record_histories(args.root, goals, args.episodes, args.seed, config,
+                                   shard_rows=args.shard_rows,
+                                   progress=lambda m: print(f"[darkroom] {m}", flush=True))
+    except FileExistsError as err:
+        parser.exit(1, f"[darkroom] {err}\n")
+    print(f"[darkroom] recorded {len(run_ids)} histories x {args.episodes} episodes "
+          f"({args.split} split) under {args.root} in {time.time() - began:.1f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

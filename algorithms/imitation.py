@@ -1,0 +1,131 @@
+"""What every imitator shares: building one by name, the training loop, held-out evaluation,
+checkpoints that load without executing code, and the policy that plays with a frozen one.
+
+Each model (bc.py, dt.py, ad.py, ad_gru.py) is an nn.Module with `spec` (its constructor
+arguments), `sample_spec()` (what a training sample is, see platform.data.SampleSpec) and
+`loss(batch) -> (loss, {"accuracy", "targets"})`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+import torch
+
+from understudy.algorithms import ad, ad_gru, bc, dt
+
+MODELS = {"bc": bc.ConvPolicy, "dt": dt.DecisionTransformer, "ad": ad.AlgorithmDistillation,
+          "ad_gru": ad_gru.RecurrentAD}
+
+
+def build(algorithm: str, num_actions: int, **params) -> torch.nn.Module:
+    if algorithm not in MODELS:
+        raise ValueError(f"algorithm {algorithm!r}; valid: {', '.join(MODELS)}")
+    return MODELS[algorithm](num_actions, **{k: v for k, v in params.items() if v is not None})
+
+
+def to_torch(batch: dict) -> dict:
+    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items() if k != "row"}
+
+
+def train_epoch(model, optimizer, batches, max_grad_norm: float = 1.0, max_batches: int | None = None,
+                after_backward=None) -> dict:
+    """One pass over an iterable of numpy batches. Returns target-weighted mean loss and
+    accuracy, the number of target samples seen, and the time spent waiting for data."""
+    model.train()
+    sums = {"loss": 0.0, "accuracy": 0.0, "targets": 0}
+    waited, started = 0.0, time.perf_counter()
+    it, n = iter(batches), 0
+    while max_batches is None or n < max_batches:
+        t0 = time.perf_counter()
+        batch = next(it, None)
+        waited += time.perf_counter() - t0
+        if batch is None:
+            break
+        loss, info = model.loss(to_torch(batch))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if after_backward is not None:  # e.g. averaging gradients across data-parallel workers
+            after_backward(model)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+        optimizer.step()
+        k = int(info["targets"])
+        sums["loss"] += loss.item() * k
+        sums["accuracy"] += float(info["accuracy"]) * k
+        sums["targets"] += k
+        n += 1
+    seconds = time.perf_counter() - started
+    k = max(sums["targets"], 1)
+    return {"train_loss": sums["loss"] / k, "train_accuracy": sums["accuracy"] / k,
+            "train_targets": sums["targets"], "batches": n, "seconds": seconds, "data_wait_s": waited,
+            "samples_per_s": sums["targets"] / max(seconds, 1e-9)}
+
+
+@torch.no_grad()
+def evaluate(model, batches) -> dict:
+    """Target-weighted loss and action accuracy on held-out batches."""
+    model.eval()
+    loss_sum, acc_sum, n = 0.0, 0.0, 0
+    for batch in batches:
+        loss, info = model.loss(to_torch(batch))
+        k = int(info["targets"])
+        loss_sum, acc_sum, n = loss_sum + loss.item() * k, acc_sum + float(info["accuracy"]) * k, n + k
+    if n == 0:
+        return {}
+    return {"heldout_loss": loss_sum / n, "heldout_accuracy": acc_sum / n}
+
+
+def save(model, directory: str, extra: dict, optimizer=None) -> None:
+    """Weights (and optimizer state) as tensors only, plus a JSON that says what they are."""
+    os.makedirs(directory, exist_ok=True)
+    torch.save(model.state_dict(), os.path.join(directory, "model.pt"))
+    if optimizer is not None:
+        torch.save(optimizer.state_dict(), os.path.join(directory, "optimizer.pt"))
+    with open(os.path.join(directory, "model.json"), "w") as f:
+        json.dump({**model.spec, **extra}, f, indent=2)
+
+
+def load(directory: str, expect: str | None = None):
+    """(model, meta) from a checkpoint folder. Loads weights only: a checkpoint cannot execute
+    code. `expect` names the algorithm the caller needs; another one is a clear error."""
+    meta_path = os.path.join(directory, "model.json")
+    if not os.path.isfile(meta_path):
+        raise ValueError(f"{directory}: not an imitator checkpoint (no model.json)")
+    with open(meta_path) as f:
+        meta = json.load(f)
+    algorithm = meta.get("algorithm")
+    if algorithm not in MODELS or (expect and algorithm != expect):
+        want = expect or ", ".join(MODELS)
+        raise ValueError(f"{directory}: checkpoint is for algorithm {algorithm!r}, expected {want}")
+    params = {k: meta[k] for k in _constructor_args(algorithm) if k in meta}
+    model = build(algorithm, meta["num_actions"], **params)
+    state = torch.load(os.path.join(directory, "model.pt"), map_location="cpu", weights_only=True)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"{directory}: weights do not fit a {algorithm} model with {params}: "
+                         f"{str(err).splitlines()[0]}") from None
+    model.eval()
+    return model, meta
+
+
+def _constructor_args(algorithm: str) -> list[str]:
+    import inspect
+
+    return [p for p in inspect.signature(MODELS[algorithm]).parameters if p != "num_actions"]
+
+
+def policy(model, num_envs: int, greedy: bool = True, seed: int = 0, target_return: float | None = None):
+    """The frozen model as a player of N envs: `act(obs, prev_action, prev_reward, new_episode)`."""
+    algorithm = model.spec["algorithm"]
+    if algorithm == "bc":
+        return bc.Policy(model, num_envs, greedy, seed)
+    if algorithm == "dt":
+        if target_return is None:
+            raise ValueError("a Decision Transformer needs target_return to play")
+        return dt.Policy(model, num_envs, target_return, greedy, seed)
+    if algorithm == "ad":
+        return ad.Policy(model, num_envs, greedy, seed)
+    return ad_gru.Policy(model, num_envs, greedy, seed)

@@ -1,0 +1,241 @@
+"""Imitators on real shards from a tiny real teacher run (RLlib PPO on Breakout, two seeds):
+the streaming loader's windows and selections, the models, and Tune sweeps into MLflow."""
+import glob
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+
+from understudy.algorithms import imitation
+from understudy.platform import data, shards
+
+pytestmark = pytest.mark.slow
+
+TEACH = {"kind": "teach", "name": "tiny", "algorithm": "ppo", "games": ["Breakout"], "seeds": [0, 1],
+         "env_steps": 768, "env_steps_per_iter": 256, "max_episode_steps": 30,
+         "num_envs_per_runner": 2, "protocol": {"full_action_space": True},
+         "ppo": {"minibatch_size": 64, "num_epochs": 1}}
+
+
+@pytest.fixture(scope="module")
+def teacher(ray_session, tmp_path_factory):
+    from understudy.platform import cli
+    from understudy.platform.workspace import Workspace
+
+    tmp = tmp_path_factory.mktemp("imitation")
+    (tmp / "teach.yaml").write_text(yaml.safe_dump(TEACH))
+    assert cli.main(["--workspace", str(tmp / "ws"), "teach", str(tmp / "teach.yaml")]) == 0
+    ws = Workspace.resolve(str(tmp / "ws"))
+    run_ids = shards.list_runs(ws.shard_root)
+    assert len(run_ids) == 2
+    return ws, ws.shard_root, run_ids
+
+
+def groups_and_batches(loader, seed=0):
+    rng = np.random.default_rng(seed)
+    for group in loader._groups(rng):
+        for batch in loader._batches_of(group, rng):
+            yield group, batch
+
+
+def test_history_windows_never_cross_histories_and_keep_training_order(teacher):
+    _, root, run_ids = teacher
+    histories = data.index_runs(root, run_ids)
+    spec = data.SampleSpec("history", 48, 1)
+    # Small blocks, two in memory at once: windows must still stay inside one history.
+    loader = data.Loader(root, histories, spec, batch_size=8, num_actions=18, block_steps=40)
+    seen_targets = 0
+    for group, batch in groups_and_batches(loader):
+        rows, valid = batch["row"], batch["mask"] | (batch["row"] != batch["row"][:, :1])
+        for r, v in zip(rows, valid):
+            r = r[v]
+            assert len(np.unique(group.history_start[r])) == 1  # one history per window
+            assert (np.diff(r) == 1).all()  # consecutive rows: training order kept
+            ep = group.episode_id[r]
+            assert set(np.diff(ep)) <= {0, 1}  # whole consecutive episodes, none skipped
+            for e in np.unique(ep):
+                pv = group.policy_version[r[ep == e]]
+                assert (np.diff(pv) >= 0).all()
+            ends = [group.policy_version[r[ep == e]][-1] for e in np.unique(ep)[:-1]]
+            assert (np.diff(ends) >= 0).all()  # episodes in the order they were completed
+        seen_targets += batch["mask"].sum()
+    assert seen_targets >= sum(h.steps for h in histories)  # every target row is covered
+    # Windows span several episodes (30-step episodes, 48-step windows).
+    assert any(len(np.unique(group.episode_id[r])) >= 2 for r in batch["row"])
+
+
+def test_episode_windows_never_cross_episodes(teacher):
+    _, root, run_ids = teacher
+    loader = data.Loader(root, data.index_runs(root, run_ids), data.SampleSpec("episode", 16, 4),
+                         batch_size=8, num_actions=18, block_steps=100)
+    for group, batch in groups_and_batches(loader):
+        for r, m in zip(batch["row"], batch["mask"]):
+            assert len(np.unique(group.episode_id[r[m]])) == 1
+        # the return-to-go at each step is what that episode still had to give
+        rtg = group.returns_to_go()
+        for r, m, g in zip(batch["row"], batch["mask"], batch["rtg"]):
+            np.testing.assert_allclose(g[m], rtg[r[m]])
+            ep_rows = np.flatnonzero(group.episode_id == group.episode_id[r[m][0]])
+            assert np.isclose(rtg[ep_rows[0]], group.rewards[ep_rows].sum())
+
+
+def test_stacks_rebuilt_by_the_loader_match_a_whole_run_read(teacher):
+    _, root, run_ids = teacher
+    whole = data.load_history(root, run_ids[:1])
+    loader = data.Loader(root, data.index_runs(root, run_ids[:1]), data.SampleSpec("step", 1, 4),
+                         batch_size=16, num_actions=18, block_steps=50)
+    for group, batch in groups_and_batches(loader):
+        # find each sampled row in the whole history by its frame stack and action
+        for obs, action in zip(batch["obs"][:3], batch["action"][:3]):
+            hits = np.flatnonzero((whole.actions == action)
+                                  & (whole.frames == obs[..., -1]).all(axis=(1, 2)))
+            assert any((whole.stacks(np.array([h])) == obs).all() for h in hits)
+
+
+def test_selections_keep_exactly_the_episodes_they_claim(teacher):
+    _, root, run_ids = teacher
+    histories = data.index_runs(root, run_ids)
+    full = histories[0].episodes
+    # gap: every k-th episode of the history
+    assert data.Selection(gap=3).apply(histories)[0].episodes == full[::3]
+    # expert-only: the last N
+    assert data.Selection(expert_last=4).apply(histories)[0].episodes == full[-4:]
+    # cutoff by env steps: whole episodes that end within the first N recorded steps
+    n = sum(e.steps for e in full[:5]) + 3
+    assert data.Selection(cutoff_env_steps=n).apply(histories)[0].episodes == full[:5]
+    # cutoff by policy version
+    v = full[len(full) // 2].last_policy_version
+    kept = data.Selection(cutoff_policy_version=v).apply(histories)[0].episodes
+    assert kept == tuple(e for e in full if e.last_policy_version <= v) and 0 < len(kept) < len(full)
+    # game filter
+    assert data.Selection(games=("Pong",)).apply(histories) == []
+    # and the rows a loader then reads are exactly those episodes' rows
+    sel = data.Selection(gap=2).apply(histories)
+    loader = data.Loader(root, sel, data.SampleSpec("step", 1, 1), batch_size=64, num_actions=18)
+    assert sum(len(b["action"]) for b in loader) == sum(e.steps for h in sel for e in h.episodes)
+    # held-out split: the last N episodes per history, the rest trains
+    train, held = data.split_heldout(histories, 2)
+    assert all(t.episodes + h.episodes == o.episodes for t, h, o in zip(train, held, histories))
+
+
+def test_step_transforms(teacher):
+    _, root, run_ids = teacher
+    h = data.index_runs(root, run_ids[:1])
+    reader = data.ShardReader(root)
+    eps = list(h[0].episodes)
+    raw = data.read_block(reader, h[0], eps, data.StepTransforms(), 0, len(eps))
+    sign = data.read_block(reader, h[0], eps, data.StepTransforms(reward="sign"), 0, len(eps))
+    np.testing.assert_array_equal(sign.rewards, np.sign(raw.rewards))
+    gla = data.read_block(reader, h[0], eps, data.StepTransforms(gla=True), 0, len(eps))
+    # a fixed permutation per history: same multiset of pixels and actions mapped one to one
+    np.testing.assert_array_equal(np.sort(gla.frames.reshape(len(gla), -1), 1),
+                                  np.sort(raw.frames.reshape(len(raw), -1), 1))
+    pairs = set(zip(raw.actions.tolist(), gla.actions.tolist()))
+    assert len({a for a, _ in pairs}) == len(pairs)
+
+
+@pytest.mark.parametrize("algorithm,params", [
+    ("bc", {}), ("dt", {"context": 16, "d_model": 32, "layers": 1}),
+    ("ad", {"context": 48, "d_model": 32, "layers": 1}), ("ad_gru", {"context": 48, "d_model": 32})])
+def test_a_tiny_model_fits_a_fixed_batch(teacher, algorithm, params):
+    _, root, run_ids = teacher
+    torch.manual_seed(0)
+    model = imitation.build(algorithm, 18, **params)
+    # An early teacher acts almost at random: keep the batch small enough to be memorised.
+    loader = data.Loader(root, data.index_runs(root, run_ids), model.sample_spec(),
+                         batch_size=16 if algorithm == "bc" else 2, num_actions=18)
+    batch = imitation.to_torch(next(iter(loader)))
+    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+    model.train()
+    first = model.loss(batch)[0].item()
+    for _ in range(80):
+        loss, _ = model.loss(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    # Breakout frames barely differ while nobody fires, so perfect recall is not possible.
+    assert loss.item() < 0.8 * first
+
+
+def distill_yaml(tmp_path, **extra):
+    cfg = {"kind": "distill", "name": "sweep", "teacher": "tiny", "game": "Breakout",
+           "algorithm": "ad", "model": {"context": 32, "d_model": 32, "layers": 1, "cnn": "small"},
+           "data": {"heldout_episodes": 2}, "epochs": 2, "batch_size": 8, **extra}
+    path = tmp_path / "distill.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def test_a_two_trial_asha_sweep_reaches_mlflow_with_models(teacher, tmp_path):
+    import mlflow.artifacts
+    import mlflow.pytorch
+
+    from understudy.platform import cli
+
+    ws, root, run_ids = teacher
+    config = distill_yaml(tmp_path, search={"lr": {"grid": [1e-3, 3e-4]}}, scheduler="asha")
+    assert cli.main(["--workspace", str(ws.root), "distill", config]) == 0
+    manifest = ws.read_stage("distill", "sweep")
+    assert len(manifest["trials"]) == 2
+    client = MlflowClient(ws.tracking_uri)
+    lrs = set()
+    for trial in manifest["trials"]:
+        run = client.get_run(trial["mlflow_run_id"])
+        lrs.add(float(run.data.params["lr"]))
+        assert run.data.params["data_version"] == shards.data_version(root, run_ids)
+        assert run.data.params["data_games"] == "Breakout" and run.data.params["data.heldout_episodes"] == "2"
+        for key in ("train_loss", "heldout_loss", "heldout_accuracy"):
+            assert client.get_metric_history(run.info.run_id, key)
+        names = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"model", "checkpoint", "training_curves.png"} <= names
+    assert lrs == {1e-3, 3e-4}
+    local = mlflow.artifacts.download_artifacts(run_id=manifest["mlflow_run_id"], artifact_path="model",
+                                                tracking_uri=ws.tracking_uri, dst_path=str(tmp_path))
+    model = mlflow.pytorch.load_model(local)
+    assert model.spec["algorithm"] == "ad"
+    # our own checkpoint loads weights only, and refuses to pass for another model
+    with pytest.raises(ValueError, match="algorithm 'ad', expected bc"):
+        imitation.load(manifest["checkpoint"], expect="bc")
+
+
+def _trial_workers():
+    import psutil
+
+    return [p for p in psutil.process_iter(["cmdline"])
+            if any("ImplicitFunc" in part for part in (p.info["cmdline"] or []))]
+
+
+def test_a_killed_trial_restarts_from_its_checkpoint(teacher, tmp_path):
+    from understudy.platform import cli
+
+    ws, _, _ = teacher
+    config = distill_yaml(tmp_path, name="killed", epochs=4, max_failures=2, algorithm="bc",
+                          model={"cnn": "small"}, batch_size=4)
+    killed = []
+
+    def kill_after_first_checkpoint():
+        deadline = time.time() + 240
+        while time.time() < deadline and not killed:
+            if glob.glob(f"{ws.ray_results}/distill-killed-*/*/checkpoint_000000"):
+                for proc in _trial_workers():
+                    os.kill(proc.pid, signal.SIGKILL)
+                    killed.append(proc.pid)
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_after_first_checkpoint, daemon=True)
+    killer.start()
+    assert cli.main(["--workspace", str(ws.root), "distill", config]) == 0
+    killer.join()
+    assert killed, "the trial's worker was never killed"
+    manifest = ws.read_stage("distill", "killed")
+    run = manifest["trials"][0]["mlflow_run_id"]
+    steps = [m.step for m in MlflowClient(ws.tracking_uri).get_metric_history(run, "train_loss")]
+    # The restarted trial went on from its checkpoint: every epoch reported once, in order.
+    assert manifest["trials"][0]["epochs"] == 4
+    assert steps == sorted(set(steps)) and len(steps) == 4
