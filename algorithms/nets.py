@@ -36,11 +36,11 @@ class FrameEncoder(nn.Module):
         self.net = nn.Sequential(conv, nn.Linear(flat, out), nn.ReLU())
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        if self.kind == "grid":  # the 81 block centres, before any conversion to float
+            frames = frames[:, 4:81:9, 4:81:9, :]
         x = frames.permute(0, 3, 1, 2).float()
         if frames.dtype == torch.uint8:
             x = x / 255.0
-        if self.kind == "grid":
-            x = x[:, :, 4:81:9, 4:81:9]
         return self.net(x)
 
 

@@ -193,3 +193,25 @@ def protocol() -> dict:
             "observation": "agent position (x, y) only; goal invisible",
             "frame": "84x84 uint8, cell (x, y) lit 255 at rows 9y..9y+8, cols 9x..9x+8",
             "goal_split_version": GOAL_SPLIT_VERSION}
+
+
+class DarkRoomFrames:
+    """DarkRoomVectorEnv as the players in platform.evaluate see an Atari vector env: frames
+    (N, 84, 84, 1) as observations, and the next episode starting in the same step the last
+    one ends (rooms run in lock step, so all of them at once)."""
+
+    def __init__(self, goals):
+        self.env = DarkRoomVectorEnv(goals)
+        self.num_envs = self.env.num_envs
+
+    def reset(self, seed=None):
+        return frame_of(self.env.reset())[..., None], {}
+
+    def step(self, actions):
+        positions, rewards, terminated, truncated = self.env.step(actions)
+        if (terminated | truncated).all():
+            positions = self.env.reset()
+        return frame_of(positions)[..., None], rewards, terminated, truncated, {}
+
+    def close(self):
+        pass

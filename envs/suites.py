@@ -59,6 +59,8 @@ _add(Suite("dev5", 1, ("Pong", "Breakout", "SpaceInvaders", "Seaquest", "Qbert")
            description="five quick, varied games for development"))
 _add(Suite("transfer2", 1, ("Breakout",), ("SpaceInvaders",),
            description="the essay's thought experiment: Breakout to Space Invaders"))
+_add(Suite("dev5split", 1, ("Breakout", "Qbert", "Seaquest"), ("Pong", "SpaceInvaders"),
+           description="dev5 split for a laptop-sized held-out-games experiment"))
 _add(Suite("mgdt", 1, MGDT_TRAIN, MGDT_HELDOUT,
            description="Multi-Game Decision Transformer's 41 train / 5 held-out split"))
 # ale-py 0.12 ships all 57 ROMs (tests check every suite's games against the installed ROMs).

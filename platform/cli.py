@@ -64,17 +64,21 @@ def cmd_teach(cfg, ws, resume: bool = False):
     t = _banner(f"teach: {cfg.algorithm} on {', '.join(cfg.games)}, seeds {cfg.seeds}, "
                 f"{cfg.env_steps} env steps each")
     manifest = run_teach(cfg, ws, resume=resume)
-    for r in manifest["runs"]:
+    shown = 10  # Dark Room records one run per goal: dozens
+    for r in manifest["runs"][:shown]:
         print(f"  {r['run_id']}: {r['recorded_episodes']} episodes, {r['recorded_steps']} steps "
               f"in {r['shards']} shard(s)")
+    if len(manifest["runs"]) > shown:
+        rest = manifest["runs"][shown:]
+        print(f"  ... and {len(rest)} more runs ({sum(r['recorded_episodes'] for r in rest)} episodes)")
     _done("teach", t)
     return manifest
 
 
 def cmd_distill(cfg, ws, resume: bool = False):
-    from understudy.platform.distill import run_distill
+    from understudy.platform.distill import run_distill, selected_games
 
-    t = _banner(f"distill: {cfg.algorithm} on {', '.join(cfg.train_games)} from teach stage {cfg.teacher!r}")
+    t = _banner(f"distill: {cfg.algorithm} on {', '.join(selected_games(cfg))} from teach stage {cfg.teacher!r}")
     manifest = run_distill(cfg, ws, resume=resume)
     for trial in manifest["trials"]:
         print(f"  {trial['mlflow_run_id']}: heldout_accuracy {trial.get('heldout_accuracy')}, "
@@ -84,11 +88,12 @@ def cmd_distill(cfg, ws, resume: bool = False):
     return manifest
 
 
-def cmd_evaluate(cfg, ws):
+def cmd_evaluate(cfg, ws, experiment: str | None = None):
     from understudy.platform.evaluate import run_evaluate
 
-    t = _banner(f"evaluate: {', '.join(cfg.agents)} on {', '.join(cfg.games)}, {cfg.episodes} episodes")
-    manifest = run_evaluate(cfg, ws)
+    t = _banner(f"evaluate: {', '.join(cfg.agents)} on {', '.join(cfg.games)}, "
+                f"{cfg.episodes} consecutive episodes x {cfg.copies} copies")
+    manifest = run_evaluate(cfg, ws, experiment=experiment)
     print(manifest["table"])
     _done("evaluate", t)
     return manifest
@@ -105,6 +110,29 @@ def cmd_pipeline(cfg: PipelineConfig, ws):
     print(f"\nPipeline {cfg.name!r} finished in {time.perf_counter() - started:.0f}s.\n")
     print(evaluate["table"])
     print(f"\nBrowse every run:\n  {ws.mlflow_ui_command()}")
+
+
+def cmd_experiment(cfg, ws, resume: bool = False):
+    from understudy.platform.experiment import run_experiment
+
+    t = _banner(f"experiment {cfg.name} (scale {cfg.scale}): {cfg.description.strip()}")
+    manifest = run_experiment(cfg, ws, STAGES, resume=resume)
+    print(f"\nExperiment {cfg.name!r} ({cfg.scale}) finished in {manifest['seconds']:.0f}s.\n")
+    print(manifest["table"])
+    print(f"\nAgain, from MLflow: understudy report {cfg.name}\nBrowse every run:\n  {ws.mlflow_ui_command()}")
+    _done("experiment", t)
+    return manifest
+
+
+def cmd_report(args, ws) -> int:
+    from understudy.platform.experiment import report
+
+    try:
+        print(report(ws, args.experiment))
+    except LookupError as err:
+        print(f"understudy: {err}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_shards(args, ws):
@@ -181,6 +209,16 @@ def parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help="run teach, distill and evaluate end to end", parents=[where])
         s.add_argument("config", nargs="?" if name == "demo" else None,
                        default=DEMO_CONFIG if name == "demo" else None)
+    s = sub.add_parser("experiment", parents=[where],
+                       help="run a ready experiment end to end: teach, distill, evaluate")
+    s.add_argument("config", help="a name in tune_configs/experiments/ or a path to an experiment YAML")
+    s.add_argument("--scale", help="which of the file's scales to apply (default: its own `scale`, "
+                                   "usually demo)")
+    s.add_argument("--resume", action="store_true",
+                   help="continue its interrupted teach and distill stages from their checkpoints")
+    s = sub.add_parser("report", parents=[where],
+                       help="print an experiment's latest results table from MLflow")
+    s.add_argument("experiment", help="the experiment's name (e.g. darkroom_ad)")
     s = sub.add_parser("shards", help="list, summarise or verify recorded learning histories",
                        parents=[where])
     s.add_argument("action", choices=["ls", "show", "verify"])
@@ -204,10 +242,19 @@ def main(argv: list[str] | None = None) -> int:
             root = args.root or ws.shard_root
             preflight.check_object_storage({root: "--root" if args.root else "--shard-root"})
             return cmd_shards(args, ws)
-        path = _config_path(args.config)
+        if args.command == "report":
+            preflight.check_tracking_uri(ws.tracking_uri)
+            return cmd_report(args, ws)
+        if args.command == "experiment":
+            from understudy.platform import experiment
+
+            cfg = experiment.load(args.config, args.scale)
+            path = None
+        else:
+            path = _config_path(args.config)
         if args.command in STAGES:
             cfg = stage_config(path, args.command)
-        else:
+        elif path is not None:
             cfg = load_config(path, expect=("pipeline",))
         preflight.check_all(ws, os.environ.get("RAY_ADDRESS"))
     except ConfigError as err:
@@ -225,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     check_dependencies()
     try:
         ws.ensure()
-        if args.command in ("teach", "pipeline", "demo"):
+        if args.command in ("teach", "pipeline", "demo", "experiment"):
             from understudy.platform.shards import check_writable
 
             check_writable(ws.shard_root)
@@ -236,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ("teach", "distill"):
             STAGES[args.command](cfg, ws, resume=args.resume)
+        elif args.command == "experiment":
+            cmd_experiment(cfg, ws, resume=args.resume)
         elif args.command in STAGES:
             STAGES[args.command](cfg, ws)
         else:

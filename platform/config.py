@@ -22,6 +22,8 @@ class ConfigError(ValueError):
 
 
 def _game(name: str) -> str:
+    if str(name).lower().replace("_", "").replace("-", "") == "darkroom":
+        return "DarkRoom"  # Laskin et al.'s grid world (envs.darkroom), not an ALE game
     return canonical_game(name)  # ValueError names the closest valid games
 
 
@@ -68,11 +70,21 @@ class DQNParams(Strict):
     training_intensity: PositiveFloat = 8.0  # batch of 32 every 4 env steps
 
 
+class DarkRoomParams(Strict):
+    """Tabular Q-learning on Dark Room goals (algorithms.darkroom_source), one history per goal."""
+    goal_split: Literal["train", "heldout", "all"] = "train"
+    learning_rate: PositiveFloat = 0.3
+    discount: float = Field(0.9, gt=0.0, le=1.0)
+    q_init: float = 1.0
+    epsilon_end: float = Field(0.05, ge=0.0, le=1.0)
+    epsilon_decay_fraction: float = Field(0.8, gt=0.0, le=1.0)
+
+
 class TeachConfig(Strict):
     """Teachers: one Tune trial per (game, seed), each recording its whole learning history."""
     kind: Literal["teach"] = "teach"
     name: StageName = "teach"
-    algorithm: Literal["ppo", "appo", "dqn"]
+    algorithm: Literal["ppo", "appo", "dqn", "qlearning"]  # qlearning: Dark Room's source RL
     games: list[Game] = Field(min_length=1)  # or give `suite`, e.g. "dev5" or "mgdt@1:train"
     suite: str | None = None
     seeds: list[Annotated[int, Field(ge=0)]] = Field(default=[0], min_length=1)
@@ -94,6 +106,7 @@ class TeachConfig(Strict):
     ppo: PPOParams = PPOParams()
     appo: APPOParams = APPOParams()
     dqn: DQNParams = DQNParams()
+    darkroom: DarkRoomParams = DarkRoomParams()
     shard_rows: PositiveInt = 20_000  # ~140 MB of frames buffered per env runner, ~3 MB on disk
     max_concurrent_trials: PositiveInt | None = None
 
@@ -111,6 +124,17 @@ class TeachConfig(Strict):
                 raise ValueError(f"suite: {err}") from None
             data = {**data, "games": games}
         return data
+
+    @model_validator(mode="after")
+    def _darkroom_needs_qlearning(self):
+        darkroom = "DarkRoom" in self.games
+        if darkroom and (self.algorithm != "qlearning" or len(self.games) > 1):
+            raise ValueError("games: DarkRoom is learned by algorithm: qlearning, on its own "
+                             f"(got algorithm {self.algorithm!r}, games {self.games})")
+        if self.algorithm == "qlearning" and not darkroom:
+            raise ValueError(f"algorithm: qlearning is Dark Room's source algorithm; games must be "
+                             f"[DarkRoom] (got {self.games})")
+        return self
 
     @model_validator(mode="after")
     def _budget_fits(self):
@@ -240,18 +264,42 @@ def _sweepable(model: type[BaseModel]) -> list[str]:
     return keys
 
 
+class FinetuneParams(Strict):
+    """The `finetune` agent: the imitator updating its weights on its own best episodes."""
+    lr: PositiveFloat = 1e-4
+    updates: PositiveInt = 4  # gradient steps after each kept episode
+    batch_size: PositiveInt = 16
+    buffer_episodes: PositiveInt = 8
+
+
 class EvaluateConfig(Strict):
-    """Agents play games for a few episodes; returns go to MLflow."""
+    """Agents play `episodes` consecutive episodes in `copies` copies of each game."""
     kind: Literal["evaluate"] = "evaluate"
     name: StageName = "evaluate"
     imitator: StageName  # the distill stage whose checkpoint plays
     teacher: StageName  # the teach stage whose final policy plays
-    agents: list[Literal["imitator", "teacher", "random"]] = ["imitator", "teacher", "random"]
+    ed: StageName | None = None  # an expert-only distill stage, for the `ed` agent
+    agents: list[Literal["imitator", "ed", "teacher", "random", "noop", "finetune", "scratch"]] = \
+        ["imitator", "teacher", "random"]
     games: list[Game] = Field(min_length=1)
-    episodes: PositiveInt = 3
+    heldout_games: list[Game] = Field(default_factory=list)  # must not be in the training data
+    episodes: PositiveInt = 3  # consecutive episodes per copy, memory carried across them
+    copies: PositiveInt = 1  # independent copies per agent and game (Dark Room: per held-out goal)
     max_episode_steps: PositiveInt | None = None
     greedy: bool = True
     seed: int = Field(0, ge=0)
+    target_return: float | None = None  # what a Decision Transformer is asked for
+    window: PositiveInt = 5  # episodes in the early and late means of the metrics
+    goal_split: Literal["heldout", "train", "all"] = "heldout"  # Dark Room goals to play
+    finetune: FinetuneParams = FinetuneParams()
+    forgetting: bool = False  # after fine-tuning on a game, replay the training games
+
+    @model_validator(mode="after")
+    def _heldout_played(self):
+        missing = [g for g in self.heldout_games if g not in self.games]
+        if missing:
+            raise ValueError(f"heldout_games {missing} are not among games {self.games}")
+        return self
 
 
 class PipelineConfig(Strict):
@@ -285,9 +333,107 @@ class PipelineConfig(Strict):
         return self
 
 
+class ExperimentConfig(Strict):
+    """A ready experiment: teach -> distill (the imitator, and optionally an expert-only `ed`
+    imitator) -> evaluate, one file for every scale: `scales` holds per-scale overrides that
+    are merged in before validation (`understudy experiment NAME --scale full`)."""
+    kind: Literal["experiment"] = "experiment"
+    name: StageName
+    description: str = ""
+    scale: str = "demo"  # which entry of `scales` was applied
+    scales: dict[str, dict] = Field(default_factory=dict)
+    teach: TeachConfig
+    distill: DistillConfig
+    ed: DistillConfig | None = None
+    evaluate: EvaluateConfig
+
+    @model_validator(mode="before")
+    @classmethod
+    def _link(cls, data):
+        if not isinstance(data, dict):
+            return data
+        from understudy.envs import resolve_suite
+
+        def suite_games(value):  # "mgdt@1:heldout" -> its games; a list stays as it is
+            if isinstance(value, str):
+                try:
+                    return resolve_suite(value)[1]
+                except ValueError as err:
+                    raise ValueError(f"{value!r}: {err}") from None
+            return value
+
+        name = data.get("name", "experiment")
+        teach = {"name": f"{name}-teach", **(data.get("teach") or {})}
+        teach_games = suite_games(teach.get("games") or teach.get("suite"))
+        distill = {"name": f"{name}-imitator", "teacher": teach["name"], **(data.get("distill") or {})}
+        if not distill.get("game") and not distill.get("games") and teach_games:
+            distill["games"] = teach_games  # data.games / data.suite narrow it
+        out = {**data, "teach": teach, "distill": distill}
+        evaluate = {"name": f"{name}-evaluate", "teacher": teach["name"], "imitator": distill["name"],
+                    **(data.get("evaluate") or {})}
+        if "heldout_games" in evaluate:
+            evaluate["heldout_games"] = suite_games(evaluate["heldout_games"])
+        if "games" in evaluate:
+            evaluate["games"] = suite_games(evaluate["games"])
+        if data.get("ed") is not None:
+            base = {k: v for k, v in distill.items() if k not in ("name", "data", "search")}
+            out["ed"] = {**base, "name": f"{name}-ed", **data["ed"]}
+            evaluate.setdefault("ed", out["ed"]["name"])
+        out["evaluate"] = evaluate
+        return out
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        missing = [g for g in self.distill.train_games if g not in self.teach.games]
+        if missing:
+            raise ValueError(f"distill.game(s) {missing} are not among teach.games {self.teach.games}")
+        trained = set(self.distill.data.games or self.distill.train_games)
+        if self.distill.data.suite:
+            from understudy.envs import resolve_suite
+
+            trained &= set(resolve_suite(self.distill.data.suite)[1])
+        overlap = sorted(set(self.evaluate.heldout_games) & trained)
+        if overlap:
+            raise ValueError(f"evaluate.heldout_games {overlap} are also training games of the "
+                             f"imitator {sorted(trained)}; a held-out game must never be trained on")
+        if "ed" in self.evaluate.agents and self.ed is None:
+            raise ValueError("evaluate.agents has 'ed' but there is no `ed` section (an expert-only "
+                             "imitator, e.g. ed: {data: {expert_last: 50}})")
+        return self
+
+
+def merge(base: dict, override: dict) -> dict:
+    """Deep merge of mappings; lists and scalars in `override` replace those in `base`."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_experiment(path: str | Path, scale: str | None = None) -> "ExperimentConfig":
+    """An experiment file with one of its `scales` merged in (default: its own `scale`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such experiment file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: malformed YAML: {err}") from None
+    if not isinstance(data, dict) or data.get("kind") != "experiment":
+        raise ConfigError(f"{path}: kind: {data.get('kind') if isinstance(data, dict) else data!r} "
+                          "is not 'experiment'")
+    scale = scale or data.get("scale", "demo")
+    scales = data.get("scales") or {}
+    if scale not in scales and scale != "demo":
+        raise ConfigError(f"{path}: scale {scale!r} is not defined; valid: {', '.join(scales) or 'demo'}")
+    data = merge(data, scales.get(scale, {}))
+    data["scale"] = scale
+    return parse_config(data, f"{path} (scale {scale})", expect=("experiment",))
+
+
 KINDS = {"teach": TeachConfig, "distill": DistillConfig, "evaluate": EvaluateConfig,
-         "pipeline": PipelineConfig}
-AnyConfig = Union[TeachConfig, DistillConfig, EvaluateConfig, PipelineConfig]
+         "pipeline": PipelineConfig, "experiment": ExperimentConfig}
+AnyConfig = Union[TeachConfig, DistillConfig, EvaluateConfig, PipelineConfig, ExperimentConfig]
 
 
 def _format_error(err: ValidationError, model: type[BaseModel], source: str) -> str:

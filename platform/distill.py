@@ -27,13 +27,7 @@ def select_data(cfg: DistillConfig, root: str, run_ids: list[str], exclude=froze
     """(train histories, held-out histories, num_actions) exactly as a trial will read them."""
     from understudy.platform import data
 
-    games = cfg.train_games
-    if cfg.data.games is not None:
-        games = cfg.data.games
-    elif cfg.data.suite is not None:
-        from understudy.envs import resolve_suite
-
-        games = [g for g in resolve_suite(cfg.data.suite)[1] if g in games] or resolve_suite(cfg.data.suite)[1]
+    games = selected_games(cfg)
     d = cfg.data
     selection = data.Selection(games=tuple(games), cutoff_env_steps=d.cutoff_env_steps,
                                cutoff_policy_version=d.cutoff_policy_version, gap=d.gap,
@@ -45,6 +39,19 @@ def select_data(cfg: DistillConfig, root: str, run_ids: list[str], exclude=froze
     transforms = step_transforms(cfg)
     train, heldout = data.split_heldout(histories, d.heldout_episodes)
     return train, heldout, data.num_actions_of(histories, transforms)
+
+
+def selected_games(cfg: DistillConfig) -> list[str]:
+    """The games whose histories a trial reads: data.games, or the stage's games narrowed to
+    data.suite, or the stage's games."""
+    if cfg.data.games is not None:
+        return list(cfg.data.games)
+    if cfg.data.suite is not None:
+        from understudy.envs import resolve_suite
+
+        suite = resolve_suite(cfg.data.suite)[1]
+        return [g for g in suite if g in cfg.train_games] or suite
+    return cfg.train_games
 
 
 def step_transforms(cfg: DistillConfig):
@@ -179,7 +186,7 @@ def param_space(cfg: DistillConfig, context: dict) -> dict:
 
 def run_distill(cfg: DistillConfig, ws: Workspace, resume: bool = False) -> dict:
     teach = ws.read_stage("teach", cfg.teacher)
-    games = cfg.train_games
+    games = selected_games(cfg)  # only these runs are read, hashed into the data version
     run_ids = [r["run_id"] for r in teach["runs"] if r["game"] in games]
     missing = [g for g in games if g not in {r["game"] for r in teach["runs"]}]
     if missing:
@@ -279,6 +286,7 @@ def run_distill(cfg: DistillConfig, ws: Workspace, resume: bool = False) -> dict
                 "game": games[0], "games": games, "data_games": data_games,
                 "teacher": cfg.teacher, "data_version": version, "run_ids": run_ids,
                 "data": cfg.data.model_dump(), "skipped_shards": sorted(bad),
+                "config": cfg.model_dump(), "shard_root": root,
                 "num_actions": num_actions, "checkpoint": best["checkpoint"],
                 "mlflow_run_id": best["mlflow_run_id"], "best_by": metric, "trials": trials,
                 "data_best_return": max((e.ret for h in train for e in h.episodes), default=None)}

@@ -66,3 +66,28 @@ def returns_by_agent(results: dict[str, dict[str, list[float]]], title: str):
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def returns_per_episode(curves: dict, title: str):
+    """One panel per game: each agent's mean return per episode index over its copies, with a
+    95% band (normal approximation over copies)."""
+    games = sorted({g for _, g in curves})
+    agents = sorted({a for a, _ in curves})
+    fig, axes = plt.subplots(1, len(games), figsize=(5 * len(games), 3.8), squeeze=False)
+    for ax, game in zip(axes[0], games):
+        for i, agent in enumerate(agents):
+            returns = curves.get((agent, game))
+            if returns is None or not returns.size:
+                continue
+            mean = returns.mean(0)
+            half = 1.96 * returns.std(0) / np.sqrt(len(returns))
+            x = np.arange(1, len(mean) + 1)
+            ax.plot(x, mean, color=f"C{i}", label=agent, marker="o" if len(x) < 12 else None, ms=3)
+            ax.fill_between(x, mean - half, mean + half, color=f"C{i}", alpha=0.2)
+        ax.set_title(game)
+        ax.set_xlabel("episode (consecutive, memory carried)")
+        ax.set_ylabel("return")
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

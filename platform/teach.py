@@ -21,6 +21,8 @@ class StageFailed(RuntimeError):
 def run_teach(cfg: TeachConfig, ws: Workspace, resume: bool = False) -> dict:
     """Run the teachers; with `resume`, continue this config's interrupted run from its last
     checkpoints (the history recorded after them is rewound, see recording_algorithm)."""
+    if cfg.algorithm == "qlearning":
+        return run_teach_darkroom(cfg, ws)
     from understudy.algorithms.teachers import recording_algorithm, run_id_for, teacher_config
 
     running = ws.stage_path("teach", cfg.name).with_suffix(".running.json")
@@ -128,4 +130,62 @@ def run_teach(cfg: TeachConfig, ws: Workspace, resume: bool = False) -> dict:
                 "max_episode_steps": cfg.max_episode_steps, "runs": runs}
     ws.write_stage("teach", cfg.name, manifest)
     running.unlink(missing_ok=True)
+    return manifest
+
+
+def run_teach_darkroom(cfg: TeachConfig, ws: Workspace) -> dict:
+    """Dark Room's source RL: Q-learning learns every goal of a split from scratch, each
+    learning history recorded through the same shard path as Atari (one run per goal and seed),
+    into a shard root of its own so the stage can be run again."""
+    from dataclasses import asdict
+
+    import numpy as np
+
+    from understudy.algorithms import darkroom_source
+    from understudy.envs.darkroom import EPISODE_STEPS, darkroom_goals, optimal_return, protocol
+
+    session = time.strftime("%Y%m%d-%H%M%S")
+    root = f"{ws.shard_root}/{cfg.name}-{session}"
+    episodes = cfg.env_steps // EPISODE_STEPS
+    p = cfg.darkroom
+    qconfig = darkroom_source.QLearningConfig(
+        episodes=episodes, learning_rate=p.learning_rate, discount=p.discount, q_init=p.q_init,
+        epsilon_end=p.epsilon_end, epsilon_decay_fraction=p.epsilon_decay_fraction)
+    goals = darkroom_goals(p.goal_split)
+    client = tracking.client_for(ws)
+    exp = tracking.experiment_id(client, ws, "teach")
+    runs = []
+    for seed in cfg.seeds:
+        started = time.perf_counter()
+        run_ids = darkroom_source.record_histories(
+            root, goals, episodes, seed, qconfig,
+            progress=lambda m: print(f"[teach] DarkRoom seed {seed}: {m}", flush=True))
+        mlflow_run = tracking.start_run(client, exp, f"DarkRoom-qlearning-s{seed}", {
+            "stage": cfg.name, "algorithm": "qlearning", "game": "DarkRoom", "seed": seed,
+            "goals": len(goals), "goal_split": p.goal_split, "episodes_per_goal": episodes,
+            "shard_root": root, **{f"qlearning.{k}": v for k, v in asdict(qconfig).items()},
+            **{f"env.{k}": v for k, v in protocol().items()}})
+        curves = np.array([[e["return"] for e in shards.episode_returns(root, r)] for r in run_ids])
+        optimal = np.array([optimal_return(g) for g in goals])
+        tracking.log_metric_series(client, mlflow_run, "episode_return_mean", curves.mean(0))
+        tracking.log_metric_series(client, mlflow_run, "fraction_of_optimal", (curves / optimal[:, None]).mean(0))
+        fig = plots.learning_curve(np.arange(1, episodes + 1) * EPISODE_STEPS, curves.mean(0),
+                                   f"Q-learning on {len(goals)} Dark Room goals (seed {seed}): mean return")
+        tracking.log_figure(client, mlflow_run, fig, "learning_curve.png")
+        client.set_tag(mlflow_run, "understudy.data_version", shards.data_version(root, run_ids))
+        client.set_terminated(mlflow_run, "FINISHED")
+        print(f"[teach] DarkRoom seed {seed}: {len(run_ids)} goals x {episodes} episodes in "
+              f"{time.perf_counter() - started:.0f}s; last-10 return {curves[:, -10:].mean():.2f} "
+              f"of optimal {optimal.mean():.2f}", flush=True)
+        for run_id, goal, curve in zip(run_ids, goals, curves):
+            catalog = shards.read_catalog(root, run_id)
+            runs.append({"run_id": run_id, "game": "DarkRoom", "seed": seed, "goal": goal.tolist(),
+                         "checkpoint": None, "mlflow_run_id": mlflow_run,
+                         "final_return_mean": float(curve[-10:].mean()),
+                         "recorded_episodes": len(curve), "recorded_steps": sum(e["rows"] for e in catalog),
+                         "shards": len(catalog), "shard_bytes": sum(e["bytes"] for e in catalog)})
+    manifest = {"kind": "teach", "name": cfg.name, "session": session, "algorithm": "qlearning",
+                "shard_root": root, "protocol": protocol(), "max_episode_steps": EPISODE_STEPS,
+                "runs": runs}
+    ws.write_stage("teach", cfg.name, manifest)
     return manifest

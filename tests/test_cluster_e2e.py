@@ -145,7 +145,7 @@ def test_mlflow_server_has_the_runs_and_object_storage_has_their_artifacts(clust
     artifact_keys = s3.keys(bucket, "mlflow/")
     for name, plot in [("understudy-teach", "learning_curve.png"),
                        ("understudy-distill", "training_curves.png"),
-                       ("understudy-evaluate", "returns.png")]:
+                       ("understudy-evaluate", "returns_per_episode.png")]:
         exp = client.get_experiment_by_name(name)
         assert exp is not None and exp.artifact_location.startswith("mlflow-artifacts:"), name
         runs = client.search_runs([exp.experiment_id])

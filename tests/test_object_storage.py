@@ -51,11 +51,11 @@ def test_checkpoint_on_s3_is_named_by_uri_and_loaded_from_a_local_copy(s3_env, t
     import torch
     from ray import tune
 
-    from understudy.algorithms import bc
+    from understudy.algorithms import bc, imitation
 
     bucket = s3_env.new_bucket()
     model = bc.ConvPolicy(num_actions=6)
-    bc.save(model, str(tmp_path / "ckpt"), {"game": "Breakout"})
+    imitation.save(model, str(tmp_path / "ckpt"), {"game": "Breakout"})
     fs, path = shards.filesystem(f"s3://{bucket}/runs/ray_results/trial/checkpoint_000000")
     pafs.copy_files(str(tmp_path / "ckpt"), path, source_filesystem=pafs.LocalFileSystem(),
                     destination_filesystem=fs)
@@ -65,7 +65,7 @@ def test_checkpoint_on_s3_is_named_by_uri_and_loaded_from_a_local_copy(s3_env, t
     assert uri == f"s3://{bucket}/runs/ray_results/trial/checkpoint_000000"
     with storage.local_copy(uri) as local:
         assert not local.startswith("s3://") and os.path.isdir(local)
-        loaded, meta = bc.load(local)
+        loaded, meta = imitation.load(local, expect="bc")
     assert not os.path.exists(local), "the local copy is removed afterwards"
     assert meta["num_actions"] == 6
     for a, b in zip(model.state_dict().values(), loaded.state_dict().values()):

@@ -82,7 +82,7 @@ def test_mlflow_has_three_experiments_with_metrics_and_plots(pipeline):
     client = MlflowClient(f"sqlite:///{pipeline / 'mlflow.db'}")
     for name, metric, plot in [("understudy-teach", "episode_return_mean", "learning_curve.png"),
                                ("understudy-distill", "train_loss", "training_curves.png"),
-                               ("understudy-evaluate", None, "returns.png")]:
+                               ("understudy-evaluate", None, "returns_per_episode.png")]:
         exp = client.get_experiment_by_name(name)
         assert exp is not None, name
         runs = client.search_runs([exp.experiment_id])
@@ -108,13 +108,13 @@ def test_mlflow_has_three_experiments_with_metrics_and_plots(pipeline):
 def test_imitator_checkpoint_loads_without_code_execution(pipeline):
     import torch
 
-    from understudy.algorithms import bc
+    from understudy.algorithms import imitation
 
     distill = stage(pipeline, "distill", "smoke-bc")
     state = torch.load(os.path.join(distill["checkpoint"], "model.pt"), weights_only=True)
     assert state
-    model, meta = bc.load(distill["checkpoint"])
-    assert meta["game"] == "Breakout" and meta["num_actions"] == 18
+    model, meta = imitation.load(distill["checkpoint"], expect="bc")
+    assert meta["games"] == ["Breakout"] and meta["num_actions"] == 18
     assert meta["data_version"] == distill["data_version"]
     assert model(torch.zeros(2, 84, 84, 4, dtype=torch.uint8)).shape == (2, 18)
 

@@ -1,0 +1,104 @@
+"""Ready experiments: teach -> distill (imitator, and optionally an expert-only `ed` imitator)
+-> evaluate, from one file in tune_configs/experiments/ at any scale (`scales:` holds the
+overrides a scale applies), and `report`, which prints an experiment's latest results table
+back from MLflow.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from understudy.platform import tracking
+from understudy.platform.config import ConfigError, ExperimentConfig, load_experiment
+from understudy.platform.workspace import Workspace
+
+EXPERIMENTS = Path(__file__).resolve().parent.parent / "tune_configs" / "experiments"
+
+
+def experiment_path(name_or_path: str) -> Path:
+    """A path to an experiment file, or the name of one in tune_configs/experiments/."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return path
+    candidate = EXPERIMENTS / f"{name_or_path}.yaml"
+    if not candidate.exists():
+        raise ConfigError(f"experiment {name_or_path!r}: no such file or ready experiment; "
+                          f"ready ones: {', '.join(available())}")
+    return candidate
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in EXPERIMENTS.glob("*.yaml"))
+
+
+def load(name_or_path: str, scale: str | None = None) -> ExperimentConfig:
+    return load_experiment(experiment_path(name_or_path), scale)
+
+
+def run_experiment(cfg: ExperimentConfig, ws: Workspace, stages: dict, resume: bool = False) -> dict:
+    """Run every stage in order with the CLI's stage runners (`stages`: name -> fn(cfg, ws, ...)),
+    then tag the evaluation with the experiment's name so `report` finds it."""
+    started = time.perf_counter()
+    stages["teach"](cfg.teach, ws, resume=resume and _interrupted(ws, "teach", cfg.teach.name))
+    stages["distill"](cfg.distill, ws, resume=resume and _interrupted(ws, "distill", cfg.distill.name))
+    if cfg.ed is not None:
+        stages["distill"](cfg.ed, ws, resume=resume and _interrupted(ws, "distill", cfg.ed.name))
+    evaluation = stages["evaluate"](cfg.evaluate, ws, experiment=cfg.name)
+    manifest = {"kind": "experiment", "name": cfg.name, "scale": cfg.scale,
+                "seconds": time.perf_counter() - started,
+                "stages": {"teach": cfg.teach.name, "distill": cfg.distill.name,
+                           "ed": cfg.ed.name if cfg.ed else None, "evaluate": cfg.evaluate.name},
+                "summary_run_id": evaluation["summary_run_id"], "table": evaluation["table"]}
+    ws.write_stage("experiment", cfg.name, manifest)
+    return manifest
+
+
+def _interrupted(ws: Workspace, kind: str, name: str) -> bool:
+    return ws.stage_path(kind, name).with_suffix(".running.json").exists()
+
+
+def find_report(ws: Workspace, experiment: str):
+    """The newest finished evaluation summary run tagged with `experiment`, or None."""
+    client = tracking.client_for(ws)
+    exp = client.get_experiment_by_name(tracking.EXPERIMENTS["evaluate"])
+    if exp is None:
+        return client, None
+    runs = client.search_runs(
+        [exp.experiment_id],
+        filter_string=(f"tags.`understudy.summary` = 'true' and "
+                       f"tags.`understudy.experiment` = '{experiment}' and attributes.status = 'FINISHED'"),
+        order_by=["attributes.start_time DESC"], max_results=1)
+    return client, (runs[0] if runs else None)
+
+
+def reported_experiments(ws: Workspace) -> list[str]:
+    client = tracking.client_for(ws)
+    exp = client.get_experiment_by_name(tracking.EXPERIMENTS["evaluate"])
+    if exp is None:
+        return []
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.`understudy.summary` = 'true'")
+    return sorted({r.data.tags["understudy.experiment"] for r in runs if "understudy.experiment" in r.data.tags})
+
+
+def report(ws: Workspace, experiment: str) -> str:
+    """The results table of an experiment's latest evaluation, read back from MLflow."""
+    import tempfile
+
+    client, run = find_report(ws, experiment)
+    if run is None:
+        known = reported_experiments(ws)
+        raise LookupError(f"no finished evaluation of experiment {experiment!r} in {ws.tracking_uri}; "
+                          f"experiments with results: {', '.join(known) or 'none yet'} "
+                          f"(run `understudy experiment {experiment}` first)")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = client.download_artifacts(run.info.run_id, "results.md", tmp)
+        table = Path(path).read_text()
+    params = run.data.params
+    started = time.strftime("%Y-%m-%d %H:%M", time.localtime(run.info.start_time / 1000))
+    header = (f"Experiment {experiment}: evaluation {params.get('stage')} of {started} "
+              f"(MLflow run {run.info.run_id})\n"
+              f"imitator {params.get('imitator_stage')} trained on {params.get('trained_on')} "
+              f"(data {params.get('data_version')}); teacher {params.get('teacher_stage')}; "
+              f"{params.get('episodes')} episodes x {params.get('copies')} copies per agent and game\n"
+              f"plot: returns_per_episode.png in that run's artifacts\n")
+    return header + "\n" + table

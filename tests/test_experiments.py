@@ -1,0 +1,99 @@
+"""Ready experiments: every file validates at every scale, and the Dark Room experiment runs
+end to end through the CLI (Q-learning histories -> AD and ED imitators under Tune -> every
+evaluation agent as Ray tasks -> MLflow), then `understudy report` prints it back."""
+import json
+import os
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from understudy.platform.config import ConfigError, parse_config
+
+
+def test_every_ready_experiment_validates_at_every_scale():
+    from understudy.platform import experiment
+    from understudy.platform.distill import selected_games
+
+    names = experiment.available()
+    assert {"breakout_to_spaceinvaders", "teacher_cutoff", "multigame_holdout", "darkroom_ad"} <= set(names)
+    for name in names:
+        scales = yaml.safe_load(experiment.experiment_path(name).read_text())["scales"]
+        assert {"demo", "full"} <= set(scales), name
+        for scale in scales:
+            cfg = experiment.load(name, scale)
+            assert cfg.scale == scale
+            assert cfg.distill.teacher == cfg.teach.name == cfg.evaluate.teacher
+            assert cfg.evaluate.imitator == cfg.distill.name
+            assert not set(cfg.evaluate.heldout_games) & set(selected_games(cfg.distill)), (name, scale)
+
+
+def test_full_scale_is_the_same_file_with_bigger_numbers():
+    from understudy.platform import experiment
+
+    demo, full = experiment.load("multigame_holdout", "demo"), experiment.load("multigame_holdout", "full")
+    assert demo.distill.algorithm == full.distill.algorithm == "ad"
+    assert len(full.teach.games) == 46 and full.evaluate.heldout_games == [
+        "Alien", "MsPacman", "Pong", "SpaceInvaders", "StarGunner"]
+    assert demo.evaluate.heldout_games == ["Pong", "SpaceInvaders"]
+
+
+def test_unknown_experiment_and_scale_are_named():
+    from understudy.platform import experiment
+
+    with pytest.raises(ConfigError, match="ready ones: .*darkroom_ad"):
+        experiment.load("darkroom")
+    with pytest.raises(ConfigError, match="scale 'huge' is not defined; valid: .*full"):
+        experiment.load("darkroom_ad", "huge")
+
+
+def test_heldout_game_in_the_training_data_is_rejected_before_anything_runs():
+    data = {"kind": "experiment", "name": "x",
+            "teach": {"algorithm": "ppo", "games": ["Breakout", "Pong"], "env_steps": 1024},
+            "distill": {"games": ["Breakout", "Pong"]},
+            "evaluate": {"games": ["Breakout", "Pong"], "heldout_games": ["Pong"]}}
+    with pytest.raises(ConfigError, match=r"heldout_games \['Pong'\] are also training games"):
+        parse_config(data)
+    data["distill"] = {"games": ["Breakout", "Pong"], "data": {"games": ["Breakout"]}}
+    assert parse_config(data).evaluate.heldout_games == ["Pong"]  # filtered out of the data: fine
+
+
+@pytest.mark.slow
+def test_darkroom_experiment_end_to_end_and_report(ray_session, tmp_path, capsys):
+    from understudy.platform import cli
+
+    ws = tmp_path / "ws"
+    assert cli.main(["--workspace", str(ws), "experiment", "darkroom_ad", "--scale", "tiny"]) == 0
+    manifest = json.loads((ws / "stages" / "experiment-darkroom_ad.json").read_text())
+    assert manifest["scale"] == "tiny"
+    evaluation = json.loads((ws / "stages" / "evaluate-darkroom_ad-evaluate.json").read_text())
+    rows = {r["agent"]: r for r in evaluation["rows"]}
+    assert set(rows) == {"imitator", "ed", "random", "noop", "scratch", "finetune"}
+    for agent, row in rows.items():  # 16 held-out goals, 4 consecutive episodes each
+        assert row["held_out"] and row["copies"] == 16 and row["episodes"] == 4, agent
+        assert row["data_best"] > 0 and "improvement" in row and "late_normalized" in row
+    assert rows["noop"]["return_mean"] == 0.0  # the centre is never a goal
+    distills = {n: json.loads((ws / "stages" / f"distill-darkroom_ad-{n}.json").read_text())
+                for n in ("imitator", "ed")}
+    assert distills["imitator"]["checkpoint"] != distills["ed"]["checkpoint"]
+
+    client = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
+    summary = client.get_run(evaluation["summary_run_id"])
+    assert summary.data.tags["understudy.experiment"] == "darkroom_ad"
+    assert {"returns_per_episode.png", "results.md", "results.html"} <= {
+        a.path for a in client.list_artifacts(summary.info.run_id)}
+    finetune = client.get_run(rows["finetune"]["mlflow_run_id"])
+    assert int(finetune.data.params["gradient_steps"]) > 0  # the weights really were updated
+    history = client.get_metric_history(rows["imitator"]["mlflow_run_id"], "episode_return")
+    assert len(history) == 4
+    ed_run = client.search_runs([client.get_experiment_by_name("understudy-distill").experiment_id],
+                                filter_string="params.stage = 'darkroom_ad-ed'")[0]
+    assert ed_run.data.params["data.expert_last"] == "5"
+
+    capsys.readouterr()
+    assert cli.main(["--workspace", str(ws), "report", "darkroom_ad"]) == 0
+    out = capsys.readouterr().out
+    assert "Experiment darkroom_ad" in out and "| imitator | DarkRoom | True | 16 | 4 |" in out
+    assert out.strip().endswith(evaluation["table"].strip().splitlines()[-1])
+    assert cli.main(["--workspace", str(ws), "report", "breakout_to_spaceinvaders"]) == 1
+    assert "experiments with results: darkroom_ad" in capsys.readouterr().err
