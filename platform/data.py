@@ -237,6 +237,26 @@ class History:
         return (csum[last_row[self.episode_id]] - csum + self.rewards).astype(np.float32)
 
 
+_HEAP_LIMITED = False
+
+
+def limit_heap_growth(threshold: int = 1 << 20) -> None:
+    """Allocations of `threshold` bytes and more (frame blocks, batches, activations) get their
+    own memory maps, returned to the OS when freed. glibc's default raises that threshold as
+    big blocks are freed (up to 32 MB), after which they come from the heap, and its
+    fragmentation made RSS grow with every block streamed (measured: bench/imitation.py)."""
+    global _HEAP_LIMITED
+    if _HEAP_LIMITED:
+        return
+    _HEAP_LIMITED = True
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-3, threshold)  # -3: M_MMAP_THRESHOLD
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
+
+
 class ShardReader:
     """Reads row ranges of shard files, decompressing only the columns asked for. Local files
     are memory-mapped; remote ones are read through pyarrow.fs."""
@@ -415,6 +435,7 @@ class Loader:
     _key_of: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
+        limit_heap_growth()
         self.reader = ShardReader(self.root)
         for k, h in enumerate(self.histories):
             self._key_of[h.run_id] = k
