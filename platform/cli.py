@@ -36,9 +36,22 @@ def check_dependencies() -> None:
                          "Run ./dev setup (or pip install -e .) first.")
 
 
+def keep_credentials_out_of_ray() -> None:
+    """Tune copies AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/session tokens from the driver into
+    every trial actor's runtime_env, and Ray's runtime-env agent logs runtime_envs in full: the
+    secret would land in the cluster's log files and metadata. Trials do not need it passed:
+    on a local Ray they inherit this process's environment, on a cluster the pods get it from
+    their own Secret (k8s/secrets.yaml). tests/test_security.py greps Ray's logs for it."""
+    from ray.tune.execution import class_cache
+
+    secrets = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN"}
+    class_cache.ENV_VARS_TO_PROPAGATE = set(class_cache.ENV_VARS_TO_PROPAGATE) - secrets
+
+
 def init_ray():
     import ray
 
+    keep_credentials_out_of_ray()
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS")
@@ -139,6 +152,10 @@ def cmd_shards(args, ws):
     from understudy.platform import shards
 
     root = args.root or ws.shard_root
+    if not shards.list_runs(root):
+        print(f"understudy: no recorded runs under shard root {root} (a run is a folder with "
+              "run.json and a catalog/); give --root or --shard-root where `teach` wrote", file=sys.stderr)
+        return 1
     if args.action == "ls":
         for run_id in shards.list_runs(root):
             catalog = shards.read_catalog(root, run_id)
@@ -271,11 +288,11 @@ def main(argv: list[str] | None = None) -> int:
         print(warning, file=sys.stderr)
     check_dependencies()
     try:
-        ws.ensure()
         if args.command in ("teach", "pipeline", "demo", "experiment"):
             from understudy.platform.shards import check_writable
 
-            check_writable(ws.shard_root)
+            check_writable(ws.shard_root)  # before the workspace exists: refused runs leave nothing
+        ws.ensure()
     except Exception as err:  # noqa: BLE001  (unwritable workspace or shard root)
         print(f"understudy: error: {err}", file=sys.stderr)
         return 2

@@ -193,6 +193,12 @@ def run_distill(cfg: DistillConfig, ws: Workspace, resume: bool = False) -> dict
         raise StageFailed(f"distill.games: teach stage {cfg.teacher!r} recorded no runs of {missing}; "
                           f"it has: {sorted({r['game'] for r in teach['runs']})}")
     root = teach["shard_root"]
+    uncataloged = [r for r in run_ids if not shards.read_catalog(root, r)]
+    if uncataloged:
+        named = ", ".join(uncataloged[:3]) + (f" and {len(uncataloged) - 3} more" if len(uncataloged) > 3 else "")
+        raise StageFailed(f"distill: {len(uncataloged)} run(s) of teach stage {cfg.teacher!r} ({named}) have no catalog "
+                          f"under shard root {root} (no complete shard to read); see `understudy "
+                          "shards verify`, or re-run the teach stage")
     bad = shards.corrupted_shards(root, run_ids) if cfg.verify_shards else {}
     if bad and not cfg.skip_corrupt_shards:
         path, problem = next(iter(bad.items()))
@@ -264,18 +270,24 @@ def run_distill(cfg: DistillConfig, ws: Workspace, resume: bool = False) -> dict
     client = tracking.client_for(ws)
     trials = []
     for result in grid:
-        mlflow_run = to_mlflow.runs.get(result.metrics["trial_id"]) or _find_run(client, ws, experiment, result)
-        history = result.metrics_dataframe.to_dict("records")
-        tracking.log_figure(client, mlflow_run, plots.training_curves(
-            history, f"{cfg.algorithm.upper()} on {', '.join(data_games)} ({len(run_ids)} teacher run(s), "
-                     f"data {version})"), "training_curves.png")
-        client.set_tag(mlflow_run, "understudy.data_version", version)
         checkpoint = storage.checkpoint_uri(result.checkpoint)
-        client.set_tag(mlflow_run, "understudy.checkpoint", checkpoint)
-        with result.checkpoint.as_directory() as local:  # a download when storage is remote
-            client.log_artifacts(mlflow_run, local, "checkpoint")
-            _log_mlflow_model(client, mlflow_run, local)
-        trials.append({"checkpoint": checkpoint, "mlflow_run_id": mlflow_run,
+        mlflow_run = [to_mlflow.runs.get(result.metrics["trial_id"])]
+
+        def log_results():  # the trained model is safe in `checkpoint` whatever happens here
+            run = mlflow_run[0] = mlflow_run[0] or _find_run(client, ws, experiment, result)
+            history = result.metrics_dataframe.to_dict("records")
+            tracking.log_figure(client, run, plots.training_curves(
+                history, f"{cfg.algorithm.upper()} on {', '.join(data_games)} ({len(run_ids)} teacher run(s), "
+                         f"data {version})"), "training_curves.png")
+            client.set_tag(run, "understudy.data_version", version)
+            client.set_tag(run, "understudy.checkpoint", checkpoint)
+            with result.checkpoint.as_directory() as local:  # a download when storage is remote
+                client.log_artifacts(run, local, "checkpoint")
+                _log_mlflow_model(client, run, local)
+
+        to_mlflow.after_fit(f"trial {result.metrics['trial_id']}: plot, tags, checkpoint and model "
+                            "artifacts", log_results)
+        trials.append({"checkpoint": checkpoint, "mlflow_run_id": mlflow_run[0],
                        "epochs": result.metrics.get("epoch"),
                        **{k: result.metrics.get(k) for k in ("heldout_accuracy", "heldout_loss", "train_loss")}})
     metric, mode = (cfg.asha.metric, cfg.asha.mode)
@@ -290,6 +302,8 @@ def run_distill(cfg: DistillConfig, ws: Workspace, resume: bool = False) -> dict
                 "num_actions": num_actions, "checkpoint": best["checkpoint"],
                 "mlflow_run_id": best["mlflow_run_id"], "best_by": metric, "trials": trials,
                 "data_best_return": max((e.ret for h in train for e in h.episodes), default=None)}
+    to_mlflow.report_missing(manifest, "distill", "the trained models are in their checkpoints "
+                             "(this stage's manifest)")
     ws.write_stage("distill", cfg.name, manifest)
     running.unlink(missing_ok=True)
     return manifest

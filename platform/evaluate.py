@@ -275,7 +275,20 @@ def _step_budget(cfg: EvaluateConfig, game: str) -> int:
     return cfg.episodes * cfg.copies * (cfg.max_episode_steps or 27_000)
 
 
+def _check_checkpoint(path: str, stage: str) -> None:
+    """Load an imitator checkpoint once here, so a wrong one is a clear error before any task."""
+    from understudy.algorithms import imitation
+
+    try:
+        with storage.local_copy(path) as local:
+            imitation.load(local)
+    except (ValueError, OSError) as err:
+        raise StageFailed(f"evaluate: the checkpoint of distill stage {stage!r} cannot be used: {err}") from None
+
+
 def _agents(cfg: EvaluateConfig, ws: Workspace, teach: dict, distill: dict) -> dict:
+    if {"imitator", "finetune"} & set(cfg.agents):
+        _check_checkpoint(distill["checkpoint"], cfg.imitator)
     agents = {}
     for name in cfg.agents:
         if name in ("imitator", "finetune"):
@@ -285,8 +298,9 @@ def _agents(cfg: EvaluateConfig, ws: Workspace, teach: dict, distill: dict) -> d
             if not cfg.ed:
                 raise StageFailed("evaluate.agents: 'ed' needs evaluate.ed, the name of an expert-only "
                                   "distill stage (data.expert_last)")
-            agents[name] = {"kind": "ed", "checkpoint": ws.read_stage("distill", cfg.ed)["checkpoint"],
-                            "target_return": cfg.target_return}
+            checkpoint = ws.read_stage("distill", cfg.ed)["checkpoint"]
+            _check_checkpoint(checkpoint, cfg.ed)
+            agents[name] = {"kind": "ed", "checkpoint": checkpoint, "target_return": cfg.target_return}
         elif name in ("random", "noop", "scratch"):
             agents[name] = {"kind": name}
         elif name == "teacher":

@@ -381,7 +381,14 @@ def verify_run(root: str, run_id: str) -> list[str]:
     """Problems found, one line each as 'path: problem' (empty: every cataloged shard is intact)."""
     fs, base = filesystem(root)
     problems = []
-    for entry in read_catalog(root, run_id):
+    catalog = read_catalog(root, run_id)
+    if not catalog:
+        files = fs.get_file_info(pafs.FileSelector(f"{base}/{run_id}/shards", allow_not_found=True))
+        orphans = [f for f in files if f.base_name.endswith(".arrow") and not f.base_name.startswith(".")]
+        if orphans:  # readers find shards only through the catalog: these are invisible
+            problems.append(f"{base}/{run_id}/catalog: missing, yet {len(orphans)} shard file(s) "
+                            "exist; no reader will see them (restore catalog/ or re-record the run)")
+    for entry in catalog:
         path = f"{base}/{run_id}/{entry['path']}"
         try:
             data = _read_bytes(fs, path)

@@ -104,23 +104,27 @@ def run_teach(cfg: TeachConfig, ws: Workspace, resume: bool = False) -> dict:
     runs = []
     for result in grid:
         game, seed, run_id = identity(result.config)
-        mlflow_run = to_mlflow.runs[result.metrics["trial_id"]]
+        mlflow_run = to_mlflow.runs.get(result.metrics["trial_id"])
         episodes = shards.episode_returns(ws.shard_root, run_id)
         returns = [e["return"] for e in episodes]
-        # Per-episode returns as counted by the env itself; tests re-add them from the shards.
-        tracking.log_metric_series(client, mlflow_run, "episode_return", returns)
         catalog = shards.read_catalog(ws.shard_root, run_id)
         summary = {"recorded_episodes": len(episodes),
                    "recorded_steps": sum(e["rows"] for e in catalog),
                    "shards": len(catalog), "shard_bytes": sum(e["bytes"] for e in catalog)}
-        for k, v in summary.items():
-            client.log_metric(mlflow_run, k, v)
-        client.set_tag(mlflow_run, "understudy.data_version", shards.data_version(ws.shard_root, [run_id]))
         checkpoint = storage.checkpoint_uri(result.checkpoint)
-        client.set_tag(mlflow_run, "understudy.checkpoint", checkpoint)
-        fig = plots.learning_curve([e["last_global_step"] + 1 for e in episodes], returns,
-                                   f"{cfg.algorithm.upper()} teacher on {game} (seed {seed}): every episode played")
-        tracking.log_figure(client, mlflow_run, fig, "learning_curve.png")
+
+        def log_results():  # the history is safe in the shards, the teacher in `checkpoint`
+            # Per-episode returns as counted by the env itself; tests re-add them from the shards.
+            tracking.log_metric_series(client, mlflow_run, "episode_return", returns)
+            for k, v in summary.items():
+                client.log_metric(mlflow_run, k, v)
+            client.set_tag(mlflow_run, "understudy.data_version", shards.data_version(ws.shard_root, [run_id]))
+            client.set_tag(mlflow_run, "understudy.checkpoint", checkpoint)
+            fig = plots.learning_curve([e["last_global_step"] + 1 for e in episodes], returns,
+                                       f"{cfg.algorithm.upper()} teacher on {game} (seed {seed}): every episode played")
+            tracking.log_figure(client, mlflow_run, fig, "learning_curve.png")
+
+        to_mlflow.after_fit(f"{run_id}: episode returns, summary, tags and learning curve", log_results)
         runs.append({"run_id": run_id, "game": game, "seed": seed,
                      "checkpoint": checkpoint, "mlflow_run_id": mlflow_run,
                      "final_return_mean": result.metrics.get("env_runners", {}).get("episode_return_mean"),
@@ -128,6 +132,8 @@ def run_teach(cfg: TeachConfig, ws: Workspace, resume: bool = False) -> dict:
     manifest = {"kind": "teach", "name": cfg.name, "session": session, "algorithm": cfg.algorithm,
                 "shard_root": ws.shard_root, "protocol": protocol,
                 "max_episode_steps": cfg.max_episode_steps, "runs": runs}
+    to_mlflow.report_missing(manifest, "teach", "the histories are in the shards, the teachers in "
+                             "their checkpoints (this stage's manifest)")
     ws.write_stage("teach", cfg.name, manifest)
     running.unlink(missing_ok=True)
     return manifest

@@ -5,7 +5,9 @@ at once while Tune trials report.
 """
 from __future__ import annotations
 
+import contextlib
 import io
+import json
 import os
 import subprocess
 import tempfile
@@ -93,7 +95,11 @@ def log_text(client: MlflowClient, run_id: str, text: str, filename: str) -> Non
 
 class TuneToMlflow(tune.Callback):
     """Logs each Tune trial as an MLflow run while it trains: params at start, chosen metrics
-    at every result, status at the end. `runs` maps trial id -> MLflow run id afterwards."""
+    at every result, status at the end. `runs` maps trial id -> MLflow run id afterwards.
+
+    If the tracking server goes away, training goes on: every MLflow call is queued in order
+    and retried at the next result; whatever still cannot be logged when the experiment ends is
+    written to `missing_file` (JSON lines) and announced, never silently dropped."""
 
     def __init__(self, ws: Workspace, stage: str, params_of, metrics: dict, step_key: str,
                  name_of=lambda trial: str(trial), total: float | None = None,
@@ -104,14 +110,47 @@ class TuneToMlflow(tune.Callback):
         self.experiment = experiment  # Tune experiment name: finds a trial's run again on resume
         self.runs: dict[str, str] = {}
         self.started = time.perf_counter()
+        self.pending: list[tuple[dict, object]] = []  # (what, call) not yet accepted by MLflow
+        self.outage_since: float | None = None
+        self.retried = 0  # calls that failed at first and went through later
+        self.missing_file: str | None = None
+        self.missing_after_fit: list[str] = []  # what after_fit could not log
 
     def setup(self, **info):
         self.client = client_for(self.ws)
+        self.exp_id = None
+        self._call({"experiment": EXPERIMENTS[self.stage]}, self._experiment)
+
+    def _experiment(self) -> None:
         self.exp_id = experiment_id(self.client, self.ws, self.stage)
 
-    def on_trial_start(self, iteration, trials, trial, **info):
-        if trial.trial_id in self.runs:
-            return
+    def _call(self, what: dict, fn) -> None:
+        self.pending.append((what, fn))
+        self._drain()
+
+    def _drain(self) -> bool:
+        while self.pending:
+            what, fn = self.pending[0]
+            try:
+                with _quick_retries():
+                    fn()
+            except Exception as err:  # noqa: BLE001  (any failure to reach the store)
+                if self.outage_since is None:
+                    self.outage_since = time.perf_counter()
+                    print(f"[tracking] MLflow at {self.ws.tracking_uri} is unreachable "
+                          f"({type(err).__name__}: {str(err).splitlines()[0][:160]}); training goes "
+                          "on, its MLflow calls are queued and retried", flush=True)
+                return False
+            self.pending.pop(0)
+            if self.outage_since is not None:
+                self.retried += 1
+        if self.outage_since is not None:
+            print(f"[tracking] MLflow is back after {time.perf_counter() - self.outage_since:.0f}s; "
+                  f"{self.retried} queued call(s) logged", flush=True)
+            self.outage_since = None
+        return True
+
+    def _start(self, trial) -> None:
         tags = {"tune.trial_id": trial.trial_id, "tune.experiment": self.experiment}
         found = self.client.search_runs(
             [self.exp_id], " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items()))
@@ -122,12 +161,14 @@ class TuneToMlflow(tune.Callback):
         self.runs[trial.trial_id] = start_run(self.client, self.exp_id, self.name_of(trial),
                                               self.params_of(trial.config), tags)
 
+    def on_trial_start(self, iteration, trials, trial, **info):
+        if trial.trial_id in self.runs or any(w.get("start") == trial.trial_id for w, _ in self.pending):
+            return
+        self._call({"trial": self.name_of(trial), "start": trial.trial_id}, lambda: self._start(trial))
+
     def on_trial_result(self, iteration, trials, trial, result, **info):
         from mlflow.entities import Metric
 
-        run_id = self.runs.get(trial.trial_id)
-        if run_id is None:
-            return
         step = int(_lookup(result, self.step_key) or 0)
         now = int(time.time() * 1000)
         metrics = []
@@ -136,20 +177,84 @@ class TuneToMlflow(tune.Callback):
             if isinstance(value, (int, float)) and value == value:  # skip None and NaN
                 metrics.append(Metric(name, float(value), now, step))
         if metrics:
-            self.client.log_batch(run_id, metrics=metrics)
+            trial_id = trial.trial_id
+            what = {"trial": self.name_of(trial), "step": step,
+                    "metrics": {m.key: m.value for m in metrics}}
+            self._call(what, lambda: self.client.log_batch(self.runs[trial_id], metrics=metrics))
         # One short progress line per result (Tune's own tables are too verbose to follow).
         shown = ", ".join(f"{m.key} {m.value:.4g}" for m in metrics if m.key != self.step_key)
         of = f"/{self.total:g}" if self.total else ""
+        queued = f"  [{len(self.pending)} MLflow call(s) queued]" if self.pending else ""
         print(f"[{self.stage}] {self.name_of(trial)}: {self.step_key.rsplit('/', 1)[-1]} {step}{of}"
-              f"  {shown}  ({time.perf_counter() - self.started:.0f}s)", flush=True)
+              f"  {shown}  ({time.perf_counter() - self.started:.0f}s){queued}", flush=True)
+
+    def _end(self, trial, status: str) -> None:
+        trial_id = trial.trial_id
+        self._call({"trial": self.name_of(trial), "status": status},
+                   lambda: self.client.set_terminated(self.runs[trial_id], status))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        if trial.trial_id in self.runs:
-            self.client.set_terminated(self.runs[trial.trial_id], "FINISHED")
+        self._end(trial, "FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        if trial.trial_id in self.runs:
-            self.client.set_terminated(self.runs[trial.trial_id], "FAILED")
+        self._end(trial, "FAILED")
+
+    def on_experiment_end(self, trials, **info):
+        deadline = time.perf_counter() + float(os.environ.get("UNDERSTUDY_MLFLOW_WAIT_S", 60))
+        while not self._drain() and time.perf_counter() < deadline:
+            time.sleep(2)
+        if self.pending:
+            os.makedirs(os.path.join(self.ws.root, "mlflow-missing"), exist_ok=True)
+            self.missing_file = os.path.join(self.ws.root, "mlflow-missing",
+                                             f"{self.stage}-{time.strftime('%Y%m%d-%H%M%S')}.jsonl")
+            with open(self.missing_file, "w") as f:
+                for what, _ in self.pending:
+                    f.write(json.dumps(what) + "\n")
+            print(f"[tracking] MISSING FROM MLFLOW: {len(self.pending)} call(s) could not be logged "
+                  f"to {self.ws.tracking_uri}; what they held is in {self.missing_file}", flush=True)
+
+
+    def after_fit(self, what: str, fn) -> bool:
+        """Runs `fn` (the MLflow calls a stage makes once Tune is done: plots, tags, artifacts).
+        What they log is already safe elsewhere (shards, checkpoints), so an unreachable server
+        costs a note, not the stage: once MLflow is known to be away (the experiment ended with
+        calls pending, or one of these failed), later ones are skipped instead of each waiting
+        out its own retries."""
+        if self.missing_file is None and not self.missing_after_fit:
+            try:
+                with _quick_retries():
+                    fn()
+                return True
+            except Exception as err:  # noqa: BLE001  (tracking server away)
+                what = f"{what} ({type(err).__name__})"
+        self.missing_after_fit.append(what)
+        return False
+
+    def report_missing(self, manifest: dict, stage: str, safe_in: str) -> None:
+        """Notes in the stage manifest, and announces, what MLflow did not get."""
+        if not (self.missing_after_fit or self.missing_file):
+            return
+        manifest["mlflow_missing"] = {"artifacts": self.missing_after_fit, "calls_file": self.missing_file}
+        print(f"[{stage}] MISSING FROM MLFLOW ({self.ws.tracking_uri} unreachable): "
+              f"{'; '.join(self.missing_after_fit)} {self.missing_file or ''}; {safe_in}", flush=True)
+
+
+@contextlib.contextmanager
+def _quick_retries():
+    """A few short retries per call instead of MLflow's default of minutes of backoff: the
+    queue above retries across results, and Tune's driver loop must not stall."""
+    keys = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+            "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+    saved = {k: os.environ.get(k) for k in keys}
+    for k, v in keys.items():
+        if saved[k] is None:  # a user's own setting wins
+            os.environ[k] = v
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
 
 
 def _lookup(result: dict, key: str):

@@ -156,10 +156,12 @@ class MlflowServer:
 
 
 @contextmanager
-def mlflow_server(workdir: str, artifacts_destination: str, env: dict, wait: bool = True):
+def mlflow_server(workdir: str, artifacts_destination: str, env: dict, wait: bool = True,
+                  port: int | None = None):
     """`mlflow server` with a database backend store and proxied artifacts on `destination`.
-    wait=False returns at once (call wait_ready() later) so other services can start meanwhile."""
-    port = free_port()
+    wait=False returns at once (call wait_ready() later) so other services can start meanwhile.
+    The same workdir and port again: the same server back after it went away."""
+    port = port or free_port()
     db = os.path.join(workdir, "mlflow-server.db")
     log = os.path.join(workdir, "mlflow-server.log")
     cmd = [os.path.join(BIN, "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),

@@ -1,0 +1,51 @@
+"""No credentials in configs, manifests, logs, MLflow or storage: a whole experiment runs with
+object-storage credentials of distinctive (canary) values, then every place it wrote is
+searched for them. Checkpoints load without executing code (see also test_imitation)."""
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+from conftest import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+
+ACCESS_KEY = "AKIACANARY7Q2UNDERSTUDY"
+SECRET_KEY = "canary-secret-4f1d9a7e2b-understudy"
+
+
+def test_no_credential_reaches_configs_manifests_logs_mlflow_or_storage(s3_server, tmp_path):
+    bucket = s3_server.new_bucket()
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # Ray's own logs; short for its sockets
+    env = {**os.environ, **s3_server.env, "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+           "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "RAY_TMPDIR": ray_tmp, "UNDERSTUDY_NUM_CPUS": "2"}
+    ws = tmp_path / "ws"
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "understudy.platform.cli", "--workspace", str(ws),
+             "--storage", f"s3://{bucket}/runs", "experiment", "darkroom_ad", "--scale", "tiny"],
+            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert "Experiment 'darkroom_ad' (tiny) finished" in proc.stdout
+
+        places = {"stdout": proc.stdout, "stderr": proc.stderr}
+        for root in (str(ws), ray_tmp, os.path.join(REPO_ROOT, "tune_configs")):
+            for path in glob.glob(f"{root}/**/*", recursive=True):
+                if os.path.isfile(path) and not os.path.islink(path):
+                    with open(path, "rb") as f:
+                        places[path] = f.read().decode("latin-1")
+        client = s3_server.client()
+        keys = s3_server.keys(bucket)
+        assert any("/shards/" in k for k in keys) and any("checkpoint" in k for k in keys)
+        for key in keys:
+            places[f"s3://{bucket}/{key}"] = client.get_object(Bucket=bucket, Key=key)["Body"].read().decode("latin-1")
+        assert len(places) > 50 and any(p.endswith("mlflow.db") for p in places)
+        assert any("session_" in p and p.endswith(".log") for p in places)  # Ray's logs were read
+        leaks = [p for p, text in places.items() if ACCESS_KEY in text or SECRET_KEY in text]
+        assert not leaks, f"credentials found in {leaks}"
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
