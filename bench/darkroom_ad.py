@@ -58,7 +58,7 @@ def q_learning_from_scratch(goals, episodes, seeds):
     """The source algorithm itself on the held-out goals: a learner that updates its table."""
     rows = []
     for seed in range(seeds):
-        config = darkroom_source.QLearningConfig(episodes=episodes)
+        config = darkroom_source.QLearningConfig(episodes=episodes)  # epsilon decays over 80% of them
         eps = [b.returns for b in darkroom_source.q_learning(goals, config, seed=100 + seed)]
         rows += np.stack(eps, 1).tolist()
     return np.array(rows)
@@ -74,6 +74,8 @@ def main():
     p.add_argument("--minutes-per-model", type=float, default=8.0)
     p.add_argument("--eval-episodes", type=int, default=40)
     p.add_argument("--eval-seeds", type=int, default=4)
+    p.add_argument("--expert-episodes", type=int, default=None,
+                   help="ED's data: the last N episodes of each history (default: as many as AD sees)")
     args = p.parse_args()
     torch.set_num_threads(2)
     started = time.perf_counter()
@@ -88,7 +90,7 @@ def main():
     model = {"context": context, "d_model": 64, "layers": 2, "heads": 4, "dropout": 0.1}
     ad, ad_info = train(root, run_ids, "ad", data.Selection(gap=args.gap), args.minutes_per_model, **model)
     # ED: the same model on the same number of episodes per history, all from the end of it.
-    n_expert = args.source_episodes // args.gap
+    n_expert = args.expert_episodes or args.source_episodes // args.gap
     ed, ed_info = train(root, run_ids, "ad", data.Selection(expert_last=n_expert), args.minutes_per_model, **model)
 
     optimal = np.array([optimal_return(g) for g in heldout])
