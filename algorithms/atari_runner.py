@@ -91,7 +91,7 @@ class AtariVectorEnvRunner(SingleAgentEnvRunner):
             num_episodes = self.num_envs
         if force_reset or num_episodes is not None or self._needs_initial_reset or self._open is None:
             self._reset_all()
-        if self.module is not None:
+        if self.module is not None and self.module.training:
             self.module.eval()  # once, instead of RLlib toggling train/eval on every forward
         done_chunks: list[SingleAgentEpisode] = []
         ts = episodes_done = 0

@@ -53,7 +53,7 @@ register_env(ENV_NAME, _env_creator)
 
 class _ScalePixels(torch.nn.Module):
     def forward(self, x):
-        return x.float() / 255.0 if x.dtype == torch.uint8 else x
+        return x.to(torch.float32).mul_(1.0 / 255.0) if x.dtype == torch.uint8 else x
 
 
 def _scale_pixels_in_cnns(module) -> None:
@@ -81,7 +81,24 @@ from ray.rllib.algorithms.ppo.torch.default_ppo_torch_rl_module import DefaultPP
 # Module-level names, so checkpoints can import them again.
 PixelDefaultPPOTorchRLModule = _pixel_module(DefaultPPOTorchRLModule)
 PixelDefaultAPPOTorchRLModule = _pixel_module(DefaultAPPOTorchRLModule)
-PixelDefaultDQNTorchRLModule = _pixel_module(DefaultDQNTorchRLModule)
+
+
+class PixelDefaultDQNTorchRLModule(_pixel_module(DefaultDQNTorchRLModule)):
+    def _forward_train(self, batch):
+        # RLlib's double-Q pass runs the online net on obs and next obs as one batch with
+        # gradients on, so the backward pass covers twice the samples the loss needs: the
+        # next-obs values only choose the bootstrap action. Same values, half the backward.
+        from ray.rllib.algorithms.dqn.dqn_learner import QF_NEXT_PREDS, QF_PREDS, QF_TARGET_NEXT_PREDS
+
+        if not self.uses_double_q or self.num_atoms > 1 or Columns.STATE_IN in batch:
+            return super()._forward_train(batch)
+        out = {QF_PREDS: self.compute_q_values({Columns.OBS: batch[Columns.OBS]})[QF_PREDS]}
+        with torch.no_grad():
+            out[QF_NEXT_PREDS] = self.compute_q_values({Columns.OBS: batch[Columns.NEXT_OBS]})[QF_PREDS]
+            out[QF_TARGET_NEXT_PREDS] = self.forward_target({Columns.OBS: batch[Columns.NEXT_OBS]})[QF_PREDS]
+        return out
+
+
 PIXEL_MODULES = {"ppo": PixelDefaultPPOTorchRLModule, "appo": PixelDefaultAPPOTorchRLModule,
                  "dqn": PixelDefaultDQNTorchRLModule}
 
@@ -196,9 +213,18 @@ def recording_algorithm(algo_class):
                 rewind_run(root, run_id, set(state["shards"]))
                 self.env_runner_group.foreach_env_runner(_resync_recorder, local_env_runner=True)
 
+        def training_step(self):
+            from understudy.algorithms import dqn_teacher
+
+            if isinstance(self.local_replay_buffer, dqn_teacher.FrameReplayBuffer):
+                return dqn_teacher.training_step(self)
+            return super().training_step()
+
     Teacher.__name__ = Teacher.__qualname__ = algo_class.__name__
     return Teacher
 
+
+FRAME_REPLAY = "understudy.algorithms.dqn_teacher.FrameReplayBuffer"
 
 # ---- configs --------------------------------------------------------------------------------
 
@@ -235,7 +261,9 @@ def teacher_config(*, algorithm: str, game, seed, env_steps_per_iter: int, proto
         from ray.rllib.algorithms.dqn import DQNConfig
 
         prioritized = hp.pop("prioritized", False)
-        buffer = {"type": "PrioritizedEpisodeReplayBuffer" if prioritized else "EpisodeReplayBuffer",
+        # Uniform replay stores frames once (algorithms/dqn_teacher.py); prioritised replay is
+        # RLlib's own episode buffer.
+        buffer = {"type": "PrioritizedEpisodeReplayBuffer" if prioritized else FRAME_REPLAY,
                   "capacity": hp.pop("buffer_size", 10_000)}
         if prioritized:
             buffer.update(alpha=0.6, beta=0.4)
@@ -254,6 +282,10 @@ def teacher_config(*, algorithm: str, game, seed, env_steps_per_iter: int, proto
                   .reporting(min_sample_timesteps_per_iteration=env_steps_per_iter))
         # Replay ratio: train_batch_size / (steps sampled per update) = 32 / 4 -> ratio 8.
         config.training(training_intensity=hp.pop("training_intensity", None) or 8.0)
+        if not prioritized:  # the lean update path that goes with the frame replay
+            from understudy.algorithms.dqn_teacher import DQNTeacherLearner
+
+            config.learners(learner_class=DQNTeacherLearner).framework(torch_skip_nan_gradients=True)
     else:
         raise ValueError(f"algorithm: {algorithm!r} is not a teacher; valid: {', '.join(ALGORITHMS)}")
     model = DefaultModelConfig(conv_filters=CNN_FILTERS[cnn], conv_activation="relu",
