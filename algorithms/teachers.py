@@ -155,6 +155,7 @@ class RecordingEnvRunner(SingleAgentEnvRunner):
 
 # ---- checkpoints that keep the recorded history consistent ----------------------------------
 
+POLICY_WEIGHTS, POLICY_META = "teacher_policy.pt", "teacher_policy.json"
 RECORDING_STATE = "understudy_recording.json"
 
 
@@ -199,7 +200,9 @@ def recording_algorithm(algo_class):
                 os.makedirs(checkpoint_dir, exist_ok=True)
                 with open(os.path.join(checkpoint_dir, RECORDING_STATE), "w") as f:
                     json.dump(state, f)
-            return super().save_checkpoint(checkpoint_dir)
+            result = super().save_checkpoint(checkpoint_dir)
+            _export_policy(self, checkpoint_dir)
+            return result
 
         def load_checkpoint(self, checkpoint_dir: str) -> None:
             super().load_checkpoint(checkpoint_dir)
@@ -306,14 +309,48 @@ def teacher_config(*, algorithm: str, game, seed, env_steps_per_iter: int, proto
 
 # ---- playing with a trained teacher ---------------------------------------------------------
 
-def load_teacher_module(checkpoint_dir: str):
-    """The teacher's RLModule alone (no env runners, no learner) from a Tune/RLlib checkpoint."""
-    from ray.rllib.core import COMPONENT_LEARNER, COMPONENT_LEARNER_GROUP, COMPONENT_RL_MODULE
-    from ray.rllib.core.rl_module.rl_module import RLModule
+def _export_policy(algo, checkpoint_dir: str) -> None:
+    """Next to RLlib's checkpoint (pickles, for resuming training), the acting policy alone as
+    plain tensors and JSON, which the platform loads without executing code."""
+    from ray.rllib.core.rl_module.rl_module import DEFAULT_MODULE_ID
 
-    path = os.path.join(checkpoint_dir, COMPONENT_LEARNER_GROUP, COMPONENT_LEARNER,
-                        COMPONENT_RL_MODULE, "default_policy")
-    return RLModule.from_checkpoint(path)
+    def export(learner):
+        module = learner.module[DEFAULT_MODULE_ID]
+        state = {k: torch.as_tensor(np.asarray(v)) for k, v in module.get_state(inference_only=True).items()}
+        return {"observation_shape": list(module.observation_space.shape),
+                "num_actions": int(module.action_space.n), "model_config": dict(module.model_config)}, state
+
+    meta, state = next(iter(algo.learner_group.foreach_learner(export))).get()
+    meta = {"format": 1, "algorithm": type(algo).__name__.lower(), **meta}
+    for name, write in ((POLICY_WEIGHTS, lambda f: torch.save(state, f)),
+                        (POLICY_META, lambda f: f.write(json.dumps(meta, indent=1).encode()))):
+        tmp = os.path.join(checkpoint_dir, f".{name}.tmp")
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, os.path.join(checkpoint_dir, name))
+
+
+def load_teacher_module(checkpoint_dir: str):
+    """The teacher's acting RLModule from a checkpoint `understudy teach` wrote: built from its
+    JSON description (only this platform's module classes), weights via
+    `torch.load(weights_only=True)`. Nothing in the checkpoint is unpickled."""
+    import gymnasium as gym
+
+    meta_path = os.path.join(checkpoint_dir, POLICY_META)
+    if not os.path.exists(meta_path):
+        raise ValueError(f"{checkpoint_dir} is not a teacher checkpoint written by `understudy teach` "
+                         f"(no {POLICY_META})")
+    with open(meta_path) as f:
+        meta = json.load(f)
+    if meta.get("algorithm") not in PIXEL_MODULES:
+        raise ValueError(f"{meta_path}: algorithm {meta.get('algorithm')!r}; valid: {', '.join(PIXEL_MODULES)}")
+    module = PIXEL_MODULES[meta["algorithm"]](
+        observation_space=gym.spaces.Box(0, 255, tuple(meta["observation_shape"]), np.uint8),
+        action_space=gym.spaces.Discrete(meta["num_actions"]), inference_only=True,
+        model_config=meta["model_config"])
+    module.set_state(torch.load(os.path.join(checkpoint_dir, POLICY_WEIGHTS), weights_only=True))
+    module.eval()
+    return module
 
 
 def load_teacher_policy(checkpoint_dir: str):

@@ -49,3 +49,45 @@ def test_no_credential_reaches_configs_manifests_logs_mlflow_or_storage(s3_serve
         assert not leaks, f"credentials found in {leaks}"
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_teacher_checkpoint_plays_without_unpickling_anything(ray_session, tmp_path):
+    """The platform plays a teacher from the weights-only export next to RLlib's checkpoint; a
+    checkpoint whose weights file is a crafted pickle is refused before its code can run."""
+    import pickle
+
+    import numpy as np
+    import torch
+    from ray.rllib.core.columns import Columns
+
+    from understudy.algorithms.teachers import (POLICY_WEIGHTS, load_teacher_module, recording_algorithm,
+                                                teacher_config)
+
+    config = teacher_config(algorithm="ppo", game="Breakout", seed=0, env_steps_per_iter=64,
+                            protocol={"full_action_space": True}, max_episode_steps=30, record=None, num_envs=1)
+    algo = recording_algorithm(config.algo_class)(config=config)
+    try:
+        algo.train()
+        algo.save_checkpoint(str(tmp_path))
+        learner_module = next(iter(algo.learner_group.foreach_learner(lambda l: l.module["default_policy"]))).get()
+    finally:
+        algo.stop()
+    obs = torch.from_numpy(np.random.default_rng(0).integers(0, 255, (6, 84, 84, 4), np.uint8))
+    with torch.no_grad():
+        expected = learner_module.forward_inference({Columns.OBS: obs})[Columns.ACTION_DIST_INPUTS]
+        got = load_teacher_module(str(tmp_path)).forward_inference({Columns.OBS: obs})[Columns.ACTION_DIST_INPUTS]
+    torch.testing.assert_close(got, expected)
+
+    marker = tmp_path / "code-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    with open(tmp_path / POLICY_WEIGHTS, "wb") as f:
+        pickle.dump({"encoder": Payload()}, f)
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        load_teacher_module(str(tmp_path))
+    assert not marker.exists()
+    with pytest.raises(ValueError, match="not a teacher checkpoint"):
+        load_teacher_module(str(tmp_path / "missing"))
