@@ -271,10 +271,10 @@ def run_distill(cfg: DistillConfig, ws: Workspace, resume: bool = False) -> dict
     trials = []
     for result in grid:
         checkpoint = storage.checkpoint_uri(result.checkpoint)
-        mlflow_run = [to_mlflow.runs.get(result.metrics["trial_id"])]
+        mlflow_run = [None]
 
         def log_results():  # the trained model is safe in `checkpoint` whatever happens here
-            run = mlflow_run[0] = mlflow_run[0] or _find_run(client, ws, experiment, result)
+            run = mlflow_run[0] = to_mlflow.run_for(result, client)
             history = result.metrics_dataframe.to_dict("records")
             tracking.log_figure(client, run, plots.training_curves(
                 history, f"{cfg.algorithm.upper()} on {', '.join(data_games)} ({len(run_ids)} teacher run(s), "
@@ -307,15 +307,6 @@ def run_distill(cfg: DistillConfig, ws: Workspace, resume: bool = False) -> dict
     ws.write_stage("distill", cfg.name, manifest)
     running.unlink(missing_ok=True)
     return manifest
-
-
-def _find_run(client, ws, experiment, result) -> str:
-    exp_id = tracking.experiment_id(client, ws, "distill")
-    found = client.search_runs([exp_id], f"tags.`tune.trial_id` = '{result.metrics['trial_id']}' and "
-                                         f"tags.`tune.experiment` = '{experiment}'")
-    return found[0].info.run_id
-
-
 def _log_mlflow_model(client, run_id: str, checkpoint_dir: str) -> None:
     """The trained model in MLflow's pytorch flavour (`mlflow.pytorch.load_model('runs:/<id>/model')`).
     Our own checkpoint beside it ('checkpoint/') loads weights only, without unpickling code."""

@@ -104,7 +104,7 @@ def run_teach(cfg: TeachConfig, ws: Workspace, resume: bool = False) -> dict:
     runs = []
     for result in grid:
         game, seed, run_id = identity(result.config)
-        mlflow_run = to_mlflow.runs.get(result.metrics["trial_id"])
+        mlflow_run = [None]
         episodes = shards.episode_returns(ws.shard_root, run_id)
         returns = [e["return"] for e in episodes]
         catalog = shards.read_catalog(ws.shard_root, run_id)
@@ -114,19 +114,20 @@ def run_teach(cfg: TeachConfig, ws: Workspace, resume: bool = False) -> dict:
         checkpoint = storage.checkpoint_uri(result.checkpoint)
 
         def log_results():  # the history is safe in the shards, the teacher in `checkpoint`
+            run = mlflow_run[0] = to_mlflow.run_for(result, client)
             # Per-episode returns as counted by the env itself; tests re-add them from the shards.
-            tracking.log_metric_series(client, mlflow_run, "episode_return", returns)
+            tracking.log_metric_series(client, run, "episode_return", returns)
             for k, v in summary.items():
-                client.log_metric(mlflow_run, k, v)
-            client.set_tag(mlflow_run, "understudy.data_version", shards.data_version(ws.shard_root, [run_id]))
-            client.set_tag(mlflow_run, "understudy.checkpoint", checkpoint)
+                client.log_metric(run, k, v)
+            client.set_tag(run, "understudy.data_version", shards.data_version(ws.shard_root, [run_id]))
+            client.set_tag(run, "understudy.checkpoint", checkpoint)
             fig = plots.learning_curve([e["last_global_step"] + 1 for e in episodes], returns,
                                        f"{cfg.algorithm.upper()} teacher on {game} (seed {seed}): every episode played")
-            tracking.log_figure(client, mlflow_run, fig, "learning_curve.png")
+            tracking.log_figure(client, run, fig, "learning_curve.png")
 
         to_mlflow.after_fit(f"{run_id}: episode returns, summary, tags and learning curve", log_results)
         runs.append({"run_id": run_id, "game": game, "seed": seed,
-                     "checkpoint": checkpoint, "mlflow_run_id": mlflow_run,
+                     "checkpoint": checkpoint, "mlflow_run_id": mlflow_run[0],
                      "final_return_mean": result.metrics.get("env_runners", {}).get("episode_return_mean"),
                      **summary})
     manifest = {"kind": "teach", "name": cfg.name, "session": session, "algorithm": cfg.algorithm,

@@ -93,6 +93,24 @@ def log_text(client: MlflowClient, run_id: str, text: str, filename: str) -> Non
     client.log_text(run_id, text, filename)
 
 
+def _unreachable_errors() -> tuple:
+    """What an MLflow call raises when its store cannot be reached (HTTP or database)."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    errors = [MlflowException, requests.exceptions.RequestException, OSError]
+    try:
+        import sqlalchemy.exc
+
+        errors.append(sqlalchemy.exc.OperationalError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+UNREACHABLE = _unreachable_errors()
+
+
 class TuneToMlflow(tune.Callback):
     """Logs each Tune trial as an MLflow run while it trains: params at start, chosen metrics
     at every result, status at the end. `runs` maps trial id -> MLflow run id afterwards.
@@ -157,11 +175,32 @@ class TuneToMlflow(tune.Callback):
         if found:  # a resumed experiment: keep logging into the trial's run
             self.runs[trial.trial_id] = found[0].info.run_id
             self.client.update_run(found[0].info.run_id, status="RUNNING")
-            return
-        self.runs[trial.trial_id] = start_run(self.client, self.exp_id, self.name_of(trial),
-                                              self.params_of(trial.config), tags)
+        else:
+            self.runs[trial.trial_id] = start_run(self.client, self.exp_id, self.name_of(trial),
+                                                  self.params_of(trial.config), tags)
+
+    def run_for(self, result, client) -> str:
+        """The MLflow run of a Tune Result. After `Tuner.restore` (`--resume`) Tune drives the
+        callbacks it pickled with the experiment, not this instance, so the run is looked up
+        by the trial's tags then."""
+        trial_id = result.metrics.get("trial_id")
+        if trial_id in self.runs:
+            return self.runs[trial_id]
+        exp_id = experiment_id(client, self.ws, self.stage)
+        found = client.search_runs([exp_id], f"tags.`tune.trial_id` = '{trial_id}' and "
+                                             f"tags.`tune.experiment` = '{self.experiment}'")
+        if not found:
+            from mlflow.exceptions import MlflowException
+
+            raise MlflowException(f"no MLflow run of trial {trial_id} in experiment {self.experiment}")
+        return found[0].info.run_id
 
     def on_trial_start(self, iteration, trials, trial, **info):
+        self._ensure_run(trial)
+
+    def _ensure_run(self, trial) -> None:
+        # Also from results and ends: a trial Tune restores after `--resume` may report
+        # without a start event in this process.
         if trial.trial_id in self.runs or any(w.get("start") == trial.trial_id for w, _ in self.pending):
             return
         self._call({"trial": self.name_of(trial), "start": trial.trial_id}, lambda: self._start(trial))
@@ -176,6 +215,7 @@ class TuneToMlflow(tune.Callback):
             value = _lookup(result, key)
             if isinstance(value, (int, float)) and value == value:  # skip None and NaN
                 metrics.append(Metric(name, float(value), now, step))
+        self._ensure_run(trial)
         if metrics:
             trial_id = trial.trial_id
             what = {"trial": self.name_of(trial), "step": step,
@@ -189,6 +229,7 @@ class TuneToMlflow(tune.Callback):
               f"  {shown}  ({time.perf_counter() - self.started:.0f}s){queued}", flush=True)
 
     def _end(self, trial, status: str) -> None:
+        self._ensure_run(trial)
         trial_id = trial.trial_id
         self._call({"trial": self.name_of(trial), "status": status},
                    lambda: self.client.set_terminated(self.runs[trial_id], status))
@@ -225,7 +266,7 @@ class TuneToMlflow(tune.Callback):
                 with _quick_retries():
                     fn()
                 return True
-            except Exception as err:  # noqa: BLE001  (tracking server away)
+            except UNREACHABLE as err:  # a bug in `fn` is not an outage: that one propagates
                 what = f"{what} ({type(err).__name__})"
         self.missing_after_fit.append(what)
         return False

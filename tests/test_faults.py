@@ -209,6 +209,9 @@ def test_killed_teach_process_resumes_without_gaps_or_duplicates(tmp_path):
     assert "resuming" in resumed.stdout
     manifest = json.loads((ws / "stages" / "teach-killed.json").read_text())
     assert manifest["runs"][0]["run_id"] == run_id
+    # The resumed trial's results went to its MLflow run (found by its tags: Tune drives the
+    # callbacks it pickled with the experiment after a restore).
+    assert manifest["runs"][0]["mlflow_run_id"] and "mlflow_missing" not in manifest
     h = history(root, run_id)
     check_history(h)  # no duplicated step or episode, episode indexes without gaps
     versions = np.unique(h["policy_version"])
@@ -216,7 +219,10 @@ def test_killed_teach_process_resumes_without_gaps_or_duplicates(tmp_path):
     assert shards.verify_run(root, run_id) == []
     after = {e["shard"] for e in shards.read_catalog(root, run_id)}
     rewound = {e["shard"] for e in shards.read_catalog(root, run_id, include_rewound=True)} - after
-    assert before_resume - after == rewound  # what was dropped is exactly what was rewound
+    assert "MISSING FROM MLFLOW" not in resumed.stdout
+    # What was dropped was rewound; a restore during the resumed run (Tune retrying the trial
+    # from its checkpoint) may rewind shards that run wrote, too, by the same rule.
+    assert before_resume - after <= rewound
     assert not after & rewound
     assert h["global_step"].max() >= 5120 - 256
 
