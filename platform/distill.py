@@ -118,7 +118,7 @@ def _train_loop(cfg: DistillConfig, context: dict, report, checkpoint, make_chec
             held.epoch = 0  # the same held-out samples every epoch
             metrics.update(imitation.evaluate(model, held))
         steps += metrics.pop("batches")
-        metrics.update(epoch=epoch, steps=steps)
+        metrics.update(epoch=epoch, steps=steps, workers=world)
         with tempfile.TemporaryDirectory() as tmp:
             if rank == 0:
                 imitation.save(model, tmp, {"epoch": epoch, "steps": steps, "games": sorted({h.game for h in train}),
@@ -152,6 +152,16 @@ def _train_data_parallel(cfg: DistillConfig, context: dict) -> None:
                     make_checkpoint=ray.train.Checkpoint.from_directory,
                     rank=ctx.get_world_rank(), world=ctx.get_world_size())
 
+    class ReportToTune(TuneReportCallback):
+        """Ray Train's report to Tune, plus where rank 0's checkpoint is, as a URI: the Tune
+        trial itself holds no checkpoint, Ray Train's run (same name across restarts and
+        `--resume`, so it continues from its latest checkpoint) does."""
+
+        def after_report(self, run_context, metrics, checkpoint):
+            if checkpoint:
+                metrics = [dict(metrics[0], checkpoint_uri=storage.checkpoint_uri(checkpoint)), *metrics[1:]]
+            super().after_report(run_context, metrics, checkpoint)
+
     trial = tune.get_context()
     trainer = TorchTrainer(
         worker, train_loop_config={"distill": cfg.model_dump(), "context": context},
@@ -159,7 +169,8 @@ def _train_data_parallel(cfg: DistillConfig, context: dict) -> None:
                                                resources_per_worker={"CPU": cfg.cpus_per_trial}),
         run_config=ray.train.RunConfig(name=f"{trial.get_experiment_name()}-{trial.get_trial_id()}",
                                        storage_path=context["storage_path"],
-                                       callbacks=[TuneReportCallback()]))
+                                       failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+                                       callbacks=[ReportToTune()]))
     trainer.fit()
 
 
@@ -238,9 +249,9 @@ def run_distill(cfg: DistillConfig, ws: Workspace, resume: bool = False) -> dict
         ws, "distill", params_of, metrics={k: k for k in METRICS}, step_key="steps",
         experiment=experiment,
         name_of=lambda t: f"{cfg.algorithm}-{'+'.join(games)}-{t.trial_id}")
-    resources = ({"cpu": cfg.cpus_per_trial} if cfg.workers == 1
-                 else tune.PlacementGroupFactory([{"CPU": 0}] + [{"CPU": cfg.cpus_per_trial}] * cfg.workers,
-                                                 strategy="PACK"))
+    # A data-parallel trial is only Ray Train's driver: Ray Train reserves its workers' CPUs
+    # in its own placement group, so the trial asks for no CPU (Tune needs it to ask for something).
+    resources = {"cpu": cfg.cpus_per_trial} if cfg.workers == 1 else {"cpu": 0, "memory": 2**20}
     trainable = tune.with_resources(train_imitator, resources)
     scheduler = None
     if cfg.scheduler == "asha":
@@ -270,7 +281,9 @@ def run_distill(cfg: DistillConfig, ws: Workspace, resume: bool = False) -> dict
     client = tracking.client_for(ws)
     trials = []
     for result in grid:
-        checkpoint = storage.checkpoint_uri(result.checkpoint)
+        # A data-parallel trial's checkpoints are Ray Train's; its reports say where.
+        checkpoint = (storage.checkpoint_uri(result.checkpoint) if result.checkpoint is not None
+                      else result.metrics["checkpoint_uri"])
         mlflow_run = [None]
 
         def log_results():  # the trained model is safe in `checkpoint` whatever happens here
@@ -281,14 +294,14 @@ def run_distill(cfg: DistillConfig, ws: Workspace, resume: bool = False) -> dict
                          f"data {version})"), "training_curves.png")
             client.set_tag(run, "understudy.data_version", version)
             client.set_tag(run, "understudy.checkpoint", checkpoint)
-            with result.checkpoint.as_directory() as local:  # a download when storage is remote
+            with storage.local_copy(checkpoint) as local:  # a download when storage is remote
                 client.log_artifacts(run, local, "checkpoint")
                 _log_mlflow_model(client, run, local)
 
         to_mlflow.after_fit(f"trial {result.metrics['trial_id']}: plot, tags, checkpoint and model "
                             "artifacts", log_results)
         trials.append({"checkpoint": checkpoint, "mlflow_run_id": mlflow_run[0],
-                       "epochs": result.metrics.get("epoch"),
+                       "epochs": result.metrics.get("epoch"), "workers": result.metrics.get("workers"),
                        **{k: result.metrics.get(k) for k in ("heldout_accuracy", "heldout_loss", "train_loss")}})
     metric, mode = (cfg.asha.metric, cfg.asha.mode)
     scored = [t for t in trials if t.get(metric) is not None] or trials

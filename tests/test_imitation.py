@@ -239,3 +239,22 @@ def test_a_killed_trial_restarts_from_its_checkpoint(teacher, tmp_path):
     # The restarted trial went on from its checkpoint: every epoch reported once, in order.
     assert manifest["trials"][0]["epochs"] == 4
     assert steps == sorted(set(steps)) and len(steps) == 4
+
+
+def test_a_trial_with_two_workers_trains_data_parallel_with_ray_train(teacher, tmp_path):
+    """`workers: 2`: Ray Train runs two worker processes inside the Tune trial, each on its
+    share of the blocks with gradients all-reduced; rank 0's reports and checkpoints reach Tune
+    and MLflow like any trial's."""
+    from understudy.platform import cli
+
+    ws, root, run_ids = teacher
+    config = distill_yaml(tmp_path, name="ddp", workers=2, cpus_per_trial=1, epochs=2,
+                          max_batches_per_epoch=4)
+    assert cli.main(["--workspace", str(ws.root), "distill", config]) == 0
+    manifest = ws.read_stage("distill", "ddp")
+    [trial] = manifest["trials"]
+    assert trial["workers"] == 2 and trial["epochs"] == 2
+    client = MlflowClient(ws.tracking_uri)
+    assert len(client.get_metric_history(trial["mlflow_run_id"], "train_loss")) == 2
+    model, meta = imitation.load(manifest["checkpoint"], expect="ad")
+    assert meta["epoch"] == 2
