@@ -82,8 +82,15 @@ class FrameReplayBuffer:
             n = len(actions)
             if n == 0:
                 continue
+            if np.shape(obs[0])[-1] != STACK:
+                raise ValueError(f"frame replay stores {STACK}-frame stacks; this env gives "
+                                 f"{np.shape(obs[0])[-1]} (protocol.frame_stack): use prioritized "
+                                 "replay (RLlib's buffer) or frame_stack: 4")
             known = self.open.pop(ep.id_, None)
-            if known is not None and self.gen[known[0]] == known[1]:
+            # Continue only if the open end's whole stack is still stored (its older frames
+            # are overwritten before it is).
+            if known is not None and self.gen[known[0]] == known[1] and \
+                    (self.gen[self.stack[known[0]]] == self.stack_gen[known[0]]).all():
                 prev = known[0]  # this chunk's first observation is that episode's last one
             else:  # a new episode, or its end was overwritten: store the full first stack
                 first = np.moveaxis(np.asarray(obs[0]), -1, 0)

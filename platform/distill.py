@@ -154,8 +154,9 @@ def _train_data_parallel(cfg: DistillConfig, context: dict) -> None:
 
     class ReportToTune(TuneReportCallback):
         """Ray Train's report to Tune, plus where rank 0's checkpoint is, as a URI: the Tune
-        trial itself holds no checkpoint, Ray Train's run (same name across restarts and
-        `--resume`, so it continues from its latest checkpoint) does."""
+        trial itself holds no checkpoint, Ray Train's run does. A failed worker fails the trial
+        (Tune's `max_failures` retries it, not Ray Train as well), and the retried trial's Ray
+        Train run, with the same name, continues from its latest checkpoint."""
 
         def after_report(self, run_context, metrics, checkpoint):
             if checkpoint:
@@ -169,7 +170,6 @@ def _train_data_parallel(cfg: DistillConfig, context: dict) -> None:
                                                resources_per_worker={"CPU": cfg.cpus_per_trial}),
         run_config=ray.train.RunConfig(name=f"{trial.get_experiment_name()}-{trial.get_trial_id()}",
                                        storage_path=context["storage_path"],
-                                       failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
                                        callbacks=[ReportToTune()]))
     trainer.fit()
 

@@ -111,6 +111,15 @@ def _unreachable_errors() -> tuple:
 UNREACHABLE = _unreachable_errors()
 
 
+def is_outage(err: Exception) -> bool:
+    """The store could not be reached (or failed on its side), as opposed to refusing a call."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(err, MlflowException):
+        return err.get_http_status_code() >= 500
+    return isinstance(err, UNREACHABLE)
+
+
 class TuneToMlflow(tune.Callback):
     """Logs each Tune trial as an MLflow run while it trains: params at start, chosen metrics
     at every result, status at the end. `runs` maps trial id -> MLflow run id afterwards.
@@ -133,6 +142,8 @@ class TuneToMlflow(tune.Callback):
         self.retried = 0  # calls that failed at first and went through later
         self.missing_file: str | None = None
         self.missing_after_fit: list[str] = []  # what after_fit could not log
+        self.rejected: list[dict] = []  # calls that failed for another reason than an outage
+        self.last_step: dict[str, int] = {}  # per trial: the highest step sent to MLflow
 
     def setup(self, **info):
         self.client = client_for(self.ws)
@@ -152,12 +163,17 @@ class TuneToMlflow(tune.Callback):
             try:
                 with _quick_retries():
                     fn()
-            except Exception as err:  # noqa: BLE001  (any failure to reach the store)
+            except Exception as err:  # noqa: BLE001
+                if not is_outage(err):  # a rejected call: retrying it would block the queue
+                    self.rejected.append(what)
+                    print(f"[tracking] MLFLOW REJECTED {what}: {type(err).__name__}: {err}", flush=True)
+                    self.pending.pop(0)
+                    continue
                 if self.outage_since is None:
                     self.outage_since = time.perf_counter()
                     print(f"[tracking] MLflow at {self.ws.tracking_uri} is unreachable "
-                          f"({type(err).__name__}: {str(err).splitlines()[0][:160]}); training goes "
-                          "on, its MLflow calls are queued and retried", flush=True)
+                          f"({type(err).__name__}: {(str(err).splitlines() or [''])[0][:160]}); "
+                          "training goes on, its MLflow calls are queued and retried", flush=True)
                 return False
             self.pending.pop(0)
             if self.outage_since is not None:
@@ -215,14 +231,21 @@ class TuneToMlflow(tune.Callback):
             value = _lookup(result, key)
             if isinstance(value, (int, float)) and value == value:  # skip None and NaN
                 metrics.append(Metric(name, float(value), now, step))
+        shown = ", ".join(f"{m.key} {m.value:.4g}" for m in metrics if m.key != self.step_key)
         self._ensure_run(trial)
+        trial_id = trial.trial_id
+        if metrics and step <= self.last_step.get(trial_id, -1):
+            # Tune restarted the trial from before this step (its checkpoint came too late,
+            # or none): these steps are in MLflow already, from the first attempt.
+            print(f"[tracking] {self.name_of(trial)} was restarted: step {step} is in MLflow "
+                  "already and is not logged again", flush=True)
+            metrics = []
         if metrics:
-            trial_id = trial.trial_id
+            self.last_step[trial_id] = step
             what = {"trial": self.name_of(trial), "step": step,
                     "metrics": {m.key: m.value for m in metrics}}
             self._call(what, lambda: self.client.log_batch(self.runs[trial_id], metrics=metrics))
         # One short progress line per result (Tune's own tables are too verbose to follow).
-        shown = ", ".join(f"{m.key} {m.value:.4g}" for m in metrics if m.key != self.step_key)
         of = f"/{self.total:g}" if self.total else ""
         queued = f"  [{len(self.pending)} MLflow call(s) queued]" if self.pending else ""
         print(f"[{self.stage}] {self.name_of(trial)}: {self.step_key.rsplit('/', 1)[-1]} {step}{of}"
@@ -244,14 +267,14 @@ class TuneToMlflow(tune.Callback):
         deadline = time.perf_counter() + float(os.environ.get("UNDERSTUDY_MLFLOW_WAIT_S", 60))
         while not self._drain() and time.perf_counter() < deadline:
             time.sleep(2)
-        if self.pending:
+        if self.pending or self.rejected:
             os.makedirs(os.path.join(self.ws.root, "mlflow-missing"), exist_ok=True)
             self.missing_file = os.path.join(self.ws.root, "mlflow-missing",
                                              f"{self.stage}-{time.strftime('%Y%m%d-%H%M%S')}.jsonl")
             with open(self.missing_file, "w") as f:
-                for what, _ in self.pending:
+                for what in [w for w, _ in self.pending] + self.rejected:
                     f.write(json.dumps(what) + "\n")
-            print(f"[tracking] MISSING FROM MLFLOW: {len(self.pending)} call(s) could not be logged "
+            print(f"[tracking] MISSING FROM MLFLOW: {len(self.pending) + len(self.rejected)} call(s) could not be logged "
                   f"to {self.ws.tracking_uri}; what they held is in {self.missing_file}", flush=True)
 
 
@@ -266,7 +289,9 @@ class TuneToMlflow(tune.Callback):
                 with _quick_retries():
                     fn()
                 return True
-            except UNREACHABLE as err:  # a bug in `fn` is not an outage: that one propagates
+            except Exception as err:  # noqa: BLE001
+                if not is_outage(err):
+                    raise  # a bug or a refused call is not an outage: it is not hidden as one
                 what = f"{what} ({type(err).__name__})"
         self.missing_after_fit.append(what)
         return False
