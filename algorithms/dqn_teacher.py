@@ -18,7 +18,6 @@ id and continues where it was, wherever the other envs wrote in between.
 from __future__ import annotations
 
 import logging
-import time
 
 import numpy as np
 import torch
@@ -170,7 +169,6 @@ class FrameReplayBuffer:
         pass
 
 
-
 def training_step(algo) -> None:
     """RLlib DQN's new-stack training step with a FrameReplayBuffer: sample from the env
     runners into the buffer, train on batches from it at the configured replay ratio, send the
@@ -202,23 +200,16 @@ def training_step(algo) -> None:
         refilled = min(starts, buffer.capacity // 2)
         return sampled >= starts and buffer.added_steps >= max(refilled, 2 * config.total_train_batch_size)
 
-    def collect() -> tuple[list, list, float]:
-        started, out = time.perf_counter(), []
-        for _ in range(store_weight):
-            out.append(_sample(algo))
-        return out, time.perf_counter() - started
-
-    collected, seconds = collect()
-    learner_results = _learn(algo, train_weight) if ready() else None
-    metrics.log_value((TIMERS, ENV_RUNNER_SAMPLING_TIMER), seconds / max(1, store_weight))
-    with metrics.log_time((TIMERS, REPLAY_BUFFER_ADD_DATA_TIMER)):
-        for episodes, env_runner_results in collected:
-            metrics.aggregate(env_runner_results, key=ENV_RUNNER_RESULTS)
+    for _ in range(store_weight):
+        with metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER)):
+            episodes, env_runner_results = _sample(algo)
+        metrics.aggregate(env_runner_results, key=ENV_RUNNER_RESULTS)
+        with metrics.log_time((TIMERS, REPLAY_BUFFER_ADD_DATA_TIMER)):
             buffer.add(episodes)
     for key, value in buffer.get_metrics().items():
         metrics.log_value((REPLAY_BUFFER_RESULTS, key), value, reduce="item")
-    if learner_results is not None:
-        _send_weights(algo, learner_results, local)
+    if ready():
+        _send_weights(algo, _learn(algo, train_weight), local)
 
 
 def _sample(algo):

@@ -413,12 +413,7 @@ def merge(base: dict, override: dict) -> dict:
 def load_experiment(path: str | Path, scale: str | None = None) -> "ExperimentConfig":
     """An experiment file with one of its `scales` merged in (default: its own `scale`)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such experiment file")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: malformed YAML: {err}") from None
+    data = read_yaml(path, "experiment file")
     if not isinstance(data, dict) or data.get("kind") != "experiment":
         raise ConfigError(f"{path}: kind: {data.get('kind') if isinstance(data, dict) else data!r} "
                           "is not 'experiment'")
@@ -481,17 +476,21 @@ def parse_config(data, source: str = "config", expect: tuple[str, ...] | None = 
         raise ConfigError(_format_error(err, model, source)) from None
 
 
-def load_config(path: str | Path, expect: tuple[str, ...] | None = None) -> AnyConfig:
-    path = Path(path)
+def read_yaml(path: Path, what: str = "config file"):
+    """The parsed contents of a YAML file; ConfigError if it is missing or malformed."""
     if not path.is_file():
-        raise ConfigError(f"{path}: no such config file")
+        raise ConfigError(f"{path}: no such {what}")
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"{path}: malformed YAML{where}: {getattr(err, 'problem', err)}") from None
-    return parse_config(data, str(path), expect)
+
+
+def load_config(path: str | Path, expect: tuple[str, ...] | None = None) -> AnyConfig:
+    path = Path(path)
+    return parse_config(read_yaml(path), str(path), expect)
 
 
 def stage_config(path: str | Path, stage: str):
