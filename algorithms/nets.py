@@ -16,7 +16,7 @@ class FrameEncoder(nn.Module):
     """(N, 84, 84, stack) uint8 frames -> (N, out) features.
     "nature"/"small": a CNN (Mnih et al. 2015 shapes, or a lighter one).
     "grid": for Dark Room frames (envs.darkroom), where a 9x9 grid cell lights a 9x9 pixel
-    block: the block centres are read directly, so a position costs one linear layer."""
+    block: the lit cell's coordinates are read directly (grid_coordinates), then one layer."""
 
     def __init__(self, kind: str, stack: int, out: int):
         super().__init__()
@@ -24,7 +24,7 @@ class FrameEncoder(nn.Module):
             raise ValueError(f"encoder {kind!r}; valid: {', '.join(ENCODERS)}")
         self.kind = kind
         if kind == "grid":
-            self.net = nn.Sequential(nn.Flatten(), nn.Linear(81 * stack, out), nn.ReLU())
+            self.net = nn.Sequential(nn.Linear(2, out), nn.ReLU())
             return
         layers, channels = [], stack
         for c, kernel, stride in CNN_LAYERS[kind]:
@@ -36,12 +36,30 @@ class FrameEncoder(nn.Module):
         self.net = nn.Sequential(conv, nn.Linear(flat, out), nn.ReLU())
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        if self.kind == "grid":  # the 81 block centres, before any conversion to float
-            frames = frames[:, 4:81:9, 4:81:9, :]
+        if self.kind == "grid":
+            return self.net(grid_coordinates(frames))
         x = frames.permute(0, 3, 1, 2).float()
         if frames.dtype == torch.uint8:
             x = x / 255.0
         return self.net(x)
+
+
+def grid_coordinates(frames: torch.Tensor) -> torch.Tensor:
+    """(N, 84, 84, k) Dark Room frames (or their (N, 9, 9, k) block centres) -> (N, 2) the lit
+    cell's x and y, each in [-1, 1] (the mean over the k frames of a stack).
+
+    Coordinates rather than a code per cell: nothing is lost for one lit cell, and "towards
+    the cell where the reward was" is then a difference of inputs, which holds as well for
+    cells no training goal was on. With a code per cell a model memorises the training goals
+    and ignores a reward found anywhere else. Measured on held-out goals after the same 4
+    minutes of training, last 5 of 30 episodes: a frozen AD reached 20% of the optimum with a
+    code per cell, 2% with a code per row and column, 76% with coordinates."""
+    if frames.shape[1] != 9:
+        frames = frames[:, 4:81:9, 4:81:9, :]  # the 81 block centres
+    lit = frames.float().sum(-1)  # (N, 9, 9): rows are y, columns x
+    lit = lit / lit.sum((1, 2), keepdim=True).clamp_min(1e-6)
+    axis = torch.linspace(-1.0, 1.0, 9)
+    return torch.stack([(lit.sum(1) * axis).sum(1), (lit.sum(2) * axis).sum(1)], 1)
 
 
 class StepEmbedding(nn.Module):

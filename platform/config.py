@@ -14,6 +14,7 @@ import yaml
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt,
                       ValidationError, model_validator)
 
+from understudy.algorithms.darkroom_source import QLearningConfig as _Q
 from understudy.envs import canonical_game
 
 
@@ -71,13 +72,16 @@ class DQNParams(Strict):
 
 
 class DarkRoomParams(Strict):
-    """Tabular Q-learning on Dark Room goals (algorithms.darkroom_source), one history per goal."""
+    """Tabular Q-learning on Dark Room goals (algorithms.darkroom_source), one history per goal;
+    the defaults are QLearningConfig's."""
     goal_split: Literal["train", "heldout", "all"] = "train"
-    learning_rate: PositiveFloat = 0.3
-    discount: float = Field(0.9, gt=0.0, le=1.0)
-    q_init: float = 1.0
-    epsilon_end: float = Field(0.05, ge=0.0, le=1.0)
-    epsilon_decay_fraction: float = Field(0.8, gt=0.0, le=1.0)
+    learning_rate: float = Field(_Q.learning_rate, gt=0.0, le=1.0)
+    discount: float = Field(_Q.discount, ge=0.0, lt=1.0)
+    q_init: float = _Q.q_init
+    epsilon_start: float = Field(_Q.epsilon_start, ge=0.0, le=1.0)
+    epsilon_end: float = Field(_Q.epsilon_end, ge=0.0, le=1.0)
+    epsilon_decay_fraction: float = Field(_Q.epsilon_decay_fraction, gt=0.0, le=1.0)
+    planning_sweeps: int = Field(_Q.planning_sweeps, ge=0)
 
 
 class TeachConfig(Strict):

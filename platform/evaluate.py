@@ -239,7 +239,10 @@ def learn_from_scratch(teach: dict, game: str, env_steps: int, copies: int, max_
 
         goals = np.repeat(darkroom_goals(goal_split), copies, axis=0)
         episodes = max(1, env_steps // (EPISODE_STEPS * len(goals)))
-        config = darkroom_source.QLearningConfig(episodes=episodes)
+        # The teacher's own hyper-parameters (older manifests: the defaults), on a fresh schedule.
+        known = set(darkroom_source.QLearningConfig.__dataclass_fields__)
+        config = darkroom_source.QLearningConfig(**{
+            **{k: v for k, v in teach.get("hyperparameters", {}).items() if k in known}, "episodes": episodes})
         batches = list(darkroom_source.q_learning(goals, config, seed=1000 + seed))
         return np.stack([b.returns for b in batches], 1).tolist()  # (goals x copies, episodes)
     from understudy.algorithms.teachers import recording_algorithm, teacher_config

@@ -156,8 +156,7 @@ def run_teach_darkroom(cfg: TeachConfig, ws: Workspace) -> dict:
     episodes = cfg.env_steps // EPISODE_STEPS
     p = cfg.darkroom
     qconfig = darkroom_source.QLearningConfig(
-        episodes=episodes, learning_rate=p.learning_rate, discount=p.discount, q_init=p.q_init,
-        epsilon_end=p.epsilon_end, epsilon_decay_fraction=p.epsilon_decay_fraction)
+        episodes=episodes, **p.model_dump(exclude={"goal_split"}))
     goals = darkroom_goals(p.goal_split)
     client = tracking.client_for(ws)
     exp = tracking.experiment_id(client, ws, "teach")
@@ -193,6 +192,6 @@ def run_teach_darkroom(cfg: TeachConfig, ws: Workspace) -> dict:
                          "shards": len(catalog), "shard_bytes": sum(e["bytes"] for e in catalog)})
     manifest = {"kind": "teach", "name": cfg.name, "session": session, "algorithm": "qlearning",
                 "shard_root": root, "protocol": protocol(), "max_episode_steps": EPISODE_STEPS,
-                "runs": runs}
+                "hyperparameters": asdict(qconfig), "runs": runs}
     ws.write_stage("teach", cfg.name, manifest)
     return manifest

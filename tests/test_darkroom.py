@@ -124,6 +124,20 @@ def test_frames_round_trip_every_cell():
         cell_index_of(np.zeros((1, 84, 84), np.uint8))
 
 
+def test_the_imitators_grid_encoder_reads_each_cells_coordinates():
+    import torch
+
+    from understudy.algorithms.nets import grid_coordinates
+
+    cells = darkroom_goals("all")
+    frames = torch.from_numpy(frame_of(cells))[..., None]  # (81, 84, 84, 1)
+    expected = torch.from_numpy(cells / 4.0 - 1.0).float()  # x, y in [-1, 1]
+    assert torch.allclose(grid_coordinates(frames), expected, atol=1e-6)
+    assert torch.allclose(grid_coordinates(frames[:, 4:81:9, 4:81:9]), expected, atol=1e-6)
+    stacked = torch.cat([frames, frames], -1)  # a stack of the same frame twice: the same cell
+    assert torch.allclose(grid_coordinates(stacked), expected, atol=1e-6)
+
+
 def test_goal_splits_are_disjoint_cover_the_grid_and_stable():
     train, held, everything = (darkroom_goals(s) for s in ("train", "heldout", "all"))
     assert len(train) == 65 and len(held) == 16 and len(everything) == 81
@@ -141,15 +155,25 @@ def test_goal_splits_are_disjoint_cover_the_grid_and_stable():
 GOALS = np.array([[4, 4], [6, 3], [1, 7], [8, 8], [0, 0]])
 
 
-def test_q_learning_returns_rise_from_random_to_near_optimal():
-    returns = np.stack([ep.returns for ep in source.q_learning(GOALS, source.QLearningConfig(episodes=300))], 1)
+def test_q_learning_returns_rise_from_random_to_the_optimum_and_planning_is_what_gets_there():
     optimal = np.array([optimal_return(g) for g in GOALS])
-    first, last = returns[:, :20].mean(axis=1), returns[:, -20:].mean(axis=1)
-    assert np.all(last >= 0.8 * optimal), (last, optimal)
-    assert np.all(first <= 0.3 * optimal), first  # epsilon ~1: a random walk
-    # Gradual: the middle of the history sits clearly between the two ends.
-    middle = returns[:, 140:160].mean()
-    assert first.mean() + 3 < middle < last.mean() - 3
+    for seed in (0, 1):
+        returns = np.stack([ep.returns for ep in source.q_learning(GOALS, source.QLearningConfig(), seed)], 1)
+        assert returns.shape == (len(GOALS), 40)
+        assert returns[:, 0].mean() <= 0.3 * optimal.mean()  # the first episode only explores
+        assert np.all(returns[:, -5:].mean(axis=1) >= 0.95 * optimal), returns[:, -5:]
+    # Without the planning sweeps (plain one-step Q-learning) the far corners are not learned
+    # within the same 40 episodes.
+    plain = source.QLearningConfig(planning_sweeps=0)
+    returns = np.stack([ep.returns for ep in source.q_learning(GOALS, plain, 0)], 1)
+    assert returns[:, -5:].mean(axis=1).min() < 0.5 * optimal[returns[:, -5:].mean(axis=1).argmin()]
+
+
+def test_q_learning_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="planning_sweeps: -1"):
+        source.QLearningConfig(planning_sweeps=-1)
+    with pytest.raises(ValueError, match="learning_rate: 0"):
+        source.QLearningConfig(learning_rate=0)
 
 
 def test_histories_do_not_depend_on_the_goals_beside_them():
@@ -162,7 +186,8 @@ def test_histories_do_not_depend_on_the_goals_beside_them():
 def test_recorded_histories_verify_and_read_back_in_training_order(tmp_path):
     root, episodes = str(tmp_path), 40
     goals = GOALS[:3]
-    run_ids = source.record_histories(root, goals, episodes=episodes, seed=7, shard_rows=300)
+    config = source.QLearningConfig(epsilon_start=0.5, epsilon_end=0.05)  # a schedule to check
+    run_ids = source.record_histories(root, goals, episodes=episodes, seed=7, config=config, shard_rows=300)
     assert run_ids == ["darkroom-g44-s7", "darkroom-g63-s7", "darkroom-g17-s7"]
     assert shards.find_runs(root, games=["DarkRoom"], algorithm="qlearning") == sorted(run_ids)
     for goal, run_id in zip(goals, run_ids):
@@ -184,7 +209,8 @@ def test_recorded_histories_verify_and_read_back_in_training_order(tmp_path):
         assert np.all(np.diff(cols["policy_version"]) >= 0)
         assert np.array_equal(cols["truncated"], cols["step"] == EPISODE_STEPS - 1)
         assert not cols["terminated"].any() and not cols["lives"].any()
-        assert np.all(np.diff(cols["epsilon"]) <= 0) and cols["epsilon"][0] == 1.0
+        schedule = [config.epsilon(e) for e in range(episodes)]
+        assert np.allclose(cols["epsilon"], np.repeat(schedule, EPISODE_STEPS)) and schedule[0] == 0.5
         assert set(table.column("game").unique().to_pylist()) == {"DarkRoom"}
         assert len(table.column("policy_outputs")[0].as_py()) == 5
 
