@@ -229,6 +229,10 @@ class DistillConfig(Strict):
     lr: PositiveFloat = 1e-3
     weight_decay: float = Field(0.0, ge=0.0)
     max_batches_per_epoch: PositiveInt | None = None  # cap an epoch on huge data
+    # Small data (e.g. Dark Room): an epoch is exactly max_batches_per_epoch batches, drawn from
+    # as many reshuffled passes over the data as that takes, so the per-epoch checkpoint and
+    # report come every N steps instead of after every short pass.
+    cycle_data: bool = False
     seed: int = Field(0, ge=0)
     cpus_per_trial: PositiveInt = 1
     workers: PositiveInt = 1  # >1: data-parallel training with Ray Train inside the trial
@@ -245,6 +249,8 @@ class DistillConfig(Strict):
 
     @model_validator(mode="after")
     def _check(self):
+        if self.cycle_data and self.max_batches_per_epoch is None:
+            raise ValueError("cycle_data: true needs max_batches_per_epoch (the size of an epoch)")
         if not self.game and not self.games:
             raise ValueError("give game (one) or games (several) to train on")
         if self.game and self.games:

@@ -108,7 +108,7 @@ def _train_loop(cfg: DistillConfig, context: dict, report, checkpoint, make_chec
     spec = model.sample_spec()
     loader = Loader(root, train, spec, cfg.batch_size, num_actions, step_transforms(cfg),
                     cfg.block_steps, cfg.blocks_in_memory, seed=cfg.seed + 1000 * rank,
-                    rank=rank, world=world, cycle=world > 1, epoch=first_epoch - 1)
+                    rank=rank, world=world, cycle=world > 1 or cfg.cycle_data, epoch=first_epoch - 1)
     held = Loader(root, heldout, spec, cfg.batch_size, num_actions, step_transforms(cfg),
                   cfg.block_steps, cfg.blocks_in_memory, seed=cfg.seed) if heldout else None
     for epoch in range(first_epoch, cfg.epochs + 1):

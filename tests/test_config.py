@@ -38,6 +38,12 @@ def test_zero_budget_is_rejected():
     assert "env_steps" in error_of({**TEACH, "env_steps": 0})
 
 
+def test_cycling_data_needs_an_epoch_size():
+    distill = {"kind": "distill", "teacher": "t", "game": "DarkRoom", "cycle_data": True}
+    assert "cycle_data" in error_of(distill) and "max_batches_per_epoch" in error_of(distill)
+    assert parse_config({**distill, "max_batches_per_epoch": 50}).cycle_data
+
+
 def test_unknown_algorithm_lists_valid_choices():
     msg = error_of({**TEACH, "algorithm": "sac"})
     assert "algorithm" in msg and "'ppo'" in msg and "'dqn'" in msg and "sac" in msg
