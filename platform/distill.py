@@ -15,7 +15,7 @@ from ray import tune
 from understudy.platform import plots, shards, storage, tracking
 from understudy.platform.config import DistillConfig
 from understudy.platform.teach import StageFailed
-from understudy.platform.workspace import Workspace
+from understudy.platform.workspace import Workspace, keep_tune_state_current
 
 METRICS = ("train_loss", "train_accuracy", "heldout_loss", "heldout_accuracy", "samples_per_s",
            "data_wait_s", "train_targets")
@@ -259,6 +259,7 @@ def run_distill(cfg: DistillConfig, ws: Workspace, resume: bool = False) -> dict
             time_attr="training_iteration", metric=cfg.asha.metric, mode=cfg.asha.mode,
             max_t=cfg.epochs, grace_period=cfg.asha.grace_period, reduction_factor=cfg.asha.reduction_factor)
     space = param_space(cfg, context)
+    keep_tune_state_current()
     if resume and tune.Tuner.can_restore(experiment_path):
         print(f"[distill] resuming {experiment}", flush=True)
         tuner = tune.Tuner.restore(experiment_path, trainable=trainable, param_space=space,

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 
 from ray import tune
@@ -10,7 +9,7 @@ from ray import tune
 from understudy.envs import AtariProtocol, game_metadata
 from understudy.platform import plots, shards, storage, tracking
 from understudy.platform.config import TeachConfig
-from understudy.platform.workspace import Workspace
+from understudy.platform.workspace import Workspace, keep_tune_state_current
 
 STEPS_KEY = "env_runners/num_env_steps_sampled_lifetime"
 
@@ -76,11 +75,7 @@ def run_teach(cfg: TeachConfig, ws: Workspace, resume: bool = False) -> dict:
         name_of=lambda t: "{}-{}-s{}".format(identity(t.config)[0], cfg.algorithm, identity(t.config)[1]))
     trainable = recording_algorithm(config.algo_class)
     experiment = f"teach-{cfg.name}-{session}"
-    # Tune snapshots its experiment state at most every 10 s but deletes a checkpoint beyond
-    # num_to_keep at once, so a SIGKILL in between could leave a state that names a deleted
-    # checkpoint, and `--resume` then failed (seen in test_faults). A snapshot after every
-    # result closes that window: one small JSON write per teacher iteration.
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+    keep_tune_state_current()
     run_config = tune.RunConfig(
         name=experiment,
         storage_path=ws.ray_results,

@@ -21,6 +21,15 @@ class StageMissing(RuntimeError):
     pass
 
 
+def keep_tune_state_current() -> None:
+    """Before a Tune run under the workspace's ray_results: Tune snapshots its experiment state
+    at most every 10 s but deletes a checkpoint beyond num_to_keep at once, so a SIGKILL in
+    between could leave a state that names a deleted checkpoint, and a resume then failed (seen
+    in test_faults). A snapshot after every result closes that window: one small JSON write
+    per result. A value the user set is kept."""
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+
+
 @dataclass(frozen=True)
 class Workspace:
     root: Path
