@@ -270,21 +270,24 @@ def teacher_config(*, algorithm: str, game, seed, env_steps_per_iter: int, proto
                   "capacity": hp.pop("buffer_size", 10_000)}
         if prioritized:
             buffer.update(alpha=0.6, beta=0.4)
+        batch_size, n_step = hp.pop("batch_size", 32), hp.pop("n_step", 1)
+        # Replay ratio: train_batch_size / (env steps sampled per update), 32 / 4 = 8 by default.
+        intensity = hp.pop("training_intensity", None) or 8.0
+        # One sample call per update: its env steps (fragment x envs) are the steps per update,
+        # RLlib's native ratio then equals the intensity, and each training step is one sample
+        # call plus one update, the least overhead for this ratio. With 4 envs that is one
+        # batched step of all 4. RLlib requires fragments of at least n_step steps.
+        steps_per_update = max(1, round(batch_size / intensity))
+        fragment = max(1, steps_per_update // num_envs, n_step)
         config = (DQNConfig()
-                  .training(lr=lr, train_batch_size_per_learner=hp.pop("batch_size", 32),
-                            n_step=hp.pop("n_step", 1), double_q=hp.pop("double_q", True),
-                            dueling=hp.pop("dueling", False),
+                  .training(lr=lr, train_batch_size_per_learner=batch_size, n_step=n_step,
+                            double_q=hp.pop("double_q", True), dueling=hp.pop("dueling", False),
                             num_steps_sampled_before_learning_starts=hp.pop("learning_starts", 200),
                             target_network_update_freq=hp.pop("target_update", 500),
                             epsilon=[(0, 1.0), (hp.pop("epsilon_steps", 10_000), hp.pop("final_epsilon", 0.05))],
-                            replay_buffer_config=buffer, **hp)
-                  # 4 env steps per sample call and one batch of 32 per call: at RLlib's
-                  # native ratio (32 / 4 = 8 = training_intensity) each training step is one
-                  # sample call plus one update, the least overhead for this replay ratio.
-                  .env_runners(rollout_fragment_length=4)
+                            replay_buffer_config=buffer, training_intensity=intensity, **hp)
+                  .env_runners(rollout_fragment_length=fragment)
                   .reporting(min_sample_timesteps_per_iteration=env_steps_per_iter))
-        # Replay ratio: train_batch_size / (steps sampled per update) = 32 / 4 -> ratio 8.
-        config.training(training_intensity=hp.pop("training_intensity", None) or 8.0)
         if not prioritized:  # the lean update path that goes with the frame replay
             from understudy.algorithms.dqn_teacher import DQNTeacherLearner
 

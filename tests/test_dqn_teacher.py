@@ -131,7 +131,8 @@ def test_double_q_pass_gives_rllibs_values_with_half_the_backward():
 
 
 @pytest.mark.slow
-def test_dqn_teacher_learns_from_frame_replay_and_acts_with_the_learners_weights(ray_session, tmp_path):
+@pytest.mark.parametrize("num_envs", [1, 4])
+def test_dqn_teacher_learns_from_frame_replay_and_acts_with_the_learners_weights(ray_session, tmp_path, num_envs):
     from ray.rllib.core.rl_module.rl_module import DEFAULT_MODULE_ID
     from ray.rllib.utils.metrics import LEARNER_RESULTS, NUM_MODULE_STEPS_TRAINED_LIFETIME
 
@@ -142,7 +143,7 @@ def test_dqn_teacher_learns_from_frame_replay_and_acts_with_the_learners_weights
     config = teacher_config(
         algorithm="dqn", game="Breakout", seed=0, env_steps_per_iter=64,
         protocol={"full_action_space": True}, max_episode_steps=30,
-        record={"root": str(tmp_path), "session": "fr", "algorithm": "dqn"}, num_envs=1,
+        record={"root": str(tmp_path), "session": "fr", "algorithm": "dqn"}, num_envs=num_envs,
         hparams={"learning_starts": 64, "buffer_size": 1000, "n_step": 3, "dueling": True, "epsilon_steps": 100})
     algo = recording_algorithm(config.algo_class)(config=config)
     try:
@@ -152,9 +153,10 @@ def test_dqn_teacher_learns_from_frame_replay_and_acts_with_the_learners_weights
         learner = _local_learner(algo)
         assert isinstance(learner, DQNTeacherLearner)
         stats = result[LEARNER_RESULTS][DEFAULT_MODULE_ID]
-        # 8 trained samples per env step after learning starts (replay ratio 32 per 4 steps).
+        # 8 trained samples per env step after learning starts (replay ratio 32 per 4 steps),
+        # also with 4 envs, whose sample calls (3 steps each for n_step 3) can return a step more.
         sampled = result["env_runners"]["num_env_steps_sampled_lifetime"]
-        assert stats[NUM_MODULE_STEPS_TRAINED_LIFETIME] == pytest.approx(8 * (sampled - 64), abs=32)
+        assert stats[NUM_MODULE_STEPS_TRAINED_LIFETIME] == pytest.approx(8 * (sampled - 64), abs=32 * num_envs)
         assert np.isfinite(stats["qf_loss"])
         # The env runner acts with the Learner's parameters themselves, so with its latest update.
         acting = dict(algo.env_runner.module.named_parameters())
@@ -162,7 +164,38 @@ def test_dqn_teacher_learns_from_frame_replay_and_acts_with_the_learners_weights
             if name in acting:
                 assert acting[name].data_ptr() == p.data_ptr()
         assert algo.env_runner._weights_seq_no == learner._weights_seq_no > 1
+        # One training step runs the whole iteration, and its result counts all of it.
+        assert result["num_training_step_calls_per_iteration"] == 1
+        per_call = 3 * num_envs  # fragments of n_step steps per env
+        assert 4 * 64 <= sampled <= 4 * (64 + per_call + num_envs)
+        check_gradient_postprocessing(learner)
     finally:
         algo.stop()
     versions = np.asarray(shards.open_run(str(tmp_path), "dqn-Breakout-s0-fr").to_table()["policy_version"])
     assert versions.max() > versions.min()  # the recorded history spans updates
+
+
+def check_gradient_postprocessing(learner):
+    """The teacher Learner's one-norm clip and non-finite check give RLlib's own result."""
+    import torch
+    from ray.rllib.algorithms.dqn.torch.dqn_torch_learner import DQNTorchLearner
+    from ray.rllib.core.rl_module.rl_module import DEFAULT_MODULE_ID
+
+    assert learner.config.grad_clip == 40.0 and learner.config.grad_clip_by == "global_norm"
+    key = (DEFAULT_MODULE_ID, "gradients_default_optimizer_global_norm")
+    gen = torch.Generator().manual_seed(0)
+    for scale, poison in ((100.0, False), (0.001, False), (100.0, True)):
+        grads = {pid: torch.randn(p.shape, generator=gen) * scale for pid, p in learner._params.items()}
+        if poison:  # one NaN and one inf: zeroed where non-finite, then clipped, as RLlib does
+            first, second = list(grads)[:2]
+            grads[first].view(-1)[0], grads[second].view(-1)[-1] = float("nan"), float("inf")
+        ours = learner.postprocess_gradients({k: g.clone() for k, g in grads.items()})
+        ours_norm = learner.metrics.peek(key)
+        clean = {k: torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0) for k, g in grads.items()}
+        theirs = DQNTorchLearner.postprocess_gradients(learner, clean)
+        assert torch.isclose(torch.as_tensor(ours_norm), torch.as_tensor(learner.metrics.peek(key)), rtol=1e-5)
+        for k in grads:
+            assert torch.isfinite(ours[k]).all()
+            torch.testing.assert_close(ours[k], theirs[k], rtol=1e-5, atol=1e-7)
+        total = torch.linalg.vector_norm(torch.stack([g.norm() for g in ours.values()]))
+        assert float(total) == pytest.approx(min(40.0, float(ours_norm)), rel=1e-4)
