@@ -199,3 +199,34 @@ def check_gradient_postprocessing(learner):
             torch.testing.assert_close(ours[k], theirs[k], rtol=1e-5, atol=1e-7)
         total = torch.linalg.vector_norm(torch.stack([g.norm() for g in ours.values()]))
         assert float(total) == pytest.approx(min(40.0, float(ours_norm)), rel=1e-4)
+
+
+@pytest.mark.slow
+def test_dqn_teacher_with_a_remote_env_runner_keeps_the_ratio_and_syncs_weights(ray_session, tmp_path):
+    """The other path of the training step: samples and metrics from a remote env runner after
+    every call, weights sent to it after every update."""
+    from ray.rllib.core.rl_module.rl_module import DEFAULT_MODULE_ID
+    from ray.rllib.utils.metrics import LEARNER_RESULTS, NUM_MODULE_STEPS_TRAINED_LIFETIME
+
+    from understudy.algorithms.teachers import recording_algorithm, teacher_config
+
+    config = teacher_config(
+        algorithm="dqn", game="Breakout", seed=0, env_steps_per_iter=64,
+        protocol={"full_action_space": True}, max_episode_steps=30,
+        record={"root": str(tmp_path), "session": "remote", "algorithm": "dqn"}, num_envs=1,
+        num_env_runners=1, hparams={"learning_starts": 64, "buffer_size": 1000, "epsilon_steps": 100})
+    algo = recording_algorithm(config.algo_class)(config=config)
+    try:
+        for _ in range(3):
+            result = algo.train()
+        sampled = result["env_runners"]["num_env_steps_sampled_lifetime"]
+        trained = result[LEARNER_RESULTS][DEFAULT_MODULE_ID][NUM_MODULE_STEPS_TRAINED_LIFETIME]
+        assert sampled >= 3 * 64 and trained == pytest.approx(8 * (sampled - 64), abs=32)
+        learner_weights = algo.learner_group.get_weights()[DEFAULT_MODULE_ID]
+        runner_weights = algo.env_runner_group.foreach_env_runner(
+            lambda runner: runner.module.get_state(inference_only=True), local_env_runner=False)[0]
+        assert runner_weights and set(runner_weights) <= set(learner_weights)
+        for name, value in runner_weights.items():  # the runner acts with the latest update
+            np.testing.assert_array_equal(np.asarray(value), np.asarray(learner_weights[name]))
+    finally:
+        algo.stop()
