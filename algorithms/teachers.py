@@ -273,10 +273,10 @@ def teacher_config(*, algorithm: str, game, seed, env_steps_per_iter: int, proto
         batch_size, n_step = hp.pop("batch_size", 32), hp.pop("n_step", 1)
         # Replay ratio: train_batch_size / (env steps sampled per update), 32 / 4 = 8 by default.
         intensity = hp.pop("training_intensity", None) or 8.0
-        # One sample call per update: its env steps (fragment x envs) are the steps per update,
-        # RLlib's native ratio then equals the intensity, and each training step is one sample
-        # call plus one update, the least overhead for this ratio. With 4 envs that is one
-        # batched step of all 4. RLlib requires fragments of at least n_step steps.
+        # Each sample call returns the env steps of one update (fragment x envs), so the
+        # training step alternates one call and one update, the least overhead for this ratio
+        # (the ratio itself is kept per env step, algorithms/dqn_teacher.py). With 4 envs a call
+        # is one batched step of all 4. RLlib requires fragments of at least n_step steps.
         steps_per_update = max(1, round(batch_size / intensity))
         fragment = max(1, steps_per_update // num_envs, n_step)
         config = (DQNConfig()
