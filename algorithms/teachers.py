@@ -216,6 +216,15 @@ def recording_algorithm(algo_class):
                 rewind_run(root, run_id, set(state["shards"]))
                 self.env_runner_group.foreach_env_runner(_resync_recorder, local_env_runner=True)
 
+        def _create_local_replay_buffer_if_necessary(self, config):
+            # RLlib reads the buffer type here as a class path string, but a config that went
+            # through a dict (every Tune trial does) holds the class itself, which RLlib's own
+            # code cannot take: build that class directly.
+            buffer = dict(config.get("replay_buffer_config") or {})
+            if isinstance(buffer.get("type"), type) and not buffer.get("no_local_replay_buffer"):
+                return buffer.pop("type")(**buffer)
+            return super()._create_local_replay_buffer_if_necessary(config)
+
         def training_step(self):
             from understudy.algorithms import dqn_teacher
 
