@@ -188,9 +188,14 @@ class TuneToMlflow(tune.Callback):
         tags = {"tune.trial_id": trial.trial_id, "tune.experiment": self.experiment}
         found = self.client.search_runs(
             [self.exp_id], " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items()))
-        if found:  # a resumed experiment: keep logging into the trial's run
-            self.runs[trial.trial_id] = found[0].info.run_id
-            self.client.update_run(found[0].info.run_id, status="RUNNING")
+        if found:  # a resumed experiment, or a retry after create_run went through
+            run_id = found[0].info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+            # A retry after the params failed to log: log what is missing (params are write-once).
+            params = self.params_of(trial.config)
+            logged = found[0].data.params
+            log_params(self.client, run_id, {k: v for k, v in params.items() if k not in logged})
+            self.runs[trial.trial_id] = run_id
         else:
             self.runs[trial.trial_id] = start_run(self.client, self.exp_id, self.name_of(trial),
                                                   self.params_of(trial.config), tags)
@@ -268,15 +273,20 @@ class TuneToMlflow(tune.Callback):
         while not self._drain() and time.perf_counter() < deadline:
             time.sleep(2)
         if self.pending or self.rejected:
-            os.makedirs(os.path.join(self.ws.root, "mlflow-missing"), exist_ok=True)
-            self.missing_file = os.path.join(self.ws.root, "mlflow-missing",
-                                             f"{self.stage}-{time.strftime('%Y%m%d-%H%M%S')}.jsonl")
+            self.missing_file = self._missing_path()
+            os.makedirs(os.path.dirname(self.missing_file), exist_ok=True)
             with open(self.missing_file, "w") as f:
                 for what in [w for w, _ in self.pending] + self.rejected:
                     f.write(json.dumps(what) + "\n")
             print(f"[tracking] MISSING FROM MLFLOW: {len(self.pending) + len(self.rejected)} call(s) could not be logged "
                   f"to {self.ws.tracking_uri}; what they held is in {self.missing_file}", flush=True)
 
+
+    def _missing_path(self) -> str:
+        # Named after the Tune experiment, so that the stage finds the file even when Tune drove
+        # another copy of this callback (after `--resume` it drives the one it pickled).
+        name = self.experiment or time.strftime("%Y%m%d-%H%M%S")
+        return os.path.join(self.ws.root, "mlflow-missing", f"{self.stage}-{name}.jsonl")
 
     def after_fit(self, what: str, fn) -> bool:
         """Runs `fn` (the MLflow calls a stage makes once Tune is done: plots, tags, artifacts).
@@ -298,11 +308,14 @@ class TuneToMlflow(tune.Callback):
 
     def report_missing(self, manifest: dict, stage: str, safe_in: str) -> None:
         """Notes in the stage manifest, and announces, what MLflow did not get."""
-        if not (self.missing_after_fit or self.missing_file):
+        calls_file = self.missing_file
+        if calls_file is None and self.experiment and os.path.exists(self._missing_path()):
+            calls_file = self._missing_path()  # written by the copy of this callback Tune drove
+        if not (self.missing_after_fit or calls_file):
             return
-        manifest["mlflow_missing"] = {"artifacts": self.missing_after_fit, "calls_file": self.missing_file}
+        manifest["mlflow_missing"] = {"artifacts": self.missing_after_fit, "calls_file": calls_file}
         print(f"[{stage}] MISSING FROM MLFLOW ({self.ws.tracking_uri} unreachable): "
-              f"{'; '.join(self.missing_after_fit)} {self.missing_file or ''}; {safe_in}", flush=True)
+              f"{'; '.join(self.missing_after_fit)} {calls_file or ''}; {safe_in}", flush=True)
 
 
 @contextlib.contextmanager

@@ -73,6 +73,71 @@ verify_shards: false
 """
 
 
+def test_run_start_retried_after_its_params_failed_still_logs_them(tmp_path, monkeypatch):
+    """The outage falls between create_run and logging the params: the queued retry finds the
+    run by its tags and must still log its params, into that one run (a real sqlite store; the
+    outage is a refused connection, raised once by the params call)."""
+    from types import SimpleNamespace
+
+    import requests
+
+    from understudy.platform import tracking
+    from understudy.platform.workspace import Workspace
+
+    ws = Workspace.resolve(str(tmp_path / "ws"))
+    ws.root.mkdir(parents=True)
+    callback = tracking.TuneToMlflow(ws, "teach", lambda config: {"game": config["game"], "lr": 0.001},
+                                     metrics={}, step_key="steps", experiment="exp")
+    callback.setup()
+    log_params, calls = tracking.log_params, []
+
+    def refused_once(client, run_id, params):
+        calls.append(params)
+        if len(calls) == 1:
+            raise requests.exceptions.ConnectionError("connection refused")
+        log_params(client, run_id, params)
+
+    monkeypatch.setattr(tracking, "log_params", refused_once)
+    trial = SimpleNamespace(trial_id="t0", config={"game": "Breakout"})
+    callback.on_trial_start(0, [trial], trial)
+    assert callback.pending and "t0" not in callback.runs  # the run exists, its params do not
+    assert callback._drain()
+    (run,) = callback.client.search_runs([callback.exp_id])
+    assert callback.runs["t0"] == run.info.run_id
+    assert run.data.params == {"game": "Breakout", "lr": "0.001"}
+
+
+def test_stage_reports_what_the_callback_copy_tune_drove_could_not_log(tmp_path, monkeypatch):
+    """After `--resume` Tune drives the callback it pickled with the experiment, not the stage's
+    own instance: what that copy could not log must still reach the stage manifest."""
+    import json
+
+    import requests
+    from ray import cloudpickle
+
+    from understudy.platform import tracking
+    from understudy.platform.workspace import Workspace
+
+    monkeypatch.setenv("UNDERSTUDY_MLFLOW_WAIT_S", "0")
+    ws = Workspace.resolve(str(tmp_path / "ws"))
+    ws.root.mkdir(parents=True)
+    own = tracking.TuneToMlflow(ws, "distill", lambda config: {}, metrics={}, step_key="steps",
+                                experiment="distill-x-20261123")
+    driven = cloudpickle.loads(cloudpickle.dumps(own))  # what Tune restores and calls
+
+    def unreachable():
+        raise requests.exceptions.ConnectionError("connection refused")
+
+    driven.pending.append(({"trial": "t0", "step": 7, "metrics": {"loss": 0.5}}, unreachable))
+    driven.on_experiment_end([])
+    manifest = {}
+    own.report_missing(manifest, "distill", "the models are in their checkpoints")
+    calls_file = manifest["mlflow_missing"]["calls_file"]
+    assert calls_file == driven.missing_file and own.missing_file is None
+    with open(calls_file) as f:
+        assert [json.loads(line) for line in f] == [{"trial": "t0", "step": 7, "metrics": {"loss": 0.5}}]
+
+
 def test_mlflow_server_away_loses_no_training_and_no_metric(ray_session, tmp_path, capsys, monkeypatch):
     """Fault 6: the tracking server is killed while an imitator trains. Training goes on; the
     metrics logged meanwhile are retried when the server is back (all epochs end up in MLflow).
