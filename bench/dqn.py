@@ -211,9 +211,11 @@ def main():
             "ratio_vs_plain_per_block": [rate(b, name) / rate(b, "plain") for b in blocks],
             "ratio_vs_tuned": rate(chunks, name) / rate(chunks, "plain_tuned"),
             "ratio_vs_tuned_per_block": [rate(b, name) / rate(b, "plain_tuned") for b in blocks]}
-    print(json.dumps({k: {m: (round(x, 3) if isinstance(x, float) else [round(y, 3) for y in x]
-                          if isinstance(x, list) else x) for m, x in v.items()}
-                      for k, v in results["variants"].items()}, indent=1))
+    for name, v in results["variants"].items():
+        blocks_text = ", ".join(f"{r:.2f}" for r in v["ratio_vs_plain_per_block"])
+        print(f"{name}: {v['steps_per_s']:.1f} env steps/s, {v['trained_samples_per_env_step']:.3f} trained "
+              f"samples per env step; {v['ratio_vs_plain']:.3f}x plain (blocks {blocks_text}), "
+              f"{v['ratio_vs_tuned']:.3f}x plain tuned", flush=True)
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "dqn.json"), "w") as f:
