@@ -18,6 +18,7 @@ WORKDIR /app
 COPY pyproject.toml README.md runtime_env.yaml ./
 COPY platform platform
 COPY algorithms algorithms
+COPY histories histories
 COPY envs envs
 COPY tune_configs tune_configs
 # psycopg2: the MLflow server's PostgreSQL backend store.

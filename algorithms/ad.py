@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from understudy.algorithms.nets import CausalTransformer, ContextPolicy, StepEmbedding, masked_action_loss
-from understudy.platform.data import SampleSpec
+from understudy.histories.data import SampleSpec
 
 
 class AlgorithmDistillation(nn.Module):
@@ -42,7 +42,9 @@ class AlgorithmDistillation(nn.Module):
 
 
 class Policy(ContextPolicy):
-    """The context slides across episodes: the agent reads its own last `context` steps."""
+    """The context runs across episodes: the agent reads its own most recent steps, whichever
+    episodes they belong to (how the window advances: nets.ContextPolicy)."""
 
-    def __init__(self, model: AlgorithmDistillation, num_envs: int, greedy: bool = False, seed: int = 0):
-        super().__init__(model, num_envs, model.spec["context"], False, greedy, seed)
+    def __init__(self, model: AlgorithmDistillation, num_envs: int, greedy: bool = False, seed: int = 0,
+                 **play):
+        super().__init__(model, num_envs, model.spec["context"], False, greedy, seed, **play)

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from understudy.algorithms.nets import StepEmbedding, masked_action_loss
-from understudy.platform.data import SampleSpec
+from understudy.histories.data import SampleSpec
 
 
 class RecurrentAD(nn.Module):
@@ -40,16 +40,18 @@ class Policy:
     def __init__(self, model: RecurrentAD, num_envs: int, greedy: bool = False, seed: int = 0):
         self.model, self.greedy = model, greedy
         self.gen = torch.Generator().manual_seed(seed)
-        self.state = torch.zeros(model.spec["layers"], num_envs, model.spec["d_model"])
+        self.device = next(model.parameters()).device
+        self.state = torch.zeros(model.spec["layers"], num_envs, model.spec["d_model"], device=self.device)
 
     @torch.inference_mode()
     def act(self, obs, prev_action, prev_reward, new_episode):
-        step = {"obs": torch.as_tensor(obs)[:, None],
-                "prev_action": torch.as_tensor(np.asarray(prev_action), dtype=torch.long)[:, None],
-                "prev_reward": torch.as_tensor(np.asarray(prev_reward), dtype=torch.float32)[:, None],
-                "new_episode": torch.as_tensor(np.asarray(new_episode), dtype=torch.bool)[:, None]}
+        dev = self.device
+        step = {"obs": torch.as_tensor(obs, device=dev)[:, None],
+                "prev_action": torch.as_tensor(np.asarray(prev_action), dtype=torch.long, device=dev)[:, None],
+                "prev_reward": torch.as_tensor(np.asarray(prev_reward), dtype=torch.float32, device=dev)[:, None],
+                "new_episode": torch.as_tensor(np.asarray(new_episode), dtype=torch.bool, device=dev)[:, None]}
         out, self.state = self.model.gru(self.model.embed(step), self.state)
-        logits = self.model.head(out[:, 0])
+        logits = self.model.head(out[:, 0]).float().cpu()
         if self.greedy:
             return logits.argmax(-1).numpy()
         return torch.multinomial(torch.softmax(logits, -1), 1, generator=self.gen).squeeze(-1).numpy()

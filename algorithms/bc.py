@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from understudy.algorithms.nets import FrameEncoder
-from understudy.platform.data import SampleSpec
+from understudy.histories.data import SampleSpec
 
 
 class ConvPolicy(nn.Module):
@@ -43,7 +43,8 @@ class Policy:
 
     @torch.inference_mode()
     def act(self, obs, prev_action=None, prev_reward=None, new_episode=None):
-        logits = self.model(torch.as_tensor(obs))
+        device = next(self.model.parameters()).device
+        logits = self.model(torch.as_tensor(obs, device=device)).float().cpu()
         if self.greedy:
             return logits.argmax(-1).numpy()
         return torch.multinomial(F.softmax(logits, -1), 1, generator=self.gen).squeeze(-1).numpy()

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from understudy.algorithms.nets import CausalTransformer, ContextPolicy, StepEmbedding, masked_action_loss
-from understudy.platform.data import SampleSpec
+from understudy.histories.data import SampleSpec
 
 
 class DecisionTransformer(nn.Module):
@@ -51,8 +51,8 @@ class Policy(ContextPolicy):
     """Asks for `target_return` at the start of every episode; the context resets each episode."""
 
     def __init__(self, model: DecisionTransformer, num_envs: int, target_return: float,
-                 greedy: bool = True, seed: int = 0):
-        super().__init__(model, num_envs, model.spec["context"], True, greedy, seed)
+                 greedy: bool = True, seed: int = 0, **play):
+        super().__init__(model, num_envs, model.spec["context"], True, greedy, seed, **play)
         self.target = float(target_return)
         self.rtg = np.full(num_envs, self.target, np.float32)
         self.t = np.zeros(num_envs, np.int64)

@@ -2,7 +2,7 @@
 checkpoints that load without executing code, and the policy that plays with a frozen one.
 
 Each model (bc.py, dt.py, ad.py, ad_gru.py) is an nn.Module with `spec` (its constructor
-arguments), `sample_spec()` (what a training sample is, see platform.data.SampleSpec) and
+arguments), `sample_spec()` (what a training sample is, see histories.data.SampleSpec) and
 `loss(batch) -> (loss, {"accuracy", "targets"})`.
 """
 from __future__ import annotations
@@ -117,15 +117,23 @@ def _constructor_args(algorithm: str) -> list[str]:
     return [p for p in inspect.signature(MODELS[algorithm]).parameters if p != "num_actions"]
 
 
-def policy(model, num_envs: int, greedy: bool = True, seed: int = 0, target_return: float | None = None):
-    """The frozen model as a player of N envs: `act(obs, prev_action, prev_reward, new_episode)`."""
+def policy(model, num_envs: int, greedy: bool = True, seed: int = 0, target_return: float | None = None,
+           cache: bool = True):
+    """The frozen model as a player of N envs: `act(obs, prev_action, prev_reward, new_episode)`.
+    Transformers play with a key/value cache unless `cache=False` (a full forward pass over
+    the window every step: same actions, far slower); all on the model's device."""
     algorithm = model.spec["algorithm"]
     if algorithm == "bc":
         return bc.Policy(model, num_envs, greedy, seed)
     if algorithm == "dt":
         if target_return is None:
             raise ValueError("a Decision Transformer needs target_return to play")
-        return dt.Policy(model, num_envs, target_return, greedy, seed)
+        return dt.Policy(model, num_envs, target_return, greedy, seed, cache=cache)
     if algorithm == "ad":
-        return ad.Policy(model, num_envs, greedy, seed)
+        return ad.Policy(model, num_envs, greedy, seed, cache=cache)
     return ad_gru.Policy(model, num_envs, greedy, seed)
+
+
+def inference_device() -> torch.device:
+    """Where a frozen model plays: the GPU when one is visible, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,8 +1,11 @@
 """Pieces the imitators share: the observation encoders and the step-token embedding."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 # (out_channels, kernel, stride) per conv layer; same shapes as the teachers' encoders.
 CNN_LAYERS = {
@@ -85,7 +88,11 @@ class StepEmbedding(nn.Module):
 
 
 class CausalTransformer(nn.Module):
-    """A GPT-style stack: pre-norm layers, causal mask, learned positions."""
+    """A GPT-style stack: pre-norm layers, causal mask, learned positions.
+
+    `forward` reads whole sequences (training, and the reference player). `prefill` and
+    `extend` are the same computation one step at a time with a key/value cache (KVCache):
+    they read the layers' own parameters, so a trained checkpoint plays either way."""
 
     def __init__(self, d_model: int, layers: int, heads: int, context: int, dropout: float = 0.1):
         super().__init__()
@@ -101,6 +108,66 @@ class CausalTransformer(nn.Module):
         mask = nn.Transformer.generate_square_subsequent_mask(L, device=tokens.device)
         return self.norm(self.blocks(x, mask=mask, is_causal=True))
 
+    def new_cache(self, batch: int, device=None, dtype=torch.float32) -> "KVCache":
+        first = self.blocks.layers[0].self_attn
+        shape = (len(self.blocks.layers), batch, first.num_heads, self.position.num_embeddings, first.head_dim)
+        return KVCache(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
+
+    def prefill(self, tokens: torch.Tensor, cache: "KVCache", rows: torch.Tensor) -> None:
+        """Fill cache rows `rows` with the keys and values of `tokens` (len(rows), L, d) at
+        positions 0..L-1 (a window's first L tokens). Nothing is returned: the next `extend`
+        reads them."""
+        L = tokens.shape[1]
+        if L == 0:
+            return
+        x = tokens + self.position(torch.arange(L, device=tokens.device))
+        for i, layer in enumerate(self.blocks.layers):
+            q, k, v = _heads(layer, x)
+            cache.k[i, rows, :, :L], cache.v[i, rows, :, :L] = k, v
+            x = _block_rest(layer, x, F.scaled_dot_product_attention(q, k, v, is_causal=True))
+
+    def extend(self, token: torch.Tensor, cache: "KVCache", position: torch.Tensor) -> torch.Tensor:
+        """One new token per row, (N, d), at `position` (N,) of its row's window, attending to
+        the cached positions before it: (N, d) outputs, and its keys and values cached."""
+        N, span = token.shape[0], int(position.max()) + 1
+        rows = torch.arange(N, device=token.device)
+        x = (token + self.position(position))[:, None]  # (N, 1, d)
+        visible = (torch.arange(span, device=token.device)[None] <= position[:, None])[:, None, None]
+        for i, layer in enumerate(self.blocks.layers):
+            q, k, v = _heads(layer, x)
+            cache.k[i, rows, :, position], cache.v[i, rows, :, position] = k[:, :, 0], v[:, :, 0]
+            attended = F.scaled_dot_product_attention(q, cache.k[i, :, :, :span], cache.v[i, :, :, :span],
+                                                      attn_mask=visible)
+            x = _block_rest(layer, x, attended)
+        return self.norm(x[:, 0])
+
+
+@dataclass
+class KVCache:
+    """Per layer, the keys and values of every position of every row's window:
+    k, v (layers, N, heads, context, head_dim)."""
+    k: torch.Tensor
+    v: torch.Tensor
+
+    @property
+    def nbytes(self) -> int:
+        return 2 * self.k.numel() * self.k.element_size()
+
+
+def _heads(layer: nn.TransformerEncoderLayer, x: torch.Tensor):
+    """Queries, keys and values of a pre-norm layer's attention: each (B, heads, L, head_dim)."""
+    attn = layer.self_attn
+    B, L, _ = x.shape
+    qkv = F.linear(layer.norm1(x), attn.in_proj_weight, attn.in_proj_bias)
+    return qkv.view(B, L, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+
+
+def _block_rest(layer: nn.TransformerEncoderLayer, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+    """The rest of a pre-norm layer after attention (eval mode: no dropout)."""
+    B, L = x.shape[:2]
+    x = x + layer.self_attn.out_proj(attended.transpose(1, 2).reshape(B, L, -1))
+    return x + layer.linear2(layer.activation(layer.linear1(layer.norm2(x))))
+
 
 def masked_action_loss(logits: torch.Tensor, actions: torch.Tensor, mask: torch.Tensor):
     """Cross-entropy and accuracy over the positions where mask is True."""
@@ -111,41 +178,79 @@ def masked_action_loss(logits: torch.Tensor, actions: torch.Tensor, mask: torch.
 
 
 class ContextPolicy:
-    """Plays N envs at once with a frozen sequence model. Each step's token is computed once
-    and kept; the model reads the last `context` tokens of each env. With
-    `reset_each_episode` the context is emptied at every new episode (Decision Transformer);
-    without it the context runs across episodes (Algorithm Distillation), which is where
-    in-context learning can happen. The weights never change."""
+    """Plays N envs at once with a frozen sequence model; the weights never change.
+
+    Each step's token is computed once. Each env has a window of tokens at positions
+    0..n-1 that the model reads; with `reset_each_episode` a new episode starts a new window
+    (Decision Transformer), without it the window runs across episodes (Algorithm
+    Distillation), which is where in-context learning can happen. When a window holds
+    `context` tokens it advances: it keeps its newest `keep` tokens (default three quarters of
+    the context) at positions 0..keep-1 and grows again. So every action is chosen from between
+    `keep` and `context` - 1 earlier steps at the positions a training window gives them, and
+    with the key/value cache (`cache=True`) a step costs O(context), plus one re-read of `keep`
+    tokens each `context - keep` steps. `cache=False` recomputes the model's own forward pass
+    over the whole window every step: the reference the cache is tested against, and the
+    baseline of bench/eval.py."""
 
     def __init__(self, model: nn.Module, num_envs: int, context: int, reset_each_episode: bool,
-                 greedy: bool = True, seed: int = 0):
+                 greedy: bool = True, seed: int = 0, keep: int | None = None, cache: bool = True,
+                 device: str | torch.device | None = None):
         self.model, self.n, self.context = model, num_envs, context
+        self.keep = context * 3 // 4 if keep is None else keep
+        if not 0 <= self.keep < context:
+            raise ValueError(f"keep={self.keep}: must be at least 0 and below the context ({context})")
         self.reset_each_episode, self.greedy = reset_each_episode, greedy
+        self.device = torch.device(device or next(model.parameters()).device)
         self.gen = torch.Generator().manual_seed(seed)
-        self.tokens: list[list[torch.Tensor]] = [[] for _ in range(num_envs)]
+        d_model = model.transformer.position.embedding_dim
+        self.window = torch.zeros(num_envs, context, d_model, device=self.device)
+        self.length = torch.zeros(num_envs, dtype=torch.long, device=self.device)
+        self.starts = torch.zeros(num_envs, context, dtype=torch.bool, device=self.device)
+        self.cache = model.transformer.new_cache(num_envs, self.device) if cache else None
 
     def extras(self, prev_reward, new_episode) -> dict:
         return {}
+
+    def forget(self) -> None:
+        """Empty every window (after the weights changed, the stored tokens are stale)."""
+        self.length.zero_()
+
+    def episodes_in_context(self) -> list[int]:
+        """Per env, how many episode starts its window holds now (the episodes it can read)."""
+        span = torch.arange(self.context, device=self.device)[None] < self.length[:, None]
+        return (self.starts & span).sum(1).tolist()
 
     @torch.inference_mode()
     def act(self, obs, prev_action, prev_reward, new_episode):
         """obs (N, 84, 84, k) uint8; prev_action (N,) with num_actions meaning none yet;
         prev_reward (N,); new_episode (N,) bool -> actions (N,)."""
-        step = {"obs": torch.as_tensor(obs)[:, None],
-                "prev_action": torch.as_tensor(prev_action, dtype=torch.long)[:, None],
-                "prev_reward": torch.as_tensor(prev_reward, dtype=torch.float32)[:, None],
-                "new_episode": torch.as_tensor(new_episode, dtype=torch.bool)[:, None],
-                **{k: torch.as_tensor(v)[:, None] for k, v in self.extras(prev_reward, new_episode).items()}}
+        dev = self.device
+        step = {"obs": torch.as_tensor(obs, device=dev)[:, None],
+                "prev_action": torch.as_tensor(prev_action, dtype=torch.long, device=dev)[:, None],
+                "prev_reward": torch.as_tensor(prev_reward, dtype=torch.float32, device=dev)[:, None],
+                "new_episode": torch.as_tensor(new_episode, dtype=torch.bool, device=dev)[:, None],
+                **{k: torch.as_tensor(v, device=dev)[:, None] for k, v in self.extras(prev_reward, new_episode).items()}}
         token = self.model.tokens(step)[:, 0]
-        for i in range(self.n):
-            if self.reset_each_episode and new_episode[i]:
-                self.tokens[i] = []
-            self.tokens[i] = (self.tokens[i] + [token[i]])[-self.context:]
-        lengths = torch.tensor([len(t) for t in self.tokens])
-        padded = torch.zeros(self.n, int(lengths.max()), token.shape[-1])
-        for i, t in enumerate(self.tokens):
-            padded[i, :len(t)] = torch.stack(t)  # right padding: causal attention ignores it
-        logits = self.model.head_of(padded)[torch.arange(self.n), lengths - 1]
+        if self.reset_each_episode:
+            self.length[step["new_episode"][:, 0]] = 0
+        full = torch.nonzero(self.length == self.context).flatten()
+        if len(full):  # the window advances: its newest `keep` tokens move to the front
+            self.window[full, :self.keep] = self.window[full, self.context - self.keep:].clone()
+            self.starts[full, :self.keep] = self.starts[full, self.context - self.keep:].clone()
+            self.length[full] = self.keep
+            if self.cache is not None:
+                self.model.transformer.prefill(self.window[full, :self.keep], self.cache, full)
+        rows = torch.arange(self.n, device=dev)
+        self.window[rows, self.length] = token
+        self.starts[rows, self.length] = step["new_episode"][:, 0]
+        position = self.length.clone()
+        self.length += 1
+        if self.cache is not None:
+            logits = self.model.head(self.model.transformer.extend(token, self.cache, position))
+        else:  # right padding: causal attention never reads past a row's own length
+            span = int(self.length.max())
+            logits = self.model.head_of(self.window[:, :span])[rows, position]
+        logits = self.last_logits = logits.float().cpu()
         if self.greedy:
             return logits.argmax(-1).numpy()
         return torch.multinomial(torch.softmax(logits, -1), 1, generator=self.gen).squeeze(-1).numpy()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from understudy.platform.shards import Episode, ShardWriter, write_run_metadata
+from understudy.histories.shards import Episode, ShardWriter, write_run_metadata
 
 
 def run_id_for(session: str, algorithm: str, game: str, seed: int) -> str:
@@ -51,7 +51,7 @@ class EpisodeRecorder:
     def sync_from_catalog(self) -> None:
         """Continue after the last episode this env runner has in the catalog: a restarted
         runner, or a run resumed from a checkpoint, extends its history without gaps."""
-        from understudy.platform.shards import read_catalog
+        from understudy.histories.shards import read_catalog
 
         last = [e for entry in read_catalog(self.root, self.run_id)
                 if entry["env_runner"] == self.env_runner for e in entry["episodes"]]

@@ -192,7 +192,7 @@ def recording_algorithm(algo_class):
         def save_checkpoint(self, checkpoint_dir: str):
             root, run_id = self._recorded_run()
             if root:
-                from understudy.platform.shards import read_catalog
+                from understudy.histories.shards import read_catalog
 
                 self.env_runner_group.foreach_env_runner(_flush_recorder, local_env_runner=True)
                 state = {"run_id": run_id, "root": root,
@@ -209,7 +209,7 @@ def recording_algorithm(algo_class):
             path = os.path.join(checkpoint_dir, RECORDING_STATE)
             root, run_id = self._recorded_run()
             if root and os.path.exists(path):
-                from understudy.platform.shards import rewind_run
+                from understudy.histories.shards import rewind_run
 
                 with open(path) as f:
                     state = json.load(f)

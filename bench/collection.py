@@ -129,7 +129,7 @@ def main():
         teacher.stop(); plain.stop(); rllib.stop()
         med = {k: statistics.median(v) for k, v in samples.items()}
         raw = max(med["raw8"], med[f"raw{args.envs}"])
-        from understudy.platform import shards
+        from understudy.histories import shards
 
         catalog = shards.read_catalog(tmp, "ppo-Breakout-s0-bench-vector")
         rows, size = sum(e["rows"] for e in catalog), sum(e["bytes"] for e in catalog)

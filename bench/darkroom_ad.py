@@ -3,8 +3,8 @@ in-context on goals it never saw, while expert distillation (ED) stays flat?
 
 Everything goes through the platform's own path: Q-learning histories recorded to shards
 (algorithms.darkroom_source), the streaming loader with AD's cross-episode windows and the
-gap / expert-only selections (platform.data), the shared training loop (algorithms.imitation),
-the multi-episode player (platform.evaluate.play_episodes) and the metrics (platform.metrics).
+gap / expert-only selections (histories.data), the shared training loop (algorithms.imitation),
+the multi-episode player (platform.players.play_episodes) and the metrics (platform.metrics).
 
     python bench/darkroom_ad.py [--out docs/bench] [--minutes-per-model 14] [--ed-minutes 6]
 """
@@ -21,8 +21,9 @@ import torch
 
 from understudy.algorithms import darkroom_source, imitation
 from understudy.envs.darkroom import NUM_ACTIONS, DarkRoomFrames, darkroom_goals, optimal_return
-from understudy.platform import data, metrics
-from understudy.platform.evaluate import play_episodes
+from understudy.histories import data
+from understudy.platform import metrics
+from understudy.platform.players import play_episodes
 
 
 def train(root, run_ids, algorithm, selection, minutes, seed=0, **model):

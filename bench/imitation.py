@@ -27,7 +27,7 @@ import torch
 
 def record_random_play(root: str, steps: int, max_episode_steps: int = 400) -> list[str]:
     from understudy.envs import AtariProtocol, make_atari_vector_env, newest_frame
-    from understudy.platform import shards
+    from understudy.histories import shards
 
     static = {"game": "Breakout", "algorithm": "random", "seed": 0}
     shards.write_run_metadata(root, "random-Breakout", {**static, "protocol": {"full_action_space": True}})
@@ -92,7 +92,7 @@ def main():
     args = p.parse_args()
     torch.set_num_threads(2)
     from understudy.algorithms import imitation
-    from understudy.platform import data
+    from understudy.histories import data
 
     root = tempfile.mkdtemp(prefix="imitation-bench-")
     t0 = time.perf_counter()
@@ -195,7 +195,7 @@ def run_in_tune(root, run_ids, batches, batch_size, block_steps, blocks) -> dict
     import ray
     from ray import tune
 
-    from understudy.platform import shards
+    from understudy.histories import shards
     from understudy.platform.config import DistillConfig
     from understudy.platform.distill import train_imitator
 

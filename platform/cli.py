@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import sys
 import time
@@ -16,7 +15,7 @@ from pathlib import Path
 
 from understudy.platform import preflight
 from understudy.platform.config import ConfigError, PipelineConfig, load_config, stage_config
-from understudy.platform.workspace import StageMissing, Workspace
+from understudy.platform.workspace import StageInvalid, StageMissing, Workspace
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = "tune_configs/pipelines/demo.yaml"
@@ -78,12 +77,12 @@ def cmd_teach(cfg, ws, resume: bool = False):
                 f"{cfg.env_steps} env steps each")
     manifest = run_teach(cfg, ws, resume=resume)
     shown = 10  # Dark Room records one run per goal: dozens
-    for r in manifest["runs"][:shown]:
-        print(f"  {r['run_id']}: {r['recorded_episodes']} episodes, {r['recorded_steps']} steps "
-              f"in {r['shards']} shard(s)")
-    if len(manifest["runs"]) > shown:
-        rest = manifest["runs"][shown:]
-        print(f"  ... and {len(rest)} more runs ({sum(r['recorded_episodes'] for r in rest)} episodes)")
+    for r in manifest.runs[:shown]:
+        print(f"  {r.run_id}: {r.recorded_episodes} episodes, {r.recorded_steps} steps "
+              f"in {r.shards} shard(s)")
+    if len(manifest.runs) > shown:
+        rest = manifest.runs[shown:]
+        print(f"  ... and {len(rest)} more runs ({sum(r.recorded_episodes for r in rest)} episodes)")
     _done("teach", t)
     return manifest
 
@@ -93,10 +92,10 @@ def cmd_distill(cfg, ws, resume: bool = False):
 
     t = _banner(f"distill: {cfg.algorithm} on {', '.join(selected_games(cfg))} from teach stage {cfg.teacher!r}")
     manifest = run_distill(cfg, ws, resume=resume)
-    for trial in manifest["trials"]:
-        print(f"  {trial['mlflow_run_id']}: heldout_accuracy {trial.get('heldout_accuracy')}, "
-              f"train_loss {trial.get('train_loss')}")
-    print(f"  best ({manifest['best_by']}): {manifest['checkpoint']}")
+    for trial in manifest.trials:
+        print(f"  {trial.mlflow_run_id}: heldout_accuracy {trial.heldout_accuracy}, "
+              f"train_loss {trial.train_loss}")
+    print(f"  best ({manifest.best_by}): {manifest.checkpoint}")
     _done("distill", t)
     return manifest
 
@@ -107,7 +106,7 @@ def cmd_evaluate(cfg, ws, experiment: str | None = None):
     t = _banner(f"evaluate: {', '.join(cfg.agents)} on {', '.join(cfg.games)}, "
                 f"{cfg.episodes} consecutive episodes x {cfg.copies} copies")
     manifest = run_evaluate(cfg, ws, experiment=experiment)
-    print(manifest["table"])
+    print(manifest.table)
     _done("evaluate", t)
     return manifest
 
@@ -121,7 +120,7 @@ def cmd_pipeline(cfg: PipelineConfig, ws):
         run(getattr(cfg, stage), ws)
     evaluate = ws.read_stage("evaluate", cfg.evaluate.name)
     print(f"\nPipeline {cfg.name!r} finished in {time.perf_counter() - started:.0f}s.\n")
-    print(evaluate["table"])
+    print(evaluate.table)
     print(f"\nBrowse every run:\n  {ws.mlflow_ui_command()}")
 
 
@@ -130,8 +129,8 @@ def cmd_experiment(cfg, ws, resume: bool = False):
 
     t = _banner(f"experiment {cfg.name} (scale {cfg.scale}): {cfg.description.strip()}")
     manifest = run_experiment(cfg, ws, STAGES, resume=resume)
-    print(f"\nExperiment {cfg.name!r} ({cfg.scale}) finished in {manifest['seconds']:.0f}s.\n")
-    print(manifest["table"])
+    print(f"\nExperiment {cfg.name!r} ({cfg.scale}) finished in {manifest.seconds:.0f}s.\n")
+    print(manifest.table)
     print(f"\nAgain, from MLflow: understudy report {cfg.name}\nBrowse every run:\n  {ws.mlflow_ui_command()}")
     _done("experiment", t)
     return manifest
@@ -149,7 +148,7 @@ def cmd_report(args, ws) -> int:
 
 
 def cmd_shards(args, ws):
-    from understudy.platform import shards
+    from understudy.histories import shards
 
     root = args.root or ws.shard_root
     if not shards.list_runs(root):
@@ -179,7 +178,7 @@ def cmd_shards(args, ws):
 
 def summarise_run(root: str, run_id: str, bins: int = 10) -> str:
     """A run in a few lines: what it is, how much was recorded, and its return curve."""
-    from understudy.platform import shards
+    from understudy.histories import shards
 
     meta = shards.read_run_metadata(root, run_id)
     catalog = shards.read_catalog(root, run_id)
@@ -289,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     check_dependencies()
     try:
         if args.command in ("teach", "pipeline", "demo", "experiment"):
-            from understudy.platform.shards import check_writable
+            from understudy.histories.shards import check_writable
 
             check_writable(ws.shard_root)  # before the workspace exists: refused runs leave nothing
         ws.ensure()
@@ -306,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
             STAGES[args.command](cfg, ws)
         else:
             cmd_pipeline(cfg, ws)
-    except StageMissing as err:
+    except (StageMissing, StageInvalid) as err:
         print(f"understudy: {err}", file=sys.stderr)
         return 2
     except RuntimeError as err:

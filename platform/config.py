@@ -149,7 +149,7 @@ class TeachConfig(Strict):
 
 
 class DataParams(Strict):
-    """Which parts of the recorded histories an imitator sees (platform.data.Selection and
+    """Which parts of the recorded histories an imitator sees (histories.data.Selection and
     StepTransforms), applied in the order listed."""
     games: list[Game] | None = None  # default: the distill stage's games
     suite: str | None = None  # e.g. "mgdt@1:train": the games of a suite split present in the data

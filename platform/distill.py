@@ -12,8 +12,10 @@ import time
 
 from ray import tune
 
-from understudy.platform import plots, shards, storage, tracking
+from understudy.histories import shards
+from understudy.platform import plots, storage, tracking
 from understudy.platform.config import DistillConfig
+from understudy.platform.manifests import DistillManifest
 from understudy.platform.teach import StageFailed
 from understudy.platform.workspace import Workspace, keep_tune_state_current
 
@@ -25,7 +27,7 @@ METRICS = ("train_loss", "train_accuracy", "heldout_loss", "heldout_accuracy", "
 
 def select_data(cfg: DistillConfig, root: str, run_ids: list[str], exclude=frozenset()):
     """(train histories, held-out histories, num_actions) exactly as a trial will read them."""
-    from understudy.platform import data
+    from understudy.histories import data
 
     games = selected_games(cfg)
     d = cfg.data
@@ -39,6 +41,14 @@ def select_data(cfg: DistillConfig, root: str, run_ids: list[str], exclude=froze
     transforms = step_transforms(cfg)
     train, heldout = data.split_heldout(histories, d.heldout_episodes)
     return train, heldout, data.num_actions_of(histories, transforms)
+
+
+def data_returns(train) -> dict[str, list[float]]:
+    """Per game, the raw return of every training episode, in training order."""
+    out: dict[str, list[float]] = {}
+    for h in train:
+        out.setdefault(h.game, []).extend(e.ret for e in h.episodes)
+    return out
 
 
 def selected_games(cfg: DistillConfig) -> list[str]:
@@ -55,7 +65,7 @@ def selected_games(cfg: DistillConfig) -> list[str]:
 
 
 def step_transforms(cfg: DistillConfig):
-    from understudy.platform.data import StepTransforms
+    from understudy.histories.data import StepTransforms
 
     return StepTransforms(unified_actions=cfg.data.unified_actions, reward=cfg.data.reward,
                           gla=cfg.data.gla, seed=cfg.seed)
@@ -78,7 +88,7 @@ def _train_loop(cfg: DistillConfig, context: dict, report, checkpoint, make_chec
     import torch
 
     from understudy.algorithms import imitation
-    from understudy.platform.data import Loader
+    from understudy.histories.data import Loader
 
     torch.set_num_threads(cfg.cpus_per_trial)
     torch.manual_seed(cfg.seed)
@@ -195,15 +205,15 @@ def param_space(cfg: DistillConfig, context: dict) -> dict:
     return {"distill": distill, "context": context}
 
 
-def run_distill(cfg: DistillConfig, ws: Workspace, resume: bool = False) -> dict:
+def run_distill(cfg: DistillConfig, ws: Workspace, resume: bool = False) -> DistillManifest:
     teach = ws.read_stage("teach", cfg.teacher)
     games = selected_games(cfg)  # only these runs are read, hashed into the data version
-    run_ids = [r["run_id"] for r in teach["runs"] if r["game"] in games]
-    missing = [g for g in games if g not in {r["game"] for r in teach["runs"]}]
+    run_ids = [r.run_id for r in teach.runs if r.game in games]
+    missing = [g for g in games if g not in {r.game for r in teach.runs}]
     if missing:
         raise StageFailed(f"distill.games: teach stage {cfg.teacher!r} recorded no runs of {missing}; "
-                          f"it has: {sorted({r['game'] for r in teach['runs']})}")
-    root = teach["shard_root"]
+                          f"it has: {sorted({r.game for r in teach.runs})}")
+    root = teach.shard_root
     uncataloged = [r for r in run_ids if not shards.read_catalog(root, r)]
     if uncataloged:
         named = ", ".join(uncataloged[:3]) + (f" and {len(uncataloged) - 3} more" if len(uncataloged) > 3 else "")
@@ -315,9 +325,11 @@ def run_distill(cfg: DistillConfig, ws: Workspace, resume: bool = False) -> dict
                 "config": cfg.model_dump(), "shard_root": root,
                 "num_actions": num_actions, "checkpoint": best["checkpoint"],
                 "mlflow_run_id": best["mlflow_run_id"], "best_by": metric, "trials": trials,
-                "data_best_return": max((e.ret for h in train for e in h.episodes), default=None)}
+                "data_best_return": max((e.ret for h in train for e in h.episodes), default=None),
+                "data_returns": data_returns(train)}
     to_mlflow.report_missing(manifest, "distill", "the trained models are in their checkpoints "
                              "(this stage's manifest)")
+    manifest = DistillManifest.model_validate(manifest)
     ws.write_stage("distill", cfg.name, manifest)
     running.unlink(missing_ok=True)
     return manifest

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from understudy.platform import tracking
 from understudy.platform.config import ConfigError, ExperimentConfig, load_experiment
+from understudy.platform.manifests import ExperimentManifest
 from understudy.platform.workspace import Workspace
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "tune_configs" / "experiments"
@@ -35,7 +36,7 @@ def load(name_or_path: str, scale: str | None = None) -> ExperimentConfig:
     return load_experiment(experiment_path(name_or_path), scale)
 
 
-def run_experiment(cfg: ExperimentConfig, ws: Workspace, stages: dict, resume: bool = False) -> dict:
+def run_experiment(cfg: ExperimentConfig, ws: Workspace, stages: dict, resume: bool = False) -> ExperimentManifest:
     """Run every stage in order with the CLI's stage runners (`stages`: name -> fn(cfg, ws, ...)),
     then tag the evaluation with the experiment's name so `report` finds it."""
     started = time.perf_counter()
@@ -44,11 +45,11 @@ def run_experiment(cfg: ExperimentConfig, ws: Workspace, stages: dict, resume: b
     if cfg.ed is not None:
         stages["distill"](cfg.ed, ws, resume=resume and _interrupted(ws, "distill", cfg.ed.name))
     evaluation = stages["evaluate"](cfg.evaluate, ws, experiment=cfg.name)
-    manifest = {"kind": "experiment", "name": cfg.name, "scale": cfg.scale,
-                "seconds": time.perf_counter() - started,
-                "stages": {"teach": cfg.teach.name, "distill": cfg.distill.name,
-                           "ed": cfg.ed.name if cfg.ed else None, "evaluate": cfg.evaluate.name},
-                "summary_run_id": evaluation["summary_run_id"], "table": evaluation["table"]}
+    manifest = ExperimentManifest(
+        name=cfg.name, scale=cfg.scale, seconds=time.perf_counter() - started,
+        stages={"teach": cfg.teach.name, "distill": cfg.distill.name,
+                "ed": cfg.ed.name if cfg.ed else None, "evaluate": cfg.evaluate.name},
+        summary_run_id=evaluation.summary_run_id, table=evaluation.table)
     ws.write_stage("experiment", cfg.name, manifest)
     return manifest
 

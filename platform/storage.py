@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 import pyarrow.fs as pafs
 
-from understudy.platform.shards import filesystem
+from understudy.histories.shards import filesystem
 
 # pyarrow filesystem type -> URI scheme (pyarrow's GCS filesystem is "gcs", its URIs gs://).
 _SCHEMES = {"s3": "s3", "gcs": "gs", "hdfs": "hdfs"}

@@ -7,7 +7,9 @@ import time
 from ray import tune
 
 from understudy.envs import AtariProtocol, game_metadata
-from understudy.platform import plots, shards, storage, tracking
+from understudy.histories import shards
+from understudy.platform import plots, storage, tracking
+from understudy.platform.manifests import TeachManifest
 from understudy.platform.config import TeachConfig
 from understudy.platform.workspace import Workspace, keep_tune_state_current
 
@@ -18,7 +20,7 @@ class StageFailed(RuntimeError):
     pass
 
 
-def run_teach(cfg: TeachConfig, ws: Workspace, resume: bool = False) -> dict:
+def run_teach(cfg: TeachConfig, ws: Workspace, resume: bool = False) -> TeachManifest:
     """Run the teachers; with `resume`, continue this config's interrupted run from its last
     checkpoints (the history recorded after them is rewound, see recording_algorithm)."""
     if cfg.algorithm == "qlearning":
@@ -136,12 +138,13 @@ def run_teach(cfg: TeachConfig, ws: Workspace, resume: bool = False) -> dict:
                 "max_episode_steps": cfg.max_episode_steps, "runs": runs}
     to_mlflow.report_missing(manifest, "teach", "the histories are in the shards, the teachers in "
                              "their checkpoints (this stage's manifest)")
+    manifest = TeachManifest.model_validate(manifest)
     ws.write_stage("teach", cfg.name, manifest)
     running.unlink(missing_ok=True)
     return manifest
 
 
-def run_teach_darkroom(cfg: TeachConfig, ws: Workspace) -> dict:
+def run_teach_darkroom(cfg: TeachConfig, ws: Workspace) -> TeachManifest:
     """Dark Room's source RL: Q-learning learns every goal of a split from scratch, each
     learning history recorded through the same shard path as Atari (one run per goal and seed),
     into a shard root of its own so the stage can be run again."""
@@ -194,5 +197,6 @@ def run_teach_darkroom(cfg: TeachConfig, ws: Workspace) -> dict:
     manifest = {"kind": "teach", "name": cfg.name, "session": session, "algorithm": "qlearning",
                 "shard_root": root, "protocol": protocol(), "max_episode_steps": EPISODE_STEPS,
                 "hyperparameters": asdict(qconfig), "runs": runs}
+    manifest = TeachManifest.model_validate(manifest)
     ws.write_stage("teach", cfg.name, manifest)
     return manifest

@@ -16,9 +16,17 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import BaseModel, ValidationError
+
+from understudy.platform.manifests import MANIFESTS
+
 
 class StageMissing(RuntimeError):
     pass
+
+
+class StageInvalid(RuntimeError):
+    """A stage manifest that does not hold what its kind must (hand-edited, or truncated)."""
 
 
 def keep_tune_state_current() -> None:
@@ -78,7 +86,13 @@ class Workspace:
     def stage_path(self, kind: str, name: str) -> Path:
         return self.root / "stages" / f"{kind}-{name}.json"
 
-    def write_stage(self, kind: str, name: str, manifest: dict) -> Path:
+    def write_stage(self, kind: str, name: str, manifest) -> Path:
+        """A finished stage's manifest (a platform.manifests model, validated here if given as
+        a dict), or a `<name>.running` marker (a plain dict), written atomically."""
+        if not name.endswith(".running") and kind in MANIFESTS:
+            manifest = MANIFESTS[kind].model_validate(manifest)
+        if isinstance(manifest, BaseModel):
+            manifest = manifest.model_dump(mode="json", exclude_none=True)  # absent = None on reading
         path = self.stage_path(kind, name)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
@@ -87,7 +101,8 @@ class Workspace:
         os.replace(tmp, path)
         return path
 
-    def read_stage(self, kind: str, name: str) -> dict:
+    def read_stage(self, kind: str, name: str):
+        """The finished stage's manifest as its platform.manifests model."""
         path = self.stage_path(kind, name)
         if not path.is_file():
             have = sorted(p.stem.split("-", 1)[1] for p in (self.root / "stages").glob(f"{kind}-*.json")
@@ -95,7 +110,14 @@ class Workspace:
             raise StageMissing(
                 f"no finished {kind} stage named {name!r} in workspace {self.root} "
                 f"(finished {kind} stages: {', '.join(have) or 'none'}); run `understudy {kind}` first")
-        return json.loads(path.read_text())
+        try:
+            return MANIFESTS[kind].model_validate_json(path.read_text())
+        except ValidationError as err:
+            first = err.errors()[0]
+            field = ".".join(str(p) for p in first["loc"]) or "(the whole file)"
+            raise StageInvalid(f"{path}: not a valid {kind} manifest: {field}: {first['msg']} "
+                               f"(got {str(first.get('input'))[:80]!r}); run `understudy {kind}` "
+                               "again to rewrite it") from None
 
     def remote_locations(self) -> dict[str, str]:
         """URI -> the setting it came from, for every output not on a local path."""

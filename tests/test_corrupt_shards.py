@@ -5,7 +5,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from understudy.platform import shards
+from understudy.histories import shards
 from understudy.platform.workspace import Workspace
 from test_shards import STATIC, play_random
 

@@ -10,8 +10,8 @@ from understudy.envs import darkroom
 from understudy.envs.darkroom import (EPISODE_STEPS, GRID, DarkRoomEnv, DarkRoomVectorEnv,
                                       cell_index_of, darkroom_goals, frame_of, optimal_return,
                                       position_of)
-from understudy.platform import shards
-from understudy.platform.data import index_runs, load_history
+from understudy.histories import shards
+from understudy.histories.data import index_runs, load_history
 
 STAY, UP, DOWN, LEFT, RIGHT = range(5)
 

@@ -138,7 +138,7 @@ def test_dqn_teacher_learns_from_frame_replay_and_acts_with_the_learners_weights
 
     from understudy.algorithms.dqn_teacher import DQNTeacherLearner, _local_learner
     from understudy.algorithms.teachers import recording_algorithm, teacher_config
-    from understudy.platform import shards
+    from understudy.histories import shards
 
     config = teacher_config(
         algorithm="dqn", game="Breakout", seed=0, env_steps_per_iter=64,

@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from understudy.platform import shards
+from understudy.histories import shards
 
 pytestmark = pytest.mark.slow
 
@@ -295,7 +295,7 @@ def test_killed_teach_process_resumes_without_gaps_or_duplicates(tmp_path):
 FULL_DISK_SCRIPT = r'''
 import json, resource, signal, sys
 import numpy as np
-from understudy.platform import shards
+from understudy.histories import shards
 
 root, limit = sys.argv[1], int(sys.argv[2])
 

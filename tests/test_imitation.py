@@ -13,7 +13,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from understudy.algorithms import imitation
-from understudy.platform import data, shards
+from understudy.histories import data, shards
 
 pytestmark = pytest.mark.slow
 
@@ -182,11 +182,11 @@ def test_a_two_trial_asha_sweep_reaches_mlflow_with_models(teacher, tmp_path):
     config = distill_yaml(tmp_path, search={"lr": {"grid": [1e-3, 3e-4]}}, scheduler="asha")
     assert cli.main(["--workspace", str(ws.root), "distill", config]) == 0
     manifest = ws.read_stage("distill", "sweep")
-    assert len(manifest["trials"]) == 2
+    assert len(manifest.trials) == 2
     client = MlflowClient(ws.tracking_uri)
     lrs = set()
-    for trial in manifest["trials"]:
-        run = client.get_run(trial["mlflow_run_id"])
+    for trial in manifest.trials:
+        run = client.get_run(trial.mlflow_run_id)
         lrs.add(float(run.data.params["lr"]))
         assert run.data.params["data_version"] == shards.data_version(root, run_ids)
         assert run.data.params["data_games"] == "Breakout" and run.data.params["data.heldout_episodes"] == "2"
@@ -195,13 +195,13 @@ def test_a_two_trial_asha_sweep_reaches_mlflow_with_models(teacher, tmp_path):
         names = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"model", "checkpoint", "training_curves.png"} <= names
     assert lrs == {1e-3, 3e-4}
-    local = mlflow.artifacts.download_artifacts(run_id=manifest["mlflow_run_id"], artifact_path="model",
+    local = mlflow.artifacts.download_artifacts(run_id=manifest.mlflow_run_id, artifact_path="model",
                                                 tracking_uri=ws.tracking_uri, dst_path=str(tmp_path))
     model = mlflow.pytorch.load_model(local)
     assert model.spec["algorithm"] == "ad"
     # our own checkpoint loads weights only, and refuses to pass for another model
     with pytest.raises(ValueError, match="algorithm 'ad', expected bc"):
-        imitation.load(manifest["checkpoint"], expect="bc")
+        imitation.load(manifest.checkpoint, expect="bc")
 
 
 def _trial_workers():
@@ -234,10 +234,10 @@ def test_a_killed_trial_restarts_from_its_checkpoint(teacher, tmp_path):
     killer.join()
     assert killed, "the trial's worker was never killed"
     manifest = ws.read_stage("distill", "killed")
-    run = manifest["trials"][0]["mlflow_run_id"]
+    run = manifest.trials[0].mlflow_run_id
     steps = [m.step for m in MlflowClient(ws.tracking_uri).get_metric_history(run, "train_loss")]
     # The restarted trial went on from its checkpoint: every epoch reported once, in order.
-    assert manifest["trials"][0]["epochs"] == 4
+    assert manifest.trials[0].epochs == 4
     assert steps == sorted(set(steps)) and len(steps) == 4
 
 
@@ -252,9 +252,9 @@ def test_a_trial_with_two_workers_trains_data_parallel_with_ray_train(teacher, t
                           max_batches_per_epoch=4)
     assert cli.main(["--workspace", str(ws.root), "distill", config]) == 0
     manifest = ws.read_stage("distill", "ddp")
-    [trial] = manifest["trials"]
-    assert trial["workers"] == 2 and trial["epochs"] == 2
+    [trial] = manifest.trials
+    assert trial.workers == 2 and trial.epochs == 2
     client = MlflowClient(ws.tracking_uri)
-    assert len(client.get_metric_history(trial["mlflow_run_id"], "train_loss")) == 2
-    model, meta = imitation.load(manifest["checkpoint"], expect="ad")
+    assert len(client.get_metric_history(trial.mlflow_run_id, "train_loss")) == 2
+    model, meta = imitation.load(manifest.checkpoint, expect="ad")
     assert meta["epoch"] == 2

@@ -10,7 +10,8 @@ from mlflow.tracking import MlflowClient
 
 from services import mlflow_server
 from test_shards import STATIC, play_random
-from understudy.platform import shards, storage, tracking
+from understudy.histories import shards
+from understudy.platform import storage, tracking
 from understudy.platform.workspace import Workspace
 
 

@@ -7,8 +7,8 @@ import pyarrow as pa
 import pytest
 
 from understudy.envs import AtariProtocol, make_atari_env, newest_frame
-from understudy.platform import shards
-from understudy.platform.data import load_history
+from understudy.histories import shards
+from understudy.histories.data import load_history
 
 STATIC = {"game": "Breakout", "algorithm": "random", "seed": 0}
 

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from understudy.platform import shards
-from understudy.platform.data import load_history
+from understudy.histories import shards
+from understudy.histories.data import load_history
 
 pytestmark = pytest.mark.slow
 

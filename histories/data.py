@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from understudy.envs import FRAME_SHAPE
-from understudy.platform import shards
+from understudy.histories import shards
 
 COLUMNS = ("step", "policy_version", "frame", "action", "reward")
 

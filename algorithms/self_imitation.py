@@ -1,0 +1,71 @@
+"""Self-imitation fine-tuning: the baseline that updates a trained imitator's weights on a new
+game. The frozen imitator can only adapt in context; this one learns by gradient descent on its
+own experience, so it answers "would ordinary learning have done better than the context?".
+
+Every finished episode whose return is at least the median of its episodes so far joins a
+buffer (kept in the order played), and `updates` steps of the model's own imitation loss are
+taken on windows of that buffer after each one. The weights really change; the player's
+context is emptied after an update, since its tokens were computed with the old weights.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from understudy.algorithms import imitation
+from understudy.histories.data import History, make_batch
+
+
+class SelfImitation:
+    def __init__(self, model, player, num_envs: int, lr: float, updates: int, batch_size: int,
+                 buffer_episodes: int, seed: int):
+        self.model, self.player, self.updates, self.batch_size = model, player, updates, batch_size
+        self.buffer_episodes = buffer_episodes
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        self.open = [[] for _ in range(num_envs)]
+        self.buffer: list[dict] = []
+        self.returns: list[float] = []
+        self.rng = np.random.default_rng(seed)
+        self.steps_trained = 0
+
+    def on_step(self, obs, actions, rewards, done):
+        """Called by the player loop after every env step, with the observation acted on."""
+        for i in range(len(actions)):
+            self.open[i].append((obs[i, ..., -1].copy(), int(actions[i]), float(rewards[i])))
+            if done[i]:
+                episode, self.open[i] = self.open[i], []
+                ret = sum(r for _, _, r in episode)
+                self.returns.append(ret)
+                if ret >= np.median(self.returns):
+                    self.buffer = (self.buffer + [{"frames": np.stack([f for f, _, _ in episode]),
+                                                   "actions": np.array([a for _, a, _ in episode]),
+                                                   "rewards": np.array([r for _, _, r in episode], np.float32)}]
+                                   )[-self.buffer_episodes:]
+                    self._update()
+
+    def _update(self):
+        steps = np.array([len(e["actions"]) for e in self.buffer])
+        episode_id = np.repeat(np.arange(len(steps)), steps)
+        starts = np.r_[0, np.cumsum(steps)[:-1]]
+        h = History(frames=np.concatenate([e["frames"] for e in self.buffer]),
+                    actions=np.concatenate([e["actions"] for e in self.buffer]).astype(np.int64),
+                    rewards=np.concatenate([e["rewards"] for e in self.buffer]),
+                    episode_start=starts[episode_id], episode_id=episode_id,
+                    target=np.ones(len(episode_id), bool), history_start=np.zeros(len(episode_id), np.int64),
+                    policy_version=np.zeros(len(episode_id), np.int64))
+        spec = self.model.sample_spec()
+        rtg = h.returns_to_go() if spec.kind == "episode" else None
+        device = next(self.model.parameters()).device
+        self.model.train()
+        for _ in range(self.updates):
+            high = len(h) if spec.kind == "step" else max(1, len(h) - spec.length + 1)
+            rows = self.rng.integers(0, high, size=self.batch_size)
+            batch = imitation.to_torch(make_batch(h, rows, spec, self.model.spec["num_actions"], rtg))
+            loss, _ = self.model.loss({k: v.to(device) for k, v in batch.items()})
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+            self.steps_trained += 1
+        self.model.eval()
+        if hasattr(self.player, "forget"):
+            self.player.forget()

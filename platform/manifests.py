@@ -1,0 +1,113 @@
+"""What each finished stage leaves in the workspace (`stages/<kind>-<name>.json`), typed.
+
+A manifest names what a stage produced (shard runs, checkpoints, MLflow runs) so later stages
+and people can find it. Stages write these models and read them back validated: a later stage
+gets attributes it can rely on instead of dict keys it hopes are there. Unknown keys in a file
+(from a newer or older version of the platform) are ignored; a missing required field or a
+value of the wrong type is an error that names the file and the field.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+
+class _Manifest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class MlflowMissing(_Manifest):
+    """What MLflow did not get while it was unreachable (the data itself is safe elsewhere)."""
+    artifacts: list[str] = []
+    calls_file: str | None = None
+
+
+class TeachRun(_Manifest):
+    """One teacher training run: its recorded learning history and its final checkpoint."""
+    run_id: str
+    game: str
+    seed: int = 0
+    checkpoint: str | None = None  # None: the source has no policy to play (Dark Room's Q-tables)
+    mlflow_run_id: str | None = None
+    final_return_mean: float | None = None
+    recorded_episodes: int = 0
+    recorded_steps: int = 0
+    shards: int = 0
+    shard_bytes: int = 0
+    goal: list[int] | None = None  # Dark Room: the goal cell this run learned
+
+
+class TeachManifest(_Manifest):
+    kind: Literal["teach"] = "teach"
+    name: str
+    session: str = ""
+    algorithm: str = ""
+    shard_root: str
+    protocol: dict[str, Any] = {}
+    max_episode_steps: int | None = None
+    hyperparameters: dict[str, Any] = {}  # the teacher's settings, for baselines that replay them
+    runs: list[TeachRun] = []
+    mlflow_missing: MlflowMissing | None = None
+
+
+class DistillTrial(_Manifest):
+    checkpoint: str
+    mlflow_run_id: str | None = None
+    epochs: int | None = None
+    workers: int | None = None
+    heldout_accuracy: float | None = None
+    heldout_loss: float | None = None
+    train_loss: float | None = None
+
+
+class DistillManifest(_Manifest):
+    kind: Literal["distill"] = "distill"
+    name: str
+    algorithm: str
+    game: str
+    games: list[str]
+    data_games: list[str]
+    teacher: str
+    data_version: str
+    run_ids: list[str]
+    data: dict[str, Any] = {}
+    config: dict[str, Any] = {}
+    skipped_shards: list[str] = []
+    shard_root: str
+    num_actions: int
+    checkpoint: str  # the best trial's
+    mlflow_run_id: str | None = None
+    best_by: str = ""
+    trials: list[DistillTrial] = []
+    data_best_return: float | None = None
+    # Per game, the raw return of every episode the imitator was trained on, in training order
+    # (evaluation's "exceeds the data" compares against them).
+    data_returns: dict[str, list[float]] = {}
+    mlflow_missing: MlflowMissing | None = None
+
+
+class EvaluateManifest(_Manifest):
+    kind: Literal["evaluate"] = "evaluate"
+    name: str
+    rows: list[dict[str, Any]]
+    aggregate: list[dict[str, Any]]
+    summary_run_id: str
+    table: str
+    trained_on: list[str]
+    experiment: str | None = None
+
+
+class ExperimentManifest(_Manifest):
+    kind: Literal["experiment"] = "experiment"
+    name: str
+    scale: str
+    seconds: float
+    stages: dict[str, str | None]
+    summary_run_id: str
+    table: str
+
+
+MANIFESTS: dict[str, type[_Manifest]] = {
+    "teach": TeachManifest, "distill": DistillManifest, "evaluate": EvaluateManifest,
+    "experiment": ExperimentManifest}

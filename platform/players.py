@@ -1,0 +1,253 @@
+"""The agents of an evaluation, and how they play: frozen players (imitators, the teacher,
+random, no-op), the imitator that fine-tunes as it plays, and the teacher's algorithm learning
+from scratch. Each (agent, game) is one Ray task; `play_episodes` is the loop they share.
+
+  imitator   the distilled model, frozen (AD keeps its cross-episode context; recurrent AD its state)
+  ed         an expert-only imitator (a distill stage with data.expert_last), frozen
+  teacher    the teacher's final policy (only on the games it learned)
+  random     uniform random actions;  noop  always action 0
+  finetune   the imitator, updating its weights as it plays (algorithms.self_imitation)
+  scratch    the teacher's algorithm learning the game from scratch (learn_from_scratch)
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+import ray
+
+from understudy.platform import storage
+from understudy.platform.manifests import TeachManifest
+from understudy.platform.teach import StageFailed
+
+DARKROOM = "DarkRoom"
+AGENT_KINDS = ("imitator", "ed", "teacher", "random", "noop", "finetune", "scratch")
+
+
+@dataclass(frozen=True)
+class Agent:
+    """One agent of an evaluation: what it is and what it plays with."""
+    kind: str
+    checkpoint: str | None = None  # imitators and teachers; a local path or a URI
+    target_return: float | None = None  # Decision Transformer's return to ask for
+    num_actions: int | None = None  # a teacher's action count (its checkpoint does not say)
+
+    def __post_init__(self):
+        if self.kind not in AGENT_KINDS:
+            raise ValueError(f"agent kind {self.kind!r}; valid: {', '.join(AGENT_KINDS)}")
+
+
+def make_env(game: str, protocol: dict, copies: int, max_episode_steps, goal_split: str):
+    """A vector env whose copies reset in the same step an episode ends."""
+    if game == DARKROOM:
+        from understudy.envs.darkroom import DarkRoomFrames, darkroom_goals
+
+        return DarkRoomFrames(np.repeat(darkroom_goals(goal_split), copies, axis=0))
+    from understudy.envs import AtariProtocol, make_atari_vector_env
+
+    return make_atari_vector_env(game, AtariProtocol(**protocol), num_envs=copies,
+                                 max_episode_steps=max_episode_steps, same_step_reset=True)
+
+
+def num_actions_of(env) -> int:
+    space = getattr(env, "single_action_space", None)
+    if space is not None:
+        return int(space.n)
+    from understudy.envs.darkroom import NUM_ACTIONS
+
+    return NUM_ACTIONS
+
+
+class _Stateless:
+    """A policy of observations alone behind the players' common act() signature."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def act(self, obs, prev_action, prev_reward, new_episode):
+        return self.fn(obs)
+
+
+def make_player(agent: Agent, num_envs: int, num_actions: int, greedy: bool, seed: int,
+                device=None):
+    """(player with act(obs, prev_action, prev_reward, new_episode), frames per observation,
+    the model if there is one). Imitators play on `device` (default: the GPU if there is one)."""
+    if agent.kind == "random":
+        rng = np.random.default_rng(seed)
+        return _Stateless(lambda obs: rng.integers(num_actions, size=len(obs))), 1, None
+    if agent.kind == "noop":
+        return _Stateless(lambda obs: np.zeros(len(obs), np.int64)), 1, None
+    if agent.kind in ("imitator", "ed", "finetune"):
+        from understudy.algorithms import imitation
+
+        model, meta = imitation.load(agent.checkpoint)
+        model = model.to(device or imitation.inference_device())
+        have, stack = meta["num_actions"], meta["stack"]
+        player = imitation.policy(model, num_envs, greedy=greedy, seed=seed, target_return=agent.target_return)
+    elif agent.kind == "teacher":
+        from understudy.algorithms.teachers import load_teacher_policy
+
+        have, stack, model = agent.num_actions, 4, None
+        player = _Stateless(load_teacher_policy(agent.checkpoint))
+    else:
+        raise ValueError(f"agent kind {agent.kind!r} does not play from a checkpoint here")
+    if have != num_actions:
+        raise StageFailed(
+            f"{agent.kind} acts with {have} actions but this game has {num_actions} under the "
+            "teacher's protocol; teach with protocol.full_action_space: true to play across games")
+    return player, stack, model
+
+
+class Progress:
+    """Prints `label: done/total episodes` at most every `every_s` seconds (and at the end), so
+    a long evaluation task shows where it is between its start and its result."""
+
+    def __init__(self, label: str, total: int, every_s: float = 30.0, clock=time.monotonic, out=print):
+        self.label, self.total, self.every_s, self.clock, self.out = label, total, every_s, clock, out
+        self.started = self.last = clock()
+        self.steps = 0
+
+    def __call__(self, episodes_done: int, steps: int) -> None:
+        self.steps = steps
+        now = self.clock()
+        if now - self.last >= self.every_s or episodes_done >= self.total:
+            self.last = now
+            elapsed = now - self.started
+            self.out(f"[evaluate] {self.label}: {min(episodes_done, self.total)}/{self.total} episodes, "
+                     f"{steps} env steps, {elapsed:.0f}s ({steps / max(elapsed, 1e-9):.0f} steps/s)")
+
+
+def play_episodes(env, player, stack: int, num_actions: int, episodes: int, seed: int,
+                  on_step=None, progress=None) -> list[list[dict]]:
+    """Each of the env's N copies plays `episodes` consecutive episodes with the same player,
+    which sees the previous action and reward and where episodes start (so a player with
+    memory can carry it from one episode to the next). The env resets in the same step an
+    episode ends. `on_step(obs, actions, rewards, done)` sees every step (learners use it);
+    `progress(episodes_done, env_steps)` is called after every step (counting each copy's
+    episodes up to `episodes`). Returns, per copy, each episode's raw return and length, in order;
+    with a context player, also how many of its episodes' starts its window held when the
+    episode began (`episodes_in_context`)."""
+    obs, _ = env.reset(seed=seed)
+    n = len(obs)
+    prev_action, prev_reward = np.full(n, num_actions), np.zeros(n, np.float32)
+    new_episode = np.ones(n, bool)
+    ret, length = np.zeros(n), np.zeros(n, int)
+    in_context = np.zeros(n, int)
+    counts = getattr(player, "episodes_in_context", None)
+    played: list[list[dict]] = [[] for _ in range(n)]
+    steps = 0
+    while min(len(p) for p in played) < episodes:
+        actions = np.asarray(player.act(obs[..., -stack:], prev_action, prev_reward, new_episode))
+        if counts is not None and new_episode.any():
+            # the new episode's own start is in the window now: the ones before it are earlier episodes
+            in_context = np.where(new_episode, np.asarray(counts()) - 1, in_context)
+        next_obs, rewards, terminated, truncated, _ = env.step(actions)
+        done = terminated | truncated
+        if on_step is not None:
+            on_step(obs, actions, rewards, done)
+        ret, length = ret + rewards, length + 1
+        steps += n
+        for i in np.flatnonzero(done):
+            episode = {"return": float(ret[i]), "length": int(length[i]), "truncated": bool(truncated[i])}
+            if counts is not None:
+                episode["episodes_in_context"] = int(in_context[i])
+            played[i].append(episode)
+        ret[done], length[done] = 0.0, 0
+        obs, prev_action, prev_reward, new_episode = next_obs, actions, rewards.astype(np.float32), done
+        if progress is not None:
+            progress(sum(min(len(p), episodes) for p in played), steps)
+    return [p[:episodes] for p in played]
+
+
+@ray.remote(num_cpus=1)
+def play(agent: Agent, game: str, protocol: dict, episodes: int, copies: int, max_episode_steps,
+         greedy: bool, seed: int, goal_split: str = "heldout", finetune: dict | None = None,
+         replay_games: tuple = (), progress_s: float = 30.0) -> dict:
+    """One agent, one game: `copies` copies each play `episodes` consecutive episodes.
+    With `replay_games` (after fine-tuning), the tuned weights then play those games frozen."""
+    import torch
+
+    torch.set_num_threads(1)
+    env = make_env(game, protocol, copies, max_episode_steps, goal_split)
+    num_actions = num_actions_of(env)
+    with storage.local_copy(agent.checkpoint) as checkpoint:
+        player, stack, model = make_player(replace(agent, checkpoint=checkpoint), env.num_envs,
+                                           num_actions, greedy, seed)
+    learner = None
+    if agent.kind == "finetune":
+        from understudy.algorithms.self_imitation import SelfImitation
+
+        learner = SelfImitation(model, player, env.num_envs, seed=seed, **finetune)
+    progress = Progress(f"{agent.kind} on {game}", episodes * env.num_envs, progress_s,
+                        out=lambda line: print(line, flush=True))
+    try:
+        played = play_episodes(env, player, stack, num_actions, episodes, seed,
+                               on_step=learner.on_step if learner else None, progress=progress)
+    finally:
+        env.close()
+    out = {"returns": [[e["return"] for e in p] for p in played],
+           "lengths": [[e["length"] for e in p] for p in played],
+           "episodes_in_context": [[e.get("episodes_in_context") for e in p] for p in played],
+           "gradient_steps": learner.steps_trained if learner else 0, "replays": {}}
+    for other in replay_games:  # forgetting: the tuned weights, frozen, back on earlier games
+        from understudy.algorithms import imitation
+
+        env = make_env(other, protocol, copies, max_episode_steps, goal_split)
+        frozen = imitation.policy(model, env.num_envs, greedy=greedy, seed=seed,
+                                  target_return=agent.target_return)
+        try:
+            replay = play_episodes(env, frozen, stack, num_actions_of(env), min(episodes, 3), seed)
+        finally:
+            env.close()
+        out["replays"][other] = [[e["return"] for e in p] for p in replay]
+    return out
+
+
+@ray.remote(num_cpus=1)
+def learn_from_scratch(teach: TeachManifest, game: str, env_steps: int, copies: int, max_episode_steps,
+                       seed: int, goal_split: str) -> list[list[float]]:
+    """The teacher's algorithm from scratch on `game` for `env_steps`: per copy of the game,
+    its episode returns in order (Atari: recorded through the shard path into a scratch folder,
+    episodes dealt to copies in the order they finished)."""
+    import tempfile
+
+    import torch
+
+    torch.set_num_threads(1)
+    if game == DARKROOM:
+        from understudy.algorithms import darkroom_source
+        from understudy.envs.darkroom import EPISODE_STEPS, darkroom_goals
+
+        goals = np.repeat(darkroom_goals(goal_split), copies, axis=0)
+        episodes = max(1, env_steps // (EPISODE_STEPS * len(goals)))
+        # The teacher's own hyper-parameters (older manifests: the defaults), on a fresh schedule.
+        known = set(darkroom_source.QLearningConfig.__dataclass_fields__)
+        config = darkroom_source.QLearningConfig(**{
+            **{k: v for k, v in teach.hyperparameters.items() if k in known}, "episodes": episodes})
+        batches = list(darkroom_source.q_learning(goals, config, seed=1000 + seed))
+        return np.stack([b.returns for b in batches], 1).tolist()  # (goals x copies, episodes)
+    from understudy.algorithms.teachers import recording_algorithm, teacher_config
+    from understudy.histories import shards
+
+    root = tempfile.mkdtemp(prefix="understudy-scratch-")
+    config = teacher_config(
+        algorithm=teach.algorithm, game=game, seed=seed, env_steps_per_iter=min(256, env_steps),
+        protocol=teach.protocol, max_episode_steps=max_episode_steps,
+        record={"root": root, "session": "scratch", "algorithm": teach.algorithm, "shard_rows": 10**6},
+        num_envs=copies, runner="vector")
+    algo = recording_algorithm(config.algo_class)(config=config)
+    started, last = time.monotonic(), time.monotonic()
+    try:
+        while (done := algo.train()["env_runners"]["num_env_steps_sampled_lifetime"]) < env_steps:
+            if time.monotonic() - last >= 30:
+                last = time.monotonic()
+                print(f"[evaluate] scratch on {game}: {done}/{env_steps} env steps, "
+                      f"{last - started:.0f}s", flush=True)
+    finally:
+        algo.stop()
+    run_id = shards.list_runs(root)[0]
+    episodes = sorted(shards.episode_returns(root, run_id), key=lambda e: e["last_global_step"])
+    returns = [e["return"] for e in episodes]
+    n = len(returns) // copies  # episode i of every copy: the i-th round of finished episodes
+    return np.array(returns[:n * copies]).reshape(n, copies).T.tolist()

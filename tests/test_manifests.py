@@ -1,0 +1,49 @@
+"""Stage manifests are typed: written from their models, read back validated, and a broken one
+is refused with one line that names the file and the field."""
+import json
+
+import pytest
+
+from understudy.platform import cli
+from understudy.platform.manifests import DistillManifest, TeachManifest, TeachRun
+from understudy.platform.workspace import StageInvalid, Workspace
+
+
+def test_a_manifest_round_trips_as_its_model(tmp_path):
+    ws = Workspace.resolve(str(tmp_path / "ws")).ensure()
+    teach = TeachManifest(name="t", shard_root="/shards", algorithm="ppo",
+                          runs=[TeachRun(run_id="r1", game="Breakout", seed=3, checkpoint="/ck")])
+    ws.write_stage("teach", "t", teach)
+    back = ws.read_stage("teach", "t")
+    assert isinstance(back, TeachManifest) and back == teach
+    assert back.runs[0].checkpoint == "/ck" and back.runs[0].goal is None
+    # a dict is validated on the way in, so nothing untyped reaches the workspace
+    with pytest.raises(ValueError, match="shard_root"):
+        ws.write_stage("teach", "u", {"kind": "teach", "name": "u"})
+    assert not ws.stage_path("teach", "u").exists()
+
+
+def test_unknown_keys_are_ignored_and_missing_optional_ones_default(tmp_path):
+    ws = Workspace.resolve(str(tmp_path / "ws")).ensure()
+    ws.stage_path("teach", "old").write_text(json.dumps(
+        {"kind": "teach", "name": "old", "shard_root": "/s", "runs": [{"run_id": "r", "game": "Pong"}],
+         "from_a_newer_version": 1}))
+    assert ws.read_stage("teach", "old").runs[0].seed == 0
+
+
+def test_a_broken_manifest_names_the_file_and_the_field(tmp_path, capsys):
+    ws = Workspace.resolve(str(tmp_path / "ws")).ensure()
+    path = ws.stage_path("distill", "d")
+    path.write_text(json.dumps({"kind": "distill", "name": "d", "num_actions": "many"}))
+    with pytest.raises(StageInvalid) as err:
+        ws.read_stage("distill", "d")
+    assert str(path) in str(err.value) and "algorithm" in str(err.value)
+    fields = DistillManifest.model_fields
+    assert "data_returns" in fields and "checkpoint" in fields
+
+    config = tmp_path / "eval.yaml"
+    config.write_text("kind: evaluate\nname: e\nimitator: d\nteacher: t\ngames: [DarkRoom]\nagents: [random]\n")
+    ws.write_stage("teach", "t", TeachManifest(name="t", shard_root="/s"))
+    assert cli.main(["--workspace", str(ws.root), "evaluate", str(config)]) == 2
+    line = capsys.readouterr().err.strip()
+    assert line.count("\n") == 0 and str(path) in line and "not a valid distill manifest" in line

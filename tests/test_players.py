@@ -1,0 +1,119 @@
+"""Frozen sequence models at play: the key/value-cached player chooses what the model's own
+forward pass over the same window chooses (logits within float tolerance), across window
+advances, episode boundaries and per-env resets; windows advance as documented; the number of
+earlier episodes in the context is reported; evaluation tasks report progress with totals."""
+import numpy as np
+import pytest
+import torch
+
+from understudy.algorithms import ad, imitation
+from understudy.envs import AtariProtocol, make_atari_vector_env
+from understudy.envs.darkroom import DarkRoomFrames, darkroom_goals
+from understudy.platform.players import Progress, play_episodes
+
+
+class Both:
+    """Plays with the cached player and asks the recomputing one the same question each step."""
+
+    def __init__(self, cached, recomputed):
+        self.cached, self.recomputed = cached, recomputed
+        self.worst, self.steps, self.advances = 0.0, 0, 0
+        self.episodes_in_context = cached.episodes_in_context
+
+    def act(self, obs, prev_action, prev_reward, new_episode):
+        before = self.cached.length.clone()
+        a = self.cached.act(obs, prev_action, prev_reward, new_episode)
+        b = self.recomputed.act(obs, prev_action, prev_reward, new_episode)
+        self.advances += int((self.cached.length <= before).sum())
+        self.worst = max(self.worst, float((self.cached.last_logits - self.recomputed.last_logits).abs().max()))
+        np.testing.assert_array_equal(a, b)
+        assert torch.equal(self.cached.length, self.recomputed.length)
+        self.steps += 1
+        return a
+
+
+def pair(algorithm, num_envs, context, **model):
+    torch.manual_seed(1)
+    net = imitation.build(algorithm, model.pop("num_actions", 5), context=context, dropout=0.0, **model).eval()
+    extra = {"target_return": 3.0} if algorithm == "dt" else {}
+    return [imitation.policy(net, num_envs, greedy=False, seed=7, cache=cache, **extra) for cache in (True, False)]
+
+
+def test_cached_ad_plays_as_recomputed_across_episodes_and_window_advances():
+    env = DarkRoomFrames(darkroom_goals("heldout")[:3])  # 20-step episodes, 3 rooms
+    both = Both(*pair("ad", env.num_envs, context=50, cnn="grid", stack=1, d_model=32, layers=3, heads=4))
+    played = play_episodes(env, both, 1, 5, episodes=12, seed=0)
+    assert both.steps == 240 and both.advances >= 3 * 15  # every window advanced many times
+    assert both.worst < 1e-4, both.worst
+    # the context held 0, 1, 2 earlier episodes, then never more than fit (keep = 37 steps)
+    counts = [e["episodes_in_context"] for e in played[0]]
+    assert counts[:3] == [0, 1, 2] and set(counts[3:]) <= {1, 2}
+
+
+def test_cached_dt_plays_as_recomputed_with_per_env_resets_on_atari():
+    # an episode per life: copies end their episodes at different steps
+    env = make_atari_vector_env("Breakout", AtariProtocol(full_action_space=True, terminal_on_life_loss=True),
+                                num_envs=3, max_episode_steps=200, same_step_reset=True)
+    try:
+        both = Both(*pair("dt", 3, context=16, cnn="small", stack=4, d_model=32, layers=2, heads=2,
+                          num_actions=18, max_timestep=64))
+        played = play_episodes(env, both, 4, 18, episodes=3, seed=3)
+    finally:
+        env.close()
+    lengths = {e["length"] for p in played for e in p}
+    assert len(lengths) > 1  # the resets were not in lock step
+    assert both.advances > 0 and both.worst < 1e-4, both.worst
+    assert all(e["episodes_in_context"] == 0 for p in played for e in p)  # DT: one episode per window
+
+
+@pytest.mark.parametrize("algorithm", ["ad", "dt"])
+def test_cached_and_recomputed_agree_under_any_pattern_of_episode_starts(algorithm):
+    cached, recomputed = pair(algorithm, 4, context=12, cnn="grid", stack=1, d_model=16, layers=2, heads=2)
+    both = Both(cached, recomputed)
+    rng = np.random.default_rng(0)
+    prev_action, prev_reward, new = np.full(4, 5), np.zeros(4, np.float32), np.ones(4, bool)
+    for _ in range(80):
+        obs = np.zeros((4, 84, 84, 1), np.uint8)
+        for i, (x, y) in enumerate(rng.integers(9, size=(4, 2))):
+            obs[i, 9 * y:9 * y + 9, 9 * x:9 * x + 9] = 255
+        prev_action = both.act(obs, prev_action, prev_reward, new)
+        prev_reward, new = rng.random(4).astype(np.float32), rng.random(4) < 0.1
+    assert both.worst < 1e-4 and both.advances > 0
+
+
+def test_window_advance_keeps_the_newest_tokens_at_the_front():
+    cached, _ = pair("ad", 1, context=8, cnn="grid", stack=1, d_model=16, layers=1, heads=2)
+    assert cached.keep == 6
+    obs = np.zeros((1, 84, 84, 1), np.uint8)
+    for _ in range(8):
+        cached.act(obs, [5], [0.0], [False])
+    full = cached.window[0].clone()
+    cached.act(obs, [5], [1.0], [False])  # the 9th token: the window advances first
+    assert int(cached.length[0]) == 7
+    torch.testing.assert_close(cached.window[0, :6], full[2:])
+    with pytest.raises(ValueError, match="keep=8"):
+        ad.Policy(cached.model, 1, keep=8)
+
+
+def test_progress_reports_totals_at_most_every_interval():
+    now, lines = [0.0], []
+    progress = Progress("imitator on DarkRoom", total=6, every_s=30, clock=lambda: now[0], out=lines.append)
+    for t, done in ((10, 1), (31, 2), (40, 3), (75, 5), (76, 6)):
+        now[0] = t
+        progress(done, done * 20)
+    assert lines == ["[evaluate] imitator on DarkRoom: 2/6 episodes, 40 env steps, 31s (1 steps/s)",
+                     "[evaluate] imitator on DarkRoom: 5/6 episodes, 100 env steps, 75s (1 steps/s)",
+                     "[evaluate] imitator on DarkRoom: 6/6 episodes, 120 env steps, 76s (2 steps/s)"]
+
+
+def test_play_episodes_reports_progress_as_it_plays():
+    env = DarkRoomFrames(darkroom_goals("heldout")[:2])
+    seen = []
+    rng = np.random.default_rng(0)
+
+    class Random:
+        def act(self, obs, *_):
+            return rng.integers(5, size=len(obs))
+
+    play_episodes(env, Random(), 1, 5, episodes=3, seed=0, progress=lambda done, steps: seen.append((done, steps)))
+    assert seen[0] == (0, 2) and seen[19] == (2, 40) and seen[-1] == (6, 120) and len(seen) == 60
