@@ -1,6 +1,8 @@
-"""Recurrent Algorithm Distillation: AD with a GRU in place of the transformer. Trained on the
-same cross-episode windows of a learning history, but at play time its hidden state is carried
-forever, across every episode it plays, so its memory is not bounded by a context length.
+"""Recurrent Algorithm Distillation: AD with a GRU in place of the transformer, trained on the
+same cross-episode windows of a learning history, each read from a zero state. It plays the
+way it was trained: its state runs across episodes, but only over a window of at most `context`
+steps read from a zero state (the windows advance as the transformer's do, nets.ContextPolicy),
+so it is never asked to act from a state longer than any it was trained on.
 """
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from understudy.algorithms.nets import StepEmbedding, masked_action_loss
+from understudy.algorithms.nets import StepEmbedding, choose, masked_action_loss
 from understudy.histories.data import SampleSpec
 
 
@@ -35,13 +37,28 @@ class RecurrentAD(nn.Module):
 
 
 class Policy:
-    """One hidden state per env, never reset: everything the agent has played stays in it."""
+    """One hidden state per env over its window of recent steps. When a window is full it keeps
+    its newest `keep` steps and the state is read again from zero over them (one GRU pass), as a
+    training window would be; then it grows by one step at a time."""
 
-    def __init__(self, model: RecurrentAD, num_envs: int, greedy: bool = False, seed: int = 0):
-        self.model, self.greedy = model, greedy
+    def __init__(self, model: RecurrentAD, num_envs: int, greedy: bool = False, seed: int = 0,
+                 keep: int | None = None):
+        self.model, self.greedy, self.n = model, greedy, num_envs
+        self.context = model.spec["context"]
+        self.keep = self.context * 3 // 4 if keep is None else keep
+        if not 0 <= self.keep < self.context:
+            raise ValueError(f"keep={self.keep}: must be at least 0 and below the context ({self.context})")
         self.gen = torch.Generator().manual_seed(seed)
+        self.legal: torch.Tensor | None = None  # set by a caller whose game has fewer actions
         self.device = next(model.parameters()).device
-        self.state = torch.zeros(model.spec["layers"], num_envs, model.spec["d_model"], device=self.device)
+        d = model.spec["d_model"]
+        self.window = torch.zeros(num_envs, self.context, d, device=self.device)
+        self.length = torch.zeros(num_envs, dtype=torch.long, device=self.device)
+        self.state = torch.zeros(model.spec["layers"], num_envs, d, device=self.device)
+
+    def forget(self) -> None:
+        self.length.zero_()
+        self.state.zero_()
 
     @torch.inference_mode()
     def act(self, obs, prev_action, prev_reward, new_episode):
@@ -50,8 +67,17 @@ class Policy:
                 "prev_action": torch.as_tensor(np.asarray(prev_action), dtype=torch.long, device=dev)[:, None],
                 "prev_reward": torch.as_tensor(np.asarray(prev_reward), dtype=torch.float32, device=dev)[:, None],
                 "new_episode": torch.as_tensor(np.asarray(new_episode), dtype=torch.bool, device=dev)[:, None]}
-        out, self.state = self.model.gru(self.model.embed(step), self.state)
-        logits = self.model.head(out[:, 0]).float().cpu()
-        if self.greedy:
-            return logits.argmax(-1).numpy()
-        return torch.multinomial(torch.softmax(logits, -1), 1, generator=self.gen).squeeze(-1).numpy()
+        token = self.model.embed(step)[:, 0]
+        full = torch.nonzero(self.length == self.context).flatten()
+        if len(full):
+            self.window[full, :self.keep] = self.window[full, self.context - self.keep:].clone()
+            self.length[full] = self.keep
+            self.state[:, full] = 0.0
+            if self.keep:
+                _, self.state[:, full] = self.model.gru(self.window[full, :self.keep])
+        rows = torch.arange(self.n, device=dev)
+        self.window[rows, self.length] = token
+        self.length += 1
+        out, self.state = self.model.gru(token[:, None], self.state)
+        self.last_logits = self.model.head(out[:, 0]).float().cpu()
+        return choose(self.last_logits, self.greedy, self.gen, self.legal)

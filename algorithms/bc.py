@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from understudy.algorithms.nets import FrameEncoder
+from understudy.algorithms.nets import FrameEncoder, choose
 from understudy.histories.data import SampleSpec
 
 
@@ -40,11 +40,9 @@ class Policy:
     def __init__(self, model: ConvPolicy, num_envs: int, greedy: bool = True, seed: int = 0):
         self.model, self.greedy = model, greedy
         self.gen = torch.Generator().manual_seed(seed)
+        self.legal: torch.Tensor | None = None  # set by a caller whose game has fewer actions
 
     @torch.inference_mode()
     def act(self, obs, prev_action=None, prev_reward=None, new_episode=None):
         device = next(self.model.parameters()).device
-        logits = self.model(torch.as_tensor(obs, device=device)).float().cpu()
-        if self.greedy:
-            return logits.argmax(-1).numpy()
-        return torch.multinomial(F.softmax(logits, -1), 1, generator=self.gen).squeeze(-1).numpy()
+        return choose(self.model(torch.as_tensor(obs, device=device)), self.greedy, self.gen, self.legal)

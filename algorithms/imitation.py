@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from understudy.algorithms import ad, ad_gru, bc, dt
+from understudy.histories.data import StepTransforms
 
 MODELS = {"bc": bc.ConvPolicy, "dt": dt.DecisionTransformer, "ad": ad.AlgorithmDistillation,
           "ad_gru": ad_gru.RecurrentAD}
@@ -132,6 +133,73 @@ def policy(model, num_envs: int, greedy: bool = True, seed: int = 0, target_retu
     if algorithm == "ad":
         return ad.Policy(model, num_envs, greedy, seed, cache=cache)
     return ad_gru.Policy(model, num_envs, greedy, seed)
+
+
+class AsTrained:
+    """A frozen imitator's player behind the env's own actions, rewards and frames, with every
+    data transform of its training (the checkpoint's `transforms`, histories.data.StepTransforms)
+    applied again at play: rewards as the model saw them (raw, clip or sign); env actions mapped
+    to the model's ids (the 18 ALE ids with `unified_actions`, the model choosing only among the
+    game's own actions) and back; with `gla`, a pixel and an action permutation per copy, drawn
+    from `seed` (each copy is a new task, as each history was in training)."""
+
+    def __init__(self, policy, transforms: StepTransforms, num_model_actions: int, num_env_actions: int,
+                 num_envs: int, game: str, full_action_space: bool, seed: int):
+        self.policy, self.transforms, self.n_model = policy, transforms, num_model_actions
+        self.n_env = num_env_actions
+        base = np.arange(num_env_actions)
+        if transforms.unified_actions:
+            from understudy.envs.atari import action_set
+
+            base = np.asarray(action_set(game, full_action_space), np.int64)  # env index -> ALE id
+        elif num_model_actions != num_env_actions:
+            raise ValueError(f"the model acts with {num_model_actions} actions but {game} has {num_env_actions} "
+                             "under this protocol, and it was not trained with unified_actions; teach with "
+                             "protocol.full_action_space: true, or distill with data.unified_actions: true")
+        to_model = np.tile(base, (num_envs, 1))
+        self.pixels = None
+        if transforms.gla:
+            rngs = [np.random.default_rng([seed, 1_000_000 + i]) for i in range(num_envs)]
+            actions = np.stack([r.permutation(num_model_actions) for r in rngs])
+            to_model = np.take_along_axis(actions, to_model, 1)
+            self.pixels = np.stack([r.permutation(84 * 84) for r in rngs])
+        self.to_model = to_model  # (N, env actions) -> model id
+        self.to_env = np.full((num_envs, num_model_actions), -1, np.int64)
+        np.put_along_axis(self.to_env, to_model, np.arange(num_env_actions)[None].repeat(num_envs, 0), 1)
+        if (self.to_env >= 0).sum(1).min() < num_model_actions:
+            policy.legal = torch.as_tensor(self.to_env >= 0)
+
+    def model_step(self, obs, actions, rewards):
+        """Observations, actions (env ids, num_env_actions for none yet) and raw rewards as the
+        model saw them in training."""
+        from understudy.histories.data import transform_reward
+
+        actions = np.asarray(actions)
+        none = actions >= self.n_env
+        rows = np.arange(len(actions))
+        model_actions = np.where(none, self.n_model, self.to_model[rows, np.minimum(actions, self.n_env - 1)])
+        if self.pixels is not None:
+            flat = np.asarray(obs).reshape(len(obs), 84 * 84, -1)
+            obs = np.take_along_axis(flat, self.pixels[:, :, None], 1).reshape(np.shape(obs))
+        return obs, model_actions, transform_reward(np.asarray(rewards, np.float32), self.transforms.reward)
+
+    def act(self, obs, prev_action, prev_reward, new_episode):
+        obs, prev_action, prev_reward = self.model_step(obs, prev_action, prev_reward)
+        chosen = np.asarray(self.policy.act(obs, prev_action, prev_reward, new_episode))
+        return self.to_env[np.arange(len(chosen)), chosen]
+
+    def __getattr__(self, name):  # forget(), episodes_in_context(), ... of the wrapped player
+        return getattr(self.policy, name)
+
+
+def as_trained(player, meta: dict, num_env_actions: int, num_envs: int, game: str, full_action_space: bool,
+               seed: int):
+    """The player wrapped in its checkpoint's data transforms (old checkpoints: none recorded)."""
+    transforms = StepTransforms(**meta.get("transforms", {}))
+    wrapped = AsTrained(player, transforms, meta["num_actions"], num_env_actions, num_envs, game,
+                        full_action_space, seed)
+    wrapped.meta = meta
+    return wrapped
 
 
 def inference_device() -> torch.device:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -169,6 +170,17 @@ def _block_rest(layer: nn.TransformerEncoderLayer, x: torch.Tensor, attended: to
     return x + layer.linear2(layer.activation(layer.linear1(layer.norm2(x))))
 
 
+def choose(logits: torch.Tensor, greedy: bool, gen: torch.Generator, legal: torch.Tensor | None = None):
+    """Actions from (N, A) logits: the argmax, or a sample; only among `legal` actions (a bool
+    (A,) or (N, A) mask) when the model's action space is larger than the game's."""
+    logits = logits.float().cpu()
+    if legal is not None:
+        logits = logits.masked_fill(~legal, float("-inf"))
+    if greedy:
+        return logits.argmax(-1).numpy()
+    return torch.multinomial(torch.softmax(logits, -1), 1, generator=gen).squeeze(-1).numpy()
+
+
 def masked_action_loss(logits: torch.Tensor, actions: torch.Tensor, mask: torch.Tensor):
     """Cross-entropy and accuracy over the positions where mask is True."""
     logits, actions = logits[mask], actions[mask]
@@ -200,6 +212,7 @@ class ContextPolicy:
         if not 0 <= self.keep < context:
             raise ValueError(f"keep={self.keep}: must be at least 0 and below the context ({context})")
         self.reset_each_episode, self.greedy = reset_each_episode, greedy
+        self.legal: torch.Tensor | None = None  # set by a caller whose game has fewer actions
         self.device = torch.device(device or next(model.parameters()).device)
         self.gen = torch.Generator().manual_seed(seed)
         d_model = model.transformer.position.embedding_dim
@@ -225,6 +238,10 @@ class ContextPolicy:
         """obs (N, 84, 84, k) uint8; prev_action (N,) with num_actions meaning none yet;
         prev_reward (N,); new_episode (N,) bool -> actions (N,)."""
         dev = self.device
+        if self.reset_each_episode:  # a training window never reaches back into the previous episode
+            new = np.asarray(new_episode, bool)
+            prev_action = np.where(new, self.model.spec["num_actions"], prev_action)
+            prev_reward = np.where(new, 0.0, prev_reward)
         step = {"obs": torch.as_tensor(obs, device=dev)[:, None],
                 "prev_action": torch.as_tensor(prev_action, dtype=torch.long, device=dev)[:, None],
                 "prev_reward": torch.as_tensor(prev_reward, dtype=torch.float32, device=dev)[:, None],
@@ -250,7 +267,5 @@ class ContextPolicy:
         else:  # right padding: causal attention never reads past a row's own length
             span = int(self.length.max())
             logits = self.model.head_of(self.window[:, :span])[rows, position]
-        logits = self.last_logits = logits.float().cpu()
-        if self.greedy:
-            return logits.argmax(-1).numpy()
-        return torch.multinomial(torch.softmax(logits, -1), 1, generator=self.gen).squeeze(-1).numpy()
+        self.last_logits = logits.float().cpu()
+        return choose(self.last_logits, self.greedy, self.gen, self.legal)

@@ -188,7 +188,7 @@ def _action_map(h: HistoryIndex, transforms: StepTransforms, history_key: int) -
     return table
 
 
-def _reward(rewards: np.ndarray, how: str) -> np.ndarray:
+def transform_reward(rewards: np.ndarray, how: str) -> np.ndarray:
     if how == "clip":
         return np.clip(rewards, -1.0, 1.0)
     if how == "sign":
@@ -329,7 +329,7 @@ def read_block(reader: ShardReader, history: HistoryIndex, episodes: list[Episod
     starts = np.r_[0, np.cumsum(steps)[:-1]]
     target = episode_id >= len(episodes) - targets
     return History(frames=frames, actions=actions,
-                   rewards=_reward(table["reward"].to_numpy(), transforms.reward).astype(np.float32),
+                   rewards=transform_reward(table["reward"].to_numpy(), transforms.reward).astype(np.float32),
                    episode_start=starts[episode_id].astype(np.int64), episode_id=episode_id,
                    target=target, history_start=np.zeros(len(actions), np.int64),
                    policy_version=table["policy_version"].to_numpy())

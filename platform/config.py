@@ -234,6 +234,9 @@ class DistillConfig(Strict):
     # report come every N steps instead of after every short pass.
     cycle_data: bool = False
     seed: int = Field(0, ge=0)
+    # Independent training runs: one trial per seed (of each searched point). They are the runs
+    # the evaluation's intervals resample; the best searched point keeps all of its seeds.
+    seeds: list[Annotated[int, Field(ge=0)]] | None = Field(None, min_length=1)
     cpus_per_trial: PositiveInt = 1
     workers: PositiveInt = 1  # >1: data-parallel training with Ray Train inside the trial
     block_steps: PositiveInt = 20_000  # rows of consecutive episodes the loader reads at once
@@ -246,6 +249,9 @@ class DistillConfig(Strict):
     max_failures: int = Field(2, ge=0)  # a failed trial restarts from its last checkpoint
     verify_shards: bool = True  # re-hash every shard before training on it
     skip_corrupt_shards: bool = False  # train without corrupted shards (logged) instead of refusing
+    # AD reads a context across episodes; one shorter than 2x the data's 95th-percentile episode
+    # length cannot hold a previous episode, and distill refuses it unless this says otherwise.
+    allow_short_context: bool = False
 
     @model_validator(mode="after")
     def _check(self):
@@ -255,10 +261,19 @@ class DistillConfig(Strict):
             raise ValueError("give game (one) or games (several) to train on")
         if self.game and self.games:
             raise ValueError("give either game or games, not both")
+        if self.seeds is not None:
+            if "seed" in self.search:
+                raise ValueError("give seeds (independent training runs) or search.seed, not both")
+            if len(set(self.seeds)) != len(self.seeds):
+                raise ValueError(f"seeds {self.seeds}: repeated seeds are not independent runs")
         for key in self.search:
             if key not in _sweepable(DistillConfig):
                 raise ValueError(f"search.{key}: not a sweepable key; valid: {', '.join(_sweepable(DistillConfig))}")
         return self
+
+    @property
+    def run_seeds(self) -> list[int]:
+        return list(self.seeds) if self.seeds is not None else [self.seed]
 
     @property
     def train_games(self) -> list[str]:

@@ -6,6 +6,7 @@ Ray Train inside the trial.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 import os
 import tempfile
 import time
@@ -41,6 +42,39 @@ def select_data(cfg: DistillConfig, root: str, run_ids: list[str], exclude=froze
     transforms = step_transforms(cfg)
     train, heldout = data.split_heldout(histories, d.heldout_episodes)
     return train, heldout, data.num_actions_of(histories, transforms)
+
+
+CROSS_EPISODE = ("ad", "ad_gru")  # models whose context runs across episodes
+
+
+def context_span(cfg: DistillConfig, train) -> dict:
+    """How many of its data's episodes a cross-episode context holds; refuses (StageFailed) a
+    context shorter than twice the 95th-percentile episode length, unless allow_short_context.
+    {} for models whose context stays inside one episode."""
+    if cfg.algorithm not in CROSS_EPISODE:
+        return {}
+    import inspect
+
+    import numpy as np
+
+    from understudy.algorithms import imitation
+
+    context = cfg.model.context or inspect.signature(imitation.MODELS[cfg.algorithm]).parameters["context"].default
+    steps = np.array([e.steps for h in train for e in h.episodes])
+    p95, mean = float(np.percentile(steps, 95)), float(steps.mean())
+    span = {"context_steps": context, "episode_steps_p95": p95, "episode_steps_mean": round(mean, 1),
+            "episodes_per_context": round(context / mean, 2), "allow_short_context": cfg.allow_short_context}
+    if context < 2 * p95:
+        what = (f"model.context {context} steps holds {context / p95:.1f} episodes of 95th-percentile length "
+                f"{p95:.0f} ({context / mean:.1f} of mean length {mean:.0f}, over {len(steps)} training episodes)")
+        if not cfg.allow_short_context:
+            raise StageFailed(f"distill: {what}; an in-context learner must see at least 2: set model.context "
+                              f">= {int(np.ceil(2 * p95))}, or allow_short_context: true to train anyway (logged)")
+        print(f"[distill] allow_short_context: {what}, below 2; training anyway", flush=True)
+    else:
+        print(f"[distill] context {context} steps: {context / mean:.1f} episodes of mean length {mean:.0f}, "
+              f"{context / p95:.1f} of 95th-percentile length {p95:.0f}", flush=True)
+    return span
 
 
 def data_returns(train) -> dict[str, list[float]]:
@@ -133,7 +167,9 @@ def _train_loop(cfg: DistillConfig, context: dict, report, checkpoint, make_chec
             if rank == 0:
                 imitation.save(model, tmp, {"epoch": epoch, "steps": steps, "games": sorted({h.game for h in train}),
                                             "data_version": context["data_version"],
-                                            "run_ids": context["run_ids"]}, optimizer)
+                                            "run_ids": context["run_ids"],
+                                            # what the data path did to each step: the player does it again
+                                            "transforms": asdict(step_transforms(cfg))}, optimizer)
             report(metrics, checkpoint=make_checkpoint(tmp) if rank == 0 else None)
 
 
@@ -202,7 +238,36 @@ def param_space(cfg: DistillConfig, context: dict) -> dict:
         else:
             distill[node] = _domain(spec)
     distill["search"] = {}
+    if cfg.seeds is not None:
+        distill["seed"] = tune.grid_search(list(cfg.seeds))
     return {"distill": distill, "context": context}
+
+
+def _point(trial_config: dict, cfg: DistillConfig) -> tuple:
+    """The searched values of a trial (its point in the search space), without its seed."""
+    values = []
+    for key in sorted(cfg.search):
+        node, *path = key.split(".")
+        value = trial_config[node][path[0]] if path else trial_config[node]
+        values.append((key, value))
+    return tuple(values)
+
+
+def choose_runs(trials: list[dict], metric: str, mode: str) -> list[dict]:
+    """The trials of the best searched point, one per seed: the point whose seeds have the best
+    mean `metric` (never the best single seed, which would pick a lucky run)."""
+    groups: dict[tuple, list[dict]] = {}
+    for t in trials:
+        groups.setdefault(t["point"], []).append(t)
+
+    def score(group):
+        values = [t[metric] for t in group if t.get(metric) is not None]
+        if not values:
+            return float("inf")
+        mean = sum(values) / len(values)
+        return mean if mode == "min" else -mean
+
+    return sorted(min(groups.values(), key=score), key=lambda t: t["seed"])
 
 
 def run_distill(cfg: DistillConfig, ws: Workspace, resume: bool = False) -> DistillManifest:
@@ -231,6 +296,7 @@ def run_distill(cfg: DistillConfig, ws: Workspace, resume: bool = False) -> Dist
     version = shards.data_version(root, run_ids, exclude=set(bad))
     train, heldout, num_actions = select_data(cfg, root, run_ids, frozenset(bad))
     data_games = sorted({h.game for h in train})
+    span = context_span(cfg, train)
     print(f"[distill] data {version}: {sum(len(h.episodes) for h in train)} training episodes "
           f"({sum(h.steps for h in train)} steps) of {data_games}, "
           f"{sum(len(h.episodes) for h in heldout)} held out", flush=True)
@@ -251,7 +317,7 @@ def run_distill(cfg: DistillConfig, ws: Workspace, resume: bool = False) -> Dist
         flat = {k: v for k, v in c.items() if not isinstance(v, dict) and k not in ("search",)}
         flat.update({f"model.{k}": v for k, v in c["model"].items()})
         flat.update({f"data.{k}": v for k, v in c["data"].items()})
-        return {"stage": cfg.name, "teacher_stage": cfg.teacher, "data_version": version,
+        return {"stage": cfg.name, "teacher_stage": cfg.teacher, "data_version": version, **span,
                 "data_games": ",".join(data_games), "data_run_ids": ",".join(run_ids),
                 "skipped_shards": ",".join(sorted(bad)) or "none", "num_actions": num_actions, **flat}
 
@@ -312,12 +378,15 @@ def run_distill(cfg: DistillConfig, ws: Workspace, resume: bool = False) -> Dist
         to_mlflow.after_fit(f"trial {result.metrics['trial_id']}: plot, tags, checkpoint and model "
                             "artifacts", log_results)
         trials.append({"checkpoint": checkpoint, "mlflow_run_id": mlflow_run[0],
+                       "seed": result.config["distill"]["seed"], "point": _point(result.config["distill"], cfg),
                        "epochs": result.metrics.get("epoch"), "workers": result.metrics.get("workers"),
                        **{k: result.metrics.get(k) for k in ("heldout_accuracy", "heldout_loss", "train_loss")}})
     metric, mode = (cfg.asha.metric, cfg.asha.mode)
-    scored = [t for t in trials if t.get(metric) is not None] or trials
-    metric = metric if scored is not trials or trials[0].get(metric) is not None else "train_loss"
-    best = (min if mode == "min" else max)(scored, key=lambda t: t.get(metric) if t.get(metric) is not None else float("inf"))
+    metric = metric if any(t.get(metric) is not None for t in trials) else "train_loss"
+    runs = choose_runs(trials, metric, mode)
+    best = runs[0]
+    for t in trials:
+        t["point"] = dict(t["point"])
     manifest = {"kind": "distill", "name": cfg.name, "algorithm": cfg.algorithm,
                 "game": games[0], "games": games, "data_games": data_games,
                 "teacher": cfg.teacher, "data_version": version, "run_ids": run_ids,
@@ -325,8 +394,9 @@ def run_distill(cfg: DistillConfig, ws: Workspace, resume: bool = False) -> Dist
                 "config": cfg.model_dump(), "shard_root": root,
                 "num_actions": num_actions, "checkpoint": best["checkpoint"],
                 "mlflow_run_id": best["mlflow_run_id"], "best_by": metric, "trials": trials,
+                "runs": runs,
                 "data_best_return": max((e.ret for h in train for e in h.episodes), default=None),
-                "data_returns": data_returns(train)}
+                "data_returns": data_returns(train), "context_span": span}
     to_mlflow.report_missing(manifest, "distill", "the trained models are in their checkpoints "
                              "(this stage's manifest)")
     manifest = DistillManifest.model_validate(manifest)

@@ -15,7 +15,7 @@ import ray
 
 from understudy.platform import storage
 from understudy.platform.config import EvaluateConfig
-from understudy.platform.manifests import DistillManifest, EvaluateManifest
+from understudy.platform.manifests import DistillManifest, EvaluateManifest, TeachManifest
 from understudy.platform.players import DARKROOM, Agent, learn_from_scratch, play
 from understudy.platform.report import report
 from understudy.platform.teach import StageFailed
@@ -42,25 +42,54 @@ def _check_checkpoint(path: str, stage: str) -> None:
         raise StageFailed(f"evaluate: the checkpoint of distill stage {stage!r} cannot be used: {err}") from None
 
 
-def _agents(cfg: EvaluateConfig, ws: Workspace, distill: DistillManifest) -> dict[str, Agent]:
+def _agents(cfg: EvaluateConfig, ws: Workspace, teach: TeachManifest, distill: DistillManifest) -> dict:
+    """Per agent name, per game (None: any game), the runs it plays: one Agent per independent
+    training run (imitator seeds, teacher seeds); random and no-op have one."""
     if {"imitator", "finetune"} & set(cfg.agents):
-        _check_checkpoint(distill.checkpoint, cfg.imitator)
-    agents = {}
+        for run in distill.imitators:
+            _check_checkpoint(run.checkpoint, cfg.imitator)
+    agents: dict[str, dict] = {}
     for name in cfg.agents:
         if name in ("imitator", "finetune"):
-            agents[name] = Agent(name, distill.checkpoint, cfg.target_return)
+            runs = [Agent(name, r.checkpoint, cfg.target_return, run_seed=r.seed) for r in distill.imitators]
+            agents[name] = {None: runs}
         elif name == "ed":
             if not cfg.ed:
                 raise StageFailed("evaluate.agents: 'ed' needs evaluate.ed, the name of an expert-only "
                                   "distill stage (data.expert_last)")
-            checkpoint = ws.read_stage("distill", cfg.ed).checkpoint
-            _check_checkpoint(checkpoint, cfg.ed)
-            agents[name] = Agent("ed", checkpoint, cfg.target_return)
-        elif name in ("random", "noop", "scratch"):
-            agents[name] = Agent(name)
-        elif name == "teacher":
-            agents[name] = Agent("teacher", num_actions=distill.num_actions)
+            ed = ws.read_stage("distill", cfg.ed)
+            for run in ed.imitators:
+                _check_checkpoint(run.checkpoint, cfg.ed)
+            agents[name] = {None: [Agent("ed", r.checkpoint, cfg.target_return, run_seed=r.seed)
+                                   for r in ed.imitators]}
+        elif name in ("random", "noop"):
+            agents[name] = {None: [Agent(name)]}
+        elif name == "scratch":  # one learner per imitator seed, scheduled as the imitator finishes
+            agents[name] = {None: [Agent(name, run_seed=r.seed) for r in distill.imitators]}
+        elif name == "teacher":  # a teacher plays only a game it learned, from a checkpoint
+            by_game: dict[str, list] = {}
+            for r in teach.runs:
+                if r.checkpoint:
+                    by_game.setdefault(r.game, []).append(
+                        Agent("teacher", r.checkpoint, num_actions=distill.num_actions, run_seed=r.seed))
+            agents[name] = by_game
     return agents
+
+
+def _check_goals_held_out(cfg: EvaluateConfig, teach: TeachManifest, distill: DistillManifest) -> None:
+    """Dark Room's held-out goals must be absent from every run the imitator was trained on."""
+    if DARKROOM not in cfg.games or cfg.goal_split != "heldout":
+        return
+    from understudy.envs.darkroom import darkroom_goals
+
+    read = set(distill.run_ids)
+    trained = {tuple(r.goal) for r in teach.runs if r.run_id in read and r.goal is not None}
+    overlap = sorted(trained & {tuple(int(v) for v in g) for g in darkroom_goals("heldout")})
+    if overlap:
+        raise StageFailed(f"evaluate: Dark Room goals {overlap[:5]}{' ...' if len(overlap) > 5 else ''} are in "
+                          f"goal_split 'heldout' but the imitator of distill stage {distill.name!r} was trained on "
+                          f"runs of them (teach stage {teach.name!r}); teach with goal_split: train, or "
+                          "evaluate with goal_split: train")
 
 
 def run_evaluate(cfg: EvaluateConfig, ws: Workspace, experiment: str | None = None,
@@ -72,47 +101,51 @@ def run_evaluate(cfg: EvaluateConfig, ws: Workspace, experiment: str | None = No
     if overlap:
         raise StageFailed(f"evaluate.heldout_games: {overlap} appear in the imitator's training data "
                           f"(distill stage {cfg.imitator!r}, data {distill.data_version}, games {trained})")
-    teacher_checkpoints = {r.game: r.checkpoint for r in teach.runs if r.checkpoint}
-    agents = _agents(cfg, ws, distill)
+    _check_goals_held_out(cfg, teach, distill)
+    agents = _agents(cfg, ws, teach, distill)
     protocol = dict(teach.protocol, terminal_on_life_loss=False)  # evaluation: whole games
     started = time.perf_counter()
     finetune = cfg.finetune.model_dump()
     pending = {}
-    for name, agent in agents.items():
+    for name, by_game in agents.items():
+        if name == "scratch":
+            continue
         for game in cfg.games:
-            if name == "scratch":
-                continue
-            if name == "teacher":
-                if game not in teacher_checkpoints:
-                    continue  # a teacher plays only a game it learned, from a checkpoint
-                agent = Agent("teacher", teacher_checkpoints[game], num_actions=distill.num_actions)
             replay = tuple(g for g in trained if g != game) if name == "finetune" and cfg.forgetting else ()
-            pending[(name, game)] = play.remote(agent, game, protocol, cfg.episodes, cfg.copies,
-                                                cfg.max_episode_steps, cfg.greedy, cfg.seed,
-                                                cfg.goal_split, finetune, replay, progress_s)
+            for agent in by_game.get(None, by_game.get(game, [])):
+                pending[(name, game, agent.run_seed)] = play.remote(
+                    agent, game, protocol, cfg.episodes, cfg.copies, cfg.max_episode_steps, cfg.greedy,
+                    cfg.seed, cfg.goal_split, finetune, replay, progress_s)
 
-    def from_scratch(game, steps):
+    def from_scratch(game, steps, seed):
         return learn_from_scratch.remote(teach, game, steps, cfg.copies, cfg.max_episode_steps,
-                                         cfg.seed, cfg.goal_split)
+                                         seed, cfg.goal_split)
 
-    if "scratch" in agents and "imitator" not in agents:
-        pending.update({("scratch", g): from_scratch(g, _step_budget(cfg, g)) for g in cfg.games})
-    total = len(pending) + (len(cfg.games) if "scratch" in agents and "imitator" in agents else 0)
+    scratch_seeds = [a.run_seed for a in agents.get("scratch", {}).get(None, [])]
+    if scratch_seeds and "imitator" not in agents:
+        pending.update({("scratch", g, s): from_scratch(g, _step_budget(cfg, g), s)
+                        for g in cfg.games for s in scratch_seeds})
+    total = len(pending) + (len(cfg.games) * len(scratch_seeds) if "imitator" in agents else 0)
     results: dict[tuple, dict] = {}
+    done_tasks = 0
     while pending:
         done, _ = ray.wait(list(pending.values()), num_returns=1)
         for key in [k for k, f in pending.items() if f in done]:
             value = ray.get(pending.pop(key))
-            if key[0] == "scratch":
+            name, game, seed = key
+            if name == "scratch":
                 value = {"returns": [r[:cfg.episodes] for r in value], "lengths": [],
                          "gradient_steps": 0, "replays": {}}
-            results[key] = value
+            results.setdefault((name, game), {"runs": []})["runs"].append({**value, "seed": seed})
+            done_tasks += 1
             r = np.array(value["returns"], float)
             if r.size:
-                print(f"[evaluate] {len(results)}/{total} done: {key[0]:>9} on {key[1]:<14} first "
+                print(f"[evaluate] {done_tasks}/{total} done: {name:>9} on {game:<14} (run seed {seed}) first "
                       f"{r[:, 0].mean():.2f} -> last {r[:, -1].mean():.2f} over {r.shape[1]} episodes x "
                       f"{r.shape[0]} copies ({time.perf_counter() - started:.0f}s)", flush=True)
-            if key[0] == "imitator" and "scratch" in agents:
-                # A learner from scratch gets the env steps the imitator took on that game.
-                pending[("scratch", key[1])] = from_scratch(key[1], int(np.sum(value["lengths"])))
+            if name == "imitator" and seed in scratch_seeds:
+                # A learner from scratch gets the env steps this imitator run took on that game.
+                pending[("scratch", game, seed)] = from_scratch(game, int(np.sum(value["lengths"])), seed)
+    for res in results.values():
+        res["runs"].sort(key=lambda r: (r["seed"] is None, r["seed"]))
     return report(cfg, ws, teach, distill, trained, results, experiment)

@@ -51,7 +51,25 @@ def run_experiment(cfg: ExperimentConfig, ws: Workspace, stages: dict, resume: b
                 "ed": cfg.ed.name if cfg.ed else None, "evaluate": cfg.evaluate.name},
         summary_run_id=evaluation.summary_run_id, table=evaluation.table)
     ws.write_stage("experiment", cfg.name, manifest)
+    path = write_results(ws, cfg.name, evaluation.episodes)
+    print(f"[experiment] raw results (every episode of every agent, run and copy): {path}", flush=True)
     return manifest
+
+
+def write_results(ws: Workspace, name: str, episodes: list[dict]) -> Path:
+    """`<workspace>/results/<name>.json`: the evaluation's raw rows, written atomically."""
+    import json
+    import os
+    import tempfile
+
+    folder = ws.root / "results"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+    with os.fdopen(fd, "w") as f:
+        json.dump(episodes, f)
+    os.replace(tmp, path)
+    return path
 
 
 def _interrupted(ws: Workspace, kind: str, name: str) -> bool:

@@ -54,6 +54,8 @@ class TeachManifest(_Manifest):
 class DistillTrial(_Manifest):
     checkpoint: str
     mlflow_run_id: str | None = None
+    seed: int = 0
+    point: dict[str, Any] = {}  # the searched values of this trial (without its seed)
     epochs: int | None = None
     workers: int | None = None
     heldout_accuracy: float | None = None
@@ -76,15 +78,25 @@ class DistillManifest(_Manifest):
     skipped_shards: list[str] = []
     shard_root: str
     num_actions: int
-    checkpoint: str  # the best trial's
+    checkpoint: str  # the first of `runs`
     mlflow_run_id: str | None = None
     best_by: str = ""
     trials: list[DistillTrial] = []
+    # The imitator: the trials of the best searched point, one per training seed (independent
+    # runs, which the evaluation plays and its intervals resample). Older manifests: [checkpoint].
+    runs: list[DistillTrial] = []
     data_best_return: float | None = None
     # Per game, the raw return of every episode the imitator was trained on, in training order
     # (evaluation's "exceeds the data" compares against them).
     data_returns: dict[str, list[float]] = {}
+    # AD: the context against the data's episode lengths (distill.context_span)
+    context_span: dict[str, Any] = {}
     mlflow_missing: MlflowMissing | None = None
+
+    @property
+    def imitators(self) -> list[DistillTrial]:
+        return self.runs or [DistillTrial(checkpoint=self.checkpoint, mlflow_run_id=self.mlflow_run_id,
+                                          seed=int(self.config.get("seed", 0)))]
 
 
 class EvaluateManifest(_Manifest):
@@ -96,6 +108,9 @@ class EvaluateManifest(_Manifest):
     table: str
     trained_on: list[str]
     experiment: str | None = None
+    # raw results: one row per agent, game (Dark Room goal), training run and copy, with every
+    # episode's return (report.episode_rows)
+    episodes: list[dict[str, Any]] = []
 
 
 class ExperimentManifest(_Manifest):

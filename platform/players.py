@@ -32,6 +32,7 @@ class Agent:
     checkpoint: str | None = None  # imitators and teachers; a local path or a URI
     target_return: float | None = None  # Decision Transformer's return to ask for
     num_actions: int | None = None  # a teacher's action count (its checkpoint does not say)
+    run_seed: int | None = None  # the training seed of the run it plays (None: nothing was trained)
 
     def __post_init__(self):
         if self.kind not in AGENT_KINDS:
@@ -70,9 +71,10 @@ class _Stateless:
 
 
 def make_player(agent: Agent, num_envs: int, num_actions: int, greedy: bool, seed: int,
-                device=None):
+                game: str = "", protocol: dict | None = None, device=None):
     """(player with act(obs, prev_action, prev_reward, new_episode), frames per observation,
-    the model if there is one). Imitators play on `device` (default: the GPU if there is one)."""
+    the model if there is one). An imitator plays as it was trained (its checkpoint's data
+    transforms, imitation.AsTrained), on `device` (default: the GPU if there is one)."""
     if agent.kind == "random":
         rng = np.random.default_rng(seed)
         return _Stateless(lambda obs: rng.integers(num_actions, size=len(obs))), 1, None
@@ -83,20 +85,22 @@ def make_player(agent: Agent, num_envs: int, num_actions: int, greedy: bool, see
 
         model, meta = imitation.load(agent.checkpoint)
         model = model.to(device or imitation.inference_device())
-        have, stack = meta["num_actions"], meta["stack"]
-        player = imitation.policy(model, num_envs, greedy=greedy, seed=seed, target_return=agent.target_return)
-    elif agent.kind == "teacher":
+        policy = imitation.policy(model, num_envs, greedy=greedy, seed=seed, target_return=agent.target_return)
+        try:
+            player = imitation.as_trained(policy, meta, num_actions, num_envs, game,
+                                          bool((protocol or {}).get("full_action_space")), seed)
+        except ValueError as err:
+            raise StageFailed(f"{agent.kind} on {game}: {err}") from None
+        return player, meta["stack"], model
+    if agent.kind == "teacher":
         from understudy.algorithms.teachers import load_teacher_policy
 
-        have, stack, model = agent.num_actions, 4, None
-        player = _Stateless(load_teacher_policy(agent.checkpoint))
-    else:
-        raise ValueError(f"agent kind {agent.kind!r} does not play from a checkpoint here")
-    if have != num_actions:
-        raise StageFailed(
-            f"{agent.kind} acts with {have} actions but this game has {num_actions} under the "
-            "teacher's protocol; teach with protocol.full_action_space: true to play across games")
-    return player, stack, model
+        if agent.num_actions != num_actions:
+            raise StageFailed(
+                f"the teacher acts with {agent.num_actions} actions but {game} has {num_actions} under "
+                "the teacher's protocol; teach with protocol.full_action_space: true to play across games")
+        return _Stateless(load_teacher_policy(agent.checkpoint)), 4, None
+    raise ValueError(f"agent kind {agent.kind!r} does not play from a checkpoint here")
 
 
 class Progress:
@@ -173,29 +177,34 @@ def play(agent: Agent, game: str, protocol: dict, episodes: int, copies: int, ma
     num_actions = num_actions_of(env)
     with storage.local_copy(agent.checkpoint) as checkpoint:
         player, stack, model = make_player(replace(agent, checkpoint=checkpoint), env.num_envs,
-                                           num_actions, greedy, seed)
-    learner = None
+                                           num_actions, greedy, seed, game, protocol)
+    on_step = None
     if agent.kind == "finetune":
         from understudy.algorithms.self_imitation import SelfImitation
 
         learner = SelfImitation(model, player, env.num_envs, seed=seed, **finetune)
+
+        def on_step(obs, actions, rewards, done):  # it learns from steps as the model sees them
+            learner.on_step(*player.model_step(obs, actions, rewards), done)
     progress = Progress(f"{agent.kind} on {game}", episodes * env.num_envs, progress_s,
                         out=lambda line: print(line, flush=True))
     try:
-        played = play_episodes(env, player, stack, num_actions, episodes, seed,
-                               on_step=learner.on_step if learner else None, progress=progress)
+        played = play_episodes(env, player, stack, num_actions, episodes, seed, on_step=on_step,
+                               progress=progress)
     finally:
         env.close()
     out = {"returns": [[e["return"] for e in p] for p in played],
            "lengths": [[e["length"] for e in p] for p in played],
            "episodes_in_context": [[e.get("episodes_in_context") for e in p] for p in played],
-           "gradient_steps": learner.steps_trained if learner else 0, "replays": {}}
+           "truncated": [[e["truncated"] for e in p] for p in played],
+           "gradient_steps": learner.steps_trained if on_step else 0, "replays": {}}
     for other in replay_games:  # forgetting: the tuned weights, frozen, back on earlier games
         from understudy.algorithms import imitation
 
         env = make_env(other, protocol, copies, max_episode_steps, goal_split)
-        frozen = imitation.policy(model, env.num_envs, greedy=greedy, seed=seed,
-                                  target_return=agent.target_return)
+        frozen = imitation.as_trained(
+            imitation.policy(model, env.num_envs, greedy=greedy, seed=seed, target_return=agent.target_return),
+            player.meta, num_actions_of(env), env.num_envs, other, bool(protocol.get("full_action_space")), seed)
         try:
             replay = play_episodes(env, frozen, stack, num_actions_of(env), min(episodes, 3), seed)
         finally:

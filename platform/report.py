@@ -16,34 +16,74 @@ from understudy.platform.players import DARKROOM
 from understudy.platform.workspace import Workspace
 
 
-def report(cfg: EvaluateConfig, ws: Workspace, teach: TeachManifest, distill: DistillManifest,
-           trained: list[str], results: dict, experiment: str | None) -> EvaluateManifest:
-    """Rows, aggregate and table of an evaluation's results ({(agent, game): what `play`
-    returned}), logged to MLflow and written as the stage's manifest."""
+def normalised(game: str, returns: np.ndarray, goal_split: str, copies: int) -> np.ndarray | None:
+    """(rows, episodes) returns on the scale the aggregate uses, or None without a reference.
+    Atari: human-normalised, (score - random) / (human - random). Dark Room: the fraction of
+    each row's own goal's optimal return (rows are goals x copies, in darkroom_goals order), so
+    1.0 is perfect play on every goal."""
     from understudy.envs.scores import has_reference
 
+    if game == DARKROOM:
+        from understudy.envs.darkroom import darkroom_goals, optimal_return
+
+        optimum = np.repeat([optimal_return(g) for g in darkroom_goals(goal_split)], copies)
+        return returns / optimum[:len(returns), None]
+    if has_reference(game):
+        from understudy.envs.scores import reference_scores
+
+        ref = reference_scores(game)
+        return (returns - ref.random) / (ref.human - ref.random)
+    return None
+
+
+def cut_short(cfg: EvaluateConfig, game: str) -> bool:
+    """Episodes of this game can end early by the evaluation's own step cap, not by the game
+    (Dark Room's 20-step episodes are the game itself; Atari's protocol cap of 108,000 frames is
+    the field's full game)."""
+    return game != DARKROOM and cfg.max_episode_steps is not None
+
+
+UNTRAINED = ("random", "noop")  # nothing trained: each copy is an independent run
+FEW_RUNS = 5  # rliable: intervals over fewer independent runs are not findings
+
+
+def _stack(res: dict, key: str) -> np.ndarray:
+    """A per-copy field of every run of an (agent, game), runs after one another: (copies, ...)."""
+    parts = [np.array(r.get(key) or [], dtype=float) for r in res["runs"]]
+    parts = [p for p in parts if p.size]
+    return np.concatenate(parts) if parts else np.zeros((0, 0))
+
+
+def _tasks(game: str, rows: int, cfg: EvaluateConfig) -> list:
+    """What each copy row of a run plays: the game, or for Dark Room the game and the goal
+    (rows are goals x copies), since each goal is a task of its own."""
+    if game != DARKROOM:
+        return [(game, None)] * rows
+    return [(game, i // cfg.copies) for i in range(rows)]
+
+
+def summarise(cfg: EvaluateConfig, trained: list[str], results: dict, data: dict) -> tuple[list, list]:
+    """(rows, aggregate) of an evaluation's results ({(agent, game): {"runs": [what `play`
+    returned, with its training "seed"]}}): one row per agent and game over all its runs, and
+    the IQM per agent and group of games over tasks x independent runs. Pure: no MLflow."""
     k = max(1, min(cfg.window, cfg.episodes // 2))
-    data = distill.data_returns
-    if not data:
-        print(f"[evaluate] distill stage {distill.name!r} recorded no training-data returns (written "
-              "before they were kept); exceeds-data left out", flush=True)
-    client = tracking.client_for(ws)
-    exp = tracking.experiment_id(client, ws, "evaluate")
-    tags = {"understudy.experiment": experiment} if experiment else {}
-    rows = []
+    rows, late_scores = [], {}
     for (name, game), res in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        returns = np.array(res["returns"], float)
+        returns = _stack(res, "returns")
         if returns.size == 0 or returns.shape[1] < 1:
             continue
         held_out = is_heldout(game, trained, cfg.goal_split)
-        row = {"agent": name, "game": game, "held_out": held_out, "copies": returns.shape[0],
-               "episodes": returns.shape[1], "first": float(returns[:, 0].mean()),
-               "last": float(returns[:, -1].mean()), "return_mean": float(returns.mean())}
+        runs = len(res["runs"]) if name not in UNTRAINED else returns.shape[0] // len(set(_tasks(game, returns.shape[0], cfg)))
+        row = {"agent": name, "game": game, "held_out": held_out, "runs": runs,
+               "seeds": [r["seed"] for r in res["runs"] if r["seed"] is not None],
+               "copies": returns.shape[0], "episodes": returns.shape[1], "first": float(returns[:, 0].mean()),
+               "last": float(returns[:, -1].mean()), "return_mean": float(returns.mean()),
+               "env_steps": int(sum(np.sum(r.get("lengths") or 0) for r in res["runs"]))}
         if returns.shape[1] >= 2 * k:
             ici = metrics.in_context_improvement(returns, early=k, late=k)
             row.update(early=ici["early_mean"], late=ici["late_mean"], improvement=ici["improvement"],
                        slope=ici["slope"])
-        in_context = np.array(res.get("episodes_in_context") or [], dtype=float)  # None: no context
+        in_context = _stack(res, "episodes_in_context")  # nan: a player without a context
         if in_context.size and not np.isnan(in_context).all():
             # how many earlier episodes the context held: over the late window, and at the last episode
             row["context_episodes_late"] = float(np.nanmean(in_context[:, -k:]))
@@ -52,64 +92,131 @@ def report(cfg: EvaluateConfig, ws: Workspace, teach: TeachManifest, distill: Di
             ex = metrics.exceeds_data(returns.mean(0), data[game], late=k)
             row.update(data_best=ex["data_best"], best_minus_data=ex["best_minus_data_best"],
                        late_minus_data=ex["late_minus_data_best"])
-        reference = _reference(game)
-        if reference is not None or has_reference(game):
-            low, high = reference or _atari_reference(game)
-            row["late_normalized"] = float((returns[:, -k:].mean() - low) / (high - low))
+        cut = _stack(res, "truncated").astype(bool)
+        if cut_short(cfg, game) and cut.any():
+            # a game stopped by the step cap is not a game: its score is not on the reference scale
+            row["truncated_episodes"] = int(cut.sum())
+        else:
+            late = _late_per_task_and_run(name, game, res, cfg, k)
+            if late:
+                row["late_normalized"] = float(np.mean([np.mean(v) for v in late.values()]))
+                late_scores.update({(name, task): v for task, v in late.items()})
+        rows.append(row)
+    return rows, _aggregate(late_scores, trained, cfg.goal_split)
+
+
+def _late_per_task_and_run(name: str, game: str, res: dict, cfg: EvaluateConfig, k: int) -> dict:
+    """{task: [normalised late return of each independent run]}: a run's copies of a task are
+    averaged (they are evaluation copies of one trained model, not runs); for an untrained agent
+    every copy is a run."""
+    out: dict = {}
+    for run in res["runs"]:
+        returns = np.array(run["returns"], float)
+        scaled = normalised(game, returns, cfg.goal_split, cfg.copies)
+        if scaled is None:
+            return {}
+        late = scaled[:, -k:].mean(1)
+        tasks = _tasks(game, len(late), cfg)
+        for task in dict.fromkeys(tasks):
+            mine = late[[t == task for t in tasks]]
+            out.setdefault(task, []).extend(mine.tolist() if name in UNTRAINED else [float(mine.mean())])
+    return out
+
+
+def episode_rows(cfg: EvaluateConfig, results: dict, teacher_seeds: list[int], experiment: str | None) -> list[dict]:
+    """Raw results, one row per agent, game (and Dark Room goal), training run and copy: every
+    episode's return in order (docs/results/*.json hold these for the experiments run here)."""
+    goals = optimum = None
+    if any(game == DARKROOM for _, game in results):
+        from understudy.envs.darkroom import darkroom_goals, optimal_return
+
+        goals = darkroom_goals(cfg.goal_split)
+        optimum = [float(optimal_return(g)) for g in goals]
+    out = []
+    for (name, game), res in sorted(results.items()):
+        for run in res["runs"]:
+            for i, returns in enumerate(run["returns"]):
+                goal = i // cfg.copies if game == DARKROOM else None
+                trained_on = teacher_seeds if name in ("imitator", "ed", "finetune") else []
+                out.append({"experiment": experiment, "agent": name, "game": game,
+                            "goal": goals[goal].tolist() if goal is not None else None,
+                            "optimal_return": optimum[goal] if goal is not None else None,
+                            "teacher_seed": run["seed"] if name == "teacher" else
+                            (trained_on[0] if len(trained_on) == 1 else None),
+                            "teacher_seeds": trained_on or None,
+                            "imitator_seed": run["seed"] if name in ("imitator", "ed", "finetune") else None,
+                            "run_seed": run["seed"], "copy": i % cfg.copies,
+                            "episode_returns": [float(r) for r in returns]})
+    return out
+
+
+def report(cfg: EvaluateConfig, ws: Workspace, teach: TeachManifest, distill: DistillManifest,
+           trained: list[str], results: dict, experiment: str | None) -> EvaluateManifest:
+    """The summary of an evaluation's results, logged to MLflow (a run per agent and game, a
+    summary run with the plot and tables) and written as the stage's manifest."""
+    data = distill.data_returns
+    if not data:
+        print(f"[evaluate] distill stage {distill.name!r} recorded no training-data returns (written "
+              "before they were kept); exceeds-data left out", flush=True)
+    rows, aggregate = summarise(cfg, trained, results, data)
+    truncated = sorted({r["game"] for r in rows if r.get("truncated_episodes")})
+    if truncated:
+        print(f"[evaluate] episodes of {truncated} were cut at max_episode_steps={cfg.max_episode_steps}: "
+              "those rows are marked truncated and left out of the normalised scores and the aggregate",
+              flush=True)
+    client = tracking.client_for(ws)
+    exp = tracking.experiment_id(client, ws, "evaluate")
+    tags = {"understudy.experiment": experiment} if experiment else {}
+    table_rows = []
+    for row in rows:
+        name, game = row["agent"], row["game"]
+        res = results[(name, game)]
         run = tracking.start_run(client, exp, f"{name}-on-{game}", {
             "stage": cfg.name, "agent": name, "game": game, "trained_on": ",".join(trained),
-            "held_out": held_out, "episodes": cfg.episodes, "copies": cfg.copies,
+            "held_out": row["held_out"], "episodes": cfg.episodes, "copies": cfg.copies,
             "max_episode_steps": cfg.max_episode_steps, "greedy": cfg.greedy, "seed": cfg.seed,
-            "data_version": distill.data_version, "gradient_steps": res["gradient_steps"]}, tags)
-        tracking.log_metric_series(client, run, "episode_return", returns.mean(0))
+            "data_version": distill.data_version, "runs": row["runs"],
+            "run_seeds": ",".join(map(str, row["seeds"])) or "none",
+            "gradient_steps": sum(r["gradient_steps"] for r in res["runs"])}, tags)
+        tracking.log_metric_series(client, run, "episode_return", _stack(res, "returns").mean(0))
         for key, value in row.items():
             if isinstance(value, float):
                 client.log_metric(run, key, value)
-        for other, replay in res["replays"].items():
+        replays = []
+        for other in sorted({g for r in res["runs"] for g in r["replays"]}):
+            replay = np.concatenate([np.array(r["replays"][other], float) for r in res["runs"] if other in r["replays"]])
             before = results.get(("imitator", other))
             value = float(np.mean(replay))
             client.log_metric(run, f"forgetting/{other}/return_after", value)
-            rows.append({"agent": f"{name} on {game}, then frozen", "game": other, "held_out": False,
-                         "copies": len(replay), "episodes": len(replay[0]), "first": float(np.mean([r[0] for r in replay])),
-                         "last": float(np.mean([r[-1] for r in replay])), "return_mean": value,
-                         "before_finetune": float(np.mean(before["returns"])) if before else None})
+            replays.append({"agent": f"{name} on {game}, then frozen", "game": other, "held_out": False,
+                            "copies": len(replay), "episodes": len(replay[0]),
+                            "first": float(np.mean([r[0] for r in replay])),
+                            "last": float(np.mean([r[-1] for r in replay])), "return_mean": value,
+                            "before_finetune": float(_stack(before, "returns").mean()) if before else None})
         client.set_terminated(run, "FINISHED")
         row["mlflow_run_id"] = run
-        rows.append(row)
-    aggregate = _aggregate(results, trained, k, cfg.goal_split)
-    table = results_table(rows, aggregate)
+        table_rows += replays + [row]
+    table = results_table(table_rows, aggregate)
     summary = tracking.start_run(client, exp, f"summary-{cfg.name}", {
         "stage": cfg.name, "imitator_stage": cfg.imitator, "teacher_stage": cfg.teacher,
         "ed_stage": cfg.ed or "", "trained_on": ",".join(trained), "games": ",".join(cfg.games),
         "agents": ",".join(cfg.agents), "episodes": cfg.episodes, "copies": cfg.copies,
         "data_version": distill.data_version}, {"understudy.summary": "true", **tags})
-    curves = {(name, game): np.array(res["returns"], float) for (name, game), res in results.items()
-              if len(res["returns"])}
+    curves = {(name, game): _stack(res, "returns") for (name, game), res in results.items()
+              if _stack(res, "returns").size}
     tracking.log_figure(client, summary, plots.returns_per_episode(
         curves, f"Return per episode, {cfg.copies} copies each (imitator trained on {', '.join(trained)})"),
         "returns_per_episode.png")
     tracking.log_text(client, summary, table, "results.md")
     tracking.log_text(client, summary, markdown_to_html(table, f"Evaluation {cfg.name}"), "results.html")
     client.set_terminated(summary, "FINISHED")
-    manifest = EvaluateManifest(name=cfg.name, rows=rows, aggregate=aggregate, summary_run_id=summary,
-                                table=table, trained_on=trained, experiment=experiment)
+    distilled = set(distill.run_ids)
+    teacher_seeds = sorted({r.seed for r in teach.runs if r.run_id in distilled})
+    manifest = EvaluateManifest(name=cfg.name, rows=table_rows, aggregate=aggregate, summary_run_id=summary,
+                                table=table, trained_on=trained, experiment=experiment,
+                                episodes=episode_rows(cfg, results, teacher_seeds, experiment))
     ws.write_stage("evaluate", cfg.name, manifest)
     return manifest
-
-
-def _reference(game: str):
-    if game == DARKROOM:
-        from understudy.envs.darkroom import darkroom_goals, optimal_return
-
-        return 0.0, float(np.mean([optimal_return(g) for g in darkroom_goals("all")]))
-    return None
-
-
-def _atari_reference(game: str):
-    from understudy.envs.scores import reference_scores
-
-    ref = reference_scores(game)
-    return ref.random, ref.human
 
 
 def is_heldout(game: str, trained, goal_split: str) -> bool:
@@ -117,29 +224,24 @@ def is_heldout(game: str, trained, goal_split: str) -> bool:
     return game not in trained or (game == DARKROOM and goal_split == "heldout")
 
 
-def _aggregate(results, trained, k, goal_split) -> list[dict]:
-    """Per agent and game group (training / held-out): human-normalised late return, IQM with
-    a stratified bootstrap interval over copies."""
-    from understudy.envs.scores import has_reference
-
+def _aggregate(late_scores: dict, trained, goal_split) -> list[dict]:
+    """Per agent and game group (training / held-out): the IQM of normalised late returns over
+    tasks x independent runs, with a stratified bootstrap interval that resamples the runs
+    within each task (rliable). Rows left out of `late_scores` (truncated ones) are left out."""
     out = []
-    for agent in sorted({a for a, _ in results}):
+    for agent in sorted({a for a, _ in late_scores}):
         for group, held in (("training games", False), ("held-out games", True)):
-            scores, reference = {}, {}
-            for (a, game), res in results.items():
-                if a != agent or is_heldout(game, trained, goal_split) != held or not len(res["returns"]):
-                    continue
-                if _reference(game) is None and not has_reference(game):
-                    continue
-                r = np.array(res["returns"], float)
-                scores[game] = r[:, -min(k, r.shape[1]):].mean(1).tolist()
-                reference[game] = _reference(game) or _atari_reference(game)
+            scores = {task: v for (a, task), v in late_scores.items()
+                      if a == agent and is_heldout(task[0], trained, goal_split) == held}
             if not scores:
                 continue
             n = min(len(v) for v in scores.values())
-            agg = metrics.aggregate({g: v[:n] for g, v in scores.items()}, reference=reference, reps=1000)
-            out.append({"agent": agent, "group": group, "games": len(scores), "iqm": agg["iqm"],
-                        "ci_low": agg["ci_low"], "ci_high": agg["ci_high"]})
+            keys = {task: f"{task[0]}#{task[1]}" if task[1] is not None else task[0] for task in scores}
+            agg = metrics.aggregate({keys[t]: v[:n] for t, v in scores.items()},
+                                    reference={keys[t]: (0.0, 1.0) for t in scores}, reps=1000)
+            out.append({"agent": agent, "group": group, "games": len({t[0] for t in scores}),
+                        "tasks": len(scores), "runs": n, "iqm": agg["iqm"],
+                        "ci_low": agg["ci_low"], "ci_high": agg["ci_high"], "finding": n >= FEW_RUNS})
     return out
 
 
@@ -150,22 +252,34 @@ def _fmt(value) -> str:
 
 
 def results_table(rows: list[dict], aggregate: list[dict] | None = None) -> str:
-    cols = [("agent", "agent"), ("game", "game"), ("held_out", "held out"), ("copies", "copies"),
+    cols = [("agent", "agent"), ("game", "game"), ("held_out", "held out"), ("runs", "runs"), ("copies", "copies"),
             ("episodes", "episodes"), ("first", "first"), ("last", "last"), ("early", "early mean"),
             ("late", "late mean"), ("improvement", "late - early"), ("slope", "slope/episode"),
             ("data_best", "data best"), ("best_minus_data", "best - data best"),
             ("late_minus_data", "late - data best"), ("late_normalized", "late (normalised)"),
-            ("context_episodes_late", "episodes in context (late)")]
+            ("truncated_episodes", "cut by step cap"), ("context_episodes_late", "episodes in context (late)"),
+            ("env_steps", "env steps")]
     lines = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         lines.append("| " + " | ".join(_fmt(r.get(c)) for c, _ in cols) + " |")
     if aggregate:
-        lines += ["", "Human-normalised late return (Dark Room: fraction of optimal), interquartile "
-                  "mean over games x copies with a 95% stratified bootstrap interval:", "",
-                  "| agent | games | IQM | 95% CI |", "|---|---|---:|---|"]
+        lines += ["", "Normalised late return (Atari: human-normalised; Dark Room: fraction of each goal's "
+                  "optimum), interquartile mean over tasks (games; Dark Room goals) x independent training runs, "
+                  "with a 95% stratified bootstrap interval resampling runs within each task. A run's copies "
+                  "are averaged first; random and no-op train nothing, so their copies are their runs. Rows "
+                  "whose episodes were cut by the step cap are left out.", "",
+                  "| agent | games (tasks) | runs | IQM | 95% CI |", "|---|---|---:|---:|---|"]
+        few = False
         for a in aggregate:
-            lines.append(f"| {a['agent']} | {a['group']} ({a['games']}) | {a['iqm']:.3f} | "
-                         f"[{a['ci_low']:.3f}, {a['ci_high']:.3f}] |")
+            runs = a.get("runs", "-")
+            interval = f"[{a['ci_low']:.3f}, {a['ci_high']:.3f}]"
+            if not a.get("finding", True):
+                interval, few = f"({interval[1:-1]})*", True
+            lines.append(f"| {a['agent']} | {a['group']} ({a['games']}; {a.get('tasks', a['games'])}) | {runs} | "
+                         f"{a['iqm']:.3f} | {interval} |")
+        if few:
+            lines += ["", f"*fewer than {FEW_RUNS} independent training runs: the interval is shown for "
+                      "reference, not as a finding."]
     return "\n".join(lines)
 
 

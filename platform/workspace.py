@@ -115,9 +115,9 @@ class Workspace:
         except ValidationError as err:
             first = err.errors()[0]
             field = ".".join(str(p) for p in first["loc"]) or "(the whole file)"
-            raise StageInvalid(f"{path}: not a valid {kind} manifest: {field}: {first['msg']} "
-                               f"(got {str(first.get('input'))[:80]!r}); run `understudy {kind}` "
-                               "again to rewrite it") from None
+            got = "" if first["type"] == "missing" else f" (got {str(first.get('input'))[:80]!r})"
+            raise StageInvalid(f"{path}: not a valid {kind} manifest: {field}: {first['msg']}{got}; "
+                               f"run `understudy {kind}` again to rewrite it") from None
 
     def remote_locations(self) -> dict[str, str]:
         """URI -> the setting it came from, for every output not on a local path."""

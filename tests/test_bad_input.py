@@ -109,6 +109,12 @@ CASES = [
          ["evaluate", "{cfg}"],
          "kind: evaluate\nimitator: dr-ad\nteacher: dr\ngames: [DarkRoom]\nagents: [imitator]\n",
          1, ("checkpoint of distill stage 'dr-ad' cannot be used", "do not fit a ad model"), needs_darkroom=True),
+    Case("short-context", "an AD context too short to hold two of its data's episodes", ["distill", "{cfg}"],
+         DARKROOM_DISTILL.replace("name: dr-ad", "name: dr-short").replace("context: 40", "context: 30"), 1,
+         ("model.context 30", "1.5 episodes", ">= 40", "allow_short_context"), needs_darkroom=True),
+    Case("broken-manifest", "a stage manifest edited by hand into something else", ["evaluate", "{cfg}"],
+         "kind: evaluate\nimitator: dr-ad\nteacher: dr\ngames: [DarkRoom]\nagents: [imitator]\n", 2,
+         ("distill-dr-ad.json", "not a valid distill manifest", "checkpoint"), needs_darkroom=True),
     Case("heldout-in-training-stage", "evaluate calls a game held out that the imitator was trained on",
          ["evaluate", "{cfg}"],
          "kind: evaluate\nimitator: dr-ad\nteacher: dr\ngames: [DarkRoom]\nheldout_games: [DarkRoom]\nagents: [random]\n",
@@ -116,7 +122,7 @@ CASES = [
 ]
 
 
-COPY = ("catalog-lost", "foreign-checkpoint")  # cases that damage the workspace: run on a copy
+COPY = ("catalog-lost", "foreign-checkpoint", "broken-manifest")  # cases that damage the workspace: run on a copy
 
 
 def darkroom_workspace(base: Path) -> Path:
@@ -146,6 +152,13 @@ def try_case(case: Case, tmp: Path, ws: Path, capsys=None) -> tuple[int, str]:
         teach = json.loads((ws / "stages" / "teach-dr.json").read_text())
         for run in teach["runs"]:
             shutil.rmtree(os.path.join(teach["shard_root"], run["run_id"], "catalog"))
+    if case.id == "broken-manifest":  # a hand edit dropped the checkpoint
+        import json
+
+        path = ws / "stages" / "distill-dr-ad.json"
+        manifest = json.loads(path.read_text())
+        del manifest["checkpoint"]
+        path.write_text(json.dumps(manifest))
     if case.id == "foreign-checkpoint":  # a BC model's weights where the AD model's should be
         import json
 

@@ -28,6 +28,29 @@ def test_every_ready_experiment_validates_at_every_scale():
             assert not set(cfg.evaluate.heldout_games) & set(selected_games(cfg.distill)), (name, scale)
 
 
+def test_ready_contexts_hold_two_episodes_wherever_episode_length_is_capped():
+    """Where the teacher's episodes are capped (Dark Room's 20 steps, the demos' step cap), the
+    AD context holds at least two whole episodes by construction, so distill's check passes;
+    uncapped (full Atari) scales are checked on the recorded data at distill time."""
+    from understudy.platform import experiment
+    from understudy.platform.distill import CROSS_EPISODE
+
+    checked = 0
+    for name in experiment.available():
+        for scale in ("tiny", "demo", "full"):
+            try:
+                cfg = experiment.load(name, scale)
+            except ConfigError:
+                continue
+            cap = 20 if cfg.teach.games == ["DarkRoom"] else cfg.teach.max_episode_steps
+            if cfg.distill.algorithm not in CROSS_EPISODE or cap is None:
+                continue
+            assert cfg.distill.model.context >= 2 * cap, (name, scale, cfg.distill.model.context, cap)
+            assert cfg.evaluate.max_episode_steps in (None, cap), (name, scale)  # plays episodes as it saw them
+            checked += 1
+    assert checked >= 6
+
+
 def test_full_scale_is_the_same_file_with_bigger_numbers():
     from understudy.platform import experiment
 
@@ -70,12 +93,23 @@ def test_darkroom_experiment_end_to_end_and_report(ray_session, tmp_path, capsys
     rows = {r["agent"]: r for r in evaluation["rows"]}
     assert set(rows) == {"imitator", "ed", "random", "noop", "scratch", "finetune"}
     for agent, row in rows.items():  # 16 held-out goals, 4 consecutive episodes each
-        assert row["held_out"] and row["copies"] == 16 and row["episodes"] == 4, agent
+        trained = agent in ("imitator", "ed", "finetune", "scratch")
+        runs = 2 if trained else 1  # two training seeds; untrained agents: each copy of a goal is a run (1)
+        assert row["held_out"] and row["runs"] == runs and row["episodes"] == 4, agent
+        assert row["copies"] == (32 if trained else 16), agent
         assert row["data_best"] > 0 and "improvement" in row and "late_normalized" in row
     assert rows["noop"]["return_mean"] == 0.0  # the centre is never a goal
     distills = {n: json.loads((ws / "stages" / f"distill-darkroom_ad-{n}.json").read_text())
                 for n in ("imitator", "ed")}
     assert distills["imitator"]["checkpoint"] != distills["ed"]["checkpoint"]
+    assert [r["seed"] for r in distills["imitator"]["runs"]] == [0, 1]
+    assert {a["agent"]: a["runs"] for a in evaluation["aggregate"]}["imitator"] == 2
+    # raw rows: one per agent, goal, training run and copy
+    raw = json.loads((ws / "results" / "darkroom_ad.json").read_text())
+    imitator = [r for r in raw if r["agent"] == "imitator"]
+    assert len(imitator) == 16 * 2 and {r["imitator_seed"] for r in imitator} == {0, 1}
+    assert all(len(r["episode_returns"]) == 4 and r["optimal_return"] > 0 and r["teacher_seed"] == 0
+               for r in imitator)
 
     client = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
     summary = client.get_run(evaluation["summary_run_id"])
@@ -93,7 +127,7 @@ def test_darkroom_experiment_end_to_end_and_report(ray_session, tmp_path, capsys
     capsys.readouterr()
     assert cli.main(["--workspace", str(ws), "report", "darkroom_ad"]) == 0
     out = capsys.readouterr().out
-    assert "Experiment darkroom_ad" in out and "| imitator | DarkRoom | True | 16 | 4 |" in out
+    assert "Experiment darkroom_ad" in out and "| imitator | DarkRoom | True | 2 | 32 | 4 |" in out
     assert out.strip().endswith(evaluation["table"].strip().splitlines()[-1])
     assert cli.main(["--workspace", str(ws), "report", "breakout_to_spaceinvaders"]) == 1
     assert "experiments with results: darkroom_ad" in capsys.readouterr().err

@@ -202,6 +202,9 @@ def test_a_two_trial_asha_sweep_reaches_mlflow_with_models(teacher, tmp_path):
     # our own checkpoint loads weights only, and refuses to pass for another model
     with pytest.raises(ValueError, match="algorithm 'ad', expected bc"):
         imitation.load(manifest.checkpoint, expect="bc")
+    # the checkpoint says what the data path did to each step, so the player can do it again
+    _, meta = imitation.load(manifest.checkpoint)
+    assert meta["transforms"] == {"unified_actions": False, "reward": "raw", "gla": False, "seed": 0}
 
 
 def _trial_workers():
