@@ -55,10 +55,28 @@ class Policy:
         self.window = torch.zeros(num_envs, self.context, d, device=self.device)
         self.length = torch.zeros(num_envs, dtype=torch.long, device=self.device)
         self.state = torch.zeros(model.spec["layers"], num_envs, d, device=self.device)
+        self.inputs: dict | None = None  # each window's step inputs, when remember_inputs() asked
 
     def forget(self) -> None:
         self.length.zero_()
         self.state.zero_()
+
+    def remember_inputs(self) -> None:
+        """Keep each window's step inputs, so `refresh` can read them again with new weights."""
+        self.inputs = self.inputs if self.inputs is not None else {}
+
+    @torch.inference_mode()
+    def refresh(self) -> None:
+        """After the weights changed: tokens and state read again over each window."""
+        if not self.inputs:
+            self.forget()
+            return
+        self.window.copy_(self.model.embed(self.inputs))
+        self.state.zero_()
+        for n in torch.unique(self.length).tolist():
+            rows = torch.nonzero(self.length == n).flatten()
+            if n:
+                _, self.state[:, rows] = self.model.gru(self.window[rows, :n])
 
     @torch.inference_mode()
     def act(self, obs, prev_action, prev_reward, new_episode):
@@ -71,12 +89,19 @@ class Policy:
         full = torch.nonzero(self.length == self.context).flatten()
         if len(full):
             self.window[full, :self.keep] = self.window[full, self.context - self.keep:].clone()
+            for v in (self.inputs or {}).values():
+                v[full, :self.keep] = v[full, self.context - self.keep:].clone()
             self.length[full] = self.keep
             self.state[:, full] = 0.0
             if self.keep:
                 _, self.state[:, full] = self.model.gru(self.window[full, :self.keep])
         rows = torch.arange(self.n, device=dev)
         self.window[rows, self.length] = token
+        if self.inputs is not None:
+            for k, v in step.items():
+                if k not in self.inputs:
+                    self.inputs[k] = torch.zeros((self.n, self.context, *v.shape[2:]), dtype=v.dtype, device=dev)
+                self.inputs[k][rows, self.length] = v[:, 0]
         self.length += 1
         out, self.state = self.model.gru(token[:, None], self.state)
         self.last_logits = self.model.head(out[:, 0]).float().cpu()

@@ -220,13 +220,32 @@ class ContextPolicy:
         self.length = torch.zeros(num_envs, dtype=torch.long, device=self.device)
         self.starts = torch.zeros(num_envs, context, dtype=torch.bool, device=self.device)
         self.cache = model.transformer.new_cache(num_envs, self.device) if cache else None
+        self.inputs: dict | None = None  # each window's step inputs, when remember_inputs() asked
 
     def extras(self, prev_reward, new_episode) -> dict:
         return {}
 
     def forget(self) -> None:
-        """Empty every window (after the weights changed, the stored tokens are stale)."""
+        """Empty every window."""
         self.length.zero_()
+
+    def remember_inputs(self) -> None:
+        """Keep each window's step inputs too, so `refresh` can recompute its tokens (a learner
+        that changes the weights while playing keeps its context this way)."""
+        self.inputs = self.inputs if self.inputs is not None else {}
+
+    @torch.inference_mode()
+    def refresh(self) -> None:
+        """After the weights changed: every window's tokens (and cache) recomputed from its
+        stored inputs with the current weights; without stored inputs the windows are emptied."""
+        if not self.inputs:
+            self.forget()
+            return
+        self.window.copy_(self.model.tokens(self.inputs))
+        if self.cache is not None:
+            for n in torch.unique(self.length).tolist():
+                rows = torch.nonzero(self.length == n).flatten()
+                self.model.transformer.prefill(self.window[rows, :n], self.cache, rows)
 
     def episodes_in_context(self) -> list[int]:
         """Per env, how many episode starts its window holds now (the episodes it can read)."""
@@ -254,12 +273,19 @@ class ContextPolicy:
         if len(full):  # the window advances: its newest `keep` tokens move to the front
             self.window[full, :self.keep] = self.window[full, self.context - self.keep:].clone()
             self.starts[full, :self.keep] = self.starts[full, self.context - self.keep:].clone()
+            for v in (self.inputs or {}).values():
+                v[full, :self.keep] = v[full, self.context - self.keep:].clone()
             self.length[full] = self.keep
             if self.cache is not None:
                 self.model.transformer.prefill(self.window[full, :self.keep], self.cache, full)
         rows = torch.arange(self.n, device=dev)
         self.window[rows, self.length] = token
         self.starts[rows, self.length] = step["new_episode"][:, 0]
+        if self.inputs is not None:
+            for k, v in step.items():
+                if k not in self.inputs:
+                    self.inputs[k] = torch.zeros((self.n, self.context, *v.shape[2:]), dtype=v.dtype, device=dev)
+                self.inputs[k][rows, self.length] = v[:, 0]
         position = self.length.clone()
         self.length += 1
         if self.cache is not None:

@@ -2,10 +2,11 @@
 game. The frozen imitator can only adapt in context; this one learns by gradient descent on its
 own experience, so it answers "would ordinary learning have done better than the context?".
 
-Every finished episode whose return is at least the median of its episodes so far joins a
+Every finished episode whose return is above the median of its earlier episodes joins a
 buffer (kept in the order played), and `updates` steps of the model's own imitation loss are
-taken on windows of that buffer after each one. The weights really change; the player's
-context is emptied after an update, since its tokens were computed with the old weights.
+taken on windows of that buffer after each one. The weights really change; the player keeps its
+context across an update, its tokens recomputed with the new weights (emptied at every update,
+as it once was, a fine-tuned AD could never learn in context and fell below random play).
 """
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ class SelfImitation:
         self.returns: list[float] = []
         self.rng = np.random.default_rng(seed)
         self.steps_trained = 0
+        if hasattr(player, "remember_inputs"):
+            player.remember_inputs()  # so its context survives the weight updates
 
     def on_step(self, obs, actions, rewards, done):
         """Called by the player loop after every env step, with the observation acted on."""
@@ -35,8 +38,9 @@ class SelfImitation:
             if done[i]:
                 episode, self.open[i] = self.open[i], []
                 ret = sum(r for _, _, r in episode)
+                better = bool(self.returns) and ret > np.median(self.returns)
                 self.returns.append(ret)
-                if ret >= np.median(self.returns):
+                if better:  # only episodes above its usual level: never imitate its own worst play
                     self.buffer = (self.buffer + [{"frames": np.stack([f for f, _, _ in episode]),
                                                    "actions": np.array([a for _, a, _ in episode]),
                                                    "rewards": np.array([r for _, _, r in episode], np.float32)}]
@@ -67,5 +71,5 @@ class SelfImitation:
             self.optimizer.step()
             self.steps_trained += 1
         self.model.eval()
-        if hasattr(self.player, "forget"):
-            self.player.forget()
+        if hasattr(self.player, "refresh"):
+            self.player.refresh()  # the context, re-read with the new weights

@@ -309,6 +309,9 @@ class EvaluateConfig(Strict):
     games: list[Game] = Field(min_length=1)
     heldout_games: list[Game] = Field(default_factory=list)  # must not be in the training data
     episodes: PositiveInt = 3  # consecutive episodes per copy, memory carried across them
+    # Past the horizon: play this multiple of the training histories' length in episodes (the
+    # episodes per history the imitator was trained on) instead of `episodes`.
+    horizon: PositiveFloat | None = None
     copies: PositiveInt = 1  # independent copies per agent and game (Dark Room: per held-out goal)
     max_episode_steps: PositiveInt | None = None
     greedy: bool = True

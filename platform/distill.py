@@ -6,14 +6,15 @@ Ray Train inside the trial.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 import os
 import tempfile
 import time
+from dataclasses import asdict
 
 from ray import tune
 
 from understudy.histories import shards
+from understudy.histories.data import index_runs
 from understudy.platform import plots, storage, tracking
 from understudy.platform.config import DistillConfig
 from understudy.platform.manifests import DistillManifest
@@ -75,6 +76,11 @@ def context_span(cfg: DistillConfig, train) -> dict:
         print(f"[distill] context {context} steps: {context / mean:.1f} episodes of mean length {mean:.0f}, "
               f"{context / p95:.1f} of 95th-percentile length {p95:.0f}", flush=True)
     return span
+
+
+def returns_by_run(histories) -> dict[str, list[float]]:
+    """Per teacher run, the raw return of each of its episodes in training order."""
+    return {h.run_id: [e.ret for e in h.episodes] for h in histories}
 
 
 def data_returns(train) -> dict[str, list[float]]:
@@ -396,7 +402,9 @@ def run_distill(cfg: DistillConfig, ws: Workspace, resume: bool = False) -> Dist
                 "mlflow_run_id": best["mlflow_run_id"], "best_by": metric, "trials": trials,
                 "runs": runs,
                 "data_best_return": max((e.ret for h in train for e in h.episodes), default=None),
-                "data_returns": data_returns(train), "context_span": span}
+                "data_returns": data_returns(train), "context_span": span,
+                "split_returns": returns_by_run(train),
+                "history_returns": returns_by_run(index_runs(root, run_ids, frozenset(bad)))}
     to_mlflow.report_missing(manifest, "distill", "the trained models are in their checkpoints "
                              "(this stage's manifest)")
     manifest = DistillManifest.model_validate(manifest)

@@ -92,6 +92,20 @@ def _check_goals_held_out(cfg: EvaluateConfig, teach: TeachManifest, distill: Di
                           "evaluate with goal_split: train")
 
 
+def _past_the_horizon(cfg: EvaluateConfig, distill: DistillManifest) -> EvaluateConfig:
+    """With `horizon`, the episodes to play: that multiple of the training histories' length."""
+    if cfg.horizon is None:
+        return cfg
+    length = distill.history_length
+    if length is None:
+        raise StageFailed(f"evaluate.horizon: distill stage {distill.name!r} did not record its histories' "
+                          "lengths (an older manifest); run distill again, or give episodes instead")
+    episodes = int(np.ceil(cfg.horizon * length))
+    print(f"[evaluate] horizon {cfg.horizon}x the training histories' {length:.0f} episodes: "
+          f"{episodes} episodes per copy (instead of {cfg.episodes})", flush=True)
+    return cfg.model_copy(update={"episodes": episodes})
+
+
 def run_evaluate(cfg: EvaluateConfig, ws: Workspace, experiment: str | None = None,
                  progress_s: float = 30.0) -> EvaluateManifest:
     teach = ws.read_stage("teach", cfg.teacher)
@@ -102,6 +116,7 @@ def run_evaluate(cfg: EvaluateConfig, ws: Workspace, experiment: str | None = No
         raise StageFailed(f"evaluate.heldout_games: {overlap} appear in the imitator's training data "
                           f"(distill stage {cfg.imitator!r}, data {distill.data_version}, games {trained})")
     _check_goals_held_out(cfg, teach, distill)
+    cfg = _past_the_horizon(cfg, distill)
     agents = _agents(cfg, ws, teach, distill)
     protocol = dict(teach.protocol, terminal_on_life_loss=False)  # evaluation: whole games
     started = time.perf_counter()

@@ -89,9 +89,19 @@ class DistillManifest(_Manifest):
     # Per game, the raw return of every episode the imitator was trained on, in training order
     # (evaluation's "exceeds the data" compares against them).
     data_returns: dict[str, list[float]] = {}
+    # Per teacher run: the raw returns of the episodes trained on (the training split, after the
+    # selection), and of its whole recorded history (what "exceeds the data" is also held against)
+    split_returns: dict[str, list[float]] = {}
+    history_returns: dict[str, list[float]] = {}
     # AD: the context against the data's episode lengths (distill.context_span)
     context_span: dict[str, Any] = {}
     mlflow_missing: MlflowMissing | None = None
+
+    @property
+    def history_length(self) -> float | None:
+        """The training histories' length in episodes: episodes per teacher run the imitator saw."""
+        lengths = [len(r) for r in self.split_returns.values() if r]
+        return sum(lengths) / len(lengths) if lengths else None
 
     @property
     def imitators(self) -> list[DistillTrial]:

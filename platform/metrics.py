@@ -89,6 +89,16 @@ def exceeds_data(returns, data_returns, late: int = 5) -> dict:
     }
 
 
+def best_window_mean(returns, window: int) -> float:
+    """The best mean of `window` consecutive returns: the highest level a learner held, not one
+    lucky episode (the whole series' mean when it is shorter than the window)."""
+    r = _returns_1d("returns", returns)
+    if r.size <= window:
+        return float(r.mean())
+    sums = np.convolve(r, np.ones(window), mode="valid")
+    return float(sums.max() / window)
+
+
 def _iqm_rows(x: np.ndarray) -> np.ndarray:
     """IQM of each row of a 2-D array (see `iqm`)."""
     n = x.shape[-1]

@@ -206,7 +206,8 @@ def play(agent: Agent, game: str, protocol: dict, episodes: int, copies: int, ma
             imitation.policy(model, env.num_envs, greedy=greedy, seed=seed, target_return=agent.target_return),
             player.meta, num_actions_of(env), env.num_envs, other, bool(protocol.get("full_action_space")), seed)
         try:
-            replay = play_episodes(env, frozen, stack, num_actions_of(env), min(episodes, 3), seed)
+            # the same episodes and context rules as the untuned imitator played there
+            replay = play_episodes(env, frozen, stack, num_actions_of(env), episodes, seed)
         finally:
             env.close()
         out["replays"][other] = [[e["return"] for e in p] for p in replay]

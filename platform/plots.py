@@ -68,9 +68,10 @@ def returns_by_agent(results: dict[str, dict[str, list[float]]], title: str):
     return fig
 
 
-def returns_per_episode(curves: dict, title: str):
+def returns_per_episode(curves: dict, title: str, horizon: float | None = None):
     """One panel per game: each agent's mean return per episode index over its copies, with a
-    95% band (normal approximation over copies)."""
+    95% band (normal approximation over copies); a dashed line at `horizon`, the training
+    histories' length in episodes."""
     games = sorted({g for _, g in curves})
     agents = sorted({a for a, _ in curves})
     fig, axes = plt.subplots(1, len(games), figsize=(5 * len(games), 3.8), squeeze=False)
@@ -84,6 +85,8 @@ def returns_per_episode(curves: dict, title: str):
             x = np.arange(1, len(mean) + 1)
             ax.plot(x, mean, color=f"C{i}", label=agent, marker="o" if len(x) < 12 else None, ms=3)
             ax.fill_between(x, mean - half, mean + half, color=f"C{i}", alpha=0.2)
+        if horizon:
+            ax.axvline(horizon, color="grey", ls="--", lw=1, label="training history length")
         ax.set_title(game)
         ax.set_xlabel("episode (consecutive, memory carried)")
         ax.set_ylabel("return")

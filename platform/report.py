@@ -62,10 +62,13 @@ def _tasks(game: str, rows: int, cfg: EvaluateConfig) -> list:
     return [(game, i // cfg.copies) for i in range(rows)]
 
 
-def summarise(cfg: EvaluateConfig, trained: list[str], results: dict, data: dict) -> tuple[list, list]:
+def summarise(cfg: EvaluateConfig, trained: list[str], results: dict, data: dict,
+              horizon: float | None = None) -> tuple[list, list]:
     """(rows, aggregate) of an evaluation's results ({(agent, game): {"runs": [what `play`
     returned, with its training "seed"]}}): one row per agent and game over all its runs, and
-    the IQM per agent and group of games over tasks x independent runs. Pure: no MLflow."""
+    the IQM per agent and group of games over tasks x independent runs. `data`: per game, the
+    returns the imitator was trained on and the teachers' whole histories (data_on_scale);
+    `horizon`: the training histories' length in episodes. Pure: no MLflow."""
     k = max(1, min(cfg.window, cfg.episodes // 2))
     rows, late_scores = [], {}
     for (name, game), res in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
@@ -88,10 +91,14 @@ def summarise(cfg: EvaluateConfig, trained: list[str], results: dict, data: dict
             # how many earlier episodes the context held: over the late window, and at the last episode
             row["context_episodes_late"] = float(np.nanmean(in_context[:, -k:]))
             row["context_episodes_last"] = float(np.nanmean(in_context[:, -1]))
-        if data.get(game) and returns.shape[1] >= k:
-            ex = metrics.exceeds_data(returns.mean(0), data[game], late=k)
-            row.update(data_best=ex["data_best"], best_minus_data=ex["best_minus_data_best"],
-                       late_minus_data=ex["late_minus_data_best"])
+        if game in data and returns.shape[1] >= k:
+            row.update(exceeds(game, res, data[game], cfg, k))
+        if horizon and returns.shape[1] > horizon:
+            # past the horizon: the episodes beyond the training histories' length, against the
+            # last `k` episodes before it
+            h = int(round(horizon))
+            row["horizon"] = h
+            row["past_horizon_gain"] = float(returns[:, h:].mean() - returns[:, max(0, h - k):h].mean())
         cut = _stack(res, "truncated").astype(bool)
         if cut_short(cfg, game) and cut.any():
             # a game stopped by the step cap is not a game: its score is not on the reference scale
@@ -103,6 +110,53 @@ def summarise(cfg: EvaluateConfig, trained: list[str], results: dict, data: dict
                 late_scores.update({(name, task): v for task, v in late.items()})
         rows.append(row)
     return rows, _aggregate(late_scores, trained, cfg.goal_split)
+
+
+def data_on_scale(teach: TeachManifest, distill: DistillManifest) -> dict:
+    """Per game, {"split": the training split's returns, "history": [each teacher run's whole
+    history]}, on the scale "exceeds the data" is judged on: raw score, or for Dark Room the
+    fraction of each run's own goal's optimum (its goals differ in what is possible)."""
+    runs = {r.run_id: r for r in teach.runs}
+    out: dict = {}
+    if not distill.history_returns:  # older manifests: the training split per game, raw
+        return {g: {"split": np.array(v, float), "history": []} for g, v in distill.data_returns.items() if v}
+    for run_id, history in distill.history_returns.items():
+        run = runs.get(run_id)
+        if run is None or not history:
+            continue
+        scale = 1.0
+        if run.game == DARKROOM and run.goal is not None:
+            from understudy.envs.darkroom import optimal_return
+
+            scale = 1.0 / optimal_return(np.array(run.goal))
+        entry = out.setdefault(run.game, {"split": [], "history": []})
+        entry["split"] += [r * scale for r in distill.split_returns.get(run_id, [])]
+        entry["history"].append(np.array(history, float) * scale)
+    return {g: {"split": np.array(v["split"], float), "history": v["history"]} for g, v in out.items()}
+
+
+def exceeds(game: str, res: dict, data: dict, cfg: EvaluateConfig, k: int) -> dict:
+    """Does the agent play better than anything in its data? Its best episode and its late mean
+    (over copies and runs, per episode index) against the best training episode and against
+    the teachers' whole histories: their best episode and best `k`-episode mean. Dark Room on
+    the per-goal scale (fractions of the optimum)."""
+    curve = _stack(res, "returns")
+    if game == DARKROOM:
+        curve = np.concatenate([normalised(game, np.array(r["returns"], float), cfg.goal_split, cfg.copies)
+                                for r in res["runs"]])
+    curve = curve.mean(0)
+    out = {}
+    if data["split"].size:
+        ex = metrics.exceeds_data(curve, data["split"], late=k)
+        out.update(data_best=ex["data_best"], best_minus_data=ex["best_minus_data_best"],
+                   late_minus_data=ex["late_minus_data_best"])
+    if data["history"]:
+        best = max(float(h.max()) for h in data["history"])
+        best_late = max(metrics.best_window_mean(h, k) for h in data["history"])
+        out.update(history_best=best, history_best_late=best_late,
+                   best_minus_history=float(curve.max()) - best,
+                   late_minus_history_late=float(curve[-k:].mean()) - best_late)
+    return out
 
 
 def _late_per_task_and_run(name: str, game: str, res: dict, cfg: EvaluateConfig, k: int) -> dict:
@@ -154,11 +208,12 @@ def report(cfg: EvaluateConfig, ws: Workspace, teach: TeachManifest, distill: Di
            trained: list[str], results: dict, experiment: str | None) -> EvaluateManifest:
     """The summary of an evaluation's results, logged to MLflow (a run per agent and game, a
     summary run with the plot and tables) and written as the stage's manifest."""
-    data = distill.data_returns
+    data = data_on_scale(teach, distill)
     if not data:
         print(f"[evaluate] distill stage {distill.name!r} recorded no training-data returns (written "
               "before they were kept); exceeds-data left out", flush=True)
-    rows, aggregate = summarise(cfg, trained, results, data)
+    horizon = distill.history_length if cfg.horizon else None
+    rows, aggregate = summarise(cfg, trained, results, data, horizon)
     truncated = sorted({r["game"] for r in rows if r.get("truncated_episodes")})
     if truncated:
         print(f"[evaluate] episodes of {truncated} were cut at max_episode_steps={cfg.max_episode_steps}: "
@@ -256,7 +311,9 @@ def results_table(rows: list[dict], aggregate: list[dict] | None = None) -> str:
             ("episodes", "episodes"), ("first", "first"), ("last", "last"), ("early", "early mean"),
             ("late", "late mean"), ("improvement", "late - early"), ("slope", "slope/episode"),
             ("data_best", "data best"), ("best_minus_data", "best - data best"),
-            ("late_minus_data", "late - data best"), ("late_normalized", "late (normalised)"),
+            ("late_minus_data", "late - data best"), ("history_best_late", "teacher best k-mean"),
+            ("late_minus_history_late", "late - teacher best k-mean"), ("past_horizon_gain", "past horizon - before"),
+            ("late_normalized", "late (normalised)"), ("before_finetune", "before fine-tuning"),
             ("truncated_episodes", "cut by step cap"), ("context_episodes_late", "episodes in context (late)"),
             ("env_steps", "env steps")]
     lines = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]

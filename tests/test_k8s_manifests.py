@@ -1,5 +1,5 @@
 """The Kubernetes manifests in k8s/: they parse, KubeRay objects validate against the KubeRay CRD
-schemas in ../shared/kuberay-crds/, core objects against Kubernetes' own schemas
+schemas in k8s/crds/ (copied in, with their source), core objects against Kubernetes' own schemas
 (kubernetes-validate), every reference between them resolves, Secrets hold placeholders only,
 and the image, entrypoint and config paths they name exist in this repo."""
 import copy
@@ -19,7 +19,7 @@ import yaml
 from conftest import REPO_ROOT
 
 K8S = os.path.join(REPO_ROOT, "k8s")
-CRDS = os.path.join(REPO_ROOT, "..", "shared", "kuberay-crds")
+CRDS = os.path.join(REPO_ROOT, "k8s", "crds")  # copied in: k8s/crds/SOURCE.md
 KUBERNETES_VERSION = "1.33"
 IMAGE_ROOT = "/app"  # the Dockerfile's WORKDIR, where the repo's files are copied
 

@@ -117,3 +117,34 @@ def test_play_episodes_reports_progress_as_it_plays():
 
     play_episodes(env, Random(), 1, 5, episodes=3, seed=0, progress=lambda done, steps: seen.append((done, steps)))
     assert seen[0] == (0, 2) and seen[19] == (2, 40) and seen[-1] == (6, 120) and len(seen) == 60
+
+
+@pytest.mark.parametrize("algorithm", ["ad", "ad_gru"])
+def test_after_a_weight_update_the_context_is_kept_and_read_with_the_new_weights(algorithm):
+    """The fine-tuned imitator keeps its context: refresh() recomputes every token (and the
+    cache, or the recurrent state) from the stored inputs, equal to a player that had played
+    the same steps with the new weights from the start."""
+    torch.manual_seed(0)
+    extra = {"heads": 2, "dropout": 0.0} if algorithm == "ad" else {}
+    model = imitation.build(algorithm, 5, cnn="grid", stack=1, context=16, d_model=16, layers=2, **extra).eval()
+    player = imitation.policy(model, 2, greedy=False, seed=0)
+    player.remember_inputs()
+    rng = np.random.default_rng(0)
+    steps = []
+    for t in range(22):  # past one window advance
+        obs = np.zeros((2, 84, 84, 1), np.uint8)
+        for i, (x, y) in enumerate(rng.integers(9, size=(2, 2))):
+            obs[i, 9 * y:9 * y + 9, 9 * x:9 * x + 9] = 255
+        steps.append((obs, rng.integers(5, size=2), rng.random(2).astype(np.float32), np.array([t % 7 == 0] * 2)))
+    for s in steps[:-1]:
+        player.act(*s)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    player.refresh()
+    assert int(player.length[0]) > 0  # the context is still there
+    player.act(*steps[-1])
+    fresh = imitation.policy(model, 2, greedy=False, seed=0)
+    for s in steps:
+        fresh.act(*s)
+    torch.testing.assert_close(player.last_logits, fresh.last_logits, atol=1e-4, rtol=1e-4)

@@ -111,3 +111,34 @@ def test_the_imitator_is_every_seed_of_the_best_point_never_the_luckiest_seed():
               {"point": (("lr", 3e-4),), "seed": 0, "heldout_loss": 0.4}]
     chosen = choose_runs(trials, "heldout_loss", "min")
     assert [(t["point"], t["seed"]) for t in chosen] == [((("lr", 3e-4),), 0), ((("lr", 3e-4),), 1)]
+
+
+def test_exceeds_the_data_against_the_split_and_the_whole_history_per_goal_and_past_the_horizon():
+    from understudy.platform.report import data_on_scale
+
+    goal = [int(v) for v in darkroom_goals("train")[0]]
+    opt = optimal_return(np.array(goal))
+    teach = TeachManifest(name="t", shard_root="/s", runs=[TeachRun(run_id="a", game="DarkRoom", goal=goal)])
+    history = [0.0, 0.2 * opt, 0.5 * opt, 0.9 * opt, 0.9 * opt, 0.95 * opt]  # what the source reached
+    distill = DistillManifest(name="d", algorithm="ad", game="DarkRoom", games=["DarkRoom"], data_games=["DarkRoom"],
+                              teacher="t", data_version="v", run_ids=["a"], shard_root="/s", num_actions=5,
+                              checkpoint="/c", split_returns={"a": history[:4]}, history_returns={"a": history})
+    assert distill.history_length == 4
+    data = data_on_scale(teach, distill)["DarkRoom"]
+    assert data["split"].max() == pytest.approx(0.9) and data["history"][0].max() == pytest.approx(0.95)
+
+    cfg = config(goal_split="train", copies=1, episodes=6, window=2)
+    goals = darkroom_goals("train")
+    optimum = np.array([optimal_return(g) for g in goals])
+    curve = np.array([0.1, 0.3, 0.6, 0.9, 1.0, 1.0])  # fractions of each goal's optimum
+    play = {"returns": (optimum[:, None] * curve).tolist(), "lengths": [[20] * 6] * len(goals),
+            "truncated": [[True] * 6] * len(goals)}
+    rows, _ = summarise(cfg, ["DarkRoom"], {("imitator", "DarkRoom"): runs(play, play)},
+                        {"DarkRoom": data}, horizon=distill.history_length)
+    (row,) = rows
+    assert row["data_best"] == pytest.approx(0.9) and row["late_minus_data"] == pytest.approx(0.1)
+    assert row["history_best_late"] == pytest.approx(0.925)  # the best 2-episode mean of the whole history
+    assert row["late_minus_history_late"] == pytest.approx(0.075)
+    assert row["horizon"] == 4
+    expected = (optimum[:, None] * curve)[:, 4:].mean() - (optimum[:, None] * curve)[:, 2:4].mean()
+    assert row["past_horizon_gain"] == pytest.approx(expected)
