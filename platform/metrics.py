@@ -99,6 +99,26 @@ def best_window_mean(returns, window: int) -> float:
     return float(sums.max() / window)
 
 
+def episodes_to_reach(curve, level: float) -> int | None:
+    """The first episode (counting from 1) whose return reaches `level`, or None if none does:
+    Laskin et al.'s data-efficiency measure, on a per-goal scale (fractions of the optimum)."""
+    r = _returns_1d("curve", curve)
+    hit = np.flatnonzero(r >= level)
+    return int(hit[0]) + 1 if hit.size else None
+
+
+def median_episodes_to_reach(curves, level: float) -> tuple[float | None, float]:
+    """(median episodes to reach `level` over curves, with never reaching counted as the
+    longest; None when most never reach it), and the share of curves that reach it."""
+    firsts = [episodes_to_reach(c, level) for c in curves]
+    reached = [f for f in firsts if f is not None]
+    share = len(reached) / len(firsts) if firsts else 0.0
+    if share <= 0.5:
+        return None, share
+    ranked = sorted(f if f is not None else float("inf") for f in firsts)
+    return float(np.median(ranked)), share
+
+
 def _iqm_rows(x: np.ndarray) -> np.ndarray:
     """IQM of each row of a 2-D array (see `iqm`)."""
     n = x.shape[-1]

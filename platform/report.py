@@ -93,6 +93,8 @@ def summarise(cfg: EvaluateConfig, trained: list[str], results: dict, data: dict
             row["context_episodes_last"] = float(np.nanmean(in_context[:, -1]))
         if game in data and returns.shape[1] >= k:
             row.update(exceeds(game, res, data[game], cfg, k))
+        if game == DARKROOM:
+            row.update(time_to_optimum(game, res, data.get(game), cfg))
         if horizon and returns.shape[1] > horizon:
             # past the horizon: the episodes beyond the training histories' length, against the
             # last `k` episodes before it
@@ -156,6 +158,26 @@ def exceeds(game: str, res: dict, data: dict, cfg: EvaluateConfig, k: int) -> di
         out.update(history_best=best, history_best_late=best_late,
                    best_minus_history=float(curve.max()) - best,
                    late_minus_history_late=float(curve[-k:].mean()) - best_late)
+    return out
+
+
+REACH = 0.9  # of each goal's optimum: Laskin et al.'s data-efficiency threshold
+
+
+def time_to_optimum(game: str, res: dict, data: dict | None, cfg: EvaluateConfig) -> dict:
+    """Dark Room: in how many episodes the agent first reaches 0.9 of each goal's optimum (the
+    median over goals x runs, a run's copies of a goal averaged; never reaching counts as the
+    longest), and, from the recorded histories, in how many the source it was distilled from did."""
+    curves = []
+    for run in res["runs"]:
+        scaled = normalised(game, np.array(run["returns"], float), cfg.goal_split, cfg.copies)
+        goals = scaled.reshape(-1, cfg.copies, scaled.shape[1]).mean(1)
+        curves += list(goals)
+    median, share = metrics.median_episodes_to_reach(curves, REACH)
+    out = {"episodes_to_0.9": median, "reached_0.9": share}
+    if data and data["history"]:
+        source, source_share = metrics.median_episodes_to_reach(data["history"], REACH)
+        out.update({"source_episodes_to_0.9": source, "source_reached_0.9": source_share})
     return out
 
 
@@ -314,6 +336,8 @@ def results_table(rows: list[dict], aggregate: list[dict] | None = None) -> str:
             ("late_minus_data", "late - data best"), ("history_best_late", "teacher best k-mean"),
             ("late_minus_history_late", "late - teacher best k-mean"), ("past_horizon_gain", "past horizon - before"),
             ("late_normalized", "late (normalised)"), ("before_finetune", "before fine-tuning"),
+            ("episodes_to_0.9", "episodes to 0.9 opt."), ("reached_0.9", "share reaching 0.9"),
+            ("source_episodes_to_0.9", "source: episodes to 0.9"),
             ("truncated_episodes", "cut by step cap"), ("context_episodes_late", "episodes in context (late)"),
             ("env_steps", "env steps")]
     lines = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]

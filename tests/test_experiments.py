@@ -131,3 +131,23 @@ def test_darkroom_experiment_end_to_end_and_report(ray_session, tmp_path, capsys
     assert out.strip().endswith(evaluation["table"].strip().splitlines()[-1])
     assert cli.main(["--workspace", str(ws), "report", "breakout_to_spaceinvaders"]) == 1
     assert "experiments with results: darkroom_ad" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_darkroom_slow_source_experiment_reports_time_to_the_optimum(ray_session, tmp_path):
+    """The Laskin-like slow source through the whole pipeline: its histories are recorded whole,
+    AD trains on every 2nd episode, and the report says in how many episodes AD and the source
+    first reach 0.9 of each goal's optimum (the source at this tiny budget: never)."""
+    from understudy.platform import cli
+
+    ws = tmp_path / "ws"
+    assert cli.main(["--workspace", str(ws), "experiment", "darkroom_ad_slow", "--scale", "tiny"]) == 0
+    teach = json.loads((ws / "stages" / "teach-darkroom_ad_slow-teach.json").read_text())
+    assert teach["hyperparameters"]["planning_sweeps"] == 0 and teach["hyperparameters"]["q_init"] == 0.0
+    distill = json.loads((ws / "stages" / "distill-darkroom_ad_slow-imitator.json").read_text())
+    assert all(len(h) == 20 for h in distill["history_returns"].values())  # recorded whole
+    assert all(len(s) == 9 for s in distill["split_returns"].values())  # gap 2, one held out
+    rows = {r["agent"]: r for r in json.loads(
+        (ws / "stages" / "evaluate-darkroom_ad_slow-evaluate.json").read_text())["rows"]}
+    assert {"reached_0.9", "source_reached_0.9"} <= set(rows["imitator"])
+    assert rows["imitator"]["source_reached_0.9"] < 0.5 and rows["imitator"]["source_episodes_to_0.9"] is None

@@ -142,3 +142,22 @@ def test_exceeds_the_data_against_the_split_and_the_whole_history_per_goal_and_p
     assert row["horizon"] == 4
     expected = (optimum[:, None] * curve)[:, 4:].mean() - (optimum[:, None] * curve)[:, 2:4].mean()
     assert row["past_horizon_gain"] == pytest.approx(expected)
+
+
+def test_episodes_to_reach_nine_tenths_of_each_goals_optimum():
+    from understudy.platform import metrics
+
+    assert metrics.episodes_to_reach([0.1, 0.5, 0.95, 0.2], 0.9) == 3
+    assert metrics.episodes_to_reach([0.1, 0.5], 0.9) is None
+    assert metrics.median_episodes_to_reach([[0.9], [0.0, 0.95], [0.0, 0.0, 1.0]], 0.9) == (2.0, 1.0)
+    assert metrics.median_episodes_to_reach([[0.9], [0.0], [0.1]], 0.9) == (None, pytest.approx(1 / 3))
+    cfg = config(copies=1, episodes=4, window=2)
+    goals = darkroom_goals("heldout")
+    optimum = np.array([optimal_return(g) for g in goals])
+    curve = np.array([0.0, 0.5, 0.95, 1.0])
+    play = {"returns": (optimum[:, None] * curve).tolist(), "lengths": [[20] * 4] * len(goals),
+            "truncated": [[True] * 4] * len(goals)}
+    source = {"split": np.array([0.5]), "history": [np.linspace(0, 1, 11)] * 3}  # 0.9 at episode 10
+    rows, _ = summarise(cfg, ["DarkRoom"], {("imitator", "DarkRoom"): runs(play, play, play)}, {"DarkRoom": source})
+    assert rows[0]["episodes_to_0.9"] == 3 and rows[0]["reached_0.9"] == 1.0
+    assert rows[0]["source_episodes_to_0.9"] == 10
