@@ -148,3 +148,26 @@ def test_after_a_weight_update_the_context_is_kept_and_read_with_the_new_weights
     for s in steps:
         fresh.act(*s)
     torch.testing.assert_close(player.last_logits, fresh.last_logits, atol=1e-4, rtol=1e-4)
+
+
+def test_fine_tuning_imitates_only_episodes_above_its_usual_level_and_keeps_its_context():
+    from understudy.algorithms.self_imitation import SelfImitation
+
+    torch.manual_seed(0)
+    model = imitation.build("ad", 5, cnn="grid", stack=1, context=40, d_model=16, layers=1, heads=2,
+                            dropout=0.0).eval()
+    player = imitation.policy(model, 1, greedy=False, seed=0)
+    learner = SelfImitation(model, player, 1, lr=1e-3, updates=2, batch_size=4, buffer_episodes=8, seed=0)
+    env = DarkRoomFrames(darkroom_goals("train")[:1])
+    before = [p.detach().clone() for p in model.parameters()]
+    returns = [0.0, 0.0, 3.0, 0.0, 0.0, 5.0, 0.0]  # a reward on the last step of some episodes
+    obs, _ = env.reset()
+    for ret in returns:
+        for t in range(20):
+            a = player.act(obs, [5], [0.0], [t == 0])
+            obs = env.step(a)[0]
+            learner.on_step(obs, a, np.array([ret if t == 19 else 0.0]), np.array([t == 19]))
+    assert [float(e["rewards"].sum()) for e in learner.buffer] == [3.0, 5.0]  # never its own zeros
+    assert learner.steps_trained == 4
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))  # it really learned
+    assert int(player.length[0]) > 20  # and its context survived the updates
