@@ -504,12 +504,40 @@ def parse_config(data, source: str = "config", expect: tuple[str, ...] | None = 
         raise ConfigError(_format_error(err, model, source)) from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe YAML loader that refuses a mapping with the same key twice (PyYAML keeps the last
+    value silently, so a repeated `env_steps` would change a run without a word)."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False):
+    seen = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} appears twice (first at line {seen[key] + 1}); keep one",
+                key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def read_yaml(path: Path, what: str = "config file"):
-    """The parsed contents of a YAML file; ConfigError if it is missing or malformed."""
+    """The parsed contents of a YAML file; ConfigError if it is missing, not UTF-8 text,
+    malformed, or repeats a key."""
     if not path.is_file():
         raise ConfigError(f"{path}: no such {what}")
+    raw = path.read_bytes()
     try:
-        return yaml.safe_load(path.read_text())
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[:err.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: not a UTF-8 text {what}: byte 0x{raw[err.start]:02x} at position "
+                          f"{err.start} (line {line}); give a YAML file saved as UTF-8") from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -53,6 +53,14 @@ def run_experiment(cfg: ExperimentConfig, ws: Workspace, stages: dict, resume: b
     ws.write_stage("experiment", cfg.name, manifest)
     path = write_results(ws, cfg.name, evaluation.episodes)
     print(f"[experiment] raw results (every episode of every agent, run and copy): {path}", flush=True)
+    if any(r["goal"] is not None for r in evaluation.episodes):
+        from understudy.platform.report import per_goal, per_goal_table
+
+        k = max(1, min(cfg.evaluate.window, cfg.evaluate.episodes // 2))
+        table = per_goal_table(per_goal(evaluation.episodes, k))
+        (path.parent / f"{cfg.name}-per-goal.md").write_text(table + "\n")
+        print(f"[experiment] per goal (late fraction of the optimum [95% CI over runs] / episodes to 0.9):\n"
+              f"{table}", flush=True)
     return manifest
 
 

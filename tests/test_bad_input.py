@@ -46,6 +46,10 @@ class Case:
 
 
 CASES = [
+    Case("binary-config", "a config file of binary bytes", ["teach", "{cfg}"], "\udca4binary",
+         2, ("config.yaml", "not a UTF-8 text", "0xa4", "position 0")),
+    Case("duplicate-key", "a YAML mapping with the same key twice", ["teach", "{cfg}"],
+         TEACH + "env_steps: 1024\n", 2, ("config.yaml", "line 5", "'env_steps' appears twice", "line 4")),
     Case("wrong-game", "a game name that does not exist", ["teach", "{cfg}"],
          TEACH.replace("[Pong]", "[Pongg]"), 2, ("games[0]", "Pongg", "Pong")),
     Case("negative-budget", "a negative env-step budget", ["teach", "{cfg}"],
@@ -144,8 +148,8 @@ def try_case(case: Case, tmp: Path, ws: Path, capsys=None) -> tuple[int, str]:
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "a-file").write_text("not a folder")
     cfg = tmp / "config.yaml"
-    if case.config is not None:
-        cfg.write_text(case.config)
+    if case.config is not None:  # lone surrogates stand for raw bytes (a binary file)
+        cfg.write_bytes(case.config.encode("utf-8", "surrogateescape"))
     if case.id == "catalog-lost":  # the teacher's catalog folders go away; its shards stay
         import json
 

@@ -161,3 +161,18 @@ def test_episodes_to_reach_nine_tenths_of_each_goals_optimum():
     rows, _ = summarise(cfg, ["DarkRoom"], {("imitator", "DarkRoom"): runs(play, play, play)}, {"DarkRoom": source})
     assert rows[0]["episodes_to_0.9"] == 3 and rows[0]["reached_0.9"] == 1.0
     assert rows[0]["source_episodes_to_0.9"] == 10
+
+
+def test_per_goal_fractions_with_intervals_over_runs():
+    from understudy.platform.report import per_goal, per_goal_table
+
+    goal = [int(v) for v in darkroom_goals("heldout")[0]]
+    opt = optimal_return(np.array(goal))
+    rows = [{"agent": "imitator", "goal": goal, "optimal_return": opt, "run_seed": seed, "copy": c,
+             "episode_returns": [0.0, 0.5 * opt, level * opt, level * opt]}
+            for seed, level in ((0, 0.8), (1, 1.0), (2, 0.9)) for c in (0, 1)]
+    (row,) = per_goal(rows, k=2)
+    assert row["runs"] == 3 and row["late_fraction"] == pytest.approx(0.9)
+    assert 0.8 <= row["ci_low"] < 0.9 < row["ci_high"] <= 1.0
+    assert row["episodes_to_0.9"] == 3 and row["reached_0.9"] == pytest.approx(2 / 3)
+    assert f"| {tuple(goal)} |" in per_goal_table([row])
