@@ -132,7 +132,10 @@ def run_evaluate(cfg: EvaluateConfig, ws: Workspace, experiment: str | None = No
                     agent, game, protocol, cfg.episodes, cfg.copies, cfg.max_episode_steps, cfg.greedy,
                     cfg.seed, cfg.goal_split, finetune, replay, progress_s)
 
+    budget: dict[tuple, int] = {}  # (game, seed) -> env steps a learner from scratch was given
+
     def from_scratch(game, steps, seed):
+        budget[(game, seed)] = steps
         return learn_from_scratch.remote(teach, game, steps, cfg.copies, cfg.max_episode_steps,
                                          seed, cfg.goal_split)
 
@@ -150,7 +153,7 @@ def run_evaluate(cfg: EvaluateConfig, ws: Workspace, experiment: str | None = No
             name, game, seed = key
             if name == "scratch":
                 value = {"returns": [r[:cfg.episodes] for r in value], "lengths": [],
-                         "gradient_steps": 0, "replays": {}}
+                         "env_steps": budget[(game, seed)], "gradient_steps": 0, "replays": {}}
             results.setdefault((name, game), {"runs": []})["runs"].append({**value, "seed": seed})
             done_tasks += 1
             r = np.array(value["returns"], float)

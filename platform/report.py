@@ -81,7 +81,8 @@ def summarise(cfg: EvaluateConfig, trained: list[str], results: dict, data: dict
                "seeds": [r["seed"] for r in res["runs"] if r["seed"] is not None],
                "copies": returns.shape[0], "episodes": returns.shape[1], "first": float(returns[:, 0].mean()),
                "last": float(returns[:, -1].mean()), "return_mean": float(returns.mean()),
-               "env_steps": int(sum(np.sum(r.get("lengths") or 0) for r in res["runs"]))}
+               "env_steps": int(sum(r["env_steps"] if "env_steps" in r else np.sum(r.get("lengths") or 0)
+                                    for r in res["runs"]))}
         if returns.shape[1] >= 2 * k:
             ici = metrics.in_context_improvement(returns, early=k, late=k)
             row.update(early=ici["early_mean"], late=ici["late_mean"], improvement=ici["improvement"],

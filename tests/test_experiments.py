@@ -99,6 +99,8 @@ def test_darkroom_experiment_end_to_end_and_report(ray_session, tmp_path, capsys
         assert row["copies"] == (32 if trained else 16), agent
         assert row["data_best"] > 0 and "improvement" in row and "late_normalized" in row
     assert rows["noop"]["return_mean"] == 0.0  # the centre is never a goal
+    # learners and players get the same env steps, counted: 2 runs x 16 goals x 4 episodes x 20 steps
+    assert {rows[a]["env_steps"] for a in ("imitator", "ed", "finetune", "scratch")} == {2560}
     distills = {n: json.loads((ws / "stages" / f"distill-darkroom_ad-{n}.json").read_text())
                 for n in ("imitator", "ed")}
     assert distills["imitator"]["checkpoint"] != distills["ed"]["checkpoint"]
