@@ -196,7 +196,7 @@ def protocol() -> dict:
 
 
 class DarkRoomFrames:
-    """DarkRoomVectorEnv as the players in platform.evaluate see an Atari vector env: frames
+    """DarkRoomVectorEnv as the players in platform.players see an Atari vector env: frames
     (N, 84, 84, 1) as observations, and the next episode starting in the same step the last
     one ends (rooms run in lock step, so all of them at once)."""
 
