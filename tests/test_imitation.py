@@ -165,7 +165,7 @@ def test_a_tiny_model_fits_a_fixed_batch(teacher, algorithm, params):
 
 def distill_yaml(tmp_path, **extra):
     cfg = {"kind": "distill", "name": "sweep", "teacher": "tiny", "game": "Breakout",
-           "algorithm": "ad", "model": {"context": 32, "d_model": 32, "layers": 1, "cnn": "small"},
+           "algorithm": "ad", "model": {"context": 64, "d_model": 32, "layers": 1, "cnn": "small"},
            "data": {"heldout_episodes": 2}, "epochs": 2, "batch_size": 8, **extra}
     path = tmp_path / "distill.yaml"
     path.write_text(yaml.safe_dump(cfg))
