@@ -208,10 +208,18 @@ def test_a_two_trial_asha_sweep_reaches_mlflow_with_models(teacher, tmp_path):
 
 
 def _trial_workers():
+    """This test session's own Tune trial processes (descendants of this process: the Ray
+    instance it started), never another run's on the same machine."""
     import psutil
 
-    return [p for p in psutil.process_iter(["cmdline"])
-            if any("ImplicitFunc" in part for part in (p.info["cmdline"] or []))]
+    found = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if any("ImplicitFunc" in part for part in p.cmdline()):
+                found.append(p)
+        except psutil.Error:
+            continue
+    return found
 
 
 def test_a_killed_trial_restarts_from_its_checkpoint(teacher, tmp_path):
