@@ -6,11 +6,10 @@ so it is never asked to act from a state longer than any it was trained on.
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn as nn
 
-from understudy.algorithms.nets import StepEmbedding, choose, masked_action_loss
+from understudy.algorithms.nets import StepEmbedding, StepWindow, choose, masked_action_loss, step_inputs
 from understudy.histories.data import SampleSpec
 
 
@@ -44,65 +43,48 @@ class Policy:
     def __init__(self, model: RecurrentAD, num_envs: int, greedy: bool = False, seed: int = 0,
                  keep: int | None = None):
         self.model, self.greedy, self.n = model, greedy, num_envs
-        self.context = model.spec["context"]
-        self.keep = self.context * 3 // 4 if keep is None else keep
-        if not 0 <= self.keep < self.context:
-            raise ValueError(f"keep={self.keep}: must be at least 0 and below the context ({self.context})")
         self.gen = torch.Generator().manual_seed(seed)
         self.legal: torch.Tensor | None = None  # set by a caller whose game has fewer actions
         self.device = next(model.parameters()).device
-        d = model.spec["d_model"]
-        self.window = torch.zeros(num_envs, self.context, d, device=self.device)
-        self.length = torch.zeros(num_envs, dtype=torch.long, device=self.device)
-        self.state = torch.zeros(model.spec["layers"], num_envs, d, device=self.device)
-        self.inputs: dict | None = None  # each window's step inputs, when remember_inputs() asked
+        self.steps = StepWindow(num_envs, model.spec["context"], model.spec["d_model"], keep, self.device)
+        self.state = torch.zeros(model.spec["layers"], num_envs, model.spec["d_model"], device=self.device)
+
+    @property
+    def length(self) -> torch.Tensor:
+        return self.steps.length
 
     def forget(self) -> None:
-        self.length.zero_()
+        self.steps.length.zero_()
         self.state.zero_()
 
     def remember_inputs(self) -> None:
         """Keep each window's step inputs, so `refresh` can read them again with new weights."""
-        self.inputs = self.inputs if self.inputs is not None else {}
+        self.steps.remember_inputs()
+
+    def _read(self, rows: torch.Tensor, n: int) -> None:
+        """The state of rows whose windows hold `n` steps, read from zero over them."""
+        self.state[:, rows] = 0.0
+        if n:
+            _, self.state[:, rows] = self.model.gru(self.steps.tokens[rows, :n])
 
     @torch.inference_mode()
     def refresh(self) -> None:
         """After the weights changed: tokens and state read again over each window."""
-        if not self.inputs:
+        if not self.steps.inputs:
             self.forget()
             return
-        self.window.copy_(self.model.embed(self.inputs))
-        self.state.zero_()
-        for n in torch.unique(self.length).tolist():
-            rows = torch.nonzero(self.length == n).flatten()
-            if n:
-                _, self.state[:, rows] = self.model.gru(self.window[rows, :n])
+        self.steps.tokens.copy_(self.model.embed(self.steps.inputs))
+        for n, rows in self.steps.groups():
+            self._read(rows, n)
 
     @torch.inference_mode()
     def act(self, obs, prev_action, prev_reward, new_episode):
-        dev = self.device
-        step = {"obs": torch.as_tensor(obs, device=dev)[:, None],
-                "prev_action": torch.as_tensor(np.asarray(prev_action), dtype=torch.long, device=dev)[:, None],
-                "prev_reward": torch.as_tensor(np.asarray(prev_reward), dtype=torch.float32, device=dev)[:, None],
-                "new_episode": torch.as_tensor(np.asarray(new_episode), dtype=torch.bool, device=dev)[:, None]}
+        step = step_inputs(obs, prev_action, prev_reward, new_episode, self.device)
         token = self.model.embed(step)[:, 0]
-        full = torch.nonzero(self.length == self.context).flatten()
+        full = self.steps.advance_full()
         if len(full):
-            self.window[full, :self.keep] = self.window[full, self.context - self.keep:].clone()
-            for v in (self.inputs or {}).values():
-                v[full, :self.keep] = v[full, self.context - self.keep:].clone()
-            self.length[full] = self.keep
-            self.state[:, full] = 0.0
-            if self.keep:
-                _, self.state[:, full] = self.model.gru(self.window[full, :self.keep])
-        rows = torch.arange(self.n, device=dev)
-        self.window[rows, self.length] = token
-        if self.inputs is not None:
-            for k, v in step.items():
-                if k not in self.inputs:
-                    self.inputs[k] = torch.zeros((self.n, self.context, *v.shape[2:]), dtype=v.dtype, device=dev)
-                self.inputs[k][rows, self.length] = v[:, 0]
-        self.length += 1
+            self._read(full, self.steps.keep)
+        self.steps.append(token, step)
         out, self.state = self.model.gru(token[:, None], self.state)
         self.last_logits = self.model.head(out[:, 0]).float().cpu()
         return choose(self.last_logits, self.greedy, self.gen, self.legal)

@@ -189,6 +189,68 @@ def masked_action_loss(logits: torch.Tensor, actions: torch.Tensor, mask: torch.
     return loss, {"accuracy": accuracy.detach(), "targets": torch.tensor(len(actions))}
 
 
+def step_inputs(obs, prev_action, prev_reward, new_episode, device, **extra) -> dict:
+    """One step of N envs as a (N, 1, ...) batch of the model's inputs, on `device`."""
+    return {"obs": torch.as_tensor(obs, device=device)[:, None],
+            "prev_action": torch.as_tensor(np.asarray(prev_action), dtype=torch.long, device=device)[:, None],
+            "prev_reward": torch.as_tensor(np.asarray(prev_reward), dtype=torch.float32, device=device)[:, None],
+            "new_episode": torch.as_tensor(np.asarray(new_episode), dtype=torch.bool, device=device)[:, None],
+            **{k: torch.as_tensor(v, device=device)[:, None] for k, v in extra.items()}}
+
+
+class StepWindow:
+    """Each env's window of recent step tokens at positions 0..n-1, and where episodes start in
+    it; with `remember_inputs()` also the steps' inputs, so the tokens can be recomputed after
+    the weights change. When a window is full it advances: its newest `keep` steps move to the
+    front (the players of AD, DT and recurrent AD share this)."""
+
+    def __init__(self, num_envs: int, context: int, d_model: int, keep: int | None, device):
+        self.n, self.context, self.device = num_envs, context, device
+        self.keep = context * 3 // 4 if keep is None else keep
+        if not 0 <= self.keep < context:
+            raise ValueError(f"keep={self.keep}: must be at least 0 and below the context ({context})")
+        self.tokens = torch.zeros(num_envs, context, d_model, device=device)
+        self.length = torch.zeros(num_envs, dtype=torch.long, device=device)
+        self.starts = torch.zeros(num_envs, context, dtype=torch.bool, device=device)
+        self.inputs: dict | None = None
+
+    def remember_inputs(self) -> None:
+        self.inputs = self.inputs if self.inputs is not None else {}
+
+    def advance_full(self) -> torch.Tensor:
+        """Advance every full window; the rows that advanced (now `keep` long)."""
+        full = torch.nonzero(self.length == self.context).flatten()
+        if len(full):
+            cut = self.context - self.keep
+            for v in (self.tokens, self.starts, *(self.inputs or {}).values()):
+                v[full, :self.keep] = v[full, cut:].clone()
+            self.length[full] = self.keep
+        return full
+
+    def append(self, token: torch.Tensor, step: dict) -> torch.Tensor:
+        """Add one step per env; the position each got."""
+        rows, position = torch.arange(self.n, device=self.device), self.length.clone()
+        self.tokens[rows, position] = token
+        self.starts[rows, position] = step["new_episode"][:, 0]
+        if self.inputs is not None:
+            for k, v in step.items():
+                if k not in self.inputs:
+                    self.inputs[k] = torch.zeros((self.n, self.context, *v.shape[2:]), dtype=v.dtype, device=self.device)
+                self.inputs[k][rows, position] = v[:, 0]
+        self.length += 1
+        return position
+
+    def groups(self):
+        """(length, rows) for each distinct window length (for re-reading windows in batches)."""
+        for n in torch.unique(self.length).tolist():
+            yield n, torch.nonzero(self.length == n).flatten()
+
+    def episodes(self) -> list[int]:
+        """Per env, how many episode starts its window holds."""
+        span = torch.arange(self.context, device=self.device)[None] < self.length[:, None]
+        return (self.starts & span).sum(1).tolist()
+
+
 class ContextPolicy:
     """Plays N envs at once with a frozen sequence model; the weights never change.
 
@@ -208,90 +270,78 @@ class ContextPolicy:
                  greedy: bool = True, seed: int = 0, keep: int | None = None, cache: bool = True,
                  device: str | torch.device | None = None):
         self.model, self.n, self.context = model, num_envs, context
-        self.keep = context * 3 // 4 if keep is None else keep
-        if not 0 <= self.keep < context:
-            raise ValueError(f"keep={self.keep}: must be at least 0 and below the context ({context})")
         self.reset_each_episode, self.greedy = reset_each_episode, greedy
         self.legal: torch.Tensor | None = None  # set by a caller whose game has fewer actions
         self.device = torch.device(device or next(model.parameters()).device)
         self.gen = torch.Generator().manual_seed(seed)
-        d_model = model.transformer.position.embedding_dim
-        self.window = torch.zeros(num_envs, context, d_model, device=self.device)
-        self.length = torch.zeros(num_envs, dtype=torch.long, device=self.device)
-        self.starts = torch.zeros(num_envs, context, dtype=torch.bool, device=self.device)
+        self.steps = StepWindow(num_envs, context, model.transformer.position.embedding_dim, keep, self.device)
         self.cache = model.transformer.new_cache(num_envs, self.device) if cache else None
-        self.inputs: dict | None = None  # each window's step inputs, when remember_inputs() asked
+
+    @property
+    def keep(self) -> int:
+        return self.steps.keep
+
+    @property
+    def length(self) -> torch.Tensor:
+        return self.steps.length
+
+    @property
+    def window(self) -> torch.Tensor:
+        return self.steps.tokens
+
+    @property
+    def starts(self) -> torch.Tensor:
+        return self.steps.starts
 
     def extras(self, prev_reward, new_episode) -> dict:
         return {}
 
     def forget(self) -> None:
         """Empty every window."""
-        self.length.zero_()
+        self.steps.length.zero_()
 
     def remember_inputs(self) -> None:
         """Keep each window's step inputs too, so `refresh` can recompute its tokens (a learner
         that changes the weights while playing keeps its context this way)."""
-        self.inputs = self.inputs if self.inputs is not None else {}
+        self.steps.remember_inputs()
 
     @torch.inference_mode()
     def refresh(self) -> None:
         """After the weights changed: every window's tokens (and cache) recomputed from its
         stored inputs with the current weights; without stored inputs the windows are emptied."""
-        if not self.inputs:
+        if not self.steps.inputs:
             self.forget()
             return
-        self.window.copy_(self.model.tokens(self.inputs))
+        self.steps.tokens.copy_(self.model.tokens(self.steps.inputs))
         if self.cache is not None:
-            for n in torch.unique(self.length).tolist():
-                rows = torch.nonzero(self.length == n).flatten()
-                self.model.transformer.prefill(self.window[rows, :n], self.cache, rows)
+            for n, rows in self.steps.groups():
+                self.model.transformer.prefill(self.steps.tokens[rows, :n], self.cache, rows)
 
     def episodes_in_context(self) -> list[int]:
         """Per env, how many episode starts its window holds now (the episodes it can read)."""
-        span = torch.arange(self.context, device=self.device)[None] < self.length[:, None]
-        return (self.starts & span).sum(1).tolist()
+        return self.steps.episodes()
 
     @torch.inference_mode()
     def act(self, obs, prev_action, prev_reward, new_episode):
         """obs (N, 84, 84, k) uint8; prev_action (N,) with num_actions meaning none yet;
         prev_reward (N,); new_episode (N,) bool -> actions (N,)."""
-        dev = self.device
         if self.reset_each_episode:  # a training window never reaches back into the previous episode
             new = np.asarray(new_episode, bool)
             prev_action = np.where(new, self.model.spec["num_actions"], prev_action)
             prev_reward = np.where(new, 0.0, prev_reward)
-        step = {"obs": torch.as_tensor(obs, device=dev)[:, None],
-                "prev_action": torch.as_tensor(prev_action, dtype=torch.long, device=dev)[:, None],
-                "prev_reward": torch.as_tensor(prev_reward, dtype=torch.float32, device=dev)[:, None],
-                "new_episode": torch.as_tensor(new_episode, dtype=torch.bool, device=dev)[:, None],
-                **{k: torch.as_tensor(v, device=dev)[:, None] for k, v in self.extras(prev_reward, new_episode).items()}}
+        step = step_inputs(obs, prev_action, prev_reward, new_episode, self.device,
+                           **self.extras(prev_reward, new_episode))
         token = self.model.tokens(step)[:, 0]
         if self.reset_each_episode:
-            self.length[step["new_episode"][:, 0]] = 0
-        full = torch.nonzero(self.length == self.context).flatten()
-        if len(full):  # the window advances: its newest `keep` tokens move to the front
-            self.window[full, :self.keep] = self.window[full, self.context - self.keep:].clone()
-            self.starts[full, :self.keep] = self.starts[full, self.context - self.keep:].clone()
-            for v in (self.inputs or {}).values():
-                v[full, :self.keep] = v[full, self.context - self.keep:].clone()
-            self.length[full] = self.keep
-            if self.cache is not None:
-                self.model.transformer.prefill(self.window[full, :self.keep], self.cache, full)
-        rows = torch.arange(self.n, device=dev)
-        self.window[rows, self.length] = token
-        self.starts[rows, self.length] = step["new_episode"][:, 0]
-        if self.inputs is not None:
-            for k, v in step.items():
-                if k not in self.inputs:
-                    self.inputs[k] = torch.zeros((self.n, self.context, *v.shape[2:]), dtype=v.dtype, device=dev)
-                self.inputs[k][rows, self.length] = v[:, 0]
-        position = self.length.clone()
-        self.length += 1
+            self.steps.length[step["new_episode"][:, 0]] = 0
+        full = self.steps.advance_full()
+        if len(full) and self.cache is not None:
+            self.model.transformer.prefill(self.steps.tokens[full, :self.keep], self.cache, full)
+        position = self.steps.append(token, step)
         if self.cache is not None:
             logits = self.model.head(self.model.transformer.extend(token, self.cache, position))
         else:  # right padding: causal attention never reads past a row's own length
-            span = int(self.length.max())
-            logits = self.model.head_of(self.window[:, :span])[rows, position]
+            span = int(self.steps.length.max())
+            logits = self.model.head_of(self.steps.tokens[:, :span])[torch.arange(self.n), position]
         self.last_logits = logits.float().cpu()
         return choose(self.last_logits, self.greedy, self.gen, self.legal)

@@ -329,8 +329,8 @@ def report(cfg: EvaluateConfig, ws: Workspace, teach: TeachManifest, distill: Di
         "ed_stage": cfg.ed or "", "trained_on": ",".join(trained), "games": ",".join(cfg.games),
         "agents": ",".join(cfg.agents), "episodes": cfg.episodes, "copies": cfg.copies,
         "data_version": distill.data_version}, {"understudy.summary": "true", **tags})
-    curves = {(name, game): _stack(res, "returns") for (name, game), res in results.items()
-              if _stack(res, "returns").size}
+    curves = {key: _stack(res, "returns") for key, res in results.items()}
+    curves = {key: c for key, c in curves.items() if c.size}
     tracking.log_figure(client, summary, plots.returns_per_episode(
         curves, f"Return per episode, {cfg.copies} copies each (imitator trained on {', '.join(trained)})"),
         "returns_per_episode.png")
