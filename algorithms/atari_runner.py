@@ -20,7 +20,7 @@ from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 from ray.rllib.utils.metrics import WEIGHTS_SEQ_NO
 
 from understudy.algorithms.recording import recorder_for
-from understudy.envs import AtariProtocol, make_atari_vector_env
+from understudy.envs import AtariProtocol, make_atari_vector_env, transform_reward
 
 
 class _OpenEpisode:
@@ -53,7 +53,8 @@ class _OpenEpisode:
 class AtariVectorEnvRunner(SingleAgentEnvRunner):
     """SingleAgentEnvRunner with a lean sampling loop over ale-py's AtariVectorEnv.
 
-    env_config: game, protocol (AtariProtocol fields), max_episode_steps, record (optional:
+    env_config: game, protocol (AtariProtocol fields), reward (the transform the Learner sees;
+    episodes, recordings and metrics keep the raw score), max_episode_steps, record (optional:
     root, session, algorithm, shard_rows) and env_threads (C++ threads for the vector env).
     """
 
@@ -77,6 +78,7 @@ class AtariVectorEnvRunner(SingleAgentEnvRunner):
             batch_size=batch, num_threads=cfg.get("env_threads", 0),
             max_episode_steps=cfg.get("max_episode_steps"))
         self.num_envs = num_envs
+        self._reward = cfg["reward"]
         self._needs_initial_reset = True
         self._spaces = (self.env.single_observation_space, self.env.single_action_space)
 
@@ -108,7 +110,7 @@ class AtariVectorEnvRunner(SingleAgentEnvRunner):
                     self._open[i] = _OpenEpisode(obs[j], int(info["lives"][j]))
                     continue
                 ts += 1
-                reward = float(rewards[j])
+                reward = float(rewards[j])  # the raw score: recorded and reported
                 action, extra, epsilon, outputs, version = pending
                 if self.recorder is not None:
                     self.recorder.step(ep.id_, frame=ep.obs[-1][..., -1], action=action,
@@ -116,7 +118,7 @@ class AtariVectorEnvRunner(SingleAgentEnvRunner):
                                        epsilon=epsilon, policy_outputs=outputs)
                 ep.obs.append(obs[j])
                 ep.actions.append(action)
-                ep.rewards.append(reward)
+                ep.rewards.append(float(transform_reward(reward, self._reward)))  # what the Learner sees
                 for k, v in extra.items():
                     ep.extra.setdefault(k, []).append(v)
                 ep.lives = int(info["lives"][j])

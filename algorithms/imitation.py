@@ -172,7 +172,7 @@ class AsTrained:
     def model_step(self, obs, actions, rewards):
         """Observations, actions (env ids, num_env_actions for none yet) and raw rewards as the
         model saw them in training."""
-        from understudy.histories.data import transform_reward
+        from understudy.envs import transform_reward
 
         actions = np.asarray(actions)
         none = actions >= self.n_env

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 
+import gymnasium
 import numpy as np
 import torch
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
@@ -26,8 +27,9 @@ from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 from ray.rllib.utils.metrics import WEIGHTS_SEQ_NO
 from ray.tune.registry import register_env
 
+from understudy.algorithms.presets import SETTINGS
 from understudy.algorithms.recording import recorder_for, run_id_for
-from understudy.envs import AtariProtocol, make_atari_env, newest_frame
+from understudy.envs import AtariProtocol, make_atari_env, newest_frame, transform_reward
 
 ENV_NAME = "understudy_atari"
 ALGORITHMS = ("ppo", "appo", "dqn")
@@ -41,9 +43,23 @@ CNN_FILTERS = {
 }
 
 
+class _LearnedReward(gymnasium.RewardWrapper):
+    """The Learner's reward (`transform_reward`); the raw score stays in info["raw_reward"]."""
+
+    def __init__(self, env, how: str):
+        super().__init__(env)
+        self.how = how
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        info = {**info, "raw_reward": float(reward)}
+        return obs, float(transform_reward(reward, self.how)), terminated, truncated, info
+
+
 def _env_creator(env_config: dict):
     protocol = AtariProtocol(**env_config.get("protocol", {}))
-    return make_atari_env(env_config["game"], protocol, max_episode_steps=env_config.get("max_episode_steps"))
+    env = make_atari_env(env_config["game"], protocol, max_episode_steps=env_config.get("max_episode_steps"))
+    return _LearnedReward(env, env_config["reward"])
 
 
 register_env(ENV_NAME, _env_creator)
@@ -125,7 +141,9 @@ class RecordingEnvRunner(SingleAgentEnvRunner):
         n = len(chunk)
         obs = chunk.get_observations(slice(0, n))  # the observations actions were chosen on
         infos = chunk.get_infos(slice(0, n))
-        actions, rewards = chunk.get_actions(slice(0, n)), chunk.get_rewards(slice(0, n))
+        actions = chunk.get_actions(slice(0, n))
+        # The raw score of each step (the chunk holds what the Learner sees).
+        rewards = [info["raw_reward"] for info in chunk.get_infos(slice(1, n + 1))]
         versions = (chunk.get_extra_model_outputs(WEIGHTS_SEQ_NO, slice(0, n))
                     if not random_actions else np.full(n, self._weights_seq_no))
         outputs = None
@@ -145,6 +163,17 @@ class RecordingEnvRunner(SingleAgentEnvRunner):
             env_return = float(final["episode"]["r"]) if "episode" in final else float("nan")
             self.recorder.end(chunk.id_, terminated=bool(chunk.is_terminated),
                               truncated=bool(chunk.is_truncated), env_return=env_return)
+
+    def get_metrics(self):
+        # RLlib sums the chunk's rewards (what the Learner saw); the reported episode return is
+        # the raw score, which RecordEpisodeStatistics put in each episode's last info. RLlib
+        # logs the finished episodes in this order.
+        self._raw_returns = iter([float(eps.get_infos(-1)["episode"]["r"])
+                                  for eps in self._done_episodes_for_metrics])
+        return super().get_metrics()
+
+    def _log_episode_metrics(self, length, ret, sec):
+        super()._log_episode_metrics(length, next(getattr(self, "_raw_returns", iter(())), ret), sec)
 
     def stop(self):
         if self.recorder is not None:
@@ -240,64 +269,74 @@ FRAME_REPLAY = "understudy.algorithms.dqn_teacher.FrameReplayBuffer"
 
 # ---- configs --------------------------------------------------------------------------------
 
-def teacher_config(*, algorithm: str, game, seed, env_steps_per_iter: int, protocol: dict,
-                   max_episode_steps: int | None, record: dict | None, cnn: str = "small",
-                   num_envs: int = 1, num_env_runners: int = 0, lr: float = 2.5e-4,
-                   hparams: dict | None = None, runner: str = "vector",
-                   env_threads: int = 1) -> AlgorithmConfig:
-    """An RLlib config for one teacher; `game` and `seed` may be Tune search spaces."""
+def teacher_config(*, algorithm: str, game, seed, env_steps: int, env_steps_per_iter: int,
+                   protocol: dict, max_episode_steps: int | None, record: dict | None, cnn: str,
+                   num_envs: int, lr: float, reward: str, settings, num_env_runners: int = 0,
+                   runner: str = "vector", env_threads: int = 1) -> AlgorithmConfig:
+    """An RLlib config for one teacher with `env_steps` of budget; `game` and `seed` may be Tune
+    search spaces. `settings` is the algorithm's dataclass (algorithms/presets.py): every
+    hyper-parameter comes from there or from these arguments, none is defaulted here."""
     from understudy.algorithms.atari_runner import AtariVectorEnvRunner
 
-    hp = dict(hparams or {})
+    if not isinstance(settings, SETTINGS[algorithm]):
+        raise TypeError(f"{algorithm} teacher: settings must be {SETTINGS[algorithm].__name__}, "
+                        f"got {type(settings).__name__}")
+    s = settings
     env_config = {"game": game, "protocol": protocol, "max_episode_steps": max_episode_steps,
-                  "record": record, "env_threads": env_threads}
+                  "record": record, "env_threads": env_threads, "reward": reward}
     per_runner = max(1, env_steps_per_iter // max(1, num_env_runners))
     if algorithm == "ppo":
         from ray.rllib.algorithms.ppo import PPOConfig
 
         config = (PPOConfig()
-                  .training(lr=lr, train_batch_size_per_learner=env_steps_per_iter,
-                            minibatch_size=hp.pop("minibatch_size", 64),
-                            num_epochs=hp.pop("num_epochs", 2), gamma=0.99, lambda_=0.95,
-                            clip_param=0.1, vf_clip_param=10.0, entropy_coeff=0.01,
-                            grad_clip=0.5, **hp)
+                  .training(lr=[[0, lr], [env_steps, 0.0]] if s.anneal_lr else lr,
+                            train_batch_size_per_learner=env_steps_per_iter,
+                            minibatch_size=max(1, env_steps_per_iter // s.num_minibatches),
+                            num_epochs=s.num_epochs, gamma=s.gamma, lambda_=s.gae_lambda,
+                            clip_param=s.clip_param, vf_clip_param=s.vf_clip_param,
+                            vf_loss_coeff=s.vf_loss_coeff, entropy_coeff=s.entropy_coeff,
+                            grad_clip=s.grad_clip, grad_clip_by="global_norm",
+                            use_kl_loss=s.use_kl_loss)
                   .env_runners(rollout_fragment_length=max(1, per_runner // num_envs)))
     elif algorithm == "appo":
         from ray.rllib.algorithms.appo import APPOConfig
 
         config = (APPOConfig()
-                  .training(lr=lr, train_batch_size_per_learner=env_steps_per_iter,
-                            vtrace=hp.pop("vtrace", True), entropy_coeff=0.01, grad_clip=40.0, **hp)
+                  .training(lr=lr, train_batch_size_per_learner=env_steps_per_iter, vtrace=s.vtrace,
+                            clip_param=s.clip_param, vf_loss_coeff=s.vf_loss_coeff, grad_clip=s.grad_clip,
+                            entropy_coeff=([[0, s.entropy_coeff], [s.entropy_anneal_steps, 0.0]]
+                                           if s.entropy_anneal_steps else s.entropy_coeff),
+                            use_kl_loss=s.use_kl_loss, target_network_update_freq=s.target_network_update_freq,
+                            broadcast_interval=s.broadcast_interval,
+                            circular_buffer_num_batches=s.circular_buffer_num_batches,
+                            circular_buffer_iterations_per_batch=s.circular_buffer_iterations_per_batch)
                   .env_runners(rollout_fragment_length=max(1, min(per_runner, 50) // num_envs)))
     elif algorithm == "dqn":
         from ray.rllib.algorithms.dqn import DQNConfig
 
-        prioritized = hp.pop("prioritized", False)
         # Uniform replay stores frames once (algorithms/dqn_teacher.py); prioritised replay is
         # RLlib's own episode buffer.
-        buffer = {"type": "PrioritizedEpisodeReplayBuffer" if prioritized else FRAME_REPLAY,
-                  "capacity": hp.pop("buffer_size", 10_000)}
-        if prioritized:
+        buffer = {"type": "PrioritizedEpisodeReplayBuffer" if s.prioritized else FRAME_REPLAY,
+                  "capacity": s.buffer_size}
+        if s.prioritized:
             buffer.update(alpha=0.6, beta=0.4)
-        batch_size, n_step = hp.pop("batch_size", 32), hp.pop("n_step", 1)
-        # Replay ratio: train_batch_size / (env steps sampled per update), 32 / 4 = 8 by default.
-        intensity = hp.pop("training_intensity", None) or 8.0
         # Each sample call returns the env steps of one update (fragment x envs), so the
         # training step alternates one call and one update, the least overhead for this ratio
         # (the ratio itself is kept per env step, algorithms/dqn_teacher.py). With 4 envs a call
         # is one batched step of all 4. RLlib requires fragments of at least n_step steps.
-        steps_per_update = max(1, round(batch_size / intensity))
-        fragment = max(1, steps_per_update // num_envs, n_step)
+        steps_per_update = max(1, round(s.batch_size / s.training_intensity))
+        fragment = max(1, steps_per_update // num_envs, s.n_step)
         config = (DQNConfig()
-                  .training(lr=lr, train_batch_size_per_learner=batch_size, n_step=n_step,
-                            double_q=hp.pop("double_q", True), dueling=hp.pop("dueling", False),
-                            num_steps_sampled_before_learning_starts=hp.pop("learning_starts", 200),
-                            target_network_update_freq=hp.pop("target_update", 500),
-                            epsilon=[(0, 1.0), (hp.pop("epsilon_steps", 10_000), hp.pop("final_epsilon", 0.05))],
-                            replay_buffer_config=buffer, training_intensity=intensity, **hp)
+                  .training(lr=lr, train_batch_size_per_learner=s.batch_size, n_step=s.n_step,
+                            double_q=s.double_q, dueling=s.dueling, td_error_loss_fn="huber",
+                            num_steps_sampled_before_learning_starts=s.learning_starts,
+                            target_network_update_freq=s.target_update,
+                            epsilon=[(0, 1.0), (s.epsilon_decay_steps(env_steps), s.final_epsilon)],
+                            replay_buffer_config=buffer, training_intensity=s.training_intensity,
+                            learner_config_dict={"adam_epsilon": s.adam_epsilon})
                   .env_runners(rollout_fragment_length=fragment)
                   .reporting(min_sample_timesteps_per_iteration=env_steps_per_iter))
-        if not prioritized:  # the lean update path that goes with the frame replay
+        if not s.prioritized:  # the lean update path that goes with the frame replay
             from understudy.algorithms.dqn_teacher import DQNTeacherLearner
 
             config.learners(learner_class=DQNTeacherLearner).framework(torch_skip_nan_gradients=True)
@@ -317,6 +356,18 @@ def teacher_config(*, algorithm: str, game, seed, env_steps_per_iter: int, proto
             .fault_tolerance(restart_failed_env_runners=True, max_num_env_runner_restarts=100,
                              delay_between_env_runner_restarts_s=1.0)
             .debugging(seed=seed))
+
+
+def teacher_config_from(hyperparameters: dict, *, game, seed, env_steps: int, record: dict | None,
+                        **overrides) -> AlgorithmConfig:
+    """`teacher_config` from a teacher's recorded settings (a teach manifest's
+    `hyperparameters`: every argument but the game, seed, budget and recording)."""
+    hp = {**hyperparameters, **overrides}
+    hp.pop("preset", None)  # a label: its values are already in the other settings
+    algorithm = hp.pop("algorithm")
+    settings = SETTINGS[algorithm](**hp.pop("settings"))
+    return teacher_config(algorithm=algorithm, game=game, seed=seed, env_steps=env_steps,
+                          record=record, settings=settings, **hp)
 
 
 # ---- playing with a trained teacher ---------------------------------------------------------

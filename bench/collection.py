@@ -45,13 +45,15 @@ def time_raw(env, steps: int) -> float:
 
 def make_runner(envs: int, threads: int, record_root: str | None, runner: str, session: str,
                 shard_rows: int = 20_000):
+    from understudy.algorithms.presets import PPOSettings
     from understudy.algorithms.teachers import teacher_config
 
     record = ({"root": record_root, "session": session, "algorithm": "ppo", "shard_rows": shard_rows}
               if record_root else None)
-    config = teacher_config(algorithm="ppo", game="Breakout", seed=0, env_steps_per_iter=envs * 64,
-                            protocol={"full_action_space": True}, max_episode_steps=None,
-                            record=record, cnn="nature", num_envs=envs, runner=runner,
+    config = teacher_config(algorithm="ppo", game="Breakout", seed=0, env_steps=10**9,
+                            env_steps_per_iter=envs * 64, protocol={"full_action_space": True},
+                            max_episode_steps=None, record=record, cnn="nature", num_envs=envs,
+                            lr=2.5e-4, reward="sign", settings=PPOSettings(), runner=runner,
                             env_threads=threads)
     algo = config.build_algo()
     algo.env_runner.sample(num_timesteps=envs * 20)  # warm-up

@@ -112,17 +112,18 @@ class RLlibTeacher:
 
     def __init__(self, chunk: int, learning_starts: int, epsilon_steps: int, buffer_size: int, root: str,
                  num_envs: int = 1):
+        from understudy.algorithms.presets import DQNSettings
         from understudy.algorithms.teachers import recording_algorithm, teacher_config
 
+        # The plain loop's settings: double Q, torch's Adam epsilon, raw rewards.
+        settings = DQNSettings(learning_starts=learning_starts, target_update=2000, epsilon_steps=epsilon_steps,
+                               final_epsilon=0.05, buffer_size=buffer_size, double_q=True, adam_epsilon=1e-8)
         config = teacher_config(
-            algorithm="dqn", game="Breakout", seed=0, env_steps_per_iter=chunk,
+            algorithm="dqn", game="Breakout", seed=0, env_steps=10**9, env_steps_per_iter=chunk,
             protocol={"full_action_space": True}, max_episode_steps=None,
             # Shards of 2,000 rows: shard writes fall inside the measured window.
             record={"root": root, "session": "bench", "algorithm": "dqn", "shard_rows": 2000}, cnn="nature",
-            num_envs=num_envs,
-            runner="vector", env_threads=1,
-            hparams={"batch_size": 32, "learning_starts": learning_starts, "target_update": 2000,
-                     "epsilon_steps": epsilon_steps, "buffer_size": buffer_size, "double_q": True})
+            num_envs=num_envs, lr=2.5e-4, reward="raw", settings=settings, runner="vector", env_threads=1)
         self.algo = recording_algorithm(config.algo_class)(config=config)
         self.result = {}
 

@@ -2,10 +2,11 @@
 from understudy.envs.atari import (FRAME_SHAPE, AtariProtocol, all_games, canonical_game,
                                    game_metadata, make_atari_env, make_atari_vector_env,
                                    newest_frame)
+from understudy.envs.rewards import REWARD_TRANSFORMS, transform_reward
 from understudy.envs.suites import SUITES, Suite, resolve_suite, suite_names
 
 __all__ = ["FRAME_SHAPE", "AtariProtocol", "all_games", "canonical_game", "game_metadata",
-           "make_atari_env", "make_atari_vector_env", "newest_frame", "SUITES", "Suite",
+           "make_atari_env", "make_atari_vector_env", "newest_frame", "REWARD_TRANSFORMS", "transform_reward", "SUITES", "Suite",
            "resolve_suite", "suite_names"]
 
 from understudy.envs.darkroom import (EPISODE_STEPS, GRID, NUM_ACTIONS, DarkRoomEnv,

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from understudy.envs import FRAME_SHAPE
+from understudy.envs import FRAME_SHAPE, transform_reward
 from understudy.histories import shards
 
 COLUMNS = ("step", "policy_version", "frame", "action", "reward")
@@ -186,14 +186,6 @@ def _action_map(h: HistoryIndex, transforms: StepTransforms, history_key: int) -
         perm = np.random.default_rng([transforms.seed, history_key, 1]).permutation(n)
         table = perm if table is None else perm[table]
     return table
-
-
-def transform_reward(rewards: np.ndarray, how: str) -> np.ndarray:
-    if how == "clip":
-        return np.clip(rewards, -1.0, 1.0)
-    if how == "sign":
-        return np.sign(rewards)
-    return rewards
 
 
 # ---- 3. reading blocks of episodes ----------------------------------------------------------------

@@ -15,6 +15,10 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PositiveFloa
                       ValidationError, model_validator)
 
 from understudy.algorithms.darkroom_source import QLearningConfig as _Q
+from understudy.algorithms.presets import PRESETS
+from understudy.algorithms.presets import APPOSettings as _APPO
+from understudy.algorithms.presets import DQNSettings as _DQN
+from understudy.algorithms.presets import PPOSettings as _PPO
 from understudy.envs import canonical_game
 
 
@@ -49,26 +53,50 @@ class Protocol(Strict):
 
 
 class PPOParams(Strict):
-    minibatch_size: PositiveInt = 64
-    num_epochs: PositiveInt = 2
+    """RLlib PPO's settings; defaults: algorithms.presets.PPOSettings (CleanRL's ppo_atari)."""
+    num_minibatches: PositiveInt = _PPO.num_minibatches
+    num_epochs: PositiveInt = _PPO.num_epochs
+    clip_param: PositiveFloat = _PPO.clip_param
+    entropy_coeff: float = Field(_PPO.entropy_coeff, ge=0.0)
+    vf_loss_coeff: PositiveFloat = _PPO.vf_loss_coeff
+    gae_lambda: float = Field(_PPO.gae_lambda, ge=0.0, le=1.0)
+    gamma: float = Field(_PPO.gamma, ge=0.0, lt=1.0)
+    grad_clip: PositiveFloat = _PPO.grad_clip
+    anneal_lr: bool = _PPO.anneal_lr
+    vf_clip_param: PositiveFloat = _PPO.vf_clip_param
+    use_kl_loss: bool = _PPO.use_kl_loss
 
 
 class APPOParams(Strict):
-    vtrace: bool = True
+    """RLlib APPO's settings; defaults: algorithms.presets.APPOSettings (RLlib's tuned Atari)."""
+    vtrace: bool = _APPO.vtrace
+    clip_param: PositiveFloat = _APPO.clip_param
+    entropy_coeff: float = Field(_APPO.entropy_coeff, ge=0.0)
+    entropy_anneal_steps: int = Field(_APPO.entropy_anneal_steps, ge=0)  # 0: constant entropy bonus
+    vf_loss_coeff: PositiveFloat = _APPO.vf_loss_coeff
+    grad_clip: PositiveFloat = _APPO.grad_clip
+    use_kl_loss: bool = _APPO.use_kl_loss
+    target_network_update_freq: PositiveInt = _APPO.target_network_update_freq
+    broadcast_interval: PositiveInt = _APPO.broadcast_interval
+    circular_buffer_num_batches: PositiveInt = _APPO.circular_buffer_num_batches
+    circular_buffer_iterations_per_batch: PositiveInt = _APPO.circular_buffer_iterations_per_batch
 
 
 class DQNParams(Strict):
-    batch_size: PositiveInt = 32
-    n_step: PositiveInt = 1
-    double_q: bool = True
-    dueling: bool = False
-    prioritized: bool = False
-    learning_starts: int = Field(200, ge=0)
-    target_update: PositiveInt = 500
-    buffer_size: PositiveInt = 10_000
-    epsilon_steps: PositiveInt = 10_000  # linear decay from 1.0 over this many env steps
-    final_epsilon: float = Field(0.05, ge=0.0, le=1.0)
-    training_intensity: PositiveFloat = 8.0  # batch of 32 every 4 env steps
+    """RLlib DQN's settings; defaults: algorithms.presets.DQNSettings (Dopamine/CleanRL)."""
+    batch_size: PositiveInt = _DQN.batch_size
+    n_step: PositiveInt = _DQN.n_step
+    double_q: bool = _DQN.double_q
+    dueling: bool = _DQN.dueling
+    prioritized: bool = _DQN.prioritized
+    learning_starts: int = Field(_DQN.learning_starts, ge=0)
+    target_update: PositiveInt = _DQN.target_update
+    buffer_size: PositiveInt = _DQN.buffer_size
+    epsilon_fraction: float = Field(_DQN.epsilon_fraction, gt=0.0, le=1.0)
+    epsilon_steps: PositiveInt | None = _DQN.epsilon_steps  # overrides epsilon_fraction
+    final_epsilon: float = Field(_DQN.final_epsilon, ge=0.0, le=1.0)
+    training_intensity: PositiveFloat = _DQN.training_intensity
+    adam_epsilon: PositiveFloat = _DQN.adam_epsilon
 
 
 class DarkRoomParams(Strict):
@@ -93,9 +121,13 @@ class TeachConfig(Strict):
     suite: str | None = None
     seeds: list[Annotated[int, Field(ge=0)]] = Field(default=[0], min_length=1)
     env_steps: PositiveInt  # budget per trial
+    # A named preset (algorithms/presets.py) sets the fields below that the config leaves out
+    # to the field's published settings for the algorithm, e.g. `preset: atari`.
+    preset: str | None = None
     env_steps_per_iter: PositiveInt = 256  # PPO train batch; DQN: steps per Tune report
     lr: PositiveFloat = 2.5e-4
     cnn: Literal["small", "nature"] = "small"
+    reward: Literal["sign", "clip", "raw"] = "sign"  # what the Learner sees; reports stay raw
     # "vector": ale-py's C++ vector env with batched inference (fast); "rllib": RLlib's own
     # SingleAgentEnvRunner on gymnasium wrappers (the reference).
     runner: Literal["vector", "rllib"] = "vector"
@@ -113,6 +145,18 @@ class TeachConfig(Strict):
     darkroom: DarkRoomParams = DarkRoomParams()
     shard_rows: PositiveInt = 20_000  # ~140 MB of frames buffered per env runner, ~3 MB on disk
     max_concurrent_trials: PositiveInt | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data):
+        if isinstance(data, dict) and data.get("preset") is not None:
+            algorithm, name = data.get("algorithm"), data["preset"]
+            known = PRESETS.get(algorithm, {})
+            if name not in known:
+                raise ValueError(f"preset: {name!r} is not a preset of algorithm {algorithm!r}; valid: "
+                                 f"{', '.join(sorted(known)) or 'none (this algorithm has no presets)'}")
+            data = {**known[name], **data}
+        return data
 
     @model_validator(mode="before")
     @classmethod
@@ -449,7 +493,15 @@ def load_experiment(path: str | Path, scale: str | None = None) -> "ExperimentCo
     scales = data.get("scales") or {}
     if scale not in scales and scale != "demo":
         raise ConfigError(f"{path}: scale {scale!r} is not defined; valid: {', '.join(scales) or 'demo'}")
-    data = merge(data, scales.get(scale, {}))
+    override = scales.get(scale, {})
+    teach = override.get("teach") if isinstance(override, dict) else None
+    if isinstance(teach, dict) and teach.get("preset") is not None and isinstance(data.get("teach"), dict):
+        # A scale that names a preset takes the preset's settings whole: the base's values of
+        # those fields and its algorithm block (sized for the demo) do not carry over.
+        algorithm = teach.get("algorithm", data["teach"].get("algorithm"))
+        dropped = set(PRESETS.get(algorithm, {}).get(teach["preset"], {})) | {"ppo", "appo", "dqn"}
+        data = {**data, "teach": {k: v for k, v in data["teach"].items() if k not in dropped}}
+    data = merge(data, override)
     data["scale"] = scale
     return parse_config(data, f"{path} (scale {scale})", expect=("experiment",))
 

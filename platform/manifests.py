@@ -47,6 +47,7 @@ class TeachManifest(_Manifest):
     protocol: dict[str, Any] = {}
     max_episode_steps: int | None = None
     hyperparameters: dict[str, Any] = {}  # the teacher's settings, for baselines that replay them
+    env_steps: int | None = None  # each teacher's budget
     runs: list[TeachRun] = []
     mlflow_missing: MlflowMissing | None = None
 

@@ -219,7 +219,7 @@ def learn_from_scratch(teach: TeachManifest, game: str, env_steps: int, copies: 
                        seed: int, goal_split: str) -> list[list[float]]:
     """The teacher's algorithm from scratch on `game` for `env_steps`: per copy of the game,
     its episode returns in order (Atari: recorded through the shard path into a scratch folder,
-    episodes dealt to copies in the order they finished)."""
+    episodes dealt to copies in the order they finished; as many copies as the teacher had envs)."""
     import tempfile
 
     import torch
@@ -237,15 +237,22 @@ def learn_from_scratch(teach: TeachManifest, game: str, env_steps: int, copies: 
             **{k: v for k, v in teach.hyperparameters.items() if k in known}, "episodes": episodes})
         batches = list(darkroom_source.q_learning(goals, config, seed=1000 + seed))
         return np.stack([b.returns for b in batches], 1).tolist()  # (goals x copies, episodes)
-    from understudy.algorithms.teachers import recording_algorithm, teacher_config
+    from understudy.algorithms.teachers import recording_algorithm, teacher_config_from
     from understudy.histories import shards
 
+    if not teach.hyperparameters.get("settings"):
+        raise ValueError(f"teach stage {teach.name!r}: its manifest records no teacher settings (made "
+                         "before they were recorded); run teach again to compare with RL from scratch")
     root = tempfile.mkdtemp(prefix="understudy-scratch-")
-    config = teacher_config(
-        algorithm=teach.algorithm, game=game, seed=seed, env_steps_per_iter=min(256, env_steps),
-        protocol=teach.protocol, max_episode_steps=max_episode_steps,
-        record={"root": root, "session": "scratch", "algorithm": teach.algorithm, "shard_rows": 10**6},
-        num_envs=copies, runner="vector")
+    # Exactly the teacher's settings (network, learning rate, envs, reward transform,
+    # hyper-parameters), its schedules laid over this budget; only the episode cap is the
+    # evaluation's, so both play the same episodes.
+    settings = teach.hyperparameters
+    copies = settings["num_envs"] * max(1, settings["num_env_runners"])
+    config = teacher_config_from(
+        settings, game=game, seed=seed, env_steps=env_steps,
+        env_steps_per_iter=min(settings["env_steps_per_iter"], env_steps), max_episode_steps=max_episode_steps,
+        record={"root": root, "session": "scratch", "algorithm": teach.algorithm, "shard_rows": 10**6})
     algo = recording_algorithm(config.algo_class)(config=config)
     started, last = time.monotonic(), time.monotonic()
     try:

@@ -20,12 +20,23 @@ class StageFailed(RuntimeError):
     pass
 
 
+def teacher_settings(cfg: TeachConfig) -> dict:
+    """The teacher's complete settings: every argument of `teacher_config` except the game,
+    seed, budget and recording. The manifest records them; the `scratch` baseline replays them."""
+    return {"algorithm": cfg.algorithm, "preset": cfg.preset, "lr": cfg.lr, "cnn": cfg.cnn,
+            "reward": cfg.reward, "env_steps_per_iter": cfg.env_steps_per_iter,
+            "num_envs": cfg.num_envs_per_runner, "num_env_runners": cfg.num_env_runners,
+            "runner": cfg.runner, "env_threads": cfg.env_threads, "protocol": cfg.protocol.model_dump(),
+            "max_episode_steps": cfg.max_episode_steps,
+            "settings": getattr(cfg, cfg.algorithm).model_dump()}
+
+
 def run_teach(cfg: TeachConfig, ws: Workspace, resume: bool = False) -> TeachManifest:
     """Run the teachers; with `resume`, continue this config's interrupted run from its last
     checkpoints (the history recorded after them is rewound, see recording_algorithm)."""
     if cfg.algorithm == "qlearning":
         return run_teach_darkroom(cfg, ws)
-    from understudy.algorithms.teachers import recording_algorithm, run_id_for, teacher_config
+    from understudy.algorithms.teachers import recording_algorithm, run_id_for, teacher_config_from
 
     running = ws.stage_path("teach", cfg.name).with_suffix(".running.json")
     if resume:
@@ -38,13 +49,9 @@ def run_teach(cfg: TeachConfig, ws: Workspace, resume: bool = False) -> TeachMan
     protocol = cfg.protocol.model_dump()
     record = {"root": ws.shard_root, "session": session, "algorithm": cfg.algorithm,
               "shard_rows": cfg.shard_rows}
-    hparams = getattr(cfg, cfg.algorithm).model_dump()
-    config = teacher_config(
-        algorithm=cfg.algorithm, game=tune.grid_search(cfg.games), seed=tune.grid_search(cfg.seeds),
-        env_steps_per_iter=cfg.env_steps_per_iter, protocol=protocol,
-        max_episode_steps=cfg.max_episode_steps, record=record, cnn=cfg.cnn,
-        num_envs=cfg.num_envs_per_runner, num_env_runners=cfg.num_env_runners, lr=cfg.lr,
-        hparams=hparams, runner=cfg.runner, env_threads=cfg.env_threads)
+    settings = teacher_settings(cfg)
+    config = teacher_config_from(settings, game=tune.grid_search(cfg.games), seed=tune.grid_search(cfg.seeds),
+                                 env_steps=cfg.env_steps, record=record)
     if cfg.eval_interval:
         # Greedy play on separate env runners that never record: the teacher's learning curve.
         config.evaluation(evaluation_interval=cfg.eval_interval, evaluation_duration=cfg.eval_episodes,
@@ -58,12 +65,10 @@ def run_teach(cfg: TeachConfig, ws: Workspace, resume: bool = False) -> TeachMan
 
     def params_of(trial_config):
         game, seed, run_id = identity(trial_config)
-        return {"stage": cfg.name, "algorithm": cfg.algorithm, "game": game, "seed": seed,
+        return {"stage": cfg.name, "game": game, "seed": seed,
                 "shard_run_id": run_id, "shard_root": ws.shard_root, "env_steps": cfg.env_steps,
-                "env_steps_per_iter": cfg.env_steps_per_iter, "lr": cfg.lr, "cnn": cfg.cnn,
-                "num_envs_per_runner": cfg.num_envs_per_runner, "runner": cfg.runner,
-                "num_env_runners": cfg.num_env_runners, "env_threads": cfg.env_threads,
-                "max_episode_steps": cfg.max_episode_steps, **hparams,
+                **{k: v for k, v in settings.items() if k not in ("settings", "protocol")},
+                **{f"{cfg.algorithm}.{k}": v for k, v in settings["settings"].items()},
                 **AtariProtocol(**protocol).as_params(),
                 **{f"env.{k}": v for k, v in game_metadata(game).items()}}
 
@@ -135,7 +140,8 @@ def run_teach(cfg: TeachConfig, ws: Workspace, resume: bool = False) -> TeachMan
                      **summary})
     manifest = {"kind": "teach", "name": cfg.name, "session": session, "algorithm": cfg.algorithm,
                 "shard_root": ws.shard_root, "protocol": protocol,
-                "max_episode_steps": cfg.max_episode_steps, "runs": runs}
+                "max_episode_steps": cfg.max_episode_steps, "hyperparameters": settings,
+                "env_steps": cfg.env_steps, "runs": runs}
     to_mlflow.report_missing(manifest, "teach", "the histories are in the shards, the teachers in "
                              "their checkpoints (this stage's manifest)")
     manifest = TeachManifest.model_validate(manifest)

@@ -6,6 +6,7 @@ from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 from ray.rllib.policy.sample_batch import DEFAULT_POLICY_ID
 
 from understudy.algorithms.dqn_teacher import FrameReplayBuffer
+from understudy.algorithms.presets import DQNSettings
 
 
 def frame(ep: int, t: int) -> np.ndarray:
@@ -141,10 +142,11 @@ def test_dqn_teacher_learns_from_frame_replay_and_acts_with_the_learners_weights
     from understudy.histories import shards
 
     config = teacher_config(
-        algorithm="dqn", game="Breakout", seed=0, env_steps_per_iter=64,
+        algorithm="dqn", game="Breakout", seed=0, env_steps=10_000, env_steps_per_iter=64,
         protocol={"full_action_space": True}, max_episode_steps=30,
-        record={"root": str(tmp_path), "session": "fr", "algorithm": "dqn"}, num_envs=num_envs,
-        hparams={"learning_starts": 64, "buffer_size": 1000, "n_step": 3, "dueling": True, "epsilon_steps": 100})
+        record={"root": str(tmp_path), "session": "fr", "algorithm": "dqn"}, cnn="small", num_envs=num_envs,
+        lr=2.5e-4, reward="sign", settings=DQNSettings(learning_starts=64, buffer_size=1000, n_step=3,
+                                                       dueling=True, double_q=True, epsilon_steps=100))
     algo = recording_algorithm(config.algo_class)(config=config)
     try:
         for _ in range(4):
@@ -211,10 +213,11 @@ def test_dqn_teacher_with_a_remote_env_runner_keeps_the_ratio_and_syncs_weights(
     from understudy.algorithms.teachers import recording_algorithm, teacher_config
 
     config = teacher_config(
-        algorithm="dqn", game="Breakout", seed=0, env_steps_per_iter=64,
+        algorithm="dqn", game="Breakout", seed=0, env_steps=10_000, env_steps_per_iter=64,
         protocol={"full_action_space": True}, max_episode_steps=30,
-        record={"root": str(tmp_path), "session": "remote", "algorithm": "dqn"}, num_envs=1,
-        num_env_runners=1, hparams={"learning_starts": 64, "buffer_size": 1000, "epsilon_steps": 100})
+        record={"root": str(tmp_path), "session": "remote", "algorithm": "dqn"}, cnn="small", num_envs=1,
+        num_env_runners=1, lr=2.5e-4, reward="sign",
+        settings=DQNSettings(learning_starts=64, buffer_size=1000, epsilon_steps=100))
     algo = recording_algorithm(config.algo_class)(config=config)
     try:
         for _ in range(3):

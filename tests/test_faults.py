@@ -246,7 +246,7 @@ def test_killed_teach_process_resumes_without_gaps_or_duplicates(tmp_path):
     cfg.write_text("kind: teach\nname: killed\nalgorithm: ppo\ngames: [Breakout]\nenv_steps: 5120\n"
                    "env_steps_per_iter: 256\nmax_episode_steps: 40\nnum_envs_per_runner: 2\n"
                    "checkpoint_interval: 2\nshard_rows: 60\nprotocol: {full_action_space: true}\n"
-                   "ppo: {minibatch_size: 64, num_epochs: 1}\n")
+                   "ppo: {num_minibatches: 4, num_epochs: 1}\n")
     cmd = [sys.executable, "-m", "understudy.platform.cli", "--workspace", str(ws), "teach", str(cfg)]
     env = {**os.environ, "UNDERSTUDY_NUM_CPUS": "2"}
     log = open(tmp_path / "first.log", "wb")

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 TEACH = {"kind": "teach", "name": "tiny", "algorithm": "ppo", "games": ["Breakout"], "seeds": [0, 1],
          "env_steps": 768, "env_steps_per_iter": 256, "max_episode_steps": 30,
          "num_envs_per_runner": 2, "protocol": {"full_action_space": True},
-         "ppo": {"minibatch_size": 64, "num_epochs": 1}}
+         "ppo": {"num_minibatches": 4, "num_epochs": 1}}
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,16 @@ pytestmark = pytest.mark.slow
 
 
 def build(algorithm, root, session, runner="vector", num_envs=4, steps_per_iter=128):
+    from understudy.algorithms.presets import DQNSettings, PPOSettings
     from understudy.algorithms.teachers import recording_algorithm, teacher_config
 
+    settings = (DQNSettings(learning_starts=64, buffer_size=10_000) if algorithm == "dqn"
+                else PPOSettings(num_minibatches=2, num_epochs=1))
     config = teacher_config(
-        algorithm=algorithm, game="Breakout", seed=0, env_steps_per_iter=steps_per_iter,
+        algorithm=algorithm, game="Breakout", seed=0, env_steps=10_000, env_steps_per_iter=steps_per_iter,
         protocol={"full_action_space": True}, max_episode_steps=60,
         record={"root": root, "session": session, "algorithm": algorithm, "shard_rows": 10**6},
-        num_envs=num_envs, runner=runner, hparams={"learning_starts": 64} if algorithm == "dqn" else {})
+        cnn="small", num_envs=num_envs, lr=2.5e-4, reward="sign", settings=settings, runner=runner)
     return recording_algorithm(config.algo_class)(config=config)
 
 

@@ -1,0 +1,388 @@
+"""Does the teacher learn? The project's RLlib teacher, built from a teach config in
+tune_configs/ exactly as `understudy teach` builds it (recording on), against a plain
+single-file PyTorch loop of the same algorithm written here (CleanRL-style: same network,
+same env protocol, same settings, same env-step budget) on ALE Breakout.
+
+Return against env steps does not depend on the machine's speed, so the two long runs may run
+one after the other or side by side (`--which teacher|plain`), each resumable (`--resume`)
+from its last checkpoint in `--workdir`. Wall-clock is compared separately, in a short run
+that interleaves the two (`--speed N`), as bench/dqn.py does.
+
+    python bench/learning.py --algorithm ppo --which teacher --resume   # hours; resumable
+    python bench/learning.py --algorithm ppo --which plain --resume
+    python bench/learning.py --algorithm ppo --speed 30000              # minutes
+    python bench/learning.py --algorithm ppo --report                   # -> docs/bench/*.json, png
+
+Each reported point is the mean raw score of the last 100 training episodes finished by then.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+CONFIGS = {"ppo": "tune_configs/teachers/ppo_breakout.yaml", "dqn": "tune_configs/teachers/dqn_breakout.yaml"}
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _threads(n: int) -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", str(n))
+    import torch
+
+    torch.set_num_threads(n)
+
+
+def load_teach(algorithm: str):
+    from understudy.platform.config import load_config
+    from understudy.platform.teach import teacher_settings
+
+    cfg = load_config(REPO / CONFIGS[algorithm], expect=("teach",))
+    return cfg, teacher_settings(cfg)
+
+
+# ---- the plain loop ---------------------------------------------------------------------------
+
+def actor_critic(num_actions: int, hidden: int = 256):
+    """The teacher's RLlib module, written out: the Nature CNN (valid padding) shared, then
+    separate policy and value heads of one hidden layer each."""
+    import torch.nn as nn
+
+    class ActorCritic(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.trunk = nn.Sequential(
+                nn.Conv2d(4, 32, 8, 4), nn.ReLU(), nn.Conv2d(32, 64, 4, 2), nn.ReLU(),
+                nn.Conv2d(64, 64, 3, 1), nn.ReLU(), nn.Flatten())
+            self.pi = nn.Sequential(nn.Linear(3136, hidden), nn.ReLU(), nn.Linear(hidden, num_actions))
+            self.vf = nn.Sequential(nn.Linear(3136, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+
+        def forward(self, obs):  # (B, 84, 84, 4) uint8, as the env gives it
+            x = self.trunk(obs.permute(0, 3, 1, 2).float() / 255.0)
+            return self.pi(x), self.vf(x).squeeze(-1)
+
+    return ActorCritic()
+
+
+class PlainPPO:
+    """PPO as CleanRL's ppo_atari.py, on the teacher's settings: rollouts of `rollout` steps
+    from `num_envs` envs, GAE, advantages standardised over the batch (as RLlib does),
+    clipped surrogate, squared value error clipped at vf_clip_param (RLlib's value loss),
+    entropy bonus, global-norm gradient clipping, Adam with the learning rate annealed
+    linearly to 0 over the budget. Learns on the transformed reward; counts the raw score."""
+
+    def __init__(self, settings: dict, env_steps: int, seed: int = 0):
+        import torch
+
+        from understudy.envs import AtariProtocol, make_atari_vector_env
+
+        s = self.s = settings["settings"]
+        self.reward, self.lr, self.budget = settings["reward"], settings["lr"], env_steps
+        self.num_envs = settings["num_envs"]
+        self.rollout = settings["env_steps_per_iter"] // self.num_envs
+        self.env = make_atari_vector_env("Breakout", AtariProtocol(**settings["protocol"]),
+                                         num_envs=self.num_envs, num_threads=1, same_step_reset=True)
+        torch.manual_seed(seed)
+        self.net = actor_critic(int(self.env.single_action_space.n))
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=self.lr)  # RLlib's Adam: torch defaults
+        self.rng = np.random.default_rng(seed)
+        self.obs, _ = self.env.reset(seed=seed)
+        self.running = np.zeros(self.num_envs)
+        self.steps, self.episodes = 0, []  # episodes: (env steps at its end, raw return)
+
+    def iterate(self) -> None:
+        """One rollout of num_envs x rollout steps, then the PPO update."""
+        import torch
+
+        from understudy.envs import transform_reward
+
+        n, T = self.num_envs, self.rollout
+        obs_buf = np.zeros((T, n, *self.obs.shape[1:]), np.uint8)
+        act, logp, val = np.zeros((T, n), np.int64), np.zeros((T, n), np.float32), np.zeros((T, n), np.float32)
+        rew, done = np.zeros((T, n), np.float32), np.zeros((T, n), np.float32)
+        for t in range(T):
+            with torch.inference_mode():
+                logits, value = self.net(torch.from_numpy(self.obs))
+                dist = torch.distributions.Categorical(logits=logits)
+                a = dist.sample()
+            obs_buf[t], act[t], logp[t], val[t] = self.obs, a.numpy(), dist.log_prob(a).numpy(), value.numpy()
+            # Same-step reset: an ending step already returns the next episode's first frame.
+            self.obs, r, term, trunc, _ = self.env.step(a.numpy())
+            rew[t], done[t] = transform_reward(r, self.reward), np.logical_or(term, trunc)
+            self.running += r
+            self.steps += n
+            for i in np.flatnonzero(done[t]):
+                self.episodes.append((self.steps, float(self.running[i])))
+                self.running[i] = 0.0
+        with torch.inference_mode():
+            next_value = self.net(torch.from_numpy(self.obs))[1].numpy()
+        adv = np.zeros((T, n), np.float32)  # GAE(lambda); an episode end cuts the bootstrap
+        last, s = np.zeros(n, np.float32), self.s
+        for t in reversed(range(T)):
+            nxt = next_value if t == T - 1 else val[t + 1]
+            delta = rew[t] + s["gamma"] * nxt * (1 - done[t]) - val[t]
+            last = delta + s["gamma"] * s["gae_lambda"] * (1 - done[t]) * last
+            adv[t] = last
+        returns = adv + val
+        adv = (adv - adv.mean()) / max(adv.std(), 1e-4)
+        flat = lambda x: torch.from_numpy(x.reshape(T * n, *x.shape[2:]))  # noqa: E731
+        b_obs, b_act, b_logp, b_adv, b_ret = map(flat, (obs_buf, act, logp, adv, returns))
+        if s["anneal_lr"]:
+            for group in self.opt.param_groups:
+                group["lr"] = self.lr * max(0.0, 1.0 - self.steps / self.budget)
+        size = T * n // s["num_minibatches"]
+        for _ in range(s["num_epochs"]):
+            order = torch.from_numpy(self.rng.permutation(T * n))
+            for k in range(s["num_minibatches"]):
+                mb = order[k * size:(k + 1) * size]
+                logits, value = self.net(b_obs[mb])
+                dist = torch.distributions.Categorical(logits=logits)
+                ratio = torch.exp(dist.log_prob(b_act[mb]) - b_logp[mb])
+                surrogate = torch.min(ratio * b_adv[mb],
+                                      ratio.clamp(1 - s["clip_param"], 1 + s["clip_param"]) * b_adv[mb])
+                vf_loss = ((value - b_ret[mb]) ** 2).clamp(0, s["vf_clip_param"])
+                loss = (-surrogate + s["vf_loss_coeff"] * vf_loss - s["entropy_coeff"] * dist.entropy()).mean()
+                self.opt.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.net.parameters(), s["grad_clip"])
+                self.opt.step()
+
+    def save(self, path: Path) -> None:
+        import torch
+
+        tmp = path.with_suffix(".tmp")
+        torch.save({"net": self.net.state_dict(), "opt": self.opt.state_dict(), "steps": self.steps,
+                    "episodes": self.episodes, "rng": self.rng.bit_generator.state}, tmp)
+        os.replace(tmp, path)
+
+    def load(self, path: Path) -> None:
+        """Network, optimizer and counters; the envs start new episodes (an emulator's state
+        is not checkpointed), and the episodes that were running are not counted."""
+        import torch
+
+        state = torch.load(path, weights_only=False)
+        self.net.load_state_dict(state["net"])
+        self.opt.load_state_dict(state["opt"])
+        self.steps, self.episodes = state["steps"], [tuple(e) for e in state["episodes"]]
+        self.rng.bit_generator.state = state["rng"]
+
+
+# ---- the teacher ------------------------------------------------------------------------------
+
+class Teacher:
+    """The teacher as `understudy teach` builds it from the config (recording to `root`),
+    trained one iteration at a time in this process."""
+
+    def __init__(self, cfg, settings: dict, root: Path, seed: int = 0):
+        from understudy.algorithms.teachers import recording_algorithm, teacher_config_from
+
+        self.root = str(root / "shards")
+        config = teacher_config_from(
+            settings, game="Breakout", seed=seed, env_steps=cfg.env_steps,
+            record={"root": self.root, "session": "learning", "algorithm": cfg.algorithm,
+                    "shard_rows": cfg.shard_rows})
+        self.algo = recording_algorithm(config.algo_class)(config=config)
+        self.steps = 0
+
+    def iterate(self) -> None:
+        result = self.algo.train()
+        self.steps = int(result["env_runners"]["num_env_steps_sampled_lifetime"])
+
+    @property
+    def episodes(self) -> list[tuple[int, float]]:
+        from understudy.histories import shards
+
+        run_id = shards.list_runs(self.root)[0]
+        return [(e["last_global_step"] + 1, e["return"])
+                for e in sorted(shards.episode_returns(self.root, run_id), key=lambda e: e["last_global_step"])]
+
+    def save(self, path: Path) -> None:
+        # Through the Trainable's save_checkpoint, as Tune saves: it also pins the recording.
+        tmp = path.with_name(path.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.algo.save_checkpoint(str(tmp))
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
+
+    def load(self, path: Path) -> None:
+        """RLlib's checkpoint; the history recorded after it is rewound (recording_algorithm)."""
+        self.algo.load_checkpoint(str(path))
+        self.steps = int(self.algo.metrics.peek(("env_runners", "num_env_steps_sampled_lifetime"), default=0))
+
+
+# ---- runs ---------------------------------------------------------------------------------------
+
+def run(algorithm: str, which: str, workdir: Path, resume: bool, checkpoint_every_s: float) -> None:
+    """Train `which` to the config's budget, checkpointing every `checkpoint_every_s` seconds;
+    its episodes go to `workdir/<which>.json` at every checkpoint."""
+    cfg, settings = load_teach(algorithm)
+    work = workdir / algorithm / which
+    if work.exists() and not resume:
+        raise SystemExit(f"{work} exists: pass --resume to continue it, or remove it")
+    work.mkdir(parents=True, exist_ok=True)
+    learner = Teacher(cfg, settings, work) if which == "teacher" else PlainPPO(settings, cfg.env_steps)
+    checkpoint = work / "checkpoint"
+    wall = 0.0
+    state_file = work / "state.json"
+    if resume and checkpoint.exists():
+        learner.load(checkpoint)
+        wall = json.loads(state_file.read_text())["wall_s"]
+        print(f"[learning] {which}: resumed at {learner.steps} env steps", flush=True)
+    started = last_save = time.perf_counter()
+    while learner.steps < cfg.env_steps:
+        learner.iterate()
+        now = time.perf_counter()
+        if now - last_save >= checkpoint_every_s or learner.steps >= cfg.env_steps:
+            learner.save(checkpoint)
+            episodes = learner.episodes
+            state = {"algorithm": algorithm, "which": which, "config": CONFIGS[algorithm],
+                     "settings": settings, "env_steps": learner.steps, "budget": cfg.env_steps,
+                     "wall_s": wall + now - started, "episodes": episodes}
+            tmp = state_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(state))
+            os.replace(tmp, state_file)
+            last_save = now
+            recent = [r for _, r in episodes[-100:]]
+            rate = learner.steps / max(1e-9, state["wall_s"])
+            print(f"[learning] {which}: {learner.steps}/{cfg.env_steps} env steps, "
+                  f"{len(episodes)} episodes, last-100 mean return {np.mean(recent) if recent else float('nan'):.2f}, "
+                  f"{rate:.0f} env steps/s, ETA {(cfg.env_steps - learner.steps) / max(rate, 1e-9) / 60:.0f} min",
+                  flush=True)
+
+
+def speed(algorithm: str, steps: int, chunk_iters: int, workdir: Path) -> dict:
+    """Wall time of the two for the same env steps, in alternating chunks after a warm-up."""
+    cfg, settings = load_teach(algorithm)
+    work = workdir / algorithm / "speed"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    learners = {"teacher": Teacher(cfg, settings, work), "plain": PlainPPO(settings, cfg.env_steps)}
+    for learner in learners.values():  # warm-up: one iteration each
+        learner.iterate()
+    done = {k: 0 for k in learners}
+    wall = {k: 0.0 for k in learners}
+    while min(done.values()) < steps:
+        for name, learner in learners.items():
+            before, t0 = learner.steps, time.perf_counter()
+            for _ in range(chunk_iters):
+                learner.iterate()
+            wall[name] += time.perf_counter() - t0
+            done[name] += learner.steps - before
+        print(f"[learning] speed: {done} env steps, {wall} s", flush=True)
+    return {"speed_env_steps": done, "teacher_wall_s": wall["teacher"] / done["teacher"] * steps,
+            "plain_wall_s": wall["plain"] / done["plain"] * steps, "speed_steps": steps}
+
+
+def random_return(episodes: int = 100, seed: int = 0) -> float:
+    """Uniformly random actions under the same protocol, raw score."""
+    from understudy.envs import AtariProtocol, make_atari_vector_env
+
+    _, settings = load_teach("ppo")
+    env = make_atari_vector_env("Breakout", AtariProtocol(**settings["protocol"]), num_envs=8,
+                                num_threads=1, same_step_reset=True)
+    rng = np.random.default_rng(seed)
+    env.reset(seed=seed)
+    running, returns = np.zeros(8), []
+    while len(returns) < episodes:
+        _, r, term, trunc, _ = env.step(rng.integers(env.single_action_space.n, size=8))
+        running += r
+        for i in np.flatnonzero(np.logical_or(term, trunc)):
+            returns.append(float(running[i]))
+            running[i] = 0.0
+    env.close()
+    return float(np.mean(returns[:episodes]))
+
+
+def curve(episodes: list, points: np.ndarray) -> list[float | None]:
+    """At each env-step point, the mean raw return of the last 100 episodes finished by then."""
+    ends = np.array([e for e, _ in episodes])
+    returns = np.array([r for _, r in episodes])
+    out = []
+    for p in points:
+        k = int(np.searchsorted(ends, p, side="right"))
+        out.append(float(returns[max(0, k - 100):k].mean()) if k else None)
+    return out
+
+
+def report(algorithm: str, workdir: Path, out: Path, speed_result: dict | None) -> dict:
+    states = {w: json.loads((workdir / algorithm / w / "state.json").read_text())
+              for w in ("teacher", "plain") if (workdir / algorithm / w / "state.json").exists()}
+    if not states:
+        raise SystemExit(f"no runs under {workdir / algorithm}: run --which teacher / plain first")
+    reach = min(s["env_steps"] for s in states.values())
+    points = np.arange(25_000, reach + 1, 25_000)
+    path = out / f"learning_{algorithm}_breakout.json"
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    result = {"algorithm": algorithm, "game": "Breakout", "config": CONFIGS[algorithm],
+              "settings": next(iter(states.values()))["settings"],
+              "env_steps": points.tolist(),
+              "teacher_return": curve(states["teacher"]["episodes"], points) if "teacher" in states else None,
+              "plain_return": curve(states["plain"]["episodes"], points) if "plain" in states else None,
+              "runs": {w: {"env_steps": s["env_steps"], "budget": s["budget"], "wall_s": s["wall_s"],
+                           "episodes": len(s["episodes"])} for w, s in states.items()},
+              "random_return": previous.get("random_return") or random_return(),
+              "machine": f"{os.cpu_count()} CPU cores, no GPU"}
+    for key in ("teacher_wall_s", "plain_wall_s", "speed_steps", "speed_env_steps"):
+        result[key] = (speed_result or {}).get(key, previous.get(key))
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, path)
+    _plot(result, out / f"learning_{algorithm}_breakout.png")
+    return result
+
+
+def _plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, label in (("teacher_return", "RLlib teacher (understudy)"), ("plain_return", "plain PyTorch loop")):
+        if result.get(key):
+            ax.plot(result["env_steps"], [np.nan if v is None else v for v in result[key]], label=label)
+    ax.axhline(result["random_return"], color="grey", ls="--", label="random")
+    ax.set_xlabel("env steps (4 frames each)")
+    ax.set_ylabel("raw return, mean of last 100 episodes")
+    ax.set_title(f"{result['algorithm'].upper()} on Breakout ({result['config']})")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--algorithm", choices=sorted(CONFIGS), default="ppo")
+    parser.add_argument("--which", choices=("teacher", "plain"))
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--speed", type=int, default=0, help="env steps each for the interleaved wall-clock run")
+    parser.add_argument("--chunk-iters", type=int, default=2)
+    parser.add_argument("--report", action="store_true")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--checkpoint-every-s", type=float, default=600.0)
+    parser.add_argument("--workdir", type=Path, default=REPO / "runs" / "learning")
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "bench")
+    args = parser.parse_args(argv)
+    if args.algorithm != "ppo" and (args.which == "plain" or args.speed):
+        raise SystemExit(f"--algorithm {args.algorithm}: the plain loop here is PPO's; DQN's is bench/dqn.py")
+    _threads(args.threads)
+    speed_result = None
+    if args.which:
+        run(args.algorithm, args.which, args.workdir, args.resume, args.checkpoint_every_s)
+    if args.speed:
+        speed_result = speed(args.algorithm, args.speed, args.chunk_iters, args.workdir)
+        print(json.dumps(speed_result), flush=True)
+    if args.report or speed_result:
+        print(json.dumps({k: v for k, v in report(args.algorithm, args.workdir, args.out, speed_result).items()
+                          if k != "settings"}), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
