@@ -81,7 +81,7 @@ class PlainPPO:
 
         from understudy.envs import AtariProtocol, make_atari_vector_env
 
-        s = self.s = settings["settings"]
+        self.s = settings["settings"]
         self.reward, self.lr, self.budget = settings["reward"], settings["lr"], env_steps
         self.num_envs = settings["num_envs"]
         self.rollout = settings["env_steps_per_iter"] // self.num_envs

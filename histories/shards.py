@@ -266,6 +266,20 @@ def read_run_metadata(root: str, run_id: str) -> dict:
         raise ShardError(f"run {run_id!r} has no run.json under shard root {root!r}") from err
 
 
+def write_run_verdict(root: str, run_id: str, verdict: dict) -> None:
+    """Whether the teacher that played this history learned (platform.teach.learning_verdict)."""
+    fs, base = filesystem(root)
+    _write_atomic(fs, f"{base}/{run_id}/verdict.json", json.dumps(verdict, indent=2, sort_keys=True).encode())
+
+
+def read_run_verdict(root: str, run_id: str) -> dict | None:
+    fs, base = filesystem(root)
+    try:
+        return json.loads(_read_bytes(fs, f"{base}/{run_id}/verdict.json"))
+    except FileNotFoundError:
+        return None
+
+
 def list_runs(root: str) -> list[str]:
     fs, base = filesystem(root)
     info = fs.get_file_info(base)

@@ -159,7 +159,12 @@ def cmd_shards(args, ws):
         for run_id in shards.list_runs(root):
             catalog = shards.read_catalog(root, run_id)
             eps = sum(len(e["episodes"]) for e in catalog)
-            print(f"{run_id}\t{len(catalog)} shards\t{eps} episodes\t{sum(e['rows'] for e in catalog)} steps")
+            verdict = shards.read_run_verdict(root, run_id)
+            learned = "learned: ?" if verdict is None else f"learned: {verdict['learned']}"
+            if verdict and verdict.get("final_return") is not None:
+                learned += f" (final {verdict['final_return']:.4g}"
+                learned += f", normalised {verdict['normalised']:.3f})" if "normalised" in verdict else ")"
+            print(f"{run_id}\t{len(catalog)} shards\t{eps} episodes\t{sum(e['rows'] for e in catalog)} steps\t{learned}")
         return 0
     runs = [args.run] if args.run else shards.list_runs(root)
     if args.action == "show":
@@ -195,6 +200,9 @@ def summarise_run(root: str, run_id: str, bins: int = 10) -> str:
         means = [sum(c) / len(c) for c in chunks if c]
         lines.append("  return curve (mean per tenth of the history, first to last): "
                      + "  ".join(f"{m:.1f}" for m in means))
+    from understudy.platform.teach import verdict_line
+
+    lines.append("  " + verdict_line(shards.read_run_verdict(root, run_id)))
     return "\n".join(lines)
 
 

@@ -138,6 +138,9 @@ class TeachConfig(Strict):
     eval_interval: int = Field(0, ge=0)  # greedy evaluation every N iterations (0: never)
     eval_episodes: PositiveInt = 2
     checkpoint_interval: int = Field(0, ge=0)  # checkpoint every N iterations (0: at the end)
+    # The learning gate: a teacher learned if its final return is at least this far above
+    # random play, in human-normalised terms (Dark Room: as a fraction of each goal's optimum).
+    learned_margin: float = Field(0.05, ge=0.0)
     protocol: Protocol = Protocol()
     ppo: PPOParams = PPOParams()
     appo: APPOParams = APPOParams()
@@ -296,6 +299,7 @@ class DistillConfig(Strict):
     # AD reads a context across episodes; one shorter than 2x the data's 95th-percentile episode
     # length cannot hold a previous episode, and distill refuses it unless this says otherwise.
     allow_short_context: bool = False
+    allow_unlearned: bool = False  # distil histories of teachers that did not learn (logged)
 
     @model_validator(mode="after")
     def _check(self):

@@ -276,6 +276,26 @@ def choose_runs(trials: list[dict], metric: str, mode: str) -> list[dict]:
     return sorted(min(groups.values(), key=score), key=lambda t: t["seed"])
 
 
+def check_teachers_learned(cfg: DistillConfig, teach, run_ids: list[str]) -> list[str]:
+    """The learning gate: refuse histories of teachers that did not learn (or that teach could
+    not judge), naming them and their returns, unless `allow_unlearned`. Returns the runs let
+    through that did not learn."""
+    from understudy.platform.teach import verdict_line
+
+    failed = [r for r in teach.runs if r.run_id in run_ids and not (r.verdict or {}).get("learned")]
+    if not failed:
+        return []
+    named = "; ".join(f"{r.run_id}: {verdict_line(r.verdict)}" for r in failed[:3])
+    more = f" and {len(failed) - 3} more" if len(failed) > 3 else ""
+    if not cfg.allow_unlearned:
+        raise StageFailed(f"distill: {len(failed)} of {len(run_ids)} teacher run(s) of teach stage {cfg.teacher!r} "
+                          f"did not learn ({named}{more}); train the teachers longer, or set "
+                          "allow_unlearned: true to distil them anyway (logged)")
+    print(f"[distill] allow_unlearned: distilling {len(failed)} run(s) whose teacher did not learn "
+          f"({named}{more})", flush=True)
+    return [r.run_id for r in failed]
+
+
 def run_distill(cfg: DistillConfig, ws: Workspace, resume: bool = False) -> DistillManifest:
     teach = ws.read_stage("teach", cfg.teacher)
     games = selected_games(cfg)  # only these runs are read, hashed into the data version
@@ -285,6 +305,7 @@ def run_distill(cfg: DistillConfig, ws: Workspace, resume: bool = False) -> Dist
         raise StageFailed(f"distill.games: teach stage {cfg.teacher!r} recorded no runs of {missing}; "
                           f"it has: {sorted({r.game for r in teach.runs})}")
     root = teach.shard_root
+    unlearned = check_teachers_learned(cfg, teach, run_ids)
     uncataloged = [r for r in run_ids if not shards.read_catalog(root, r)]
     if uncataloged:
         named = ", ".join(uncataloged[:3]) + (f" and {len(uncataloged) - 3} more" if len(uncataloged) > 3 else "")
@@ -325,7 +346,8 @@ def run_distill(cfg: DistillConfig, ws: Workspace, resume: bool = False) -> Dist
         flat.update({f"data.{k}": v for k, v in c["data"].items()})
         return {"stage": cfg.name, "teacher_stage": cfg.teacher, "data_version": version, **span,
                 "data_games": ",".join(data_games), "data_run_ids": ",".join(run_ids),
-                "skipped_shards": ",".join(sorted(bad)) or "none", "num_actions": num_actions, **flat}
+                "skipped_shards": ",".join(sorted(bad)) or "none", "num_actions": num_actions,
+                "unlearned_runs": ",".join(unlearned) or "none", **flat}
 
     to_mlflow = tracking.TuneToMlflow(
         ws, "distill", params_of, metrics={k: k for k in METRICS}, step_key="steps",

@@ -36,6 +36,10 @@ class TeachRun(_Manifest):
     shards: int = 0
     shard_bytes: int = 0
     goal: list[int] | None = None  # Dark Room: the goal cell this run learned
+    # The learning gate (platform/teach.py `learning_verdict`): greedy return vs env steps,
+    # and whether the teacher learned. None: teach ran before the gate existed.
+    greedy_curve: list[tuple[int, float]] = []
+    verdict: dict[str, Any] | None = None
 
 
 class TeachManifest(_Manifest):

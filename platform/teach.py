@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import time
 
+import numpy as np
+
 from ray import tune
 
 from understudy.envs import AtariProtocol, game_metadata
@@ -20,6 +22,18 @@ class StageFailed(RuntimeError):
     pass
 
 
+def verdict_line(verdict: dict | None) -> str:
+    if not verdict:
+        return "no learning verdict (recorded before the learning gate)"
+    if verdict["learned"] is None:
+        return f"learned: unknown ({verdict['why']}; final return {verdict['final_return']:.4g})"
+    if "normalised" not in verdict:
+        return f"learned: False ({verdict['basis']})"
+    return (f"learned: {verdict['learned']} (final return {verdict['final_return']:.4g} by "
+            f"{verdict['basis']}; random {verdict['random_score']:.4g}, normalised "
+            f"{verdict['normalised']:.3f}, needs >= {verdict['margin']:g})")
+
+
 def teacher_settings(cfg: TeachConfig) -> dict:
     """The teacher's complete settings: every argument of `teacher_config` except the game,
     seed, budget and recording. The manifest records them; the `scratch` baseline replays them."""
@@ -29,6 +43,45 @@ def teacher_settings(cfg: TeachConfig) -> dict:
             "runner": cfg.runner, "env_threads": cfg.env_threads, "protocol": cfg.protocol.model_dump(),
             "max_episode_steps": cfg.max_episode_steps,
             "settings": getattr(cfg, cfg.algorithm).model_dump()}
+
+
+GREEDY_KEY = "evaluation/env_runners/episode_return_mean"
+
+
+def learning_verdict(game: str, greedy_curve: list, training_returns: list[float], margin: float,
+                     reference: tuple[float, float] | None = None) -> dict:
+    """Did the teacher learn? Its final return (the last greedy evaluation, or without one the
+    mean of its last 100 training episodes) against random play, normalised as
+    (final - random) / (reference - random): human for Atari, each goal's optimum for Dark
+    Room (`reference`). Learned if that is at least `margin`; None if the game has no
+    reference scores."""
+    from understudy.envs import scores
+
+    if greedy_curve:
+        final, basis = float(greedy_curve[-1][1]), "greedy evaluation"
+    elif training_returns:
+        final, basis = float(np.mean(training_returns[-100:])), "last 100 training episodes"
+    else:
+        return {"learned": False, "basis": "no finished episode", "margin": margin}
+    if reference is None:
+        if not scores.has_reference(game):
+            return {"learned": None, "final_return": final, "basis": basis, "margin": margin,
+                    "why": f"no random/human reference scores for {game}"}
+        reference = tuple(scores.reference_scores(game))
+    random, best = reference
+    normalised = (final - random) / (best - random)
+    return {"learned": bool(normalised >= margin), "final_return": final, "basis": basis,
+            "random_score": random, "reference_score": best, "normalised": float(normalised),
+            "margin": margin}
+
+
+def greedy_curve_of(result) -> list[tuple[int, float]]:
+    """(env steps, greedy return) at each evaluation a Tune result's trial reported."""
+    frame = result.metrics_dataframe
+    if frame is None or GREEDY_KEY not in frame or STEPS_KEY not in frame:
+        return []
+    rows = frame[[STEPS_KEY, GREEDY_KEY]].dropna()
+    return [(int(s), float(r)) for s, r in zip(rows[STEPS_KEY], rows[GREEDY_KEY])]
 
 
 def run_teach(cfg: TeachConfig, ws: Workspace, resume: bool = False) -> TeachManifest:
@@ -76,8 +129,8 @@ def run_teach(cfg: TeachConfig, ws: Workspace, resume: bool = False) -> TeachMan
         ws, "teach", params_of,
         metrics={"episode_return_mean": "env_runners/episode_return_mean",
                  "episode_len_mean": "env_runners/episode_len_mean",
-                 "greedy_return_mean": "evaluation/env_runners/episode_return_mean",
-                 "env_steps_per_s": "env_runners/num_env_steps_sampled_lifetime_throughput"},
+                 "greedy_return_mean": GREEDY_KEY,
+                 "env_steps_per_s": tracking.env_steps_per_s},
         step_key=STEPS_KEY, total=cfg.env_steps, experiment=f"teach-{cfg.name}-{session}",
         name_of=lambda t: "{}-{}-s{}".format(identity(t.config)[0], cfg.algorithm, identity(t.config)[1]))
     trainable = recording_algorithm(config.algo_class)
@@ -120,6 +173,10 @@ def run_teach(cfg: TeachConfig, ws: Workspace, resume: bool = False) -> TeachMan
                    "recorded_steps": sum(e["rows"] for e in catalog),
                    "shards": len(catalog), "shard_bytes": sum(e["bytes"] for e in catalog)}
         checkpoint = storage.checkpoint_uri(result.checkpoint)
+        curve = greedy_curve_of(result)
+        verdict = learning_verdict(game, curve, returns, cfg.learned_margin)
+        shards.write_run_verdict(ws.shard_root, run_id, verdict)
+        print(f"[teach] {run_id}: {verdict_line(verdict)}", flush=True)
 
         def log_results():  # the history is safe in the shards, the teacher in `checkpoint`
             run = mlflow_run[0] = to_mlflow.run_for(result, client)
@@ -127,6 +184,7 @@ def run_teach(cfg: TeachConfig, ws: Workspace, resume: bool = False) -> TeachMan
             tracking.log_metric_series(client, run, "episode_return", returns)
             for k, v in summary.items():
                 client.log_metric(run, k, v)
+            client.set_tag(run, "understudy.learned", str(verdict["learned"]))
             client.set_tag(run, "understudy.data_version", shards.data_version(ws.shard_root, [run_id]))
             client.set_tag(run, "understudy.checkpoint", checkpoint)
             fig = plots.learning_curve([e["last_global_step"] + 1 for e in episodes], returns,
@@ -137,7 +195,7 @@ def run_teach(cfg: TeachConfig, ws: Workspace, resume: bool = False) -> TeachMan
         runs.append({"run_id": run_id, "game": game, "seed": seed,
                      "checkpoint": checkpoint, "mlflow_run_id": mlflow_run[0],
                      "final_return_mean": result.metrics.get("env_runners", {}).get("episode_return_mean"),
-                     **summary})
+                     "greedy_curve": curve, "verdict": verdict, **summary})
     manifest = {"kind": "teach", "name": cfg.name, "session": session, "algorithm": cfg.algorithm,
                 "shard_root": ws.shard_root, "protocol": protocol,
                 "max_episode_steps": cfg.max_episode_steps, "hyperparameters": settings,
@@ -193,10 +251,16 @@ def run_teach_darkroom(cfg: TeachConfig, ws: Workspace) -> TeachManifest:
         print(f"[teach] DarkRoom seed {seed}: {len(run_ids)} goals x {episodes} episodes in "
               f"{time.perf_counter() - started:.0f}s; last-10 return {curves[:, -10:].mean():.2f} "
               f"of optimal {optimal.mean():.2f}", flush=True)
-        for run_id, goal, curve in zip(run_ids, goals, curves):
+        for run_id, goal, curve, best in zip(run_ids, goals, curves, optimal):
             catalog = shards.read_catalog(root, run_id)
+            # Q-learning has no separate greedy play: its last 10 episodes against the goal's
+            # optimum (random play scores about 0 in 20 steps).
+            verdict = learning_verdict("DarkRoom", [], curve[-10:].tolist(), cfg.learned_margin,
+                                       reference=(0.0, float(best)))
+            verdict["basis"] = "last 10 training episodes"
+            shards.write_run_verdict(root, run_id, verdict)
             runs.append({"run_id": run_id, "game": "DarkRoom", "seed": seed, "goal": goal.tolist(),
-                         "checkpoint": None, "mlflow_run_id": mlflow_run,
+                         "checkpoint": None, "mlflow_run_id": mlflow_run, "verdict": verdict,
                          "final_return_mean": float(curve[-10:].mean()),
                          "recorded_episodes": len(curve), "recorded_steps": sum(e["rows"] for e in catalog),
                          "shards": len(catalog), "shard_bytes": sum(e["bytes"] for e in catalog)})

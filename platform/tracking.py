@@ -233,7 +233,7 @@ class TuneToMlflow(tune.Callback):
         now = int(time.time() * 1000)
         metrics = []
         for name, key in self.metrics.items():
-            value = _lookup(result, key)
+            value = key(result) if callable(key) else _lookup(result, key)
             if isinstance(value, (int, float)) and value == value:  # skip None and NaN
                 metrics.append(Metric(name, float(value), now, step))
         shown = ", ".join(f"{m.key} {m.value:.4g}" for m in metrics if m.key != self.step_key)
@@ -252,6 +252,9 @@ class TuneToMlflow(tune.Callback):
             self._call(what, lambda: self.client.log_batch(self.runs[trial_id], metrics=metrics))
         # One short progress line per result (Tune's own tables are too verbose to follow).
         of = f"/{self.total:g}" if self.total else ""
+        rate = next((m.value for m in metrics if m.key == "env_steps_per_s"), None)
+        if self.total and rate:
+            of += f" (ETA {max(0.0, self.total - step) / rate / 60:.0f} min)"
         queued = f"  [{len(self.pending)} MLflow call(s) queued]" if self.pending else ""
         print(f"[{self.stage}] {self.name_of(trial)}: {self.step_key.rsplit('/', 1)[-1]} {step}{of}"
               f"  {shown}  ({time.perf_counter() - self.started:.0f}s){queued}", flush=True)
@@ -334,6 +337,16 @@ def _quick_retries():
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
+
+
+def env_steps_per_s(result: dict) -> float | None:
+    """Env steps sampled per second of this iteration's wall time (RLlib 2.60 reports its own
+    throughput as a dict of stats, not a number)."""
+    steps = _lookup(result, "env_runners/num_env_steps_sampled")
+    seconds = result.get("time_this_iter_s")
+    if isinstance(steps, (int, float)) and isinstance(seconds, (int, float)) and seconds > 0:
+        return float(steps) / seconds
+    return None
 
 
 def _lookup(result: dict, key: str):

@@ -1,7 +1,7 @@
 """Bad configs are rejected before Ray starts, with a one-line error naming the field."""
 import subprocess
 import sys
-import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -150,3 +150,58 @@ def test_unwritable_shard_root_fails_before_ray_starts(tmp_path):
     assert proc.returncode == 2
     assert "not writable" in proc.stderr and str(blocker) in proc.stderr
     assert "Started a local Ray" not in proc.stderr
+
+
+# ---- teacher presets (algorithms/presets.py) -----------------------------------------------------
+
+def test_each_teacher_default_is_declared_once():
+    """The config schema's defaults are the settings dataclasses' own, field for field."""
+    from dataclasses import asdict
+
+    from understudy.algorithms.presets import SETTINGS
+
+    cfg = parse_config(TEACH)
+    for algorithm, settings in SETTINGS.items():
+        assert getattr(cfg, algorithm).model_dump() == asdict(settings()), algorithm
+
+
+def test_a_preset_fills_what_the_config_leaves_out_and_the_config_wins():
+    cfg = parse_config({**TEACH, "preset": "atari"})
+    assert (cfg.lr, cfg.cnn, cfg.num_envs_per_runner, cfg.env_steps_per_iter, cfg.reward) == \
+        (2.5e-4, "nature", 8, 1024, "sign")  # CleanRL's ppo_atari: 8 envs x 128 steps
+    assert (cfg.ppo.num_epochs, cfg.ppo.num_minibatches, cfg.ppo.clip_param) == (4, 4, 0.1)
+    cfg = parse_config({**TEACH, "preset": "atari", "num_envs_per_runner": 4})
+    assert cfg.num_envs_per_runner == 4 and cfg.cnn == "nature"
+    dqn = parse_config({**TEACH, "algorithm": "dqn", "preset": "atari", "env_steps": 100_000})
+    assert dqn.lr == 1e-4 and dqn.dqn.adam_epsilon == 1.5e-4 and dqn.dqn.buffer_size == 1_000_000
+
+
+def test_unknown_preset_names_the_valid_ones():
+    msg = error_of({**TEACH, "preset": "cleanrl"})
+    assert "preset" in msg and "'cleanrl'" in msg and "atari" in msg
+
+
+def test_full_scales_take_the_presets_whole():
+    """A scale that names a preset does not inherit the demo's sizes or its algorithm block."""
+    from understudy.platform.config import load_experiment
+
+    for name in ("breakout_to_spaceinvaders", "teacher_cutoff", "multigame_holdout"):
+        full = load_experiment(Path(REPO_ROOT) / "tune_configs" / "experiments" / f"{name}.yaml", "full")
+        assert full.teach.preset == "atari" and full.teach.algorithm == "dqn"
+        assert (full.teach.lr, full.teach.cnn, full.teach.reward) == (1e-4, "nature", "sign")
+        assert full.teach.dqn.learning_starts == 20_000 and full.distill.allow_unlearned is False
+        demo = load_experiment(Path(REPO_ROOT) / "tune_configs" / "experiments" / f"{name}.yaml", "demo")
+        assert demo.teach.cnn == "small" and demo.distill.allow_unlearned is True
+
+
+def test_the_manifest_settings_rebuild_the_teachers_rllib_config():
+    """What teach records is all `teacher_config` needs: the scratch baseline replays it."""
+    from understudy.algorithms.teachers import teacher_config_from
+    from understudy.platform.teach import teacher_settings
+
+    cfg = parse_config({**TEACH, "preset": "atari"})
+    rllib = teacher_config_from(teacher_settings(cfg), game="Pong", seed=3, env_steps=10_000, record=None)
+    assert rllib.lr == [[0, 2.5e-4], [10_000, 0.0]]  # annealed over the budget
+    assert (rllib.train_batch_size_per_learner, rllib.minibatch_size, rllib.num_epochs) == (1024, 256, 4)
+    assert rllib.num_envs_per_env_runner == 8 and rllib.use_kl_loss is False
+    assert rllib.env_config["reward"] == "sign"

@@ -36,7 +36,8 @@ def workspace_with_corrupt_shard(tmp_path):
 def distill_config(tmp_path, **extra):
     path = tmp_path / "distill.yaml"
     path.write_text(yaml.safe_dump({"kind": "distill", "name": "d", "teacher": "t", "game": "Breakout",
-                                    "epochs": 1, "data": {"heldout_episodes": 0}, **extra}))
+                                    "epochs": 1, "data": {"heldout_episodes": 0},
+                                    "allow_unlearned": True, **extra}))
     return str(path)
 
 

@@ -44,6 +44,27 @@ def groups_and_batches(loader, seed=0):
             yield group, batch
 
 
+def test_distill_refuses_teachers_that_did_not_learn(teacher, tmp_path, capsys):
+    """The learning gate: teach records a verdict per run (768 steps learn nothing), `shards
+    ls` shows it, and distill refuses those histories in one line naming the runs and their
+    returns unless the config says allow_unlearned (then it trains and logs which runs)."""
+    from understudy.platform import cli
+
+    ws, root, run_ids = teacher
+    manifest = ws.read_stage("teach", "tiny")
+    for run in manifest.runs:
+        assert run.verdict["learned"] is False and run.verdict["basis"] == "last 100 training episodes"
+        assert run.verdict["random_score"] == 1.7 and run.verdict["normalised"] < 0.05
+    assert shards.read_run_verdict(root, run_ids[0])["learned"] is False
+    capsys.readouterr()
+    assert cli.main(["--workspace", str(ws.root), "shards", "ls"]) == 0
+    assert capsys.readouterr().out.count("learned: False") == 2
+    assert cli.main(["--workspace", str(ws.root), "distill", distill_yaml(tmp_path, allow_unlearned=False)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "did not learn" in err and all(r in err for r in run_ids) and "allow_unlearned: true" in err
+    assert "final return" in err and "random 1.7" in err
+
+
 def test_history_windows_never_cross_histories_and_keep_training_order(teacher):
     _, root, run_ids = teacher
     histories = data.index_runs(root, run_ids)
@@ -166,7 +187,8 @@ def test_a_tiny_model_fits_a_fixed_batch(teacher, algorithm, params):
 def distill_yaml(tmp_path, **extra):
     cfg = {"kind": "distill", "name": "sweep", "teacher": "tiny", "game": "Breakout",
            "algorithm": "ad", "model": {"context": 64, "d_model": 32, "layers": 1, "cnn": "small"},
-           "data": {"heldout_episodes": 2}, "epochs": 2, "batch_size": 8, **extra}
+           "data": {"heldout_episodes": 2}, "epochs": 2, "batch_size": 8,
+           "allow_unlearned": True, **extra}  # 768-step teachers do not learn
     path = tmp_path / "distill.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return str(path)

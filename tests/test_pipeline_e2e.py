@@ -93,6 +93,9 @@ def test_mlflow_has_three_experiments_with_metrics_and_plots(pipeline):
             assert all("greedy_return_mean" in r.data.metrics for r in runs)
             assert all(r.data.params["atari.sticky_action_prob"] == "0.25" for r in runs)
             assert all(len(r.data.params["env.rom_sha256"]) == 64 for r in runs)
+            # throughput reaches MLflow as a number; the teacher's complete settings as params
+            assert all(r.data.metrics.get("env_steps_per_s", 0) > 0 for r in runs)
+            assert all(r.data.params["reward"] == "sign" and "ppo.clip_param" in r.data.params for r in runs)
         artifacts = {a.path for r in runs for a in client.list_artifacts(r.info.run_id)}
         assert plot in artifacts, (name, artifacts)
         assert all(r.data.tags.get("understudy.code_version") for r in runs)
