@@ -1,5 +1,5 @@
-"""The DQN teacher's replay and update path: Atari frames stored once, batches built with
-numpy, handed to the RLlib DQN Learner directly.
+"""The DQN teacher (`DQNTeacher`, RLlib's DQN with one subclass): Atari frames stored once,
+batches built with numpy, handed to the RLlib DQN Learner directly.
 
 RLlib's EpisodeReplayBuffer keeps every observation as a full 84x84x4 stack inside episode
 objects and, per update, samples 32 one-step episodes that the learner connector pipeline
@@ -24,19 +24,16 @@ import torch
 from ray.rllib.algorithms.dqn.torch.dqn_torch_learner import DQNTorchLearner
 from ray.rllib.core.columns import Columns
 from ray.rllib.policy.sample_batch import DEFAULT_POLICY_ID, MultiAgentBatch, SampleBatch
-from ray.rllib.utils.replay_buffers.episode_replay_buffer import EpisodeReplayBuffer
+from ray.rllib.algorithms.dqn import DQN
 
 STACK = 4
 logger = logging.getLogger(__name__)
 
 
-class FrameReplayBuffer(EpisodeReplayBuffer):
-    """Uniform replay over frame-stacked Atari transitions, `capacity` frames of memory.
-
-    A subclass of RLlib's EpisodeReplayBuffer only in name: RLlib's DQN config accepts no
-    other buffer class on the new API stack, and checks the class once the config has been
-    through a dict (in every Tune trial). It takes the same episode chunks, but shares none of
-    that buffer's storage: its `__init__` is not called, and every method DQN uses is here."""
+class FrameReplayBuffer:
+    """Uniform replay over frame-stacked Atari transitions, `capacity` frames of memory. It
+    takes the episode chunks RLlib's env runners return and gives train batches for RLlib's
+    DQN Learner (`DQNTeacher` builds it and is its only user)."""
 
     def __init__(self, capacity: int = 100_000, frame_shape=(84, 84), seed: int | None = None, **_):
         if capacity < 2 * STACK:
@@ -175,13 +172,16 @@ class FrameReplayBuffer(EpisodeReplayBuffer):
         pass
 
 
-def training_step(algo) -> None:
-    """RLlib DQN's new-stack training step with a FrameReplayBuffer: sample from the env
-    runners into the buffer, train on batches from it at the configured replay ratio, send the
-    weights to the env runners. Differs from RLlib's own in five ways:
+class DQNTeacher(DQN):
+    """RLlib's DQN with frame replay, read top to bottom as CleanRL's dqn_atari.py reads: act
+    and store, then (after the warm-up) train on replayed batches at a fixed replay ratio, and
+    hand the new weights to the actors. Every override of RLlib's DQN the teacher needs is in
+    this class, and each says why; PPO and APPO use RLlib's algorithms as they are.
 
-    - the Learner gets a ready batch (no per-sample episode objects, no learner connector);
-    - no priorities to update (this buffer is uniform; prioritised replay uses RLlib's buffer);
+    Differs from RLlib's own training step in five ways:
+    - the Learner gets a ready batch from `FrameReplayBuffer` (no per-sample episode objects,
+      no learner connector);
+    - no priorities to update (this buffer is uniform; prioritised replay uses RLlib's DQN);
     - the replay ratio is kept per env step sampled, not per sample call (RLlib's round-robin
       weights), so it is exact however many steps a call returns;
     - when the env runner and the Learner share this process (no remote env runners, a local
@@ -196,79 +196,130 @@ def training_step(algo) -> None:
     (Sampling in a thread while the Learner updates was tried and measured slower on 2 cores:
     the two contend for the GIL and the cores, 39 ms per step against 36 ms in sequence.)
     """
-    from ray.rllib.utils.metrics import (ENV_RUNNER_RESULTS, ENV_RUNNER_SAMPLING_TIMER, LEARNER_RESULTS,
-                                         NUM_ENV_STEPS_SAMPLED_LIFETIME, REPLAY_BUFFER_ADD_DATA_TIMER,
-                                         REPLAY_BUFFER_RESULTS, TIMERS)
 
-    config, buffer, metrics = algo.config, algo.local_replay_buffer, algo.metrics
-    in_process = algo.env_runner_group.num_remote_workers() == 0 and algo.learner_group.is_local
-    sampled = metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0)
-    until = sampled + (config.min_sample_timesteps_per_iteration or 0) if in_process else sampled
-    # After a restore the buffer starts empty (replay is not checkpointed): refill it to
-    # `learning_starts` steps, as at the start, before training again.
-    starts = config.num_steps_sampled_before_learning_starts
-    refill = max(min(starts, buffer.capacity // 2), 2 * config.total_train_batch_size)
-    # The replay ratio holds exactly over time: batches owed = env steps sampled (once learning
-    # has started) x training_intensity / batch size, the fraction carried to the next call. A
-    # sample call can return a step more than asked (a vector env whose episode just ended).
-    per_step = (config.training_intensity or 0) / config.total_train_batch_size
-    updated = False
-    while True:
-        with metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER)):
-            episodes, env_runner_results = _sample(algo, with_metrics=not in_process)
-        if env_runner_results is not None:
-            metrics.aggregate(env_runner_results, key=ENV_RUNNER_RESULTS)
-        steps = sum(len(episode) for episode in episodes)
-        sampled += steps
-        with metrics.log_time((TIMERS, REPLAY_BUFFER_ADD_DATA_TIMER)):
-            buffer.add(episodes)
-        if sampled >= starts and buffer.added_steps >= refill:
-            # Without a training_intensity, one batch per sample call (RLlib's native ratio).
-            algo._batches_owed = getattr(algo, "_batches_owed", 0.0) + (steps * per_step if per_step else 1)
-            updates = int(algo._batches_owed)
-            algo._batches_owed -= updates
-            if updates:
-                _send_weights(algo, _learn(algo, updates, sampled, reduce=not in_process), in_process)
-                updated = True
-        if sampled >= until:
-            break
-    if in_process:
-        metrics.aggregate([algo.env_runner_group.local_env_runner.get_metrics()], key=ENV_RUNNER_RESULTS)
-        if updated:
-            metrics.aggregate([_without_td_errors(_local_learner(algo).metrics.reduce())], key=LEARNER_RESULTS)
-    for key, value in buffer.get_metrics().items():
-        metrics.log_value((REPLAY_BUFFER_RESULTS, key), value, reduce="item")
+    def setup(self, config) -> None:
+        self.batches_owed = 0.0  # fraction of a batch carried from one sample call to the next
+        super().setup(config)
 
+    def _create_local_replay_buffer_if_necessary(self, config):
+        # RLlib's DQN on the new API stack validates that its buffer is an EpisodeReplayBuffer
+        # type, so the config names that type; the teacher replays frames instead.
+        buffer = config["replay_buffer_config"]
+        return FrameReplayBuffer(capacity=buffer["capacity"], seed=config.get("seed"))
 
-def _sample(algo, with_metrics: bool):
-    """(episodes, env runner metrics or None)."""
-    from ray.rllib.execution.rollout_ops import synchronous_parallel_sample
+    # -- one iteration ----------------------------------------------------------------------
 
-    out = synchronous_parallel_sample(
-        worker_set=algo.env_runner_group, concat=True, sample_timeout_s=algo.config.sample_timeout_s,
-        _uses_new_env_runners=True, _return_metrics=with_metrics)
-    return out if with_metrics else (out, None)
+    def training_step(self) -> None:
+        from ray.rllib.utils.metrics import (ENV_RUNNER_RESULTS, ENV_RUNNER_SAMPLING_TIMER, LEARNER_RESULTS,
+                                             NUM_ENV_STEPS_SAMPLED_LIFETIME, REPLAY_BUFFER_ADD_DATA_TIMER,
+                                             REPLAY_BUFFER_RESULTS, TIMERS)
 
+        config, buffer, metrics = self.config, self.local_replay_buffer, self.metrics
+        in_process = self.env_runner_group.num_remote_env_runners() == 0 and self.learner_group.is_local
+        sampled = metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0)
+        until = sampled + (config.min_sample_timesteps_per_iteration or 0) if in_process else sampled
+        # After a restore the buffer starts empty (replay is not checkpointed): refill it to
+        # `learning_starts` steps, as at the start, before training again.
+        starts = config.num_steps_sampled_before_learning_starts
+        refill = max(min(starts, buffer.capacity // 2), 2 * config.total_train_batch_size)
+        # The replay ratio holds exactly over time: batches owed = env steps sampled (once
+        # learning has started) x training_intensity / batch size. A sample call can return a
+        # step more than asked (a vector env whose episode just ended).
+        per_step = (config.training_intensity or 0) / config.total_train_batch_size
+        updated = False
+        while True:
+            with metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER)):
+                episodes, env_runner_results = self._sample(with_metrics=not in_process)
+            if env_runner_results is not None:
+                metrics.aggregate(env_runner_results, key=ENV_RUNNER_RESULTS)
+            steps = sum(len(episode) for episode in episodes)
+            sampled += steps
+            with metrics.log_time((TIMERS, REPLAY_BUFFER_ADD_DATA_TIMER)):
+                buffer.add(episodes)
+            if sampled >= starts and buffer.added_steps >= refill:
+                # Without a training_intensity, one batch per sample call (RLlib's native ratio).
+                self.batches_owed += steps * per_step if per_step else 1
+                updates = int(self.batches_owed)
+                self.batches_owed -= updates
+                if updates:
+                    self._send_weights(self._learn(updates, sampled, reduce=not in_process), in_process)
+                    updated = True
+            if sampled >= until:
+                break
+        if in_process:
+            metrics.aggregate([self.env_runner_group.local_env_runner.get_metrics()], key=ENV_RUNNER_RESULTS)
+            if updated:
+                metrics.aggregate([_without_td_errors(self._local_learner().metrics.reduce())], key=LEARNER_RESULTS)
+        for key, value in buffer.get_metrics().items():
+            metrics.log_value((REPLAY_BUFFER_RESULTS, key), value, reduce="item")
 
-def _learn(algo, updates: int, sampled: int, reduce: bool):
-    """`updates` Learner updates on batches from the buffer -> the Learner's results, or None
-    when `reduce` is False (the caller reduces the local Learner's metrics later)."""
-    from ray.rllib.utils.metrics import (LEARNER_RESULTS, LEARNER_UPDATE_TIMER, NUM_ENV_STEPS_SAMPLED_LIFETIME,
-                                         REPLAY_BUFFER_SAMPLE_TIMER, TIMERS)
+    def _sample(self, with_metrics: bool):
+        """(episodes, env runner metrics or None), as RLlib's DQN samples."""
+        from ray.rllib.execution.rollout_ops import synchronous_parallel_sample
 
-    config, buffer, metrics = algo.config, algo.local_replay_buffer, algo.metrics
-    timesteps = {NUM_ENV_STEPS_SAMPLED_LIFETIME: sampled}  # schedules and target updates read it
-    later = {} if reduce else {"_no_metrics_reduce": True}
-    learner_results = None
-    for _ in range(updates):
-        with metrics.log_time((TIMERS, REPLAY_BUFFER_SAMPLE_TIMER)):
-            batch = buffer.sample(config.total_train_batch_size, n_step=config.n_step, gamma=config.gamma)
-        with metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER)):
-            learner_results = algo.learner_group.update(batch=batch, timesteps=timesteps, **later)
-        if reduce:
-            learner_results = [_without_td_errors(result) for result in learner_results]
-            metrics.aggregate(learner_results, key=LEARNER_RESULTS)
-    return learner_results if reduce else None
+        out = synchronous_parallel_sample(
+            worker_set=self.env_runner_group, concat=True, sample_timeout_s=self.config.sample_timeout_s,
+            _uses_new_env_runners=True, _return_metrics=with_metrics)
+        return out if with_metrics else (out, None)
+
+    def _learn(self, updates: int, sampled: int, reduce: bool):
+        """`updates` Learner updates on batches from the buffer -> the Learner's results, or
+        None when `reduce` is False (the local Learner's metrics are reduced once, later, which
+        RLlib's Learner allows through its `_no_metrics_reduce` argument)."""
+        from ray.rllib.utils.metrics import (LEARNER_RESULTS, LEARNER_UPDATE_TIMER, NUM_ENV_STEPS_SAMPLED_LIFETIME,
+                                             REPLAY_BUFFER_SAMPLE_TIMER, TIMERS)
+
+        config, buffer, metrics = self.config, self.local_replay_buffer, self.metrics
+        timesteps = {NUM_ENV_STEPS_SAMPLED_LIFETIME: sampled}  # schedules and target updates read it
+        later = {} if reduce else {"_no_metrics_reduce": True}
+        learner_results = None
+        for _ in range(updates):
+            with metrics.log_time((TIMERS, REPLAY_BUFFER_SAMPLE_TIMER)):
+                batch = buffer.sample(config.total_train_batch_size, n_step=config.n_step, gamma=config.gamma)
+            with metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER)):
+                learner_results = self.learner_group.update(batch=batch, timesteps=timesteps, **later)
+            if reduce:
+                learner_results = [_without_td_errors(result) for result in learner_results]
+                metrics.aggregate(learner_results, key=LEARNER_RESULTS)
+        return learner_results if reduce else None
+
+    def _send_weights(self, learner_results, in_process: bool) -> None:
+        from ray.rllib.utils.metrics import ALL_MODULES, SYNCH_WORKER_WEIGHTS_TIMER, TIMERS
+
+        with self.metrics.log_time((TIMERS, SYNCH_WORKER_WEIGHTS_TIMER)):
+            group = self.env_runner_group
+            if in_process and self._share_weights():
+                # The env runner's module reads the Learner's parameters themselves, updated in
+                # place by the optimizer: only the weights' version number (which the recorder
+                # writes as each step's policy version) needs to follow.
+                group.local_env_runner._weights_seq_no = self._local_learner()._weights_seq_no
+            else:
+                policies = None if learner_results is None else set(learner_results[0].keys()) - {ALL_MODULES}
+                group.sync_weights(from_worker_or_learner_group=self.learner_group, policies=policies,
+                                   inference_only=True)
+
+    def _local_learner(self):
+        return next(iter(self.learner_group.foreach_learner(lambda learner: learner))).get()
+
+    def _share_weights(self) -> bool:
+        """Learner and env runner in one process: point the env runner's module at the
+        Learner's parameter tensors (once), so acting always uses the latest update, as a
+        single-process DQN loop does, with no copy per update. False (and nothing changed)
+        if they differ."""
+        runner = self.env_runner_group.local_env_runner
+        if getattr(runner, "_shares_learner_weights", False):
+            return True
+        from ray.rllib.core.rl_module.rl_module import DEFAULT_MODULE_ID
+
+        source = dict(self._local_learner().module[DEFAULT_MODULE_ID].named_parameters())
+        target = dict(runner.module.named_parameters())
+        if not target or any(name not in source or source[name].shape != p.shape for name, p in target.items()):
+            return False
+        with torch.no_grad():
+            for name, p in target.items():
+                p.data = source[name].data
+        runner._shares_learner_weights = True
+        return True
 
 
 def _without_td_errors(learner_result: dict) -> dict:
@@ -278,45 +329,6 @@ def _without_td_errors(learner_result: dict) -> dict:
     for module_results in learner_result.values():
         module_results.pop(TD_ERROR_KEY, None)
     return learner_result
-
-
-def _send_weights(algo, learner_results, local: bool) -> None:
-    from ray.rllib.utils.metrics import ALL_MODULES, SYNCH_WORKER_WEIGHTS_TIMER, TIMERS
-
-    with algo.metrics.log_time((TIMERS, SYNCH_WORKER_WEIGHTS_TIMER)):
-        group = algo.env_runner_group
-        if local and _share_weights(algo):
-            # The env runner's module reads the Learner's parameters themselves, updated in
-            # place by the optimizer: only the weights' version number needs to follow.
-            group.local_env_runner._weights_seq_no = _local_learner(algo)._weights_seq_no
-        else:
-            policies = None if learner_results is None else set(learner_results[0].keys()) - {ALL_MODULES}
-            group.sync_weights(from_worker_or_learner_group=algo.learner_group, policies=policies,
-                               inference_only=True)
-
-
-def _local_learner(algo):
-    return next(iter(algo.learner_group.foreach_learner(lambda learner: learner))).get()
-
-
-def _share_weights(algo) -> bool:
-    """Learner and env runner in one process: point the env runner's module at the Learner's
-    parameter tensors (once), so acting always uses the latest update, as a single-process
-    DQN loop does, with no copy per update. False (and nothing changed) if they differ."""
-    runner = algo.env_runner_group.local_env_runner
-    if getattr(runner, "_shares_learner_weights", False):
-        return True
-    from ray.rllib.core.rl_module.rl_module import DEFAULT_MODULE_ID
-
-    source = dict(_local_learner(algo).module[DEFAULT_MODULE_ID].named_parameters())
-    target = dict(runner.module.named_parameters())
-    if not target or any(name not in source or source[name].shape != p.shape for name, p in target.items()):
-        return False
-    with torch.no_grad():
-        for name, p in target.items():
-            p.data = source[name].data
-    runner._shares_learner_weights = True
-    return True
 
 
 class DQNTeacherLearner(DQNTorchLearner):

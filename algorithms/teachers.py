@@ -245,27 +245,9 @@ def recording_algorithm(algo_class):
                 rewind_run(root, run_id, set(state["shards"]))
                 self.env_runner_group.foreach_env_runner(_resync_recorder, local_env_runner=True)
 
-        def _create_local_replay_buffer_if_necessary(self, config):
-            # RLlib reads the buffer type here as a class path string, but a config that went
-            # through a dict (every Tune trial does) holds the class itself, which RLlib's own
-            # code cannot take: build that class directly.
-            buffer = dict(config.get("replay_buffer_config") or {})
-            if isinstance(buffer.get("type"), type) and not buffer.get("no_local_replay_buffer"):
-                return buffer.pop("type")(**buffer)
-            return super()._create_local_replay_buffer_if_necessary(config)
-
-        def training_step(self):
-            from understudy.algorithms import dqn_teacher
-
-            if isinstance(self.local_replay_buffer, dqn_teacher.FrameReplayBuffer):
-                return dqn_teacher.training_step(self)
-            return super().training_step()
-
     Teacher.__name__ = Teacher.__qualname__ = algo_class.__name__
     return Teacher
 
-
-FRAME_REPLAY = "understudy.algorithms.dqn_teacher.FrameReplayBuffer"
 
 # ---- configs --------------------------------------------------------------------------------
 
@@ -316,7 +298,8 @@ def teacher_config(*, algorithm: str, game, seed, env_steps: int, env_steps_per_
 
         # Uniform replay stores frames once (algorithms/dqn_teacher.py); prioritised replay is
         # RLlib's own episode buffer.
-        buffer = {"type": "PrioritizedEpisodeReplayBuffer" if s.prioritized else FRAME_REPLAY,
+        # (DQNTeacher replays frames where the config names RLlib's EpisodeReplayBuffer.)
+        buffer = {"type": "PrioritizedEpisodeReplayBuffer" if s.prioritized else "EpisodeReplayBuffer",
                   "capacity": s.buffer_size}
         if s.prioritized:
             buffer.update(alpha=0.6, beta=0.4)
@@ -326,7 +309,9 @@ def teacher_config(*, algorithm: str, game, seed, env_steps: int, env_steps_per_
         # is one batched step of all 4. RLlib requires fragments of at least n_step steps.
         steps_per_update = max(1, round(s.batch_size / s.training_intensity))
         fragment = max(1, steps_per_update // num_envs, s.n_step)
-        config = (DQNConfig()
+        from understudy.algorithms.dqn_teacher import DQNTeacher
+
+        config = (DQNConfig(algo_class=None if s.prioritized else DQNTeacher)
                   .training(lr=lr, train_batch_size_per_learner=s.batch_size, n_step=s.n_step,
                             double_q=s.double_q, dueling=s.dueling, td_error_loss_fn="huber",
                             num_steps_sampled_before_learning_starts=s.learning_starts,

@@ -137,7 +137,7 @@ def test_dqn_teacher_learns_from_frame_replay_and_acts_with_the_learners_weights
     from ray.rllib.core.rl_module.rl_module import DEFAULT_MODULE_ID
     from ray.rllib.utils.metrics import LEARNER_RESULTS, NUM_MODULE_STEPS_TRAINED_LIFETIME
 
-    from understudy.algorithms.dqn_teacher import DQNTeacherLearner, _local_learner
+    from understudy.algorithms.dqn_teacher import DQNTeacher, DQNTeacherLearner
     from understudy.algorithms.teachers import recording_algorithm, teacher_config
     from understudy.histories import shards
 
@@ -151,9 +151,11 @@ def test_dqn_teacher_learns_from_frame_replay_and_acts_with_the_learners_weights
     try:
         for _ in range(4):
             result = algo.train()
-        assert isinstance(algo.local_replay_buffer, FrameReplayBuffer)
-        learner = _local_learner(algo)
+        assert isinstance(algo, DQNTeacher) and isinstance(algo.local_replay_buffer, FrameReplayBuffer)
+        learner = algo._local_learner()
         assert isinstance(learner, DQNTeacherLearner)
+        assert algo.local_replay_buffer.capacity == 1000
+        assert learner.get_optimizers_for_module(DEFAULT_MODULE_ID)[0][1].defaults["eps"] == 1.5e-4
         stats = result[LEARNER_RESULTS][DEFAULT_MODULE_ID]
         # 8 trained samples per env step after learning starts (replay ratio 32 per 4 steps),
         # also with 4 envs, whose sample calls (3 steps each for n_step 3) can return a step more.
