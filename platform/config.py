@@ -19,7 +19,7 @@ from understudy.algorithms.presets import PRESETS
 from understudy.algorithms.presets import APPOSettings as _APPO
 from understudy.algorithms.presets import DQNSettings as _DQN
 from understudy.algorithms.presets import PPOSettings as _PPO
-from understudy.envs import canonical_game
+from understudy.envs import families
 
 
 class ConfigError(ValueError):
@@ -27,12 +27,21 @@ class ConfigError(ValueError):
 
 
 def _game(name: str) -> str:
-    if str(name).lower().replace("_", "").replace("-", "") == "darkroom":
-        return "DarkRoom"  # Laskin et al.'s grid world (envs.darkroom), not an ALE game
-    return canonical_game(name)  # ValueError names the closest valid games
+    # Dark Room (Laskin et al.'s grid world), MinAtar ("MinAtar/Breakout") or an ALE game;
+    # ValueError names the closest valid games.
+    return families.canonical_game(name)
 
 
 Game = Annotated[str, AfterValidator(_game)]
+
+
+def _not_minatar_yet(games: list[str], field: str) -> None:
+    """MinAtar games have an env (envs/minatar.py) but no teacher or player yet."""
+    found = [g for g in games if families.family_of(g) is families.MINATAR]
+    if found:
+        raise ValueError(f"{field}: {found[0]} is a MinAtar game; MinAtar has an environment "
+                         "(envs/minatar.py) but no teacher, imitator or player yet, so stages cannot run "
+                         "it; valid here: Atari games and DarkRoom")
 StageName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$", min_length=1, max_length=64)]
 
 
@@ -178,6 +187,7 @@ class TeachConfig(Strict):
 
     @model_validator(mode="after")
     def _darkroom_needs_qlearning(self):
+        _not_minatar_yet(self.games, "games")
         darkroom = "DarkRoom" in self.games
         if darkroom and (self.algorithm != "qlearning" or len(self.games) > 1):
             raise ValueError("games: DarkRoom is learned by algorithm: qlearning, on its own "
@@ -369,6 +379,11 @@ class EvaluateConfig(Strict):
     goal_split: Literal["heldout", "train", "all"] = "heldout"  # Dark Room goals to play
     finetune: FinetuneParams = FinetuneParams()
     forgetting: bool = False  # after fine-tuning on a game, replay the training games
+
+    @model_validator(mode="after")
+    def _games_can_be_played(self):
+        _not_minatar_yet(self.games + self.heldout_games, "games")
+        return self
 
     @model_validator(mode="after")
     def _heldout_played(self):

@@ -1,0 +1,131 @@
+"""Env families behind one interface: ALE, MinAtar and Dark Room each say how their games are
+named, what an observation and an action are, how to make a vector env, what random and
+reference play score, which protocol they follow, and which teacher learns them. Stages,
+evaluation and metrics ask `family_of(game)` instead of testing game names.
+Pure Python: no Ray here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from understudy.envs import atari, darkroom, minatar, scores
+
+
+@dataclass(frozen=True)
+class EnvFamily:
+    name: str
+    # (game, num_envs, *, same_step_reset, max_episode_steps, **options) -> a vector env with
+    # reset(seed) -> (obs, info) and step(actions) -> (obs, rewards, terminated, truncated,
+    # info); obs (num_envs, *frame_shape[, stack]) uint8; rewards the raw score.
+    make_vector_env: Callable
+    games: Callable[[], list[str]]
+    canonical: Callable[[str], str]  # any spelling -> the one name; ValueError naming valid ones
+    frame_shape: tuple[int, ...]  # what one step's observation frame is (stacks are of these)
+    num_actions: Callable[[str], int]  # of a game, under the family's default protocol
+    shared_actions: int  # the action space every game of the family maps into
+    # (random score, reference score) of a game: human for ALE, the published DQN at 5M frames
+    # for MinAtar, the goal's optimum for Dark Room (per goal, so None here); None: unknown.
+    reference: Callable[[str], tuple[float, float] | None]
+    protocol: dict = field(default_factory=dict)  # the family's environment settings, as logged
+    teacher: tuple[str, str | None] = ("ppo", None)  # default (algorithm, preset)
+    reference_source: str = ""
+
+    def owns(self, game: str) -> bool:
+        try:
+            self.canonical(game)
+            return True
+        except ValueError:
+            return False
+
+
+def _ale_reference(game: str):
+    return tuple(scores.reference_scores(game)) if scores.has_reference(game) else None
+
+
+def _ale_num_actions(game: str) -> int:
+    return len(atari.action_set(game))
+
+
+def _ale_vector_env(game: str, num_envs: int, *, same_step_reset: bool = False,
+                    max_episode_steps: int | None = None, protocol: dict | None = None, num_threads: int = 1):
+    return atari.make_atari_vector_env(game, atari.AtariProtocol(**(protocol or {})), num_envs=num_envs,
+                                       num_threads=num_threads, max_episode_steps=max_episode_steps,
+                                       same_step_reset=same_step_reset)
+
+
+def _minatar_vector_env(game: str, num_envs: int, *, same_step_reset: bool = False,
+                        max_episode_steps: int | None = None, sticky_action_prob: float = 0.1,
+                        difficulty_ramping: bool = True):
+    return minatar.MinAtarVectorEnv(game, num_envs, same_step_reset=same_step_reset,
+                                    max_episode_steps=max_episode_steps, sticky_action_prob=sticky_action_prob,
+                                    difficulty_ramping=difficulty_ramping)
+
+
+def _darkroom_vector_env(game: str, num_envs: int, *, same_step_reset: bool = True,
+                         max_episode_steps: int | None = None, goals=None):
+    """Rooms with `goals` (default: the training goals, in turn); episodes are always
+    EPISODE_STEPS long and the rooms restart together as soon as they end."""
+    import numpy as np
+
+    if not same_step_reset or max_episode_steps not in (None, darkroom.EPISODE_STEPS):
+        raise ValueError(f"Dark Room episodes are exactly {darkroom.EPISODE_STEPS} steps and restart at once")
+    if goals is None:
+        train = darkroom.darkroom_goals("train")
+        goals = train[np.arange(num_envs) % len(train)]
+    return darkroom.DarkRoomFrames(goals)
+
+
+def _darkroom_canonical(name: str) -> str:
+    if str(name).lower().replace("_", "").replace("-", "") == "darkroom":
+        return "DarkRoom"
+    raise ValueError(f"{name!r} is not Dark Room; valid: DarkRoom")
+
+
+# Random play measured here (bench/minatar_reference.py, 1,000 episodes per game under the
+# authors' protocol); the reference is the DQN return the MinAtar authors published at 5M frames
+# (Young & Tian 2019, the repository's learning curves, read from the figure: approximate).
+MINATAR_SCORES: dict[str, tuple[float, float]] = {
+    "Asterix": (0.5, 17.0), "Breakout": (0.5, 10.0), "Freeway": (0.0, 50.0),
+    "Seaquest": (0.1, 20.0), "SpaceInvaders": (2.8, 43.0),
+}
+
+
+ALE = EnvFamily(
+    name="ale", make_vector_env=_ale_vector_env, games=atari.all_games, canonical=atari.canonical_game, frame_shape=atari.FRAME_SHAPE,
+    num_actions=_ale_num_actions, shared_actions=18, reference=_ale_reference,
+    protocol=atari.AtariProtocol().as_params(), teacher=("dqn", "atari"),
+    reference_source="Atari-57 random and human scores (envs/scores.py)")
+
+MINATAR = EnvFamily(
+    name="minatar", make_vector_env=_minatar_vector_env, games=lambda: [minatar.PREFIX + g for g in minatar.GAMES],
+    canonical=minatar.canonical_game, frame_shape=minatar.OBS_SHAPE,
+    num_actions=lambda game: minatar.NUM_ACTIONS, shared_actions=minatar.NUM_ACTIONS,
+    reference=lambda game: MINATAR_SCORES[minatar.game_of(game)],
+    protocol={"minatar.sticky_action_prob": 0.1, "minatar.difficulty_ramping": True,
+              "minatar.channels": ",".join(minatar.CHANNELS)},
+    teacher=("dqn", None),  # a MinAtar preset comes with the MinAtar teacher (not built yet)
+    reference_source="random play measured here; DQN at 5M frames as published by Young & Tian (2019)")
+
+DARKROOM = EnvFamily(
+    name="darkroom", make_vector_env=_darkroom_vector_env, games=lambda: ["DarkRoom"], canonical=_darkroom_canonical,
+    frame_shape=(darkroom.FRAME_SIZE, darkroom.FRAME_SIZE),
+    num_actions=lambda game: darkroom.NUM_ACTIONS, shared_actions=darkroom.NUM_ACTIONS,
+    reference=lambda game: None, protocol=darkroom.protocol(), teacher=("qlearning", None),
+    reference_source="each goal's optimal return (envs/darkroom.py optimal_return)")
+
+FAMILIES = (DARKROOM, MINATAR, ALE)  # asked in this order: ALE's names are the catch-all
+
+
+def family_of(game: str) -> EnvFamily:
+    """The family a game belongs to: 'DarkRoom', 'MinAtar/...', else an ALE game."""
+    if minatar.is_minatar(game):
+        return MINATAR
+    if DARKROOM.owns(game):
+        return DARKROOM
+    return ALE
+
+
+def canonical_game(name: str) -> str:
+    """Any family's game name, canonical; ValueError naming the closest valid names."""
+    return family_of(name).canonical(name)

@@ -1,0 +1,106 @@
+"""The env families (ALE, MinAtar, Dark Room) behind one interface, and MinAtar's one
+observation space for all five games. Real ale-py and minatar games, tiny scale."""
+import numpy as np
+import pytest
+
+from understudy.envs import families, minatar
+from understudy.envs.families import ALE, DARKROOM, MINATAR, family_of
+
+
+@pytest.mark.parametrize("name,family,canonical", [
+    ("DarkRoom", DARKROOM, "DarkRoom"), ("dark_room", DARKROOM, "DarkRoom"),
+    ("MinAtar/breakout", MINATAR, "MinAtar/Breakout"), ("minatar/space_invaders", MINATAR, "MinAtar/SpaceInvaders"),
+    ("breakout", ALE, "Breakout"), ("SpaceInvaders", ALE, "SpaceInvaders")])
+def test_every_game_belongs_to_one_family_under_one_name(name, family, canonical):
+    assert family_of(name) is family
+    assert families.canonical_game(name) == canonical and canonical in family.games()
+
+
+def test_unknown_names_get_the_closest_valid_ones():
+    with pytest.raises(ValueError, match="MinAtar/SpaceInvaders"):
+        families.canonical_game("MinAtar/SpaceInvader")
+    with pytest.raises(ValueError, match="Breakout"):
+        families.canonical_game("Breakot")
+
+
+@pytest.mark.parametrize("family,game", [(ALE, "Breakout"), (MINATAR, "MinAtar/SpaceInvaders"), (DARKROOM, "DarkRoom")])
+def test_each_family_makes_vector_envs_with_its_frames_and_raw_scores(family, game):
+    env = family.make_vector_env(game, 4, same_step_reset=True)
+    obs, _ = env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    total = np.zeros(4)
+    for _ in range(300):
+        obs, reward, terminated, truncated, _ = env.step(rng.integers(family.num_actions(game), size=4))
+        total += reward
+    env.close()
+    assert obs.dtype == np.uint8 and obs.shape[0] == 4
+    assert obs.shape[1:1 + len(family.frame_shape)] == family.frame_shape
+    assert family.num_actions(game) <= family.shared_actions
+    if family is not DARKROOM:
+        random, best = family.reference(game)
+        assert best > random
+    if family is MINATAR:  # Space Invaders scores 1 per alien: raw, positive
+        assert total.sum() > 0
+
+
+def test_reference_scores_per_family():
+    assert ALE.reference("Breakout") == (1.7, 30.5)
+    assert MINATAR.reference("MinAtar/Breakout")[0] < MINATAR.reference("MinAtar/Breakout")[1]
+    assert DARKROOM.reference("DarkRoom") is None  # per goal: envs.darkroom.optimal_return
+
+
+# ---- MinAtar's shared observation --------------------------------------------------------------
+
+@pytest.mark.parametrize("game", minatar.GAMES)
+def test_every_minatar_channel_maps_into_the_shared_space(game):
+    """Each of the game's own channels lights its role's shared channel, alone, at its
+    intensity; the game's real states map into (10, 10, 10) uint8."""
+    from importlib import import_module
+
+    own = import_module(f"minatar.environments.{minatar._MODULES[game]}").Env().channels
+    assert set(own) == set(minatar.CHANNEL_MAP[game])
+    for name, c in own.items():
+        state = np.zeros((10, 10, len(own)), bool)
+        state[2, 3, c] = True
+        out = minatar.unify(state, "MinAtar/" + game)
+        shared, intensity = minatar.CHANNEL_MAP[game][name]
+        assert out.shape == minatar.OBS_SHAPE and out.dtype == np.uint8
+        assert out[2, 3, minatar.CHANNELS.index(shared)] == intensity
+        assert np.count_nonzero(out) == 1
+    env = minatar.MinAtarVectorEnv("MinAtar/" + game, 2)
+    obs, _ = env.reset(seed=1)
+    assert obs.shape == (2, *minatar.OBS_SHAPE) and obs[..., minatar.CHANNELS.index("self")].any()
+
+
+def test_shared_channels_keep_what_several_booleans_encoded():
+    """Freeway's five speed channels become five intensities of one channel."""
+    levels = {minatar.CHANNEL_MAP["Freeway"][f"speed{k}"][1] for k in range(1, 6)}
+    assert len(levels) == 5 and {minatar.CHANNEL_MAP["Freeway"][f"speed{k}"][0] for k in range(1, 6)} == {"motion"}
+    left, right = minatar.CHANNEL_MAP["SpaceInvaders"]["alien_left"], minatar.CHANNEL_MAP["SpaceInvaders"]["alien_right"]
+    assert left[0] == right[0] == "motion" and left[1] != right[1]
+
+
+def test_minatar_vector_env_resets_on_the_next_step_as_ale_does():
+    env = minatar.MinAtarVectorEnv("MinAtar/Breakout", 1)
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    for _ in range(10_000):
+        _, _, terminated, truncated, _ = env.step(rng.integers(6, size=1))
+        if terminated[0]:
+            break
+    assert terminated[0]
+    obs, reward, terminated, truncated, _ = env.step(np.array([5]))  # ignored: a new episode starts
+    assert reward[0] == 0 and not terminated[0] and not truncated[0]
+    assert obs[0, 1:4, :, minatar.CHANNELS.index("prize")].all()  # three fresh rows of bricks
+
+
+def test_minatar_episodes_can_be_capped():
+    env = minatar.MinAtarVectorEnv("MinAtar/Freeway", 2, max_episode_steps=50)
+    env.reset(seed=0)
+    truncated_at = None
+    for t in range(1, 60):
+        _, _, terminated, truncated, _ = env.step(np.zeros(2, np.int64))
+        if truncated.any():
+            truncated_at = t
+            break
+    assert truncated_at == 50
