@@ -17,19 +17,23 @@ def run_id_for(session: str, algorithm: str, game: str, seed: int) -> str:
 def recorder_for(env_runner) -> "EpisodeRecorder | None":
     """The recorder of an RLlib env runner, from its env_config's `record` section; None for
     evaluation runners and runs that do not record."""
-    from understudy.envs import game_metadata
+    from understudy.envs import family_of, game_metadata
+    from understudy.envs.families import ALE
 
     config = env_runner.config
     record = config.env_config.get("record")
     if not record or config.in_evaluation:
         return None
     game, seed = config.env_config["game"], int(config.seed or 0)
+    family = family_of(game)
     return EpisodeRecorder(
         record, run_id=run_id_for(record["session"], record["algorithm"], game, seed),
         game=game, algorithm=record["algorithm"], seed=seed, env_runner=env_runner.worker_index,
         metadata={"protocol": config.env_config.get("protocol", {}),
                   "max_episode_steps": config.env_config.get("max_episode_steps"),
-                  "env_runner_class": type(env_runner).__name__, **game_metadata(game)})
+                  "env_runner_class": type(env_runner).__name__, "env_family": family.name,
+                  "frame_shape": list(family.frame_shape),
+                  **(game_metadata(game) if family is ALE else family.protocol)})
 
 
 class EpisodeRecorder:

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from understudy.envs import FRAME_SHAPE, transform_reward
+from understudy.envs import transform_reward
 from understudy.histories import shards
 
 COLUMNS = ("step", "policy_version", "frame", "action", "reward")
@@ -283,11 +283,14 @@ class ShardReader:
         return pa.Table.from_batches(parts)
 
 
-def frames_of(column) -> np.ndarray:
+def frames_of(table: pa.Table) -> np.ndarray:
+    """The frame column as (N, *frame shape) uint8, in the shape its schema names."""
+    shape = shards.frame_shape_of(table.schema)
+    column = table["frame"]
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    size = FRAME_SHAPE[0] * FRAME_SHAPE[1]
+    size = int(np.prod(shape))
     data = np.frombuffer(arr.buffers()[1], np.uint8)
-    return data[arr.offset * size:(arr.offset + len(arr)) * size].reshape(len(arr), *FRAME_SHAPE)
+    return data[arr.offset * size:(arr.offset + len(arr)) * size].reshape(len(arr), *shape)
 
 
 def read_block(reader: ShardReader, history: HistoryIndex, episodes: list[EpisodeRef],
@@ -309,7 +312,7 @@ def read_block(reader: ShardReader, history: HistoryIndex, episodes: list[Episod
     if not (table["step"].to_numpy() == np.concatenate([np.arange(n) for n in steps])).all():
         raise shards.ShardError(f"run {history.run_id}: catalog and shard rows disagree; "
                                 "run `understudy shards verify`")
-    frames = frames_of(table["frame"])
+    frames = frames_of(table)
     actions = table["action"].to_numpy().astype(np.int64)
     table_map = _action_map(history, transforms, history_key)
     if table_map is not None:

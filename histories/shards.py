@@ -27,13 +27,18 @@ import pyarrow.fs as pafs
 
 from understudy.envs import FRAME_SHAPE
 
-SCHEMA_VERSION = 1
-FRAME_BYTES = FRAME_SHAPE[0] * FRAME_SHAPE[1]
+# Version 2: the frame's shape is the env family's (84x84 for ALE and Dark Room, 10x10x10 for
+# MinAtar), named in the frame field's metadata and in run.json; version 1 shards (84x84, no
+# shape named) read unchanged.
+SCHEMA_VERSION = 2
+FRAME_SHAPE_KEY = b"understudy.frame_shape"
 
-# One row per agent step: the observation the action was chosen on (its newest frame only;
-# stacks are rebuilt on read), the action, and what the env returned for it.
-SHARD_SCHEMA = pa.schema(
-    [
+
+def shard_schema(frame_shape: tuple[int, ...] = FRAME_SHAPE) -> pa.Schema:
+    """One row per agent step: the observation the action was chosen on (its newest frame
+    only; stacks are rebuilt on read), the action, and what the env returned for it."""
+    frame_bytes = int(np.prod(frame_shape))
+    return pa.schema([
         pa.field("run_id", pa.string(), nullable=False),
         pa.field("game", pa.string(), nullable=False),
         pa.field("algorithm", pa.string(), nullable=False),
@@ -43,7 +48,8 @@ SHARD_SCHEMA = pa.schema(
         pa.field("step", pa.int32(), nullable=False),  # step within the episode, from 0
         pa.field("global_step", pa.int64(), nullable=False),  # env steps taken by this env runner
         pa.field("policy_version", pa.int64(), nullable=False),  # learner update behind the action
-        pa.field("frame", pa.binary(FRAME_BYTES), nullable=False),  # newest 84x84 uint8 frame
+        pa.field("frame", pa.binary(frame_bytes), nullable=False,  # newest uint8 frame
+                 metadata={FRAME_SHAPE_KEY: ",".join(map(str, frame_shape)).encode()}),
         pa.field("action", pa.int16(), nullable=False),
         pa.field("reward", pa.float32(), nullable=False),  # raw, unclipped
         pa.field("terminated", pa.bool_(), nullable=False),
@@ -51,9 +57,18 @@ SHARD_SCHEMA = pa.schema(
         pa.field("lives", pa.int16(), nullable=False),
         pa.field("epsilon", pa.float32(), nullable=True),  # behaviour epsilon, where there is one
         pa.field("policy_outputs", pa.list_(pa.float32()), nullable=True),  # logits or Q-values
-    ],
-    metadata={"understudy.schema_version": str(SCHEMA_VERSION)},
-)
+    ], metadata={"understudy.schema_version": str(SCHEMA_VERSION)})
+
+
+SHARD_SCHEMA = shard_schema()  # ALE's and Dark Room's 84x84 frames
+
+
+def frame_shape_of(schema: pa.Schema) -> tuple[int, ...]:
+    """The frame shape a shard's schema names (version 1 named none: 84x84)."""
+    meta = schema.field("frame").metadata or {}
+    return tuple(int(x) for x in meta[FRAME_SHAPE_KEY].decode().split(",")) if FRAME_SHAPE_KEY in meta else FRAME_SHAPE
+
+
 PER_STEP_COLUMNS = ("step", "global_step", "policy_version", "frame", "action", "reward",
                     "terminated", "truncated", "lives", "epsilon", "policy_outputs")
 
@@ -142,7 +157,7 @@ class ShardWriter:
         name = f"r{self.env_runner:03d}-{self._next_shard:06d}"
         sink = pa.BufferOutputStream()
         options = pa.ipc.IpcWriteOptions(compression="zstd")
-        with pa.ipc.new_file(sink, SHARD_SCHEMA, options=options) as writer:
+        with pa.ipc.new_file(sink, table.schema, options=options) as writer:
             writer.write_table(table, max_chunksize=4096)
         data = sink.getvalue().to_pybytes()
         path = f"{self.run_dir}/shards/{name}.arrow"
@@ -180,9 +195,13 @@ class ShardWriter:
 
 def episodes_to_table(episodes: list[Episode], *, run_id: str, game: str, algorithm: str,
                       seed: int) -> pa.Table:
-    """Episodes (numpy columns; `frame` is (T, 84, 84) uint8, `policy_outputs` (T, A) or None,
-    `epsilon` (T,) or None) -> one table in SHARD_SCHEMA, built without per-row Python."""
+    """Episodes (numpy columns; `frame` is (T, *frame shape) uint8, `policy_outputs` (T, A) or
+    None, `epsilon` (T,) or None) -> one table in `shard_schema(frame shape)`, built without
+    per-row Python."""
     n = sum(e.steps for e in episodes)
+    frame_shape = tuple(np.asarray(episodes[0].columns["frame"]).shape[1:])
+    schema = shard_schema(frame_shape)
+    frame_bytes = int(np.prod(frame_shape))
 
     def cat(key, dtype):
         return np.concatenate([np.asarray(e.columns[key], dtype) for e in episodes])
@@ -190,7 +209,7 @@ def episodes_to_table(episodes: list[Episode], *, run_id: str, game: str, algori
     def nullable(key, make):
         parts = [e.columns[key] for e in episodes]
         if all(p is None for p in parts):
-            return pa.nulls(n, SHARD_SCHEMA.field(key).type)
+            return pa.nulls(n, schema.field(key).type)
         mask = np.concatenate([np.full(e.steps, p is None) for e, p in zip(episodes, parts)])
         return make(parts, mask, [e.steps for e in episodes])
 
@@ -210,7 +229,7 @@ def episodes_to_table(episodes: list[Episode], *, run_id: str, game: str, algori
         return arr
 
     frames = np.ascontiguousarray(np.concatenate([np.asarray(e.columns["frame"], np.uint8)
-                                                  .reshape(e.steps, FRAME_BYTES) for e in episodes]))
+                                                  .reshape(e.steps, frame_bytes) for e in episodes]))
     arrays = {
         "run_id": pa.array([run_id] * n, pa.string()),
         "game": pa.array([game] * n, pa.string()),
@@ -221,7 +240,7 @@ def episodes_to_table(episodes: list[Episode], *, run_id: str, game: str, algori
         "step": pa.array(cat("step", np.int32)),
         "global_step": pa.array(cat("global_step", np.int64)),
         "policy_version": pa.array(cat("policy_version", np.int64)),
-        "frame": pa.FixedSizeBinaryArray.from_buffers(pa.binary(FRAME_BYTES), n,
+        "frame": pa.FixedSizeBinaryArray.from_buffers(pa.binary(frame_bytes), n,
                                                       [None, pa.py_buffer(frames)]),
         "action": pa.array(cat("action", np.int16)),
         "reward": pa.array(cat("reward", np.float32)),
@@ -231,7 +250,7 @@ def episodes_to_table(episodes: list[Episode], *, run_id: str, game: str, algori
         "epsilon": nullable("epsilon", epsilon),
         "policy_outputs": nullable("policy_outputs", outputs),
     }
-    return pa.table([arrays[f.name] for f in SHARD_SCHEMA], schema=SHARD_SCHEMA)
+    return pa.table([arrays[f.name] for f in schema], schema=schema)
 
 
 # ---- run metadata and the catalog ---------------------------------------------------------
@@ -323,6 +342,12 @@ def shard_paths(root: str, run_id: str) -> list[str]:
     return [f"{base}/{run_id}/{e['path']}" for e in read_catalog(root, run_id)]
 
 
+def run_frame_shape(root: str, run_id: str) -> tuple[int, ...]:
+    """The shape of a run's frames, as its run.json names it (runs before version 2: 84x84)."""
+    shape = read_run_metadata(root, run_id).get("frame_shape")
+    return tuple(shape) if shape else FRAME_SHAPE
+
+
 def open_run(root: str, run_id: str, exclude: frozenset[str] = frozenset()) -> pads.Dataset:
     """A run's learning history as a pyarrow dataset over its cataloged shards (less the
     shard paths in `exclude`, e.g. ones found corrupted)."""
@@ -330,7 +355,7 @@ def open_run(root: str, run_id: str, exclude: frozenset[str] = frozenset()) -> p
     paths = [p for p in shard_paths(root, run_id) if p not in exclude]
     if not paths:
         raise ShardError(f"run {run_id!r} under {root!r} has no cataloged shards")
-    return pads.dataset(paths, format="ipc", filesystem=fs, schema=SHARD_SCHEMA)
+    return pads.dataset(paths, format="ipc", filesystem=fs, schema=shard_schema(run_frame_shape(root, run_id)))
 
 
 def find_runs(root: str, games: list[str] | None = None, algorithm: str | None = None) -> list[str]:
@@ -349,7 +374,11 @@ def open_runs(root: str, run_ids: list[str]) -> pads.Dataset:
     paths = [p for run_id in run_ids for p in shard_paths(root, run_id)]
     if not paths:
         raise ShardError(f"runs {run_ids} under {root!r} have no cataloged shards")
-    return pads.dataset(paths, format="ipc", filesystem=fs, schema=SHARD_SCHEMA)
+    shapes = {run_frame_shape(root, run_id) for run_id in run_ids}
+    if len(shapes) > 1:
+        raise ShardError(f"runs {run_ids} under {root!r} have different frame shapes {sorted(shapes)}; "
+                         "open runs of one env family together")
+    return pads.dataset(paths, format="ipc", filesystem=fs, schema=shard_schema(shapes.pop()))
 
 
 def ray_dataset(root: str, run_ids: list[str], columns: list[str] | None = None):

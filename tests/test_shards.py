@@ -1,4 +1,5 @@
 """The shard contract: schema, atomic writes, catalog, checksums, stacks rebuilt on read."""
+import hashlib
 import json
 import os
 
@@ -182,3 +183,68 @@ def test_shards_cli_lists_shows_and_verifies(recorded, tmp_path):
     data = bytearray(path.read_bytes()); data[100] ^= 0xFF; path.write_bytes(bytes(data))
     bad = cli("verify")
     assert bad.returncode == 1 and "r000-000001.arrow" in bad.stdout and "sha256" in bad.stdout
+
+
+def minatar_episodes(episodes=2, seed=0):
+    """Real MinAtar Breakout episodes as shard Episodes: whole (10, 10, 10) frames."""
+    from understudy.envs.minatar import MinAtarVectorEnv
+
+    env = MinAtarVectorEnv("MinAtar/Breakout", 1, max_episode_steps=40)
+    obs, _ = env.reset(seed=seed)
+    rng = np.random.default_rng(seed)
+    out = []
+    for e in range(episodes):
+        cols = {k: [] for k in shards.PER_STEP_COLUMNS}
+        done, t = False, 0
+        while not done:
+            action = int(rng.integers(6))
+            cols["step"].append(t); cols["global_step"].append(t); cols["policy_version"].append(0)
+            cols["frame"].append(obs[0]); cols["action"].append(action); cols["lives"].append(0)
+            cols["epsilon"].append(1.0); cols["policy_outputs"].append([0.0] * 6)
+            obs, reward, term, trunc, _ = env.step(np.array([action]))
+            cols["reward"].append(float(reward[0])); cols["terminated"].append(bool(term[0]))
+            cols["truncated"].append(bool(trunc[0]))
+            done, t = bool(term[0] or trunc[0]), t + 1
+        obs, *_ = env.step(np.array([0]))  # NEXT_STEP autoreset: the next episode's first frame
+        columns = {k: np.asarray(v) for k, v in cols.items()}
+        out.append(shards.Episode(0, e, columns, float(columns["reward"].sum())))
+    return out
+
+
+def test_schema_2_carries_each_familys_frame_shape_and_schema_1_still_reads(tmp_path):
+    """MinAtar frames (10, 10, 10) go through the same writer and reader as Atari's 84x84; a
+    version-1 shard (84x84, no shape named) reads as before."""
+    root = str(tmp_path)
+    played = minatar_episodes()
+    shards.write_run_metadata(root, "mini", {**STATIC, "game": "MinAtar/Breakout", "frame_shape": [10, 10, 10]})
+    writer = shards.ShardWriter(root, "mini", {**STATIC, "game": "MinAtar/Breakout"}, env_runner=0)
+    for ep in played:
+        writer.add(ep)
+    writer.flush()
+    table = shards.open_run(root, "mini").to_table()
+    assert shards.frame_shape_of(table.schema) == (10, 10, 10) == shards.run_frame_shape(root, "mini")
+    history = load_history(root, ["mini"])
+    expected = np.concatenate([ep.columns["frame"] for ep in played])
+    assert history.frames.shape == expected.shape and (history.frames == expected).all()
+    assert shards.verify_run(root, "mini") == []
+
+    # version 1: the same Atari shard without the frame shape in its schema
+    atari = play_random(episodes=1)[0][0]
+    shards.write_run_metadata(root, "old", dict(STATIC))
+    old = shards.ShardWriter(root, "old", STATIC, env_runner=0)
+    old.add(atari)
+    entry = old.flush()
+    path = os.path.join(root, "old", entry["path"])
+    table = pa.ipc.open_file(path).read_all()
+    v1 = table.schema.set(table.schema.get_field_index("frame"), table.schema.field("frame").remove_metadata())
+    v1 = v1.with_metadata({b"understudy.schema_version": b"1"})
+    with pa.ipc.new_file(path, v1) as out:
+        out.write_table(table.cast(v1))
+    catalog = os.path.join(root, "old", "catalog", entry["shard"] + ".json")
+    data = open(path, "rb").read()
+    json.dump({**entry, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}, open(catalog, "w"))
+    assert shards.verify_run(root, "old") == []
+    frames = load_history(root, ["old"]).frames
+    assert frames.shape == (atari.steps, 84, 84) and (frames == atari.columns["frame"]).all()
+    with pytest.raises(shards.ShardError, match="frame shapes"):
+        shards.open_runs(root, ["mini", "old"])
