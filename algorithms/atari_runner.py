@@ -1,5 +1,6 @@
-"""A fast RLlib EnvRunner for Atari: ale-py's C++ vector env, one batched forward pass per
-step for all its envs, and recording of every step as it is taken.
+"""A fast RLlib EnvRunner for Atari and MinAtar: the family's vector env (ale-py's C++ one for
+ALE), one batched forward pass per step for all its envs, and recording of every step as it is
+taken.
 
 RLlib's default SingleAgentEnvRunner runs connector pipelines and grows an Episode object per
 env per step in Python; here the loop keeps plain per-env lists and builds the
@@ -20,7 +21,8 @@ from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 from ray.rllib.utils.metrics import WEIGHTS_SEQ_NO
 
 from understudy.algorithms.recording import recorder_for
-from understudy.envs import AtariProtocol, make_atari_vector_env, transform_reward
+from understudy.envs import family_of, transform_reward
+from understudy.envs.families import ALE
 
 
 class _OpenEpisode:
@@ -71,12 +73,15 @@ class AtariVectorEnvRunner(SingleAgentEnvRunner):
             self.env.close()
         cfg = self.config.env_config
         num_envs = self.config.num_envs_per_env_runner
-        # Asynchronous halves: the policy acts on one half while the C++ threads step the other.
-        batch = num_envs // 2 if cfg.get("async_envs", True) and num_envs >= 2 and num_envs % 2 == 0 else 0
-        self.env = make_atari_vector_env(
-            cfg["game"], AtariProtocol(**cfg.get("protocol", {})), num_envs=num_envs,
-            batch_size=batch, num_threads=cfg.get("env_threads", 0),
-            max_episode_steps=cfg.get("max_episode_steps"))
+        self.family = family_of(cfg["game"])
+        options = {}
+        if self.family is ALE:
+            # Asynchronous halves: the policy acts on one half while the C++ threads step the other.
+            batch = num_envs // 2 if cfg.get("async_envs", True) and num_envs >= 2 and num_envs % 2 == 0 else 0
+            options = {"protocol": cfg.get("protocol", {}), "batch_size": batch,
+                       "num_threads": cfg.get("env_threads", 0)}
+        self.env = self.family.make_vector_env(cfg["game"], num_envs, max_episode_steps=cfg.get("max_episode_steps"),
+                                               **options)
         self.num_envs = num_envs
         self._reward = cfg["reward"]
         self._needs_initial_reset = True
@@ -113,7 +118,7 @@ class AtariVectorEnvRunner(SingleAgentEnvRunner):
                 reward = float(rewards[j])  # the raw score: recorded and reported
                 action, extra, epsilon, outputs, version = pending
                 if self.recorder is not None:
-                    self.recorder.step(ep.id_, frame=ep.obs[-1][..., -1], action=action,
+                    self.recorder.step(ep.id_, frame=self.family.newest_frame(ep.obs[-1]), action=action,
                                        reward=reward, policy_version=version, lives=ep.lives,
                                        epsilon=epsilon, policy_outputs=outputs)
                 ep.obs.append(obs[j])

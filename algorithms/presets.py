@@ -73,15 +73,27 @@ class DQNSettings:
 
 SETTINGS = {"ppo": PPOSettings, "appo": APPOSettings, "dqn": DQNSettings}
 
-# Teach-level settings of each named preset (platform.config.TeachConfig fields); the
-# algorithm's own block keeps the defaults above unless the config sets it.
+# Each named preset: teach-level settings (platform.config.TeachConfig fields) and, where it
+# departs from the dataclass defaults above, the algorithm's own block.
 PRESETS: dict[str, dict[str, dict]] = {
     "ppo": {"atari": {"lr": 2.5e-4, "cnn": "nature", "num_envs_per_runner": 8,
-                      "env_steps_per_iter": 1024, "reward": "sign"}},
+                      "env_steps_per_iter": 1024, "reward": "sign"},
+            # CleanRL's ppo_atari settings on the MinAtar paper's network (no published MinAtar
+            # PPO preset exists; bench/learning.py is what shows these learn).
+            "minatar": {"lr": 2.5e-4, "cnn": "minatar", "num_envs_per_runner": 8,
+                        "env_steps_per_iter": 1024, "reward": "sign"}},
     "appo": {"atari": {"lr": 5e-4, "cnn": "nature", "num_envs_per_runner": 5, "num_env_runners": 5,
                        "env_steps_per_iter": 500, "reward": "sign"}},
     "dqn": {"atari": {"lr": 1e-4, "cnn": "nature", "num_envs_per_runner": 1,
-                      "env_steps_per_iter": 10_000, "reward": "sign"}},
+                      "env_steps_per_iter": 10_000, "reward": "sign"},
+            # The MinAtar authors' examples/dqn.py: 100k replay, a batch of 32 every step, 5k
+            # warm-up, target every 1k updates, epsilon 1 -> 0.1 over 100k steps, Huber loss
+            # (they use RMSProp; RLlib's Learner here uses Adam). RLlib's episode replay.
+            "minatar": {"lr": 2.5e-4, "cnn": "minatar", "num_envs_per_runner": 1,
+                        "env_steps_per_iter": 10_000, "reward": "sign",
+                        "dqn": {"prioritized": True, "buffer_size": 100_000, "learning_starts": 5_000,
+                                "target_update": 1_000, "epsilon_steps": 100_000, "final_epsilon": 0.1,
+                                "training_intensity": 32.0, "double_q": False, "adam_epsilon": 1e-8}}},
 }
 
 

@@ -11,7 +11,8 @@ from understudy.histories.shards import Episode, ShardWriter, write_run_metadata
 
 
 def run_id_for(session: str, algorithm: str, game: str, seed: int) -> str:
-    return f"{algorithm}-{game}-s{seed}-{session}"
+    """A run's folder name: 'ppo-Breakout-s0-<session>', 'ppo-MinAtar_Breakout-s0-<session>'."""
+    return f"{algorithm}-{game.replace('/', '_')}-s{seed}-{session}"
 
 
 def recorder_for(env_runner) -> "EpisodeRecorder | None":

@@ -40,7 +40,10 @@ ALGORITHMS = ("ppo", "appo", "dqn")
 CNN_FILTERS = {
     "nature": [[32, [8, 8], 4, "valid"], [64, [4, 4], 2, "valid"], [64, [3, 3], 1, "valid"]],
     "small": [[16, [8, 8], 4, "valid"], [32, [4, 4], 2, "valid"], [32, [3, 3], 2, "valid"]],
+    # The MinAtar paper's network: one 3x3 conv of 16 channels on the 10x10 grid (-> 8x8x16).
+    "minatar": [[16, [3, 3], 1, "valid"]],
 }
+CNN_HEADS = {"nature": [256], "small": [256], "minatar": [128]}  # hidden units after the CNN
 
 
 class _LearnedReward(gymnasium.RewardWrapper):
@@ -328,7 +331,7 @@ def teacher_config(*, algorithm: str, game, seed, env_steps: int, env_steps_per_
     else:
         raise ValueError(f"algorithm: {algorithm!r} is not a teacher; valid: {', '.join(ALGORITHMS)}")
     model = DefaultModelConfig(conv_filters=CNN_FILTERS[cnn], conv_activation="relu",
-                               head_fcnet_hiddens=[256])
+                               head_fcnet_hiddens=CNN_HEADS[cnn])
     env_runner_cls = AtariVectorEnvRunner if runner == "vector" else RecordingEnvRunner
     return (config
             .environment(ENV_NAME, env_config=env_config)

@@ -30,6 +30,8 @@ class EnvFamily:
     protocol: dict = field(default_factory=dict)  # the family's environment settings, as logged
     teacher: tuple[str, str | None] = ("ppo", None)  # default (algorithm, preset)
     reference_source: str = ""
+    # The one frame of an observation that a shard records (stacks are rebuilt on read).
+    newest_frame: Callable = atari.newest_frame
 
     def owns(self, game: str) -> bool:
         try:
@@ -48,10 +50,11 @@ def _ale_num_actions(game: str) -> int:
 
 
 def _ale_vector_env(game: str, num_envs: int, *, same_step_reset: bool = False,
-                    max_episode_steps: int | None = None, protocol: dict | None = None, num_threads: int = 1):
+                    max_episode_steps: int | None = None, protocol: dict | None = None, num_threads: int = 1,
+                    batch_size: int = 0):
     return atari.make_atari_vector_env(game, atari.AtariProtocol(**(protocol or {})), num_envs=num_envs,
                                        num_threads=num_threads, max_episode_steps=max_episode_steps,
-                                       same_step_reset=same_step_reset)
+                                       same_step_reset=same_step_reset, batch_size=batch_size)
 
 
 def _minatar_vector_env(game: str, num_envs: int, *, same_step_reset: bool = False,
@@ -104,7 +107,7 @@ MINATAR = EnvFamily(
     reference=lambda game: MINATAR_SCORES[minatar.game_of(game)],
     protocol={"minatar.sticky_action_prob": 0.1, "minatar.difficulty_ramping": True,
               "minatar.channels": ",".join(minatar.CHANNELS)},
-    teacher=("dqn", None),  # a MinAtar preset comes with the MinAtar teacher (not built yet)
+    teacher=("ppo", "minatar"), newest_frame=lambda obs: obs,  # no stacking: the frame is the observation
     reference_source="random play measured here; DQN at 5M frames as published by Young & Tian (2019)")
 
 DARKROOM = EnvFamily(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import re
 
+import gymnasium as gym
 import numpy as np
 
 GAMES = ("Asterix", "Breakout", "Freeway", "Seaquest", "SpaceInvaders")
@@ -110,7 +111,7 @@ def unify(state: np.ndarray, game: str, unifier=None) -> np.ndarray:
     return out
 
 
-class MinAtarVectorEnv:
+class MinAtarVectorEnv(gym.vector.VectorEnv):
     """`num_envs` copies of one MinAtar game stepped together, with the interface of the ALE
     vector env here: `reset(seed)` -> (obs, info), `step(actions)` -> (obs, rewards,
     terminated, truncated, info); obs (num_envs, 10, 10, 10) uint8 in the shared channels,
@@ -121,7 +122,6 @@ class MinAtarVectorEnv:
     def __init__(self, game: str, num_envs: int = 1, *, sticky_action_prob: float = 0.1,
                  difficulty_ramping: bool = True, max_episode_steps: int | None = None,
                  same_step_reset: bool = False):
-        import gymnasium as gym
         from minatar import Environment
 
         self.game = canonical_game(game)
@@ -134,6 +134,8 @@ class MinAtarVectorEnv:
         self._unifier = _unifier(game_of(game))
         self.single_observation_space = gym.spaces.Box(0, 255, OBS_SHAPE, np.uint8)
         self.single_action_space = gym.spaces.Discrete(NUM_ACTIONS)
+        self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, num_envs)
+        self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)
         self._steps = np.zeros(num_envs, np.int64)
         self._ended = np.zeros(num_envs, bool)
         self._env_ids = np.arange(num_envs)

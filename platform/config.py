@@ -36,12 +36,12 @@ Game = Annotated[str, AfterValidator(_game)]
 
 
 def _not_minatar_yet(games: list[str], field: str) -> None:
-    """MinAtar games have an env (envs/minatar.py) but no teacher or player yet."""
+    """MinAtar games have envs and teachers, but no imitator or player yet."""
     found = [g for g in games if families.family_of(g) is families.MINATAR]
     if found:
-        raise ValueError(f"{field}: {found[0]} is a MinAtar game; MinAtar has an environment "
-                         "(envs/minatar.py) but no teacher, imitator or player yet, so stages cannot run "
-                         "it; valid here: Atari games and DarkRoom")
+        raise ValueError(f"{field}: {found[0]} is a MinAtar game; MinAtar has environments and "
+                         "teachers (understudy teach) but no imitator or player yet, so this stage cannot "
+                         "run it; valid here: Atari games and DarkRoom")
 StageName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$", min_length=1, max_length=64)]
 
 
@@ -135,7 +135,7 @@ class TeachConfig(Strict):
     preset: str | None = None
     env_steps_per_iter: PositiveInt = 256  # PPO train batch; DQN: steps per Tune report
     lr: PositiveFloat = 2.5e-4
-    cnn: Literal["small", "nature"] = "small"
+    cnn: Literal["small", "nature", "minatar"] = "small"
     reward: Literal["sign", "clip", "raw"] = "sign"  # what the Learner sees; reports stay raw
     # "vector": ale-py's C++ vector env with batched inference (fast); "rllib": RLlib's own
     # SingleAgentEnvRunner on gymnasium wrappers (the reference).
@@ -167,7 +167,12 @@ class TeachConfig(Strict):
             if name not in known:
                 raise ValueError(f"preset: {name!r} is not a preset of algorithm {algorithm!r}; valid: "
                                  f"{', '.join(sorted(known)) or 'none (this algorithm has no presets)'}")
-            data = {**known[name], **data}
+            preset = known[name]
+            merged = {**preset, **data}
+            for block in ("ppo", "appo", "dqn"):  # the config's block refines the preset's
+                if isinstance(preset.get(block), dict) and isinstance(data.get(block), dict):
+                    merged[block] = {**preset[block], **data[block]}
+            data = merged
         return data
 
     @model_validator(mode="before")
@@ -186,8 +191,23 @@ class TeachConfig(Strict):
         return data
 
     @model_validator(mode="after")
+    def _minatar_teachers(self):
+        found = [g for g in self.games if families.family_of(g) is families.MINATAR]
+        if found and len(found) < len(self.games):
+            raise ValueError(f"games: MinAtar and other families cannot share a teach stage (their frames "
+                             f"differ); got {self.games}")
+        if found and (self.runner != "vector" or self.algorithm not in ("ppo", "dqn")):
+            raise ValueError(f"games: MinAtar teachers are algorithm ppo or dqn on runner: vector "
+                             f"(got algorithm {self.algorithm!r}, runner {self.runner!r})")
+        if found and self.algorithm == "dqn" and not self.dqn.prioritized:
+            raise ValueError("dqn: MinAtar DQN needs prioritized: true (RLlib's episode replay); the "
+                             "frame replay stores 84x84 Atari frame stacks")
+        if found and self.cnn != "minatar":
+            raise ValueError(f"cnn: MinAtar's 10x10 grids need cnn: minatar (got {self.cnn!r})")
+        return self
+
+    @model_validator(mode="after")
     def _darkroom_needs_qlearning(self):
-        _not_minatar_yet(self.games, "games")
         darkroom = "DarkRoom" in self.games
         if darkroom and (self.algorithm != "qlearning" or len(self.games) > 1):
             raise ValueError("games: DarkRoom is learned by algorithm: qlearning, on its own "
@@ -310,6 +330,11 @@ class DistillConfig(Strict):
     # length cannot hold a previous episode, and distill refuses it unless this says otherwise.
     allow_short_context: bool = False
     allow_unlearned: bool = False  # distil histories of teachers that did not learn (logged)
+
+    @model_validator(mode="after")
+    def _games_can_be_imitated(self):
+        _not_minatar_yet(([self.game] if self.game else []) + self.games, "games")
+        return self
 
     @model_validator(mode="after")
     def _check(self):

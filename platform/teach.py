@@ -8,7 +8,8 @@ import numpy as np
 
 from ray import tune
 
-from understudy.envs import AtariProtocol, game_metadata
+from understudy.envs import AtariProtocol, family_of, game_metadata
+from understudy.envs.families import ALE
 from understudy.histories import shards
 from understudy.platform import plots, storage, tracking
 from understudy.platform.manifests import TeachManifest
@@ -20,6 +21,14 @@ STEPS_KEY = "env_runners/num_env_steps_sampled_lifetime"
 
 class StageFailed(RuntimeError):
     pass
+
+
+def env_params(game: str, protocol: dict) -> dict:
+    """What identifies the environment a teacher learned in, as MLflow params."""
+    family = family_of(game)
+    if family is ALE:
+        return {**AtariProtocol(**protocol).as_params(), **{f"env.{k}": v for k, v in game_metadata(game).items()}}
+    return {"env.family": family.name, **family.protocol}
 
 
 def verdict_line(verdict: dict | None) -> str:
@@ -40,7 +49,9 @@ def teacher_settings(cfg: TeachConfig) -> dict:
     return {"algorithm": cfg.algorithm, "preset": cfg.preset, "lr": cfg.lr, "cnn": cfg.cnn,
             "reward": cfg.reward, "env_steps_per_iter": cfg.env_steps_per_iter,
             "num_envs": cfg.num_envs_per_runner, "num_env_runners": cfg.num_env_runners,
-            "runner": cfg.runner, "env_threads": cfg.env_threads, "protocol": cfg.protocol.model_dump(),
+            "runner": cfg.runner, "env_threads": cfg.env_threads,
+            # the ALE protocol; other families follow their own (envs/families.py)
+            "protocol": cfg.protocol.model_dump() if family_of(cfg.games[0]) is ALE else {},
             "max_episode_steps": cfg.max_episode_steps,
             "settings": getattr(cfg, cfg.algorithm).model_dump()}
 
@@ -52,22 +63,19 @@ def learning_verdict(game: str, greedy_curve: list, training_returns: list[float
                      reference: tuple[float, float] | None = None) -> dict:
     """Did the teacher learn? Its final return (the last greedy evaluation, or without one the
     mean of its last 100 training episodes) against random play, normalised as
-    (final - random) / (reference - random): human for Atari, each goal's optimum for Dark
-    Room (`reference`). Learned if that is at least `margin`; None if the game has no
-    reference scores."""
-    from understudy.envs import scores
-
+    (final - random) / (reference - random) with the game's family's references (Atari:
+    human; MinAtar: the authors' DQN; Dark Room: each goal's optimum, given as `reference`).
+    Learned if that is at least `margin`; None if the game has no reference scores."""
     if greedy_curve:
         final, basis = float(greedy_curve[-1][1]), "greedy evaluation"
     elif training_returns:
         final, basis = float(np.mean(training_returns[-100:])), "last 100 training episodes"
     else:
         return {"learned": False, "basis": "no finished episode", "margin": margin}
+    reference = reference or family_of(game).reference(game)
     if reference is None:
-        if not scores.has_reference(game):
-            return {"learned": None, "final_return": final, "basis": basis, "margin": margin,
-                    "why": f"no random/human reference scores for {game}"}
-        reference = tuple(scores.reference_scores(game))
+        return {"learned": None, "final_return": final, "basis": basis, "margin": margin,
+                "why": f"no random/reference scores for {game}"}
     random, best = reference
     normalised = (final - random) / (best - random)
     return {"learned": bool(normalised >= margin), "final_return": final, "basis": basis,
@@ -122,8 +130,7 @@ def run_teach(cfg: TeachConfig, ws: Workspace, resume: bool = False) -> TeachMan
                 "shard_run_id": run_id, "shard_root": ws.shard_root, "env_steps": cfg.env_steps,
                 **{k: v for k, v in settings.items() if k not in ("settings", "protocol")},
                 **{f"{cfg.algorithm}.{k}": v for k, v in settings["settings"].items()},
-                **AtariProtocol(**protocol).as_params(),
-                **{f"env.{k}": v for k, v in game_metadata(game).items()}}
+                **env_params(game, protocol)}
 
     to_mlflow = tracking.TuneToMlflow(
         ws, "teach", params_of,

@@ -142,3 +142,39 @@ def test_resume_continues_history_without_gaps_or_duplicates(ray_session, tmp_pa
     assert (versions == np.arange(versions[0], versions[-1] + 1)).all()  # none missing
     assert versions[-1] >= 3
     assert shards.verify_run(root, run_id) == []
+
+
+def test_a_minatar_teacher_records_its_history_through_understudy_teach(ray_session, tmp_path):
+    """MinAtar through the same teach stage, runner and shard path as ALE: whole (10, 10, 10)
+    frames in shards of schema 2, the env's own frames bit for bit, and a learning verdict
+    against MinAtar's references."""
+    import yaml
+
+    from understudy.envs.minatar import MinAtarVectorEnv
+    from understudy.platform import cli
+    from understudy.platform.workspace import Workspace
+
+    (tmp_path / "teach.yaml").write_text(yaml.safe_dump({
+        "kind": "teach", "name": "mini", "algorithm": "ppo", "preset": "minatar",
+        "games": ["minatar/breakout"], "env_steps": 1024, "num_envs_per_runner": 4,
+        "env_steps_per_iter": 512}))
+    assert cli.main(["--workspace", str(tmp_path / "ws"), "teach", str(tmp_path / "teach.yaml")]) == 0
+    ws = Workspace.resolve(str(tmp_path / "ws"))
+    run = ws.read_stage("teach", "mini").runs[0]
+    assert run.game == "MinAtar/Breakout" and run.run_id.startswith("ppo-MinAtar_Breakout-s0-")
+    assert run.verdict["random_score"] == 0.5 and run.verdict["learned"] is False
+    assert shards.run_frame_shape(ws.shard_root, run.run_id) == (10, 10, 10)
+    h = history(ws.shard_root, run.run_id)
+    check_history(h)
+    frames = load_history(ws.shard_root, [run.run_id]).frames
+    assert frames.shape[1:] == (10, 10, 10) and frames.dtype == np.uint8
+    # every recorded episode starts from the game's own first frame, in the shared channels
+    from understudy.envs.minatar import CHANNELS
+    from understudy.histories.data import frames_of
+
+    table = shards.open_run(ws.shard_root, run.run_id).to_table()
+    starts = frames_of(table)[np.asarray(table["step"]) == 0]
+    first, _ = MinAtarVectorEnv("MinAtar/Breakout", 1).reset(seed=0)
+    prize = CHANNELS.index("prize")
+    assert len(starts) >= 2 and (starts[..., prize] == first[0][..., prize]).all()  # fresh bricks
+    assert set(np.unique(h["reward"])) <= {0.0, 1.0}
