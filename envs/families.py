@@ -89,8 +89,8 @@ def _darkroom_canonical(name: str) -> str:
 # authors' protocol); the reference is the DQN return the MinAtar authors published at 5M frames
 # (Young & Tian 2019, the repository's learning curves, read from the figure: approximate).
 MINATAR_SCORES: dict[str, tuple[float, float]] = {
-    "Asterix": (0.5, 17.0), "Breakout": (0.5, 10.0), "Freeway": (0.0, 50.0),
-    "Seaquest": (0.1, 20.0), "SpaceInvaders": (2.8, 43.0),
+    "Asterix": (0.49, 17.0), "Breakout": (0.46, 10.0), "Freeway": (0.13, 50.0),
+    "Seaquest": (0.07, 20.0), "SpaceInvaders": (2.77, 43.0),
 }
 
 

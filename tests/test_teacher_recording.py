@@ -162,7 +162,7 @@ def test_a_minatar_teacher_records_its_history_through_understudy_teach(ray_sess
     ws = Workspace.resolve(str(tmp_path / "ws"))
     run = ws.read_stage("teach", "mini").runs[0]
     assert run.game == "MinAtar/Breakout" and run.run_id.startswith("ppo-MinAtar_Breakout-s0-")
-    assert run.verdict["random_score"] == 0.5 and run.verdict["learned"] is False
+    assert run.verdict["random_score"] == 0.46 and run.verdict["learned"] is False
     assert shards.run_frame_shape(ws.shard_root, run.run_id) == (10, 10, 10)
     h = history(ws.shard_root, run.run_id)
     check_history(h)
