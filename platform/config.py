@@ -518,6 +518,14 @@ class ExperimentConfig(Strict):
         return self
 
 
+def config_digest(cfg: BaseModel) -> str:
+    """A stage config's fingerprint: its manifest records it, so `experiment --resume` knows a
+    finished stage ran this very config."""
+    import hashlib
+
+    return hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:16]
+
+
 def merge(base: dict, override: dict) -> dict:
     """Deep merge of mappings; lists and scalars in `override` replace those in `base`."""
     out = dict(base)

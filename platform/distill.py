@@ -16,7 +16,7 @@ from ray import tune
 from understudy.histories import shards
 from understudy.histories.data import index_runs
 from understudy.platform import plots, storage, tracking
-from understudy.platform.config import DistillConfig
+from understudy.platform.config import DistillConfig, config_digest
 from understudy.platform.manifests import DistillManifest
 from understudy.platform.teach import StageFailed
 from understudy.platform.workspace import Workspace, keep_tune_state_current
@@ -415,7 +415,7 @@ def run_distill(cfg: DistillConfig, ws: Workspace, resume: bool = False) -> Dist
     best = runs[0]
     for t in trials:
         t["point"] = dict(t["point"])
-    manifest = {"kind": "distill", "name": cfg.name, "algorithm": cfg.algorithm,
+    manifest = {"kind": "distill", "name": cfg.name, "algorithm": cfg.algorithm, "config_digest": config_digest(cfg),
                 "game": games[0], "games": games, "data_games": data_games,
                 "teacher": cfg.teacher, "data_version": version, "run_ids": run_ids,
                 "data": cfg.data.model_dump(), "skipped_shards": sorted(bad),

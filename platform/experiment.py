@@ -40,10 +40,14 @@ def run_experiment(cfg: ExperimentConfig, ws: Workspace, stages: dict, resume: b
     """Run every stage in order with the CLI's stage runners (`stages`: name -> fn(cfg, ws, ...)),
     then tag the evaluation with the experiment's name so `report` finds it."""
     started = time.perf_counter()
-    stages["teach"](cfg.teach, ws, resume=resume and _interrupted(ws, "teach", cfg.teach.name))
-    stages["distill"](cfg.distill, ws, resume=resume and _interrupted(ws, "distill", cfg.distill.name))
-    if cfg.ed is not None:
-        stages["distill"](cfg.ed, ws, resume=resume and _interrupted(ws, "distill", cfg.ed.name))
+    for kind, stage_cfg in (("teach", cfg.teach), ("distill", cfg.distill), ("distill", cfg.ed)):
+        if stage_cfg is None:
+            continue
+        if resume and _finished(ws, kind, stage_cfg):
+            print(f"[experiment] --resume: {kind} stage {stage_cfg.name!r} finished earlier with this "
+                  f"config ({ws.stage_path(kind, stage_cfg.name)}); not run again", flush=True)
+            continue
+        stages[kind](stage_cfg, ws, resume=resume and _interrupted(ws, kind, stage_cfg.name))
     evaluation = stages["evaluate"](cfg.evaluate, ws, experiment=cfg.name)
     manifest = ExperimentManifest(
         name=cfg.name, scale=cfg.scale, seconds=time.perf_counter() - started,
@@ -78,6 +82,19 @@ def write_results(ws: Workspace, name: str, episodes: list[dict]) -> Path:
         json.dump(episodes, f)
     os.replace(tmp, path)
     return path
+
+
+def _finished(ws: Workspace, kind: str, stage_cfg) -> bool:
+    """The stage's manifest exists, no run of it is interrupted, and it ran this config."""
+    from understudy.platform.config import config_digest
+
+    if _interrupted(ws, kind, stage_cfg.name) or not ws.stage_path(kind, stage_cfg.name).exists():
+        return False
+    try:
+        manifest = ws.read_stage(kind, stage_cfg.name)
+    except Exception:  # noqa: BLE001  (unreadable: run the stage again)
+        return False
+    return getattr(manifest, "config_digest", None) == config_digest(stage_cfg)
 
 
 def _interrupted(ws: Workspace, kind: str, name: str) -> bool:

@@ -17,6 +17,10 @@ class _Manifest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+class _StageManifest(_Manifest):
+    config_digest: str | None = None  # platform.config.config_digest of the config it ran
+
+
 class MlflowMissing(_Manifest):
     """What MLflow did not get while it was unreachable (the data itself is safe elsewhere)."""
     artifacts: list[str] = []
@@ -42,7 +46,7 @@ class TeachRun(_Manifest):
     verdict: dict[str, Any] | None = None
 
 
-class TeachManifest(_Manifest):
+class TeachManifest(_StageManifest):
     kind: Literal["teach"] = "teach"
     name: str
     session: str = ""
@@ -68,7 +72,7 @@ class DistillTrial(_Manifest):
     train_loss: float | None = None
 
 
-class DistillManifest(_Manifest):
+class DistillManifest(_StageManifest):
     kind: Literal["distill"] = "distill"
     name: str
     algorithm: str

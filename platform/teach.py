@@ -13,7 +13,7 @@ from understudy.envs.families import ALE
 from understudy.histories import shards
 from understudy.platform import plots, storage, tracking
 from understudy.platform.manifests import TeachManifest
-from understudy.platform.config import TeachConfig
+from understudy.platform.config import TeachConfig, config_digest
 from understudy.platform.workspace import Workspace, keep_tune_state_current
 
 STEPS_KEY = "env_runners/num_env_steps_sampled_lifetime"
@@ -206,7 +206,7 @@ def run_teach(cfg: TeachConfig, ws: Workspace, resume: bool = False) -> TeachMan
     manifest = {"kind": "teach", "name": cfg.name, "session": session, "algorithm": cfg.algorithm,
                 "shard_root": ws.shard_root, "protocol": protocol,
                 "max_episode_steps": cfg.max_episode_steps, "hyperparameters": settings,
-                "env_steps": cfg.env_steps, "runs": runs}
+                "env_steps": cfg.env_steps, "runs": runs, "config_digest": config_digest(cfg)}
     to_mlflow.report_missing(manifest, "teach", "the histories are in the shards, the teachers in "
                              "their checkpoints (this stage's manifest)")
     manifest = TeachManifest.model_validate(manifest)
@@ -273,7 +273,7 @@ def run_teach_darkroom(cfg: TeachConfig, ws: Workspace) -> TeachManifest:
                          "shards": len(catalog), "shard_bytes": sum(e["bytes"] for e in catalog)})
     manifest = {"kind": "teach", "name": cfg.name, "session": session, "algorithm": "qlearning",
                 "shard_root": root, "protocol": protocol(), "max_episode_steps": EPISODE_STEPS,
-                "hyperparameters": asdict(qconfig), "runs": runs}
+                "hyperparameters": asdict(qconfig), "runs": runs, "config_digest": config_digest(cfg)}
     manifest = TeachManifest.model_validate(manifest)
     ws.write_stage("teach", cfg.name, manifest)
     return manifest

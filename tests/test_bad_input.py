@@ -31,6 +31,7 @@ DARKROOM_DISTILL = textwrap.dedent("""\
     epochs: 1
     max_batches_per_epoch: 2
     verify_shards: false
+    allow_unlearned: true
     """)
 
 

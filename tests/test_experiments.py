@@ -2,7 +2,6 @@
 end to end through the CLI (Q-learning histories -> AD and ED imitators under Tune -> every
 evaluation agent as Ray tasks -> MLflow), then `understudy report` prints it back."""
 import json
-import os
 
 import pytest
 import yaml
@@ -137,7 +136,7 @@ def test_darkroom_experiment_end_to_end_and_report(ray_session, tmp_path, capsys
 
 
 @pytest.mark.slow
-def test_darkroom_slow_source_experiment_reports_time_to_the_optimum(ray_session, tmp_path):
+def test_darkroom_slow_source_experiment_reports_time_to_the_optimum(ray_session, tmp_path, capsys):
     """The Laskin-like slow source through the whole pipeline: its histories are recorded whole,
     AD trains on every 2nd episode, and the report says in how many episodes AD and the source
     first reach 0.9 of each goal's optimum (the source at this tiny budget: never)."""
@@ -154,3 +153,13 @@ def test_darkroom_slow_source_experiment_reports_time_to_the_optimum(ray_session
         (ws / "stages" / "evaluate-darkroom_ad_slow-evaluate.json").read_text())["rows"]}
     assert {"reached_0.9", "source_reached_0.9"} <= set(rows["imitator"])
     assert rows["imitator"]["source_reached_0.9"] < 0.5 and rows["imitator"]["source_episodes_to_0.9"] is None
+
+    # --resume does not run finished stages again (same config), only what is left
+    before = {p.name: p.read_text() for p in (ws / "stages").glob("*-darkroom_ad_slow-*.json")
+              if not p.name.startswith("evaluate")}
+    capsys.readouterr()
+    assert cli.main(["--workspace", str(ws), "experiment", "darkroom_ad_slow", "--scale", "tiny", "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("finished earlier with this config") == 2  # teach and the imitator's distill
+    assert {p.name: p.read_text() for p in (ws / "stages").glob("*-darkroom_ad_slow-*.json")
+            if not p.name.startswith("evaluate")} == before

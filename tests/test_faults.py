@@ -70,6 +70,7 @@ model: {{cnn: grid, stack: 1, context: 60, d_model: 32, layers: 1, heads: 2}}
 epochs: {epochs}
 max_batches_per_epoch: 40
 verify_shards: false
+allow_unlearned: true  # 20 episodes per goal: some goals are not learned yet
 """
 
 
