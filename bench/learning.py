@@ -1,7 +1,8 @@
 """Does the teacher learn? The project's RLlib teacher, built from a teach config in
 tune_configs/ exactly as `understudy teach` builds it (recording on), against a plain
 single-file PyTorch loop of the same algorithm written here (CleanRL-style: same network,
-same env protocol, same settings, same env-step budget) on ALE Breakout.
+same env protocol, same settings, same env-step budget), on the config's game: ALE Breakout
+by default, or any MinAtar game (`--config tune_configs/teachers/ppo_minatar.yaml`).
 
 Return against env steps does not depend on the machine's speed, so the two long runs may run
 one after the other or side by side (`--which teacher|plain`), each resumable (`--resume`)
@@ -12,6 +13,7 @@ that interleaves the two (`--speed N`), as bench/dqn.py does.
     python bench/learning.py --algorithm ppo --which plain --resume
     python bench/learning.py --algorithm ppo --speed 30000              # minutes
     python bench/learning.py --algorithm ppo --report                   # -> docs/bench/*.json, png
+    python bench/learning.py --config tune_configs/teachers/ppo_minatar.yaml --which plain
 
 Each reported point is the mean raw score of the last 100 training episodes finished by then.
 """
@@ -38,31 +40,54 @@ def _threads(n: int) -> None:
     torch.set_num_threads(n)
 
 
-def load_teach(algorithm: str):
+def load_teach(config: str):
+    """(teach config, the teacher's complete settings, its game, the results' name)."""
     from understudy.platform.config import load_config
     from understudy.platform.teach import teacher_settings
 
-    cfg = load_config(REPO / CONFIGS[algorithm], expect=("teach",))
-    return cfg, teacher_settings(cfg)
+    cfg = load_config(REPO / config, expect=("teach",))
+    game = cfg.games[0]
+    default = CONFIGS.get(cfg.algorithm) == config
+    name = cfg.algorithm if default else Path(config).stem  # the folder under --workdir
+    return cfg, teacher_settings(cfg), game, name
 
 
 # ---- the plain loop ---------------------------------------------------------------------------
 
-def actor_critic(num_actions: int, hidden: int = 256):
-    """The teacher's RLlib module, written out: the Nature CNN (valid padding) shared, then
-    separate policy and value heads of one hidden layer each."""
+def make_env(game: str, settings: dict, num_envs: int):
+    """The teacher's env, from its family, each ending step already returning the next
+    episode's first observation."""
+    from understudy.envs import family_of
+    from understudy.envs.families import ALE
+
+    family = family_of(game)
+    options = {"protocol": settings["protocol"], "num_threads": 1} if family is ALE else {}
+    return family.make_vector_env(game, num_envs, same_step_reset=True,
+                                  max_episode_steps=settings["max_episode_steps"], **options)
+
+
+def actor_critic(num_actions: int, cnn: str = "nature"):
+    """The teacher's RLlib module, written out: the CNN (valid padding) shared, then separate
+    policy and value heads of one hidden layer each. `nature`: the DQN paper's CNN on 84x84x4
+    (256 hidden); `minatar`: the MinAtar paper's one 3x3 conv of 16 on 10x10x10 (128 hidden)."""
     import torch.nn as nn
+
+    trunks = {
+        "nature": lambda: nn.Sequential(
+            nn.Conv2d(4, 32, 8, 4), nn.ReLU(), nn.Conv2d(32, 64, 4, 2), nn.ReLU(),
+            nn.Conv2d(64, 64, 3, 1), nn.ReLU(), nn.Flatten()),
+        "minatar": lambda: nn.Sequential(nn.Conv2d(10, 16, 3, 1), nn.ReLU(), nn.Flatten()),
+    }
+    features, hidden = {"nature": (3136, 256), "minatar": (1024, 128)}[cnn]
 
     class ActorCritic(nn.Module):
         def __init__(self):
             super().__init__()
-            self.trunk = nn.Sequential(
-                nn.Conv2d(4, 32, 8, 4), nn.ReLU(), nn.Conv2d(32, 64, 4, 2), nn.ReLU(),
-                nn.Conv2d(64, 64, 3, 1), nn.ReLU(), nn.Flatten())
-            self.pi = nn.Sequential(nn.Linear(3136, hidden), nn.ReLU(), nn.Linear(hidden, num_actions))
-            self.vf = nn.Sequential(nn.Linear(3136, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+            self.trunk = trunks[cnn]()
+            self.pi = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, num_actions))
+            self.vf = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
-        def forward(self, obs):  # (B, 84, 84, 4) uint8, as the env gives it
+        def forward(self, obs):  # (B, H, W, C) uint8, as the env gives it
             x = self.trunk(obs.permute(0, 3, 1, 2).float() / 255.0)
             return self.pi(x), self.vf(x).squeeze(-1)
 
@@ -76,19 +101,16 @@ class PlainPPO:
     entropy bonus, global-norm gradient clipping, Adam with the learning rate annealed
     linearly to 0 over the budget. Learns on the transformed reward; counts the raw score."""
 
-    def __init__(self, settings: dict, env_steps: int, seed: int = 0):
+    def __init__(self, settings: dict, game: str, env_steps: int, seed: int = 0):
         import torch
-
-        from understudy.envs import AtariProtocol, make_atari_vector_env
 
         self.s = settings["settings"]
         self.reward, self.lr, self.budget = settings["reward"], settings["lr"], env_steps
         self.num_envs = settings["num_envs"]
         self.rollout = settings["env_steps_per_iter"] // self.num_envs
-        self.env = make_atari_vector_env("Breakout", AtariProtocol(**settings["protocol"]),
-                                         num_envs=self.num_envs, num_threads=1, same_step_reset=True)
+        self.env = make_env(game, settings, self.num_envs)
         torch.manual_seed(seed)
-        self.net = actor_critic(int(self.env.single_action_space.n))
+        self.net = actor_critic(int(self.env.single_action_space.n), settings["cnn"])
         self.opt = torch.optim.Adam(self.net.parameters(), lr=self.lr)  # RLlib's Adam: torch defaults
         self.rng = np.random.default_rng(seed)
         self.obs, _ = self.env.reset(seed=seed)
@@ -178,12 +200,12 @@ class Teacher:
     """The teacher as `understudy teach` builds it from the config (recording to `root`),
     trained one iteration at a time in this process."""
 
-    def __init__(self, cfg, settings: dict, root: Path, seed: int = 0):
+    def __init__(self, cfg, settings: dict, game: str, root: Path, seed: int = 0):
         from understudy.algorithms.teachers import recording_algorithm, teacher_config_from
 
         self.root = str(root / "shards")
         config = teacher_config_from(
-            settings, game="Breakout", seed=seed, env_steps=cfg.env_steps,
+            settings, game=game, seed=seed, env_steps=cfg.env_steps,
             record={"root": self.root, "session": "learning", "algorithm": cfg.algorithm,
                     "shard_rows": cfg.shard_rows})
         self.algo = recording_algorithm(config.algo_class)(config=config)
@@ -217,15 +239,15 @@ class Teacher:
 
 # ---- runs ---------------------------------------------------------------------------------------
 
-def run(algorithm: str, which: str, workdir: Path, resume: bool, checkpoint_every_s: float) -> None:
+def run(config: str, which: str, workdir: Path, resume: bool, checkpoint_every_s: float) -> None:
     """Train `which` to the config's budget, checkpointing every `checkpoint_every_s` seconds;
-    its episodes go to `workdir/<which>.json` at every checkpoint."""
-    cfg, settings = load_teach(algorithm)
-    work = workdir / algorithm / which
+    its episodes go to `workdir/<name>/<which>/state.json` at every checkpoint."""
+    cfg, settings, game, name = load_teach(config)
+    work = workdir / name / which
     if work.exists() and not resume:
         raise SystemExit(f"{work} exists: pass --resume to continue it, or remove it")
     work.mkdir(parents=True, exist_ok=True)
-    learner = Teacher(cfg, settings, work) if which == "teacher" else PlainPPO(settings, cfg.env_steps)
+    learner = Teacher(cfg, settings, game, work) if which == "teacher" else PlainPPO(settings, game, cfg.env_steps)
     checkpoint = work / "checkpoint"
     wall = 0.0
     state_file = work / "state.json"
@@ -240,7 +262,7 @@ def run(algorithm: str, which: str, workdir: Path, resume: bool, checkpoint_ever
         if now - last_save >= checkpoint_every_s or learner.steps >= cfg.env_steps:
             learner.save(checkpoint)
             episodes = learner.episodes
-            state = {"algorithm": algorithm, "which": which, "config": CONFIGS[algorithm],
+            state = {"algorithm": cfg.algorithm, "game": game, "which": which, "config": config,
                      "settings": settings, "env_steps": learner.steps, "budget": cfg.env_steps,
                      "wall_s": wall + now - started, "episodes": episodes}
             tmp = state_file.with_suffix(".tmp")
@@ -255,13 +277,13 @@ def run(algorithm: str, which: str, workdir: Path, resume: bool, checkpoint_ever
                   flush=True)
 
 
-def speed(algorithm: str, steps: int, chunk_iters: int, workdir: Path) -> dict:
+def speed(config: str, steps: int, chunk_iters: int, workdir: Path) -> dict:
     """Wall time of the two for the same env steps, in alternating chunks after a warm-up."""
-    cfg, settings = load_teach(algorithm)
-    work = workdir / algorithm / "speed"
+    cfg, settings, game, name = load_teach(config)
+    work = workdir / name / "speed"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    learners = {"teacher": Teacher(cfg, settings, work), "plain": PlainPPO(settings, cfg.env_steps)}
+    learners = {"teacher": Teacher(cfg, settings, game, work), "plain": PlainPPO(settings, game, cfg.env_steps)}
     for learner in learners.values():  # warm-up: one iteration each
         learner.iterate()
     done = {k: 0 for k in learners}
@@ -278,13 +300,9 @@ def speed(algorithm: str, steps: int, chunk_iters: int, workdir: Path) -> dict:
             "plain_wall_s": wall["plain"] / done["plain"] * steps, "speed_steps": steps}
 
 
-def random_return(episodes: int = 100, seed: int = 0) -> float:
+def random_return(game: str, settings: dict, episodes: int = 100, seed: int = 0) -> float:
     """Uniformly random actions under the same protocol, raw score."""
-    from understudy.envs import AtariProtocol, make_atari_vector_env
-
-    _, settings = load_teach("ppo")
-    env = make_atari_vector_env("Breakout", AtariProtocol(**settings["protocol"]), num_envs=8,
-                                num_threads=1, same_step_reset=True)
+    env = make_env(game, settings, 8)
     rng = np.random.default_rng(seed)
     env.reset(seed=seed)
     running, returns = np.zeros(8), []
@@ -309,23 +327,25 @@ def curve(episodes: list, points: np.ndarray) -> list[float | None]:
     return out
 
 
-def report(algorithm: str, workdir: Path, out: Path, speed_result: dict | None) -> dict:
-    states = {w: json.loads((workdir / algorithm / w / "state.json").read_text())
-              for w in ("teacher", "plain") if (workdir / algorithm / w / "state.json").exists()}
+def report(config: str, workdir: Path, out: Path, speed_result: dict | None) -> dict:
+    cfg, settings, game, name = load_teach(config)
+    states = {w: json.loads((workdir / name / w / "state.json").read_text())
+              for w in ("teacher", "plain") if (workdir / name / w / "state.json").exists()}
     if not states:
-        raise SystemExit(f"no runs under {workdir / algorithm}: run --which teacher / plain first")
+        raise SystemExit(f"no runs under {workdir / name}: run --which teacher / plain first")
     reach = min(s["env_steps"] for s in states.values())
     points = np.arange(25_000, reach + 1, 25_000)
-    path = out / f"learning_{algorithm}_breakout.json"
+    slug = game.replace("MinAtar/", "minatar_").lower()
+    path = out / f"learning_{cfg.algorithm}_{slug}.json"
     previous = json.loads(path.read_text()) if path.exists() else {}
-    result = {"algorithm": algorithm, "game": "Breakout", "config": CONFIGS[algorithm],
+    result = {"algorithm": cfg.algorithm, "game": game, "config": config,
               "settings": next(iter(states.values()))["settings"],
               "env_steps": points.tolist(),
               "teacher_return": curve(states["teacher"]["episodes"], points) if "teacher" in states else None,
               "plain_return": curve(states["plain"]["episodes"], points) if "plain" in states else None,
               "runs": {w: {"env_steps": s["env_steps"], "budget": s["budget"], "wall_s": s["wall_s"],
                            "episodes": len(s["episodes"])} for w, s in states.items()},
-              "random_return": previous.get("random_return") or random_return(),
+              "random_return": previous.get("random_return") or random_return(game, settings),
               "machine": f"{os.cpu_count()} CPU cores, no GPU"}
     for key in ("teacher_wall_s", "plain_wall_s", "speed_steps", "speed_env_steps"):
         result[key] = (speed_result or {}).get(key, previous.get(key))
@@ -333,7 +353,7 @@ def report(algorithm: str, workdir: Path, out: Path, speed_result: dict | None) 
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2))
     os.replace(tmp, path)
-    _plot(result, out / f"learning_{algorithm}_breakout.png")
+    _plot(result, path.with_suffix(".png"))
     return result
 
 
@@ -350,7 +370,7 @@ def _plot(result: dict, path: Path) -> None:
     ax.axhline(result["random_return"], color="grey", ls="--", label="random")
     ax.set_xlabel("env steps (4 frames each)")
     ax.set_ylabel("raw return, mean of last 100 episodes")
-    ax.set_title(f"{result['algorithm'].upper()} on Breakout ({result['config']})")
+    ax.set_title(f"{result['algorithm'].upper()} on {result['game']} ({result['config']})")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -360,6 +380,7 @@ def _plot(result: dict, path: Path) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--algorithm", choices=sorted(CONFIGS), default="ppo")
+    parser.add_argument("--config", help="a teach config (default: the algorithm's Breakout config)")
     parser.add_argument("--which", choices=("teacher", "plain"))
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--speed", type=int, default=0, help="env steps each for the interleaved wall-clock run")
@@ -370,17 +391,19 @@ def main(argv=None) -> None:
     parser.add_argument("--workdir", type=Path, default=REPO / "runs" / "learning")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "bench")
     args = parser.parse_args(argv)
-    if args.algorithm != "ppo" and (args.which == "plain" or args.speed):
-        raise SystemExit(f"--algorithm {args.algorithm}: the plain loop here is PPO's; DQN's is bench/dqn.py")
+    config = args.config or CONFIGS[args.algorithm]
+    cfg, *_ = load_teach(config)
+    if cfg.algorithm != "ppo" and (args.which == "plain" or args.speed):
+        raise SystemExit(f"{config}: the plain loop here is PPO's; DQN's is bench/dqn.py")
     _threads(args.threads)
     speed_result = None
     if args.which:
-        run(args.algorithm, args.which, args.workdir, args.resume, args.checkpoint_every_s)
+        run(config, args.which, args.workdir, args.resume, args.checkpoint_every_s)
     if args.speed:
-        speed_result = speed(args.algorithm, args.speed, args.chunk_iters, args.workdir)
+        speed_result = speed(config, args.speed, args.chunk_iters, args.workdir)
         print(json.dumps(speed_result), flush=True)
     if args.report or speed_result:
-        print(json.dumps({k: v for k, v in report(args.algorithm, args.workdir, args.out, speed_result).items()
+        print(json.dumps({k: v for k, v in report(config, args.workdir, args.out, speed_result).items()
                           if k != "settings"}), flush=True)
 
 
