@@ -12,14 +12,16 @@ pytestmark = pytest.mark.slow
 
 
 def test_killed_env_runner_is_restarted_and_loses_no_recorded_episode(ray_session, tmp_path):
+    from understudy.algorithms.presets import PPOSettings
     from understudy.algorithms.teachers import recording_algorithm, teacher_config
 
     root = str(tmp_path)
     config = teacher_config(
-        algorithm="ppo", game="Breakout", seed=0, env_steps_per_iter=256,
+        algorithm="ppo", game="Breakout", seed=0, env_steps=10_000, env_steps_per_iter=256,
         protocol={"full_action_space": True}, max_episode_steps=40,
         record={"root": root, "session": "kill", "algorithm": "ppo", "shard_rows": 80},
-        num_envs=2, num_env_runners=1, runner="vector")
+        cnn="small", num_envs=2, num_env_runners=1, lr=2.5e-4, reward="sign",
+        settings=PPOSettings(num_minibatches=4, num_epochs=1), runner="vector")
     algo = recording_algorithm(config.algo_class)(config=config)
     run_id = "ppo-Breakout-s0-kill"
     try:

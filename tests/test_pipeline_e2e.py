@@ -64,6 +64,22 @@ def test_shards_hold_whole_ordered_histories(pipeline):
             assert done.sum() == 1 and done[np.argmax(steps)]
 
 
+def test_teach_records_each_teachers_greedy_curve_and_verdict(pipeline):
+    """The learning gate's inputs: the greedy evaluations (return against env steps) and a
+    verdict on the last of them, in the manifest and next to the shards."""
+    from understudy.histories import shards
+
+    teach = stage(pipeline, "teach", "smoke-teachers")
+    for run in teach["runs"]:
+        steps = [s for s, _ in run["greedy_curve"]]
+        assert steps and steps == sorted(steps)
+        verdict = run["verdict"]
+        assert verdict["basis"] == "greedy evaluation" and verdict["final_return"] == run["greedy_curve"][-1][1]
+        assert verdict["learned"] is False  # smoke-sized teachers do not learn
+        assert shards.read_run_verdict(teach["shard_root"], run["run_id"]) == verdict
+    assert teach["hyperparameters"]["settings"]["clip_param"] == 0.1 and teach["hyperparameters"]["reward"] == "sign"
+
+
 def test_episode_rewards_sum_to_the_returns_mlflow_recorded(pipeline):
     teach = stage(pipeline, "teach", "smoke-teachers")
     client = MlflowClient(f"sqlite:///{pipeline / 'mlflow.db'}")

@@ -63,8 +63,12 @@ def test_teacher_checkpoint_plays_without_unpickling_anything(ray_session, tmp_p
     from understudy.algorithms.teachers import (POLICY_WEIGHTS, load_teacher_module, recording_algorithm,
                                                 teacher_config)
 
-    config = teacher_config(algorithm="ppo", game="Breakout", seed=0, env_steps_per_iter=64,
-                            protocol={"full_action_space": True}, max_episode_steps=30, record=None, num_envs=1)
+    from understudy.algorithms.presets import PPOSettings
+
+    config = teacher_config(algorithm="ppo", game="Breakout", seed=0, env_steps=10_000, env_steps_per_iter=64,
+                            protocol={"full_action_space": True}, max_episode_steps=30, record=None,
+                            cnn="small", num_envs=1, lr=2.5e-4, reward="sign",
+                            settings=PPOSettings(num_minibatches=1, num_epochs=1))
     algo = recording_algorithm(config.algo_class)(config=config)
     try:
         algo.train()
