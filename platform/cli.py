@@ -160,7 +160,8 @@ def cmd_shards(args, ws):
             catalog = shards.read_catalog(root, run_id)
             eps = sum(len(e["episodes"]) for e in catalog)
             verdict = shards.read_run_verdict(root, run_id)
-            learned = "learned: ?" if verdict is None else f"learned: {verdict['learned']}"
+            learned = ("learned: ?" if verdict is None else
+                       f"learned: {'unknown' if verdict['learned'] is None else verdict['learned']}")
             if verdict and verdict.get("final_return") is not None:
                 learned += f" (final {verdict['final_return']:.4g}"
                 learned += f", normalised {verdict['normalised']:.3f})" if "normalised" in verdict else ")"

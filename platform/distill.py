@@ -289,7 +289,8 @@ def check_teachers_learned(cfg: DistillConfig, teach, run_ids: list[str]) -> lis
     more = f" and {len(failed) - 3} more" if len(failed) > 3 else ""
     if not cfg.allow_unlearned:
         raise StageFailed(f"distill: {len(failed)} of {len(run_ids)} teacher run(s) of teach stage {cfg.teacher!r} "
-                          f"did not learn ({named}{more}); train the teachers longer, or set "
+                          f"did not learn or could not be judged ({named}{more}); train the teachers longer "
+                          "(on whole episodes), or set "
                           "allow_unlearned: true to distil them anyway (logged)")
     print(f"[distill] allow_unlearned: distilling {len(failed)} run(s) whose teacher did not learn "
           f"({named}{more})", flush=True)

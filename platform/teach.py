@@ -60,18 +60,24 @@ GREEDY_KEY = "evaluation/env_runners/episode_return_mean"
 
 
 def learning_verdict(game: str, greedy_curve: list, training_returns: list[float], margin: float,
-                     reference: tuple[float, float] | None = None) -> dict:
+                     reference: tuple[float, float] | None = None, capped_at: int | None = None) -> dict:
     """Did the teacher learn? Its final return (the last greedy evaluation, or without one the
     mean of its last 100 training episodes) against random play, normalised as
     (final - random) / (reference - random) with the game's family's references (Atari:
     human; MinAtar: the authors' DQN; Dark Room: each goal's optimum, given as `reference`).
-    Learned if that is at least `margin`; None if the game has no reference scores."""
+    Learned if that is at least `margin`; None if the game has no reference scores, or if its
+    episodes were cut at `capped_at` steps (a cut Pong episode scores about 0, far above
+    random's -20.7 over a whole game: the references do not apply)."""
     if greedy_curve:
         final, basis = float(greedy_curve[-1][1]), "greedy evaluation"
     elif training_returns:
         final, basis = float(np.mean(training_returns[-100:])), "last 100 training episodes"
     else:
         return {"learned": False, "basis": "no finished episode", "margin": margin}
+    if capped_at is not None:
+        return {"learned": None, "final_return": final, "basis": basis, "margin": margin,
+                "why": f"episodes cut at {capped_at} steps (max_episode_steps): the reference scores "
+                       "are over whole games"}
     reference = reference or family_of(game).reference(game)
     if reference is None:
         return {"learned": None, "final_return": final, "basis": basis, "margin": margin,
@@ -181,7 +187,7 @@ def run_teach(cfg: TeachConfig, ws: Workspace, resume: bool = False) -> TeachMan
                    "shards": len(catalog), "shard_bytes": sum(e["bytes"] for e in catalog)}
         checkpoint = storage.checkpoint_uri(result.checkpoint)
         curve = greedy_curve_of(result)
-        verdict = learning_verdict(game, curve, returns, cfg.learned_margin)
+        verdict = learning_verdict(game, curve, returns, cfg.learned_margin, capped_at=cfg.max_episode_steps)
         shards.write_run_verdict(ws.shard_root, run_id, verdict)
         print(f"[teach] {run_id}: {verdict_line(verdict)}", flush=True)
 

@@ -75,7 +75,8 @@ def test_teach_records_each_teachers_greedy_curve_and_verdict(pipeline):
         assert steps and steps == sorted(steps)
         verdict = run["verdict"]
         assert verdict["basis"] == "greedy evaluation" and verdict["final_return"] == run["greedy_curve"][-1][1]
-        assert verdict["learned"] is False  # smoke-sized teachers do not learn
+        # smoke episodes are cut short, so the whole-game references cannot judge them
+        assert verdict["learned"] is None and "episodes cut at" in verdict["why"]
         assert shards.read_run_verdict(teach["shard_root"], run["run_id"]) == verdict
     assert teach["hyperparameters"]["settings"]["clip_param"] == 0.1 and teach["hyperparameters"]["reward"] == "sign"
 
