@@ -9,7 +9,7 @@ dataclasses whole and adds no defaults of its own.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -96,10 +96,3 @@ PRESETS: dict[str, dict[str, dict]] = {
                                 "training_intensity": 32.0, "double_q": False, "adam_epsilon": 1e-8}}},
 }
 
-
-def preset_names(algorithm: str) -> list[str]:
-    return sorted(PRESETS.get(algorithm, {}))
-
-
-def settings_dict(settings) -> dict:
-    return asdict(settings)

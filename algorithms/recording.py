@@ -18,8 +18,7 @@ def run_id_for(session: str, algorithm: str, game: str, seed: int) -> str:
 def recorder_for(env_runner) -> "EpisodeRecorder | None":
     """The recorder of an RLlib env runner, from its env_config's `record` section; None for
     evaluation runners and runs that do not record."""
-    from understudy.envs import family_of, game_metadata
-    from understudy.envs.families import ALE
+    from understudy.envs import family_of
 
     config = env_runner.config
     record = config.env_config.get("record")
@@ -34,7 +33,7 @@ def recorder_for(env_runner) -> "EpisodeRecorder | None":
                   "max_episode_steps": config.env_config.get("max_episode_steps"),
                   "env_runner_class": type(env_runner).__name__, "env_family": family.name,
                   "frame_shape": list(family.frame_shape),
-                  **(game_metadata(game) if family is ALE else family.protocol)})
+                  **family.metadata(game)})
 
 
 class EpisodeRecorder:

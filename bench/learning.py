@@ -302,18 +302,12 @@ def speed(config: str, steps: int, chunk_iters: int, workdir: Path) -> dict:
 
 def random_return(game: str, settings: dict, episodes: int = 100, seed: int = 0) -> float:
     """Uniformly random actions under the same protocol, raw score."""
+    from understudy.envs.families import random_returns
+
     env = make_env(game, settings, 8)
-    rng = np.random.default_rng(seed)
-    env.reset(seed=seed)
-    running, returns = np.zeros(8), []
-    while len(returns) < episodes:
-        _, r, term, trunc, _ = env.step(rng.integers(env.single_action_space.n, size=8))
-        running += r
-        for i in np.flatnonzero(np.logical_or(term, trunc)):
-            returns.append(float(running[i]))
-            running[i] = 0.0
+    returns = random_returns(env, episodes, seed)
     env.close()
-    return float(np.mean(returns[:episodes]))
+    return float(np.mean(returns))
 
 
 def curve(episodes: list, points: np.ndarray) -> list[float | None]:

@@ -15,19 +15,10 @@ import numpy as np
 
 
 def random_returns(game: str, episodes: int, seed: int = 0, num_envs: int = 16) -> list[float]:
-    from understudy.envs.minatar import MinAtarVectorEnv, NUM_ACTIONS
+    from understudy.envs.families import random_returns as play
+    from understudy.envs.minatar import MinAtarVectorEnv
 
-    env = MinAtarVectorEnv(game, num_envs, same_step_reset=True)
-    env.reset(seed=seed)
-    rng = np.random.default_rng(seed)
-    running, returns = np.zeros(num_envs), []
-    while len(returns) < episodes:
-        _, reward, terminated, truncated, _ = env.step(rng.integers(NUM_ACTIONS, size=num_envs))
-        running += reward
-        for i in np.flatnonzero(terminated | truncated):
-            returns.append(float(running[i]))
-            running[i] = 0.0
-    return returns[:episodes]
+    return play(MinAtarVectorEnv(game, num_envs, same_step_reset=True), episodes, seed)
 
 
 def main(argv=None) -> None:

@@ -32,6 +32,8 @@ class EnvFamily:
     reference_source: str = ""
     # The one frame of an observation that a shard records (stacks are rebuilt on read).
     newest_frame: Callable = atari.newest_frame
+    # What identifies a game's environment in run.json and MLflow (ALE: version, ROM digest).
+    metadata: Callable[[str], dict] = lambda game: {}
 
     def owns(self, game: str) -> bool:
         try:
@@ -94,10 +96,30 @@ MINATAR_SCORES: dict[str, tuple[float, float]] = {
 }
 
 
+MINATAR_PROTOCOL = {"minatar.sticky_action_prob": 0.1, "minatar.difficulty_ramping": True,
+                    "minatar.channels": ",".join(minatar.CHANNELS)}
+
+
+def random_returns(env, episodes: int, seed: int = 0) -> list[float]:
+    """Raw returns of uniformly random play in a vector env of any family (same-step reset)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    env.reset(seed=seed)
+    running, returns = np.zeros(env.num_envs), []
+    while len(returns) < episodes:
+        _, reward, terminated, truncated, _ = env.step(rng.integers(env.single_action_space.n, size=env.num_envs))
+        running += reward
+        for i in np.flatnonzero(np.logical_or(terminated, truncated)):
+            returns.append(float(running[i]))
+            running[i] = 0.0
+    return returns[:episodes]
+
+
 ALE = EnvFamily(
     name="ale", make_vector_env=_ale_vector_env, games=atari.all_games, canonical=atari.canonical_game, frame_shape=atari.FRAME_SHAPE,
     num_actions=_ale_num_actions, shared_actions=18, reference=_ale_reference,
-    protocol=atari.AtariProtocol().as_params(), teacher=("dqn", "atari"),
+    protocol=atari.AtariProtocol().as_params(), teacher=("dqn", "atari"), metadata=atari.game_metadata,
     reference_source="Atari-57 random and human scores (envs/scores.py)")
 
 MINATAR = EnvFamily(
@@ -105,9 +127,9 @@ MINATAR = EnvFamily(
     canonical=minatar.canonical_game, frame_shape=minatar.OBS_SHAPE,
     num_actions=lambda game: minatar.NUM_ACTIONS, shared_actions=minatar.NUM_ACTIONS,
     reference=lambda game: MINATAR_SCORES[minatar.game_of(game)],
-    protocol={"minatar.sticky_action_prob": 0.1, "minatar.difficulty_ramping": True,
-              "minatar.channels": ",".join(minatar.CHANNELS)},
+    protocol=MINATAR_PROTOCOL,
     teacher=("ppo", "minatar"), newest_frame=lambda obs: obs,  # no stacking: the frame is the observation
+    metadata=lambda game: {"family": "minatar", **MINATAR_PROTOCOL},
     reference_source="random play measured here; DQN at 5M frames as published by Young & Tian (2019)")
 
 DARKROOM = EnvFamily(

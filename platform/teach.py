@@ -8,7 +8,7 @@ import numpy as np
 
 from ray import tune
 
-from understudy.envs import AtariProtocol, family_of, game_metadata
+from understudy.envs import AtariProtocol, family_of
 from understudy.envs.families import ALE
 from understudy.histories import shards
 from understudy.platform import plots, storage, tracking
@@ -25,10 +25,8 @@ class StageFailed(RuntimeError):
 
 def env_params(game: str, protocol: dict) -> dict:
     """What identifies the environment a teacher learned in, as MLflow params."""
-    family = family_of(game)
-    if family is ALE:
-        return {**AtariProtocol(**protocol).as_params(), **{f"env.{k}": v for k, v in game_metadata(game).items()}}
-    return {"env.family": family.name, **family.protocol}
+    atari = AtariProtocol(**protocol).as_params() if protocol else {}  # other families: their own
+    return {**atari, **{f"env.{k}": v for k, v in family_of(game).metadata(game).items()}}
 
 
 def verdict_line(verdict: dict | None) -> str:
