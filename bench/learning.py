@@ -194,6 +194,189 @@ class PlainPPO:
         self.rng.bit_generator.state = state["rng"]
 
 
+def q_network(num_actions: int, cnn: str = "nature"):
+    """The DQN teacher's RLlib module, written out: the CNN (valid padding), one hidden layer,
+    a Q-value per action (single stream: the preset is not dueling)."""
+    import torch.nn as nn
+
+    trunk = {"nature": lambda: [nn.Conv2d(4, 32, 8, 4), nn.ReLU(), nn.Conv2d(32, 64, 4, 2), nn.ReLU(),
+                                nn.Conv2d(64, 64, 3, 1), nn.ReLU()],
+             "minatar": lambda: [nn.Conv2d(10, 16, 3, 1), nn.ReLU()]}[cnn]()
+    features, hidden = {"nature": (3136, 256), "minatar": (1024, 128)}[cnn]
+
+    class QNetwork(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(*trunk, nn.Flatten(), nn.Linear(features, hidden), nn.ReLU(),
+                                     nn.Linear(hidden, num_actions))
+
+        def forward(self, obs):  # (B, H, W, C) uint8, as the env gives it
+            return self.net(obs.permute(0, 3, 1, 2).float() / 255.0)
+
+    return QNetwork()
+
+
+class FrameRing:
+    """Replay holding each frame once: a ring of `capacity` frames. An observation is a stack
+    of `stack` frames on the last axis (ALE: 4 of 84x84), or one frame (stack 0: MinAtar's
+    10x10x10 is the frame). A transition is the write numbers of its observation's frames and
+    of its next observation's; it is sampleable while none of them has been overwritten."""
+
+    def __init__(self, capacity: int, frame_shape: tuple, stack: int, seed: int):
+        self.capacity, self.stack = capacity, stack
+        stack = max(stack, 1)
+        self.frames = np.zeros((capacity, *frame_shape), np.uint8)
+        self.written = 0  # frames ever written; frame number k lives in slot k % capacity
+        self.obs_ids = np.zeros((capacity, stack), np.int64)
+        self.next_ids = np.zeros((capacity, stack), np.int64)
+        self.action, self.reward = np.zeros(capacity, np.int64), np.zeros(capacity, np.float32)
+        self.done = np.zeros(capacity, np.float32)
+        self.added = 0  # transitions ever added
+        self.current = None  # write numbers of the current observation's frames
+        self.rng = np.random.default_rng(seed)
+
+    def _write(self, frame: np.ndarray) -> int:
+        self.frames[self.written % self.capacity] = frame
+        self.written += 1
+        return self.written - 1
+
+    def observe(self, obs: np.ndarray, first: bool) -> None:
+        """The observation now in front of the agent (H, W, stack): every frame at an
+        episode's start, only the newest afterwards."""
+        if not self.stack:
+            self.current = np.array([self._write(obs)])
+        elif first:
+            self.current = np.array([self._write(obs[..., k]) for k in range(self.stack)])
+        else:
+            self.current = np.append(self.current[1:], self._write(obs[..., -1]))
+
+    def add(self, previous: np.ndarray, action: int, reward: float, done: bool) -> None:
+        i = self.added % self.capacity
+        self.obs_ids[i], self.next_ids[i] = previous, self.current
+        self.action[i], self.reward[i], self.done[i] = action, reward, float(done)
+        self.added += 1
+
+    def sample(self, n: int):
+        """n transitions drawn uniformly from those whose frames are all still in the ring."""
+        size = min(self.added, self.capacity)
+        idx = self.rng.integers(0, size, 4 * n)
+        oldest = np.minimum(self.obs_ids[idx].min(1), self.next_ids[idx].min(1))
+        idx = idx[oldest >= self.written - self.capacity][:n]
+        def stacks(ids):
+            frames = self.frames[ids % self.capacity]  # (n, stack, *frame)
+            return np.moveaxis(frames, 1, -1) if self.stack else frames[:, 0]
+        return (stacks(self.obs_ids[idx]), self.action[idx], self.reward[idx],
+                stacks(self.next_ids[idx]), self.done[idx])
+
+
+class PlainDQN:
+    """DQN as CleanRL's dqn_atari.py, on the teacher's settings: epsilon-greedy with epsilon
+    linear from 1 over the preset's fraction of the budget, uniform replay of `buffer_size`
+    frames, random play for `learning_starts` steps, then a batch of 32 every
+    batch_size / training_intensity env steps; 1-step Huber TD loss against a target network
+    copied every `target_update` env steps; Adam (the preset's lr and eps); the discount and
+    the global-norm gradient clip are RLlib DQN's defaults, which the teacher keeps (read from
+    RLlib here). An episode end, cut or not, stops the bootstrap.
+    Learns on the transformed reward; counts the raw score. The replay is not checkpointed
+    (nor is the teacher's): after a resume it refills for `learning_starts` steps."""
+
+    def __init__(self, settings: dict, game: str, env_steps: int, seed: int = 0):
+        import torch
+
+        from understudy.algorithms.presets import DQNSettings
+        from understudy.envs import family_of
+
+        from ray.rllib.algorithms.dqn import DQNConfig
+
+        s = self.s = DQNSettings(**settings["settings"])
+        rllib = DQNConfig()
+        self.gamma, self.grad_clip = rllib.gamma, rllib.grad_clip
+        self.reward, self.budget = settings["reward"], env_steps
+        self.env = make_env(game, settings, 1)
+        torch.manual_seed(seed)
+        n = int(self.env.single_action_space.n)
+        self.q, self.target = q_network(n, settings["cnn"]), q_network(n, settings["cnn"])
+        self.target.load_state_dict(self.q.state_dict())
+        self.opt = torch.optim.Adam(self.q.parameters(), lr=settings["lr"], eps=s.adam_epsilon)
+        self.every = max(1, round(s.batch_size / s.training_intensity))  # env steps per update
+        self.decay = s.epsilon_decay_steps(env_steps)
+        self.rng = np.random.default_rng(seed)
+        obs, _ = self.env.reset(seed=seed)
+        self.obs = obs[0]
+        frame_shape = family_of(game).frame_shape
+        stack = self.obs.shape[-1] if self.obs.shape != tuple(frame_shape) else 0
+        self.replay = FrameRing(min(s.buffer_size, env_steps + 4), frame_shape, stack, seed)
+        self.replay.observe(self.obs, first=True)
+        self.running, self.steps, self.episodes = 0.0, 0, []
+        self.refill_until = s.learning_starts  # no updates before the replay holds this many
+
+    def epsilon(self) -> float:
+        s = self.s
+        return 1.0 + (s.final_epsilon - 1.0) * min(1.0, self.steps / self.decay)
+
+    def iterate(self, env_steps: int = 1000) -> None:
+        import torch
+        import torch.nn.functional as F
+
+        from understudy.envs import transform_reward
+
+        s = self.s
+        for _ in range(env_steps):
+            if self.rng.random() < self.epsilon():
+                action = int(self.rng.integers(self.env.single_action_space.n))
+            else:
+                with torch.inference_mode():
+                    action = int(self.q(torch.from_numpy(self.obs[None])).argmax(1)[0])
+            previous = self.replay.current
+            obs, r, term, trunc, _ = self.env.step(np.array([action]))
+            done = bool(term[0] or trunc[0])
+            self.running += float(r[0])
+            self.steps += 1
+            # Same-step reset: an ending step already returns the next episode's first frame.
+            self.replay.observe(obs[0], first=done)
+            self.replay.add(previous, action, float(transform_reward(r[0], self.reward)), done)
+            self.obs = obs[0]
+            if done:
+                self.episodes.append((self.steps, self.running))
+                self.running = 0.0
+            if self.steps >= self.refill_until and self.steps % self.every == 0:
+                o, a, rew, nxt, d = map(torch.from_numpy, self.replay.sample(s.batch_size))
+                with torch.no_grad():
+                    target = rew + self.gamma * (1.0 - d) * self.target(nxt).max(1).values
+                q = self.q(o).gather(1, a[:, None]).squeeze(1)
+                loss = F.huber_loss(q, target)
+                self.opt.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.q.parameters(), self.grad_clip)
+                self.opt.step()
+            if self.steps % s.target_update == 0:
+                self.target.load_state_dict(self.q.state_dict())
+
+    def save(self, path: Path) -> None:
+        import torch
+
+        tmp = path.with_suffix(".tmp")
+        torch.save({"q": self.q.state_dict(), "target": self.target.state_dict(), "opt": self.opt.state_dict(),
+                    "steps": self.steps, "episodes": self.episodes, "rng": self.rng.bit_generator.state}, tmp)
+        os.replace(tmp, path)
+
+    def load(self, path: Path) -> None:
+        """Networks, optimizer and counters; the env starts a new episode and the replay
+        refills for `learning_starts` steps before the next update (as the teacher's does)."""
+        import torch
+
+        state = torch.load(path, weights_only=False)
+        self.q.load_state_dict(state["q"])
+        self.target.load_state_dict(state["target"])
+        self.opt.load_state_dict(state["opt"])
+        self.steps, self.episodes = state["steps"], [tuple(e) for e in state["episodes"]]
+        self.rng.bit_generator.state = state["rng"]
+        self.refill_until = self.steps + min(self.s.learning_starts, self.replay.capacity // 2)
+
+
+PLAIN = {"ppo": PlainPPO, "dqn": PlainDQN}
+
+
 # ---- the teacher ------------------------------------------------------------------------------
 
 class Teacher:
@@ -247,7 +430,8 @@ def run(config: str, which: str, workdir: Path, resume: bool, checkpoint_every_s
     if work.exists() and not resume:
         raise SystemExit(f"{work} exists: pass --resume to continue it, or remove it")
     work.mkdir(parents=True, exist_ok=True)
-    learner = Teacher(cfg, settings, game, work) if which == "teacher" else PlainPPO(settings, game, cfg.env_steps)
+    learner = (Teacher(cfg, settings, game, work) if which == "teacher"
+               else PLAIN[cfg.algorithm](settings, game, cfg.env_steps))
     checkpoint = work / "checkpoint"
     wall = 0.0
     state_file = work / "state.json"
@@ -283,7 +467,8 @@ def speed(config: str, steps: int, chunk_iters: int, workdir: Path) -> dict:
     work = workdir / name / "speed"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    learners = {"teacher": Teacher(cfg, settings, game, work), "plain": PlainPPO(settings, game, cfg.env_steps)}
+    learners = {"teacher": Teacher(cfg, settings, game, work),
+                "plain": PLAIN[cfg.algorithm](settings, game, cfg.env_steps)}
     for learner in learners.values():  # warm-up: one iteration each
         learner.iterate()
     done = {k: 0 for k in learners}
@@ -387,8 +572,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     config = args.config or CONFIGS[args.algorithm]
     cfg, *_ = load_teach(config)
-    if cfg.algorithm != "ppo" and (args.which == "plain" or args.speed):
-        raise SystemExit(f"{config}: the plain loop here is PPO's; DQN's is bench/dqn.py")
+    if cfg.algorithm not in PLAIN and (args.which == "plain" or args.speed):
+        raise SystemExit(f"{config}: algorithm {cfg.algorithm!r} has no plain loop here; valid: {', '.join(PLAIN)}")
     _threads(args.threads)
     speed_result = None
     if args.which:
