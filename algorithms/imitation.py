@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from understudy.algorithms import ad, ad_gru, bc, dt
+from understudy.envs import family_of
 from understudy.histories.data import StepTransforms
 
 MODELS = {"bc": bc.ConvPolicy, "dt": dt.DecisionTransformer, "ad": ad.AlgorithmDistillation,
@@ -162,7 +163,8 @@ class AsTrained:
             rngs = [np.random.default_rng([seed, 1_000_000 + i]) for i in range(num_envs)]
             actions = np.stack([r.permutation(num_model_actions) for r in rngs])
             to_model = np.take_along_axis(actions, to_model, 1)
-            self.pixels = np.stack([r.permutation(84 * 84) for r in rngs])
+            height, width = family_of(game).frame_shape[:2]
+            self.pixels = np.stack([r.permutation(height * width) for r in rngs])
         self.to_model = to_model  # (N, env actions) -> model id
         self.to_env = np.full((num_envs, num_model_actions), -1, np.int64)
         np.put_along_axis(self.to_env, to_model, np.arange(num_env_actions)[None].repeat(num_envs, 0), 1)
@@ -178,8 +180,8 @@ class AsTrained:
         none = actions >= self.n_env
         rows = np.arange(len(actions))
         model_actions = np.where(none, self.n_model, self.to_model[rows, np.minimum(actions, self.n_env - 1)])
-        if self.pixels is not None:
-            flat = np.asarray(obs).reshape(len(obs), 84 * 84, -1)
+        if self.pixels is not None:  # each copy its own permutation of positions (data.permute_positions)
+            flat = np.asarray(obs).reshape(len(obs), self.pixels.shape[1], -1)
             obs = np.take_along_axis(flat, self.pixels[:, :, None], 1).reshape(np.shape(obs))
         return obs, model_actions, transform_reward(np.asarray(rewards, np.float32), self.transforms.reward)
 

@@ -12,13 +12,19 @@ import torch.nn.functional as F
 CNN_LAYERS = {
     "nature": [(32, 8, 4), (64, 4, 2), (64, 3, 1)],
     "small": [(16, 8, 4), (32, 4, 2), (32, 3, 2)],
+    "minatar": [(16, 3, 1)],  # the MinAtar paper's network, on one 10x10x10 observation
 }
 ENCODERS = (*CNN_LAYERS, "grid")
+# What one frame of each encoder's input is: (height, width, channels per frame); a model of
+# `stack` frames reads stack x channels input channels.
+FRAME_INPUT = {"nature": (84, 84, 1), "small": (84, 84, 1), "grid": (84, 84, 1), "minatar": (10, 10, 10)}
 
 
 class FrameEncoder(nn.Module):
     """(N, 84, 84, stack) uint8 frames -> (N, out) features.
     "nature"/"small": a CNN (Mnih et al. 2015 shapes, or a lighter one).
+    "minatar": (N, 10, 10, 10) MinAtar observations (stack 1: the observation is one frame),
+    one 3x3 conv of 16 as in Young & Tian (2019).
     "grid": for Dark Room frames (envs.darkroom), where a 9x9 grid cell lights a 9x9 pixel
     block: the lit cell's coordinates are read directly (grid_coordinates), then one layer."""
 
@@ -30,13 +36,16 @@ class FrameEncoder(nn.Module):
         if kind == "grid":
             self.net = nn.Sequential(nn.Linear(2, out), nn.ReLU())
             return
-        layers, channels = [], stack
+        height, width, per_frame = FRAME_INPUT[kind]
+        if kind == "minatar" and stack != 1:
+            raise ValueError(f"stack: {stack}; a MinAtar observation is one frame, valid: 1")
+        layers, channels = [], stack * per_frame
         for c, kernel, stride in CNN_LAYERS[kind]:
             layers += [nn.Conv2d(channels, c, kernel, stride), nn.ReLU()]
             channels = c
         conv = nn.Sequential(*layers, nn.Flatten())
         with torch.no_grad():
-            flat = conv(torch.zeros(1, stack, 84, 84)).shape[1]
+            flat = conv(torch.zeros(1, stack * per_frame, height, width)).shape[1]
         self.net = nn.Sequential(conv, nn.Linear(flat, out), nn.ReLU())
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:

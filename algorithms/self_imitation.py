@@ -19,8 +19,11 @@ from understudy.histories.data import History, make_batch
 
 class SelfImitation:
     def __init__(self, model, player, num_envs: int, lr: float, updates: int, batch_size: int,
-                 buffer_episodes: int, seed: int):
+                 buffer_episodes: int, seed: int, newest_frame=lambda obs: obs[..., -1]):
+        """`newest_frame`: the frame of an observation that a history keeps (the game's
+        family's: the newest of a stack, or MinAtar's whole observation)."""
         self.model, self.player, self.updates, self.batch_size = model, player, updates, batch_size
+        self.newest_frame = newest_frame
         self.buffer_episodes = buffer_episodes
         self.optimizer = torch.optim.Adam(model.parameters(), lr=lr)
         self.open = [[] for _ in range(num_envs)]
@@ -34,7 +37,7 @@ class SelfImitation:
     def on_step(self, obs, actions, rewards, done):
         """Called by the player loop after every env step, with the observation acted on."""
         for i in range(len(actions)):
-            self.open[i].append((obs[i, ..., -1].copy(), int(actions[i]), float(rewards[i])))
+            self.open[i].append((np.array(self.newest_frame(obs[i])), int(actions[i]), float(rewards[i])))
             if done[i]:
                 episode, self.open[i] = self.open[i], []
                 ret = sum(r for _, _, r in episode)

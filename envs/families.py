@@ -35,6 +35,17 @@ class EnvFamily:
     # What identifies a game's environment in run.json and MLflow (ALE: version, ROM digest).
     metadata: Callable[[str], dict] = lambda game: {}
 
+    @property
+    def stacked(self) -> bool:
+        """Whether an observation is a stack of frames on its last axis (ALE, Dark Room), or
+        one frame is the whole observation (MinAtar's 10x10x10)."""
+        return len(self.frame_shape) == 2
+
+    def model_obs(self, obs, stack: int):
+        """What a model reading `stack` frames sees of a batch of observations: the newest
+        `stack` frames of a stack, or the observation itself."""
+        return obs[..., -stack:] if self.stacked else obs
+
     def owns(self, game: str) -> bool:
         try:
             self.canonical(game)
@@ -57,6 +68,22 @@ def _ale_vector_env(game: str, num_envs: int, *, same_step_reset: bool = False,
     return atari.make_atari_vector_env(game, atari.AtariProtocol(**(protocol or {})), num_envs=num_envs,
                                        num_threads=num_threads, max_episode_steps=max_episode_steps,
                                        same_step_reset=same_step_reset, batch_size=batch_size)
+
+
+def make_play_env(game: str, copies: int, *, protocol: dict | None = None, max_episode_steps: int | None = None,
+                  goal_split: str = "heldout"):
+    """The env an evaluation plays `game` in: `copies` copies resetting in the step an episode
+    ends, under the game's family's protocol (ALE: `protocol`; Dark Room: `copies` rooms per
+    goal of `goal_split`, goal by goal)."""
+    family = family_of(game)
+    if family is DARKROOM:
+        import numpy as np
+
+        goals = np.repeat(darkroom.darkroom_goals(goal_split), copies, axis=0)
+        return family.make_vector_env(game, len(goals), goals=goals)
+    options = {"protocol": protocol or {}} if family is ALE else {}
+    return family.make_vector_env(game, copies, same_step_reset=True, max_episode_steps=max_episode_steps,
+                                  **options)
 
 
 def _minatar_vector_env(game: str, num_envs: int, *, same_step_reset: bool = False,

@@ -168,7 +168,12 @@ def num_actions_of(histories: list[HistoryIndex], transforms: StepTransforms) ->
 def _game_actions(h: HistoryIndex) -> int:
     if "num_actions" in h.meta:
         return int(h.meta["num_actions"])
+    from understudy.envs import family_of
     from understudy.envs.atari import action_set
+    from understudy.envs.families import ALE
+
+    if family_of(h.game) is not ALE:
+        return family_of(h.game).num_actions(h.game)
 
     return len(action_set(h.game, bool(h.meta.get("protocol", {}).get("full_action_space", False))))
 
@@ -186,6 +191,19 @@ def _action_map(h: HistoryIndex, transforms: StepTransforms, history_key: int) -
         perm = np.random.default_rng([transforms.seed, history_key, 1]).permutation(n)
         table = perm if table is None else perm[table]
     return table
+
+
+def gla_positions(seed: int, key: int, grid: tuple[int, int]) -> np.ndarray:
+    """GLA's observation permutation for one history (or one copy at play): a permutation of
+    the frame's height x width positions; a position's channels move with it."""
+    return np.random.default_rng([seed, key, 0]).permutation(int(grid[0]) * int(grid[1]))
+
+
+def permute_positions(obs: np.ndarray, perm: np.ndarray) -> np.ndarray:
+    """(N, H, W[, C]) frames or observations with their H x W positions permuted by `perm`."""
+    obs = np.asarray(obs)
+    flat = obs.reshape(len(obs), obs.shape[1] * obs.shape[2], -1)
+    return flat[:, perm].reshape(obs.shape)
 
 
 # ---- 3. reading blocks of episodes ----------------------------------------------------------------
@@ -210,8 +228,13 @@ class History:
         return int(self.episode_id[-1]) + 1 if len(self) else 0
 
     def stacks(self, rows: np.ndarray, k: int = 4) -> np.ndarray:
-        """(..., 84, 84, k) uint8 stacks for rows of any shape, oldest frame first."""
+        """(..., 84, 84, k) uint8 stacks for rows of any shape, oldest frame first; where a
+        frame is a whole observation (MinAtar's (10, 10, 10)), the observations themselves."""
         rows = np.asarray(rows)
+        if self.frames.ndim == 4:
+            if k != 1:
+                raise ValueError(f"stack: {k}; these observations are one frame each, valid: 1")
+            return self.frames[rows]
         idx = rows[..., None] - np.arange(k - 1, -1, -1)
         before_start = idx < self.episode_start[rows][..., None]
         stacks = self.frames[np.where(before_start, rows[..., None], idx)]
@@ -318,8 +341,7 @@ def read_block(reader: ShardReader, history: HistoryIndex, episodes: list[Episod
     if table_map is not None:
         actions = table_map[actions]
     if transforms.gla:
-        perm = np.random.default_rng([transforms.seed, history_key, 0]).permutation(frames[0].size)
-        frames = frames.reshape(len(frames), -1)[:, perm].reshape(frames.shape)
+        frames = permute_positions(frames, gla_positions(transforms.seed, history_key, frames.shape[1:3]))
     episode_id = np.repeat(np.arange(len(episodes)), steps)
     starts = np.r_[0, np.cumsum(steps)[:-1]]
     target = episode_id >= len(episodes) - targets

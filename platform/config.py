@@ -35,13 +35,23 @@ def _game(name: str) -> str:
 Game = Annotated[str, AfterValidator(_game)]
 
 
-def _not_minatar_yet(games: list[str], field: str) -> None:
-    """MinAtar games have envs and teachers, but no imitator or player yet."""
-    found = [g for g in games if families.family_of(g) is families.MINATAR]
-    if found:
-        raise ValueError(f"{field}: {found[0]} is a MinAtar game; MinAtar has environments and "
-                         "teachers (understudy teach) but no imitator or player yet, so this stage cannot "
-                         "run it; valid here: Atari games and DarkRoom")
+def _model_fits_games(games: list[str], cnn: str, stack: int | None, field: str) -> None:
+    """MinAtar observations (10x10x10, one frame each) need the MinAtar encoder, and it reads
+    nothing else; games of one distill stage share one observation shape."""
+    kinds = {families.family_of(g).name for g in games}
+    if "minatar" in kinds and len(kinds) > 1:
+        raise ValueError(f"{field}: {games} mix MinAtar with other families; one model reads one "
+                         "observation shape: train on MinAtar games only, or on none")
+    if "minatar" in kinds and cnn != "minatar":
+        raise ValueError(f"model.cnn: {cnn!r} reads 84x84 frames; MinAtar games ({games[0]}) need "
+                         "cnn: minatar")
+    if cnn == "minatar" and kinds and "minatar" not in kinds:
+        raise ValueError(f"model.cnn: 'minatar' reads MinAtar's 10x10x10 observations; {games[0]} is "
+                         f"{'/'.join(sorted(kinds))}: valid: small, nature, grid")
+    if cnn == "minatar" and stack not in (None, 1):
+        raise ValueError(f"model.stack: {stack}; a MinAtar observation is one frame, valid: 1")
+
+
 StageName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$", min_length=1, max_length=64)]
 
 
@@ -258,7 +268,7 @@ class DataParams(Strict):
 
 class ModelParams(Strict):
     """Constructor arguments of the model; None keeps the model's own default."""
-    cnn: Literal["small", "nature", "grid"] = "small"  # grid: Dark Room frames
+    cnn: Literal["small", "nature", "grid", "minatar"] = "small"  # grid: Dark Room; minatar: MinAtar
     stack: PositiveInt | None = None  # frames per observation (BC/DT: 4, AD: 1)
     hidden: PositiveInt | None = None  # BC
     context: PositiveInt | None = None  # DT/AD: steps per context window
@@ -333,7 +343,8 @@ class DistillConfig(Strict):
 
     @model_validator(mode="after")
     def _games_can_be_imitated(self):
-        _not_minatar_yet(([self.game] if self.game else []) + self.games, "games")
+        _model_fits_games(([self.game] if self.game else []) + self.games, self.model.cnn, self.model.stack,
+                          "games")
         return self
 
     @model_validator(mode="after")
@@ -404,11 +415,6 @@ class EvaluateConfig(Strict):
     goal_split: Literal["heldout", "train", "all"] = "heldout"  # Dark Room goals to play
     finetune: FinetuneParams = FinetuneParams()
     forgetting: bool = False  # after fine-tuning on a game, replay the training games
-
-    @model_validator(mode="after")
-    def _games_can_be_played(self):
-        _not_minatar_yet(self.games + self.heldout_games, "games")
-        return self
 
     @model_validator(mode="after")
     def _heldout_played(self):

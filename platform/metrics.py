@@ -196,10 +196,11 @@ def aggregate(scores_by_game: Mapping[str, list[float]], normalize: bool = True,
         (score - lo) / (hi - lo)
 
     with (lo, hi) = reference[game] when given (e.g. {"DarkRoom": (0.0, optimal_return)}),
-    else the Atari (random, human) scores of `envs.scores`. A game with neither raises
+    else the game's family's (random, reference) scores (Atari: human; MinAtar: the authors' DQN). A game with neither raises
     ValueError rather than being skipped: a silently smaller game set would change what the
     aggregate means.
     """
+    from understudy.envs import family_of
     from understudy.envs import scores as atari_scores
 
     if not scores_by_game:
@@ -220,8 +221,9 @@ def aggregate(scores_by_game: Mapping[str, list[float]], normalize: bool = True,
                     raise ValueError(f"reference[{g!r}] = {reference[g]!r}; valid: (low, high) "
                                      "with low != high")
                 col = (col - lo) / (hi - lo)
-            elif atari_scores.has_reference(g):
-                col = atari_scores.human_normalized(g, col)
+            elif (family_ref := family_of(g).reference(g)) is not None:  # Atari: human; MinAtar: DQN
+                lo, hi = family_ref
+                col = (col - lo) / (hi - lo)
             else:
                 try:
                     atari_scores.reference_scores(g)

@@ -40,15 +40,19 @@ class Agent:
 
 
 def make_env(game: str, protocol: dict, copies: int, max_episode_steps, goal_split: str):
-    """A vector env whose copies reset in the same step an episode ends."""
-    if game == DARKROOM:
-        from understudy.envs.darkroom import DarkRoomFrames, darkroom_goals
+    """A vector env whose copies reset in the same step an episode ends (envs.families)."""
+    from understudy.envs.families import make_play_env
 
-        return DarkRoomFrames(np.repeat(darkroom_goals(goal_split), copies, axis=0))
-    from understudy.envs import AtariProtocol, make_atari_vector_env
+    return make_play_env(game, copies, protocol=protocol, max_episode_steps=max_episode_steps,
+                         goal_split=goal_split)
 
-    return make_atari_vector_env(game, AtariProtocol(**protocol), num_envs=copies,
-                                 max_episode_steps=max_episode_steps, same_step_reset=True)
+
+def model_stack(game: str, stack: int) -> int:
+    """Frames per observation a player of `stack` frames reads in `game`: 0 where one frame is
+    the whole observation (MinAtar)."""
+    from understudy.envs import family_of
+
+    return stack if family_of(game).stacked else 0
 
 
 def num_actions_of(env) -> int:
@@ -124,7 +128,8 @@ class Progress:
 
 def play_episodes(env, player, stack: int, num_actions: int, episodes: int, seed: int,
                   on_step=None, progress=None) -> list[list[dict]]:
-    """Each of the env's N copies plays `episodes` consecutive episodes with the same player,
+    """The player sees the newest `stack` frames of each observation (0: the whole observation,
+    see model_stack). Each of the env's N copies plays `episodes` consecutive episodes with the same player,
     which sees the previous action and reward and where episodes start (so a player with
     memory can carry it from one episode to the next). The env resets in the same step an
     episode ends. `on_step(obs, actions, rewards, done)` sees every step (learners use it);
@@ -142,7 +147,8 @@ def play_episodes(env, player, stack: int, num_actions: int, episodes: int, seed
     played: list[list[dict]] = [[] for _ in range(n)]
     steps = 0
     while min(len(p) for p in played) < episodes:
-        actions = np.asarray(player.act(obs[..., -stack:], prev_action, prev_reward, new_episode))
+        actions = np.asarray(player.act(obs[..., -stack:] if stack else obs, prev_action, prev_reward,
+                                        new_episode))
         if counts is not None and new_episode.any():
             # the new episode's own start is in the window now: the ones before it are earlier episodes
             in_context = np.where(new_episode, np.asarray(counts()) - 1, in_context)
@@ -178,11 +184,15 @@ def play(agent: Agent, game: str, protocol: dict, episodes: int, copies: int, ma
     with storage.local_copy(agent.checkpoint) as checkpoint:
         player, stack, model = make_player(replace(agent, checkpoint=checkpoint), env.num_envs,
                                            num_actions, greedy, seed, game, protocol)
+    stack = model_stack(game, stack)
     on_step = None
     if agent.kind == "finetune":
         from understudy.algorithms.self_imitation import SelfImitation
 
-        learner = SelfImitation(model, player, env.num_envs, seed=seed, **finetune)
+        from understudy.envs import family_of
+
+        learner = SelfImitation(model, player, env.num_envs, seed=seed, newest_frame=family_of(game).newest_frame,
+                                **finetune)
 
         def on_step(obs, actions, rewards, done):  # it learns from steps as the model sees them
             learner.on_step(*player.model_step(obs, actions, rewards), done)
@@ -207,7 +217,8 @@ def play(agent: Agent, game: str, protocol: dict, episodes: int, copies: int, ma
             player.meta, num_actions_of(env), env.num_envs, other, bool(protocol.get("full_action_space")), seed)
         try:
             # the same episodes and context rules as the untuned imitator played there
-            replay = play_episodes(env, frozen, stack, num_actions_of(env), episodes, seed)
+            replay = play_episodes(env, frozen, model_stack(other, player.meta["stack"]), num_actions_of(env),
+                                   episodes, seed)
         finally:
             env.close()
         out["replays"][other] = [[e["return"] for e in p] for p in replay]
@@ -249,9 +260,12 @@ def learn_from_scratch(teach: TeachManifest, game: str, env_steps: int, copies: 
     # evaluation's, so both play the same episodes.
     settings = teach.hyperparameters
     copies = settings["num_envs"] * max(1, settings["num_env_runners"])
+    # A budget below one of the teacher's batches is one batch of whole rounds of its envs
+    # (RLlib's batch must be a multiple of them).
+    per_iter = -(-min(settings["env_steps_per_iter"], env_steps) // copies) * copies
     config = teacher_config_from(
         settings, game=game, seed=seed, env_steps=env_steps,
-        env_steps_per_iter=min(settings["env_steps_per_iter"], env_steps), max_episode_steps=max_episode_steps,
+        env_steps_per_iter=per_iter, max_episode_steps=max_episode_steps,
         record={"root": root, "session": "scratch", "algorithm": teach.algorithm, "shard_rows": 10**6})
     algo = recording_algorithm(config.algo_class)(config=config)
     started, last = time.monotonic(), time.monotonic()

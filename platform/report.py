@@ -18,21 +18,20 @@ from understudy.platform.workspace import Workspace
 
 def normalised(game: str, returns: np.ndarray, goal_split: str, copies: int) -> np.ndarray | None:
     """(rows, episodes) returns on the scale the aggregate uses, or None without a reference.
-    Atari: human-normalised, (score - random) / (human - random). Dark Room: the fraction of
-    each row's own goal's optimal return (rows are goals x copies, in darkroom_goals order), so
-    1.0 is perfect play on every goal."""
-    from understudy.envs.scores import has_reference
+    (score - random) / (reference - random) with the game's family's references (Atari: human;
+    MinAtar: the authors' DQN). Dark Room: the fraction of each row's own goal's optimal return
+    (rows are goals x copies, in darkroom_goals order), so 1.0 is perfect play on every goal."""
+    from understudy.envs import family_of
 
     if game == DARKROOM:
         from understudy.envs.darkroom import darkroom_goals, optimal_return
 
         optimum = np.repeat([optimal_return(g) for g in darkroom_goals(goal_split)], copies)
         return returns / optimum[:len(returns), None]
-    if has_reference(game):
-        from understudy.envs.scores import reference_scores
-
-        ref = reference_scores(game)
-        return (returns - ref.random) / (ref.human - ref.random)
+    ref = family_of(game).reference(game)
+    if ref is not None:
+        random, reference = ref
+        return (returns - random) / (reference - random)
     return None
 
 
@@ -394,8 +393,8 @@ def results_table(rows: list[dict], aggregate: list[dict] | None = None) -> str:
     for r in rows:
         lines.append("| " + " | ".join(_fmt(r.get(c)) for c, _ in cols) + " |")
     if aggregate:
-        lines += ["", "Normalised late return (Atari: human-normalised; Dark Room: fraction of each goal's "
-                  "optimum), interquartile mean over tasks (games; Dark Room goals) x independent training runs, "
+        lines += ["", "Normalised late return (Atari: human-normalised; MinAtar: (score - random) / (the "
+                  "authors' DQN - random); Dark Room: fraction of each goal's optimum), interquartile mean over tasks (games; Dark Room goals) x independent training runs, "
                   "with a 95% stratified bootstrap interval resampling runs within each task. A run's copies "
                   "are averaged first; random and no-op train nothing, so their copies are their runs. Rows "
                   "whose episodes were cut by the step cap are left out.", "",

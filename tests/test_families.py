@@ -104,3 +104,22 @@ def test_minatar_episodes_can_be_capped():
             truncated_at = t
             break
     assert truncated_at == 50
+
+
+@pytest.mark.parametrize("game,copies,rows", [("Breakout", 2, 2), ("MinAtar/Breakout", 3, 3), ("DarkRoom", 2, None)])
+def test_play_envs_come_from_the_family_and_models_see_its_observations(game, copies, rows):
+    """Evaluation's env for any family (Dark Room: `copies` rooms per goal of the split), and
+    what a model of k frames reads of it: a stack's newest k frames, MinAtar's whole grid."""
+    from understudy.envs.darkroom import darkroom_goals
+
+    env = families.make_play_env(game, copies, protocol={}, max_episode_steps=50, goal_split="heldout")
+    obs, _ = env.reset(seed=0)
+    env.close()
+    assert len(obs) == (rows or copies * len(darkroom_goals("heldout")))
+    family = family_of(game)
+    seen = family.model_obs(obs, 1)
+    if family is MINATAR:
+        assert not family.stacked and seen.shape[1:] == minatar.OBS_SHAPE
+    else:
+        assert family.stacked and seen.shape[1:] == (*family.frame_shape, 1)
+        assert (seen[..., 0] == obs[..., -1]).all()

@@ -36,7 +36,8 @@ class Recorder:
         if self.t:
             self.rewards.append(float(prev_reward[0]))
         a = self.player.act(obs, prev_action, prev_reward, new_episode)
-        self.frames.append(obs[0, ..., -1].copy())
+        # the frame a shard records: the newest of a stack, or a whole MinAtar observation
+        self.frames.append(obs[0, ..., -1].copy() if obs.shape[-1] == 1 else obs[0].copy())
         self.actions.append(int(a[0]))
         self.starts.append(bool(new_episode[0]))
         self.logits.append(self.player.last_logits[0].clone())
@@ -71,6 +72,52 @@ def test_cross_episode_players_act_as_their_training_windows(algorithm):
         torch.testing.assert_close(recorder.logits[t], trained, atol=1e-4, rtol=1e-4)
         checked += 1
     assert checked == 99
+
+
+def test_a_minatar_imitator_plays_its_whole_observations_as_trained():
+    """MinAtar's 10x10x10 observation is one frame: the player sees it whole (not the last
+    channel, as a stack's newest frame would be), and its logits are the training forward pass
+    over the same rows read back from a history of whole observations."""
+    from understudy.envs import family_of
+    from understudy.platform.players import make_env, model_stack
+
+    game = "MinAtar/SpaceInvaders"
+    torch.manual_seed(0)
+    model = imitation.build("ad", 6, cnn="minatar", stack=1, context=24, d_model=16, layers=1, heads=2,
+                            dropout=0.0).eval()
+    recorder = Recorder(imitation.policy(model, 1, greedy=False, seed=0))
+    stack = model_stack(game, 1)
+    assert stack == 0 and family_of(game).model_obs(np.zeros((1, 10, 10, 10)), 1).shape == (1, 10, 10, 10)
+    env = make_env(game, {}, 1, 40, "heldout")
+    play_episodes(env, recorder, stack, 6, episodes=2, seed=0)
+    h = recorder.history()
+    assert h.frames.shape[1:] == (10, 10, 10) and h.frames.max() == 255
+    assert max(recorder.window_start) > 0
+    for t in range(len(h)):
+        s = recorder.window_start[t]
+        batch = make_batch(h, np.array([s]), SampleSpec("history", t - s + 1, 1), 6)
+        with torch.no_grad():
+            trained = model(imitation.to_torch(batch))[0, -1]
+        torch.testing.assert_close(recorder.logits[t], trained, atol=1e-4, rtol=1e-4)
+
+
+def test_minatar_gla_permutes_positions_with_their_channels_as_in_training():
+    """GLA on MinAtar permutes the 100 grid positions, a position's 10 channels moving with it,
+    at play as in the data path (histories.data.permute_positions)."""
+    from understudy.histories.data import gla_positions, permute_positions
+
+    model = imitation.build("bc", 6, cnn="minatar", stack=1).eval()
+    player = imitation.as_trained(imitation.policy(model, 2, greedy=True), {"num_actions": 6, "transforms": {"gla": True}},
+                                  6, 2, "MinAtar/Breakout", False, seed=3)
+    assert player.pixels.shape == (2, 100)
+    obs = np.random.default_rng(0).integers(0, 2, (2, 10, 10, 10), dtype=np.uint8) * 255
+    seen, _, _ = player.model_step(obs, np.full(2, 6), np.zeros(2))
+    for i in range(2):
+        expected = permute_positions(obs[i:i + 1], player.pixels[i])[0]
+        assert (seen[i] == expected).all()
+        assert sorted(map(tuple, seen[i].reshape(100, 10))) == sorted(map(tuple, obs[i].reshape(100, 10)))
+    assert gla_positions(0, 1, (10, 10)).shape == (100,)
+    assert gla_positions(0, 1, (84, 84)).shape == (84 * 84,)
 
 
 def test_dt_episode_start_tokens_match_its_training_windows():
