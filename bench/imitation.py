@@ -192,7 +192,6 @@ def main():
 
 def run_in_tune(root, run_ids, batches, batch_size, block_steps, blocks) -> dict:
     """The platform's trainable, one trial, the same model, data and number of batches."""
-    import ray
     from ray import tune
 
     from understudy.histories import shards

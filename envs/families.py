@@ -34,6 +34,16 @@ class EnvFamily:
     newest_frame: Callable = atari.newest_frame
     # What identifies a game's environment in run.json and MLflow (ALE: version, ROM digest).
     metadata: Callable[[str], dict] = lambda game: {}
+    # Tasks inside a game: Dark Room's goals, each a task of its own with its own optimum
+    # (`goals(split)` -> (n, 2) cells, `optimum(goal)` -> the best return). None: a game is one task.
+    goals: Callable[[str], object] | None = None
+    optimum: Callable[[object], float] | None = None
+    # Every episode is exactly this long (Dark Room): the game itself, never a cut one.
+    episode_steps: int | None = None
+
+    @property
+    def per_goal(self) -> bool:
+        return self.goals is not None
 
     @property
     def stacked(self) -> bool:
@@ -76,10 +86,10 @@ def make_play_env(game: str, copies: int, *, protocol: dict | None = None, max_e
     ends, under the game's family's protocol (ALE: `protocol`; Dark Room: `copies` rooms per
     goal of `goal_split`, goal by goal)."""
     family = family_of(game)
-    if family is DARKROOM:
+    if family.per_goal:
         import numpy as np
 
-        goals = np.repeat(darkroom.darkroom_goals(goal_split), copies, axis=0)
+        goals = np.repeat(family.goals(goal_split), copies, axis=0)
         return family.make_vector_env(game, len(goals), goals=goals)
     options = {"protocol": protocol or {}} if family is ALE else {}
     return family.make_vector_env(game, copies, same_step_reset=True, max_episode_steps=max_episode_steps,
@@ -164,7 +174,8 @@ DARKROOM = EnvFamily(
     frame_shape=(darkroom.FRAME_SIZE, darkroom.FRAME_SIZE),
     num_actions=lambda game: darkroom.NUM_ACTIONS, shared_actions=darkroom.NUM_ACTIONS,
     reference=lambda game: None, protocol=darkroom.protocol(), teacher=("qlearning", None),
-    reference_source="each goal's optimal return (envs/darkroom.py optimal_return)")
+    reference_source="each goal's optimal return (envs/darkroom.py optimal_return)",
+    goals=darkroom.darkroom_goals, optimum=darkroom.optimal_return, episode_steps=darkroom.EPISODE_STEPS)
 
 FAMILIES = (DARKROOM, MINATAR, ALE)  # asked in this order: ALE's names are the catch-all
 

@@ -13,10 +13,11 @@ import time
 import numpy as np
 import ray
 
+from understudy.envs import family_of
 from understudy.platform import storage
 from understudy.platform.config import EvaluateConfig
 from understudy.platform.manifests import DistillManifest, EvaluateManifest, TeachManifest
-from understudy.platform.players import DARKROOM, Agent, learn_from_scratch, play
+from understudy.platform.players import Agent, learn_from_scratch, play
 from understudy.platform.report import report
 from understudy.platform.teach import StageFailed
 from understudy.platform.workspace import Workspace
@@ -24,10 +25,9 @@ from understudy.platform.workspace import Workspace
 
 def _step_budget(cfg: EvaluateConfig, game: str) -> int:
     """Env steps of `episodes` full-length episodes in every copy (when no imitator sets it)."""
-    if game == DARKROOM:
-        from understudy.envs.darkroom import EPISODE_STEPS, darkroom_goals
-
-        return cfg.episodes * cfg.copies * len(darkroom_goals(cfg.goal_split)) * EPISODE_STEPS
+    family = family_of(game)
+    if family.per_goal:  # copies of every goal, episodes of the game's fixed length
+        return cfg.episodes * cfg.copies * len(family.goals(cfg.goal_split)) * family.episode_steps
     return cfg.episodes * cfg.copies * (cfg.max_episode_steps or 27_000)
 
 
@@ -77,14 +77,13 @@ def _agents(cfg: EvaluateConfig, ws: Workspace, teach: TeachManifest, distill: D
 
 
 def _check_goals_held_out(cfg: EvaluateConfig, teach: TeachManifest, distill: DistillManifest) -> None:
-    """Dark Room's held-out goals must be absent from every run the imitator was trained on."""
-    if DARKROOM not in cfg.games or cfg.goal_split != "heldout":
+    """Held-out goals (Dark Room's) must be absent from every run the imitator was trained on."""
+    per_goal = [family_of(g) for g in cfg.games if family_of(g).per_goal]
+    if not per_goal or cfg.goal_split != "heldout":
         return
-    from understudy.envs.darkroom import darkroom_goals
-
     read = set(distill.run_ids)
     trained = {tuple(r.goal) for r in teach.runs if r.run_id in read and r.goal is not None}
-    overlap = sorted(trained & {tuple(int(v) for v in g) for g in darkroom_goals("heldout")})
+    overlap = sorted(trained & {tuple(int(v) for v in g) for g in per_goal[0].goals("heldout")})
     if overlap:
         raise StageFailed(f"evaluate: Dark Room goals {overlap[:5]}{' ...' if len(overlap) > 5 else ''} are in "
                           f"goal_split 'heldout' but the imitator of distill stage {distill.name!r} was trained on "

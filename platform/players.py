@@ -21,7 +21,6 @@ from understudy.platform import storage
 from understudy.platform.manifests import TeachManifest
 from understudy.platform.teach import StageFailed
 
-DARKROOM = "DarkRoom"
 AGENT_KINDS = ("imitator", "ed", "teacher", "random", "noop", "finetune", "scratch")
 
 
@@ -236,12 +235,13 @@ def learn_from_scratch(teach: TeachManifest, game: str, env_steps: int, copies: 
     import torch
 
     torch.set_num_threads(1)
-    if game == DARKROOM:
+    if teach.algorithm == "qlearning":  # Dark Room's tabular source, one learner per goal
         from understudy.algorithms import darkroom_source
-        from understudy.envs.darkroom import EPISODE_STEPS, darkroom_goals
+        from understudy.envs import family_of
 
-        goals = np.repeat(darkroom_goals(goal_split), copies, axis=0)
-        episodes = max(1, env_steps // (EPISODE_STEPS * len(goals)))
+        family = family_of(game)
+        goals = np.repeat(family.goals(goal_split), copies, axis=0)
+        episodes = max(1, env_steps // (family.episode_steps * len(goals)))
         # The teacher's own hyper-parameters (older manifests: the defaults), on a fresh schedule.
         known = set(darkroom_source.QLearningConfig.__dataclass_fields__)
         config = darkroom_source.QLearningConfig(**{

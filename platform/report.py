@@ -9,10 +9,10 @@ import html
 
 import numpy as np
 
+from understudy.envs import family_of
 from understudy.platform import metrics, plots, tracking
 from understudy.platform.config import EvaluateConfig
 from understudy.platform.manifests import DistillManifest, EvaluateManifest, TeachManifest
-from understudy.platform.players import DARKROOM
 from understudy.platform.workspace import Workspace
 
 
@@ -21,14 +21,11 @@ def normalised(game: str, returns: np.ndarray, goal_split: str, copies: int) -> 
     (score - random) / (reference - random) with the game's family's references (Atari: human;
     MinAtar: the authors' DQN). Dark Room: the fraction of each row's own goal's optimal return
     (rows are goals x copies, in darkroom_goals order), so 1.0 is perfect play on every goal."""
-    from understudy.envs import family_of
-
-    if game == DARKROOM:
-        from understudy.envs.darkroom import darkroom_goals, optimal_return
-
-        optimum = np.repeat([optimal_return(g) for g in darkroom_goals(goal_split)], copies)
+    family = family_of(game)
+    if family.per_goal:
+        optimum = np.repeat([family.optimum(g) for g in family.goals(goal_split)], copies)
         return returns / optimum[:len(returns), None]
-    ref = family_of(game).reference(game)
+    ref = family.reference(game)
     if ref is not None:
         random, reference = ref
         return (returns - random) / (reference - random)
@@ -39,7 +36,7 @@ def cut_short(cfg: EvaluateConfig, game: str) -> bool:
     """Episodes of this game can end early by the evaluation's own step cap, not by the game
     (Dark Room's 20-step episodes are the game itself; Atari's protocol cap of 108,000 frames is
     the field's full game)."""
-    return game != DARKROOM and cfg.max_episode_steps is not None
+    return family_of(game).episode_steps is None and cfg.max_episode_steps is not None
 
 
 UNTRAINED = ("random", "noop")  # nothing trained: each copy is an independent run
@@ -56,7 +53,7 @@ def _stack(res: dict, key: str) -> np.ndarray:
 def _tasks(game: str, rows: int, cfg: EvaluateConfig) -> list:
     """What each copy row of a run plays: the game, or for Dark Room the game and the goal
     (rows are goals x copies), since each goal is a task of its own."""
-    if game != DARKROOM:
+    if not family_of(game).per_goal:
         return [(game, None)] * rows
     return [(game, i // cfg.copies) for i in range(rows)]
 
@@ -93,7 +90,7 @@ def summarise(cfg: EvaluateConfig, trained: list[str], results: dict, data: dict
             row["context_episodes_last"] = float(np.nanmean(in_context[:, -1]))
         if game in data and returns.shape[1] >= k:
             row.update(exceeds(game, res, data[game], cfg, k))
-        if game == DARKROOM:
+        if family_of(game).per_goal:
             row.update(time_to_optimum(game, res, data.get(game), cfg))
         if horizon and returns.shape[1] > horizon:
             # past the horizon: the episodes beyond the training histories' length, against the
@@ -127,10 +124,8 @@ def data_on_scale(teach: TeachManifest, distill: DistillManifest) -> dict:
         if run is None or not history:
             continue
         scale = 1.0
-        if run.game == DARKROOM and run.goal is not None:
-            from understudy.envs.darkroom import optimal_return
-
-            scale = 1.0 / optimal_return(np.array(run.goal))
+        if family_of(run.game).per_goal and run.goal is not None:
+            scale = 1.0 / family_of(run.game).optimum(np.array(run.goal))
         entry = out.setdefault(run.game, {"split": [], "history": []})
         entry["split"] += [r * scale for r in distill.split_returns.get(run_id, [])]
         entry["history"].append(np.array(history, float) * scale)
@@ -143,7 +138,7 @@ def exceeds(game: str, res: dict, data: dict, cfg: EvaluateConfig, k: int) -> di
     the teachers' whole histories: their best episode and best `k`-episode mean. Dark Room on
     the per-goal scale (fractions of the optimum)."""
     curve = _stack(res, "returns")
-    if game == DARKROOM:
+    if family_of(game).per_goal:
         curve = np.concatenate([normalised(game, np.array(r["returns"], float), cfg.goal_split, cfg.copies)
                                 for r in res["runs"]])
     curve = curve.mean(0)
@@ -251,17 +246,14 @@ def _late_per_task_and_run(name: str, game: str, res: dict, cfg: EvaluateConfig,
 def episode_rows(cfg: EvaluateConfig, results: dict, teacher_seeds: list[int], experiment: str | None) -> list[dict]:
     """Raw results, one row per agent, game (and Dark Room goal), training run and copy: every
     episode's return in order (docs/results/*.json hold these for the experiments run here)."""
-    goals = optimum = None
-    if any(game == DARKROOM for _, game in results):
-        from understudy.envs.darkroom import darkroom_goals, optimal_return
-
-        goals = darkroom_goals(cfg.goal_split)
-        optimum = [float(optimal_return(g)) for g in goals]
     out = []
     for (name, game), res in sorted(results.items()):
+        family = family_of(game)
+        goals = family.goals(cfg.goal_split) if family.per_goal else None
+        optimum = [float(family.optimum(g)) for g in goals] if family.per_goal else None
         for run in res["runs"]:
             for i, returns in enumerate(run["returns"]):
-                goal = i // cfg.copies if game == DARKROOM else None
+                goal = i // cfg.copies if family.per_goal else None
                 trained_on = teacher_seeds if name in ("imitator", "ed", "finetune") else []
                 out.append({"experiment": experiment, "agent": name, "game": game,
                             "goal": goals[goal].tolist() if goal is not None else None,
@@ -346,8 +338,8 @@ def report(cfg: EvaluateConfig, ws: Workspace, teach: TeachManifest, distill: Di
 
 
 def is_heldout(game: str, trained, goal_split: str) -> bool:
-    """Never trained on: a game outside the training data, or Dark Room's held-out goals."""
-    return game not in trained or (game == DARKROOM and goal_split == "heldout")
+    """Never trained on: a game outside the training data, or held-out goals (Dark Room's)."""
+    return game not in trained or (family_of(game).per_goal and goal_split == "heldout")
 
 
 def _aggregate(late_scores: dict, trained, goal_split) -> list[dict]:

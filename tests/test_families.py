@@ -123,3 +123,21 @@ def test_play_envs_come_from_the_family_and_models_see_its_observations(game, co
     else:
         assert family.stacked and seen.shape[1:] == (*family.frame_shape, 1)
         assert (seen[..., 0] == obs[..., -1]).all()
+
+
+def test_stages_ask_the_family_not_the_game_name():
+    """No stage, evaluation or report module tests a game's name for Dark Room: what differs
+    (goals as tasks, their optima, fixed-length episodes) is the family's to say."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    offenders = []
+    for folder in ("platform", "algorithms", "histories"):
+        for path in (root / folder).glob("*.py"):
+            for n, line in enumerate(path.read_text().splitlines(), 1):
+                if re.search(r"game\s*[!=]=\s*DARKROOM|DARKROOM\s+(not\s+)?in\b|game\s*==\s*[\"']DarkRoom", line):
+                    offenders.append(f"{path.name}:{n}: {line.strip()}")
+    assert not offenders, offenders
+    assert DARKROOM.per_goal and not ALE.per_goal and not MINATAR.per_goal
+    assert DARKROOM.episode_steps == 20 and DARKROOM.optimum(DARKROOM.goals("heldout")[0]) > 0
