@@ -10,6 +10,8 @@ as it once was, a fine-tuned AD could never learn in context and fell below rand
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 
@@ -61,6 +63,8 @@ class SelfImitation:
                     target=np.ones(len(episode_id), bool), history_start=np.zeros(len(episode_id), np.int64),
                     policy_version=np.zeros(len(episode_id), np.int64))
         spec = self.model.sample_spec()
+        if spec.kind != "step":  # windows no longer than the buffer: the rest would be padding
+            spec = replace(spec, length=min(spec.length, len(h)))
         rtg = h.returns_to_go() if spec.kind == "episode" else None
         device = next(self.model.parameters()).device
         self.model.train()

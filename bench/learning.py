@@ -467,10 +467,19 @@ def speed(config: str, steps: int, chunk_iters: int, workdir: Path) -> dict:
     work = workdir / name / "speed"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
+    warm_up = 1
+    if cfg.algorithm == "dqn":
+        # Timed where a DQN run spends its time, with updates: a short warm-up of random play
+        # (the replay's content does not change an update's cost), and iterations of 1,000 env
+        # steps for both, so that the turns interleave finely.
+        settings = {**settings, "env_steps_per_iter": 1000,
+                    "settings": {**settings["settings"], "learning_starts": 2000}}
+        warm_up = 3
     learners = {"teacher": Teacher(cfg, settings, game, work),
                 "plain": PLAIN[cfg.algorithm](settings, game, cfg.env_steps)}
-    for learner in learners.values():  # warm-up: one iteration each
-        learner.iterate()
+    for learner in learners.values():  # warm-up, untimed
+        for _ in range(warm_up):
+            learner.iterate()
     done = {k: 0 for k in learners}
     wall = {k: 0.0 for k in learners}
     while min(done.values()) < steps:
