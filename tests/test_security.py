@@ -7,8 +7,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import REPO_ROOT
 
@@ -24,16 +26,26 @@ def test_no_credential_reaches_configs_manifests_logs_mlflow_or_storage(s3_serve
     env = {**os.environ, **s3_server.env, "AWS_ACCESS_KEY_ID": ACCESS_KEY,
            "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "RAY_TMPDIR": ray_tmp, "UNDERSTUDY_NUM_CPUS": "2"}
     ws = tmp_path / "ws"
+    # darkroom_ad at its tiny scale with what repeats a stage's writes left out (a second AD
+    # seed, ED, the agents that write nothing else): every kind of write (shards, checkpoints,
+    # MLflow runs, artifacts, manifests, results) is still made, to S3 and locally.
+    experiment = yaml.safe_load((Path(REPO_ROOT) / "tune_configs/experiments/darkroom_ad.yaml").read_text())
+    experiment.pop("ed")
+    experiment["evaluate"]["agents"] = ["imitator", "random", "finetune"]
+    experiment["scales"]["tiny"]["distill"]["seeds"] = [0]
+    experiment["scales"]["tiny"].pop("ed", None)
+    config = tmp_path / "darkroom_ad.yaml"
+    config.write_text(yaml.safe_dump(experiment))
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "understudy.platform.cli", "--workspace", str(ws),
-             "--storage", f"s3://{bucket}/runs", "experiment", "darkroom_ad", "--scale", "tiny"],
+             "--storage", f"s3://{bucket}/runs", "experiment", str(config), "--scale", "tiny"],
             cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         assert "Experiment 'darkroom_ad' (tiny) finished" in proc.stdout
 
         places = {"stdout": proc.stdout, "stderr": proc.stderr}
-        for root in (str(ws), ray_tmp, os.path.join(REPO_ROOT, "tune_configs")):
+        for root in (str(ws), ray_tmp, os.path.join(REPO_ROOT, "tune_configs"), str(tmp_path)):
             for path in glob.glob(f"{root}/**/*", recursive=True):
                 if os.path.isfile(path) and not os.path.islink(path):
                     with open(path, "rb") as f:
