@@ -66,24 +66,28 @@ def make_env(game: str, settings: dict, num_envs: int):
                                   max_episode_steps=settings["max_episode_steps"], **options)
 
 
-def actor_critic(num_actions: int, cnn: str = "nature"):
-    """The teacher's RLlib module, written out: the CNN (valid padding) shared, then separate
-    policy and value heads of one hidden layer each. `nature`: the DQN paper's CNN on 84x84x4
-    (256 hidden); `minatar`: the MinAtar paper's one 3x3 conv of 16 on 10x10x10 (128 hidden)."""
+def cnn_trunk(cnn: str):
+    """(the teacher's CNN with valid padding, its flat features, the hidden units after it).
+    `nature`: the DQN paper's CNN on 84x84x4 (256 hidden); `minatar`: the MinAtar paper's one
+    3x3 conv of 16 on 10x10x10 (128 hidden)."""
     import torch.nn as nn
 
-    trunks = {
-        "nature": lambda: nn.Sequential(
-            nn.Conv2d(4, 32, 8, 4), nn.ReLU(), nn.Conv2d(32, 64, 4, 2), nn.ReLU(),
-            nn.Conv2d(64, 64, 3, 1), nn.ReLU(), nn.Flatten()),
-        "minatar": lambda: nn.Sequential(nn.Conv2d(10, 16, 3, 1), nn.ReLU(), nn.Flatten()),
-    }
-    features, hidden = {"nature": (3136, 256), "minatar": (1024, 128)}[cnn]
+    if cnn == "nature":
+        layers = [nn.Conv2d(4, 32, 8, 4), nn.ReLU(), nn.Conv2d(32, 64, 4, 2), nn.ReLU(),
+                  nn.Conv2d(64, 64, 3, 1), nn.ReLU()]
+        return nn.Sequential(*layers, nn.Flatten()), 3136, 256
+    return nn.Sequential(nn.Conv2d(10, 16, 3, 1), nn.ReLU(), nn.Flatten()), 1024, 128
+
+
+def actor_critic(num_actions: int, cnn: str = "nature"):
+    """The PPO teacher's RLlib module, written out: the CNN shared, then separate policy and
+    value heads of one hidden layer each."""
+    import torch.nn as nn
 
     class ActorCritic(nn.Module):
         def __init__(self):
             super().__init__()
-            self.trunk = trunks[cnn]()
+            self.trunk, features, hidden = cnn_trunk(cnn)
             self.pi = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, num_actions))
             self.vf = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
@@ -195,23 +199,18 @@ class PlainPPO:
 
 
 def q_network(num_actions: int, cnn: str = "nature"):
-    """The DQN teacher's RLlib module, written out: the CNN (valid padding), one hidden layer,
-    a Q-value per action (single stream: the preset is not dueling)."""
+    """The DQN teacher's RLlib module, written out: the CNN, one hidden layer, a Q-value per
+    action (single stream: the preset is not dueling)."""
     import torch.nn as nn
-
-    trunk = {"nature": lambda: [nn.Conv2d(4, 32, 8, 4), nn.ReLU(), nn.Conv2d(32, 64, 4, 2), nn.ReLU(),
-                                nn.Conv2d(64, 64, 3, 1), nn.ReLU()],
-             "minatar": lambda: [nn.Conv2d(10, 16, 3, 1), nn.ReLU()]}[cnn]()
-    features, hidden = {"nature": (3136, 256), "minatar": (1024, 128)}[cnn]
 
     class QNetwork(nn.Module):
         def __init__(self):
             super().__init__()
-            self.net = nn.Sequential(*trunk, nn.Flatten(), nn.Linear(features, hidden), nn.ReLU(),
-                                     nn.Linear(hidden, num_actions))
+            self.trunk, features, hidden = cnn_trunk(cnn)
+            self.head = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, num_actions))
 
         def forward(self, obs):  # (B, H, W, C) uint8, as the env gives it
-            return self.net(obs.permute(0, 3, 1, 2).float() / 255.0)
+            return self.head(self.trunk(obs.permute(0, 3, 1, 2).float() / 255.0))
 
     return QNetwork()
 
