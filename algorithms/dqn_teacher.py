@@ -313,7 +313,9 @@ class DQNTeacher(DQN):
 
         source = dict(self._local_learner().module[DEFAULT_MODULE_ID].named_parameters())
         target = dict(runner.module.named_parameters())
-        if not target or any(name not in source or source[name].shape != p.shape for name, p in target.items()):
+        if not target or any(name not in source or source[name].shape != p.shape
+                             or source[name].device != p.device  # a GPU Learner: copy weights
+                             for name, p in target.items()):
             return False
         with torch.no_grad():
             for name, p in target.items():

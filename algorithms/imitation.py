@@ -28,8 +28,16 @@ def build(algorithm: str, num_actions: int, **params) -> torch.nn.Module:
     return MODELS[algorithm](num_actions, **{k: v for k, v in params.items() if v is not None})
 
 
-def to_torch(batch: dict) -> dict:
-    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items() if k != "row"}
+def to_torch(batch: dict, device: torch.device | None = None) -> dict:
+    """A numpy batch as tensors on `device` (the model's: the CPU, or the GPU it trains on)."""
+    out = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items() if k != "row"}
+    if device is not None and device.type != "cpu":
+        out = {k: v.to(device, non_blocking=True) for k, v in out.items()}
+    return out
+
+
+def device_of(model) -> torch.device:
+    return next(model.parameters()).device
 
 
 def train_epoch(model, optimizer, batches, max_grad_norm: float = 1.0, max_batches: int | None = None,
@@ -46,7 +54,7 @@ def train_epoch(model, optimizer, batches, max_grad_norm: float = 1.0, max_batch
         waited += time.perf_counter() - t0
         if batch is None:
             break
-        loss, info = model.loss(to_torch(batch))
+        loss, info = model.loss(to_torch(batch, device_of(model)))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if after_backward is not None:  # e.g. averaging gradients across data-parallel workers
@@ -71,7 +79,7 @@ def evaluate(model, batches) -> dict:
     model.eval()
     loss_sum, acc_sum, n = 0.0, 0.0, 0
     for batch in batches:
-        loss, info = model.loss(to_torch(batch))
+        loss, info = model.loss(to_torch(batch, device_of(model)))
         k = int(info["targets"])
         loss_sum, acc_sum, n = loss_sum + loss.item() * k, acc_sum + float(info["accuracy"]) * k, n + k
     if n == 0:

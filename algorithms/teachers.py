@@ -257,10 +257,13 @@ def recording_algorithm(algo_class):
 def teacher_config(*, algorithm: str, game, seed, env_steps: int, env_steps_per_iter: int,
                    protocol: dict, max_episode_steps: int | None, record: dict | None, cnn: str,
                    num_envs: int, lr: float, reward: str, settings, num_env_runners: int = 0,
-                   runner: str = "vector", env_threads: int = 1) -> AlgorithmConfig:
+                   runner: str = "vector", env_threads: int = 1,
+                   num_gpus_per_learner: int = 0) -> AlgorithmConfig:
     """An RLlib config for one teacher with `env_steps` of budget; `game` and `seed` may be Tune
     search spaces. `settings` is the algorithm's dataclass (algorithms/presets.py): every
-    hyper-parameter comes from there or from these arguments, none is defaulted here."""
+    hyper-parameter comes from there or from these arguments, none is defaulted here.
+    `num_gpus_per_learner` is where the Learner runs (platform/resources.py chooses it); it is
+    not a hyper-parameter, and env runners always act on the CPU."""
     from understudy.algorithms.atari_runner import AtariVectorEnvRunner
 
     if not isinstance(settings, SETTINGS[algorithm]):
@@ -337,6 +340,7 @@ def teacher_config(*, algorithm: str, game, seed, env_steps: int, env_steps_per_
             .environment(ENV_NAME, env_config=env_config)
             .env_runners(env_runner_cls=env_runner_cls, num_env_runners=num_env_runners,
                          num_envs_per_env_runner=num_envs, num_cpus_per_env_runner=1)
+            .learners(num_gpus_per_learner=num_gpus_per_learner)
             .rl_module(rl_module_spec=RLModuleSpec(module_class=PIXEL_MODULES[algorithm],
                                                    model_config=model))
             # A remote env runner that dies is replaced; its unfinished episodes were never

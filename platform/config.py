@@ -166,6 +166,8 @@ class TeachConfig(Strict):
     dqn: DQNParams = DQNParams()
     darkroom: DarkRoomParams = DarkRoomParams()
     shard_rows: PositiveInt = 20_000  # ~140 MB of frames buffered per env runner, ~3 MB on disk
+    # Where the Learner runs (platform/resources.py): auto = a GPU Learner when the cluster has one now.
+    device: Literal["auto", "cpu", "gpu"] = "auto"
     max_concurrent_trials: PositiveInt | None = None
 
     @model_validator(mode="before")
@@ -340,6 +342,8 @@ class DistillConfig(Strict):
     # length cannot hold a previous episode, and distill refuses it unless this says otherwise.
     allow_short_context: bool = False
     allow_unlearned: bool = False  # distil histories of teachers that did not learn (logged)
+    # Where the trial (each Ray Train worker) trains (platform/resources.py): auto = a GPU when the cluster has one now.
+    device: Literal["auto", "cpu", "gpu"] = "auto"
 
     @model_validator(mode="after")
     def _games_can_be_imitated(self):
@@ -415,6 +419,8 @@ class EvaluateConfig(Strict):
     goal_split: Literal["heldout", "train", "all"] = "heldout"  # Dark Room goals to play
     finetune: FinetuneParams = FinetuneParams()
     forgetting: bool = False  # after fine-tuning on a game, replay the training games
+    # Where imitators play (their network's inference) (platform/resources.py): auto = a GPU when the cluster has one now.
+    device: Literal["auto", "cpu", "gpu"] = "auto"
 
     @model_validator(mode="after")
     def _heldout_played(self):

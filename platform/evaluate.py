@@ -14,7 +14,7 @@ import numpy as np
 import ray
 
 from understudy.envs import family_of
-from understudy.platform import storage
+from understudy.platform import resources, storage
 from understudy.platform.config import EvaluateConfig
 from understudy.platform.manifests import DistillManifest, EvaluateManifest, TeachManifest
 from understudy.platform.players import Agent, learn_from_scratch, play
@@ -23,7 +23,7 @@ from understudy.platform.teach import StageFailed
 from understudy.platform.workspace import Workspace
 
 
-def _step_budget(cfg: EvaluateConfig, game: str) -> int:
+def step_budget(cfg: EvaluateConfig, game: str) -> int:
     """Env steps of `episodes` full-length episodes in every copy (when no imitator sets it)."""
     family = family_of(game)
     if family.per_goal:  # copies of every goal, episodes of the game's fixed length
@@ -120,6 +120,7 @@ def run_evaluate(cfg: EvaluateConfig, ws: Workspace, experiment: str | None = No
     protocol = dict(teach.protocol, terminal_on_life_loss=False)  # evaluation: whole games
     started = time.perf_counter()
     finetune = cfg.finetune.model_dump()
+    gpus = resources.stage_gpus(cfg.device, "evaluate.device")
     pending = {}
     for name, by_game in agents.items():
         if name == "scratch":
@@ -127,9 +128,10 @@ def run_evaluate(cfg: EvaluateConfig, ws: Workspace, experiment: str | None = No
         for game in cfg.games:
             replay = tuple(g for g in trained if g != game) if name == "finetune" and cfg.forgetting else ()
             for agent in by_game.get(None, by_game.get(game, [])):
-                pending[(name, game, agent.run_seed)] = play.remote(
+                task = resources.evaluation_task_resources(name, gpus)
+                pending[(name, game, agent.run_seed)] = play.options(**task).remote(
                     agent, game, protocol, cfg.episodes, cfg.copies, cfg.max_episode_steps, cfg.greedy,
-                    cfg.seed, cfg.goal_split, finetune, replay, progress_s)
+                    cfg.seed, cfg.goal_split, finetune, replay, progress_s, task["num_gpus"])
 
     budget: dict[tuple, int] = {}  # (game, seed) -> env steps a learner from scratch was given
 
@@ -140,7 +142,7 @@ def run_evaluate(cfg: EvaluateConfig, ws: Workspace, experiment: str | None = No
 
     scratch_seeds = [a.run_seed for a in agents.get("scratch", {}).get(None, [])]
     if scratch_seeds and "imitator" not in agents:
-        pending.update({("scratch", g, s): from_scratch(g, _step_budget(cfg, g), s)
+        pending.update({("scratch", g, s): from_scratch(g, step_budget(cfg, g), s)
                         for g in cfg.games for s in scratch_seeds})
     total = len(pending) + (len(cfg.games) * len(scratch_seeds) if "imitator" in agents else 0)
     results: dict[tuple, dict] = {}

@@ -172,9 +172,10 @@ def play_episodes(env, player, stack: int, num_actions: int, episodes: int, seed
 @ray.remote(num_cpus=1)
 def play(agent: Agent, game: str, protocol: dict, episodes: int, copies: int, max_episode_steps,
          greedy: bool, seed: int, goal_split: str = "heldout", finetune: dict | None = None,
-         replay_games: tuple = (), progress_s: float = 30.0) -> dict:
+         replay_games: tuple = (), progress_s: float = 30.0, gpus: int = 0) -> dict:
     """One agent, one game: `copies` copies each play `episodes` consecutive episodes.
-    With `replay_games` (after fine-tuning), the tuned weights then play those games frozen."""
+    With `replay_games` (after fine-tuning), the tuned weights then play those games frozen.
+    `gpus`: the GPU this task was given for the model (platform/resources.py), else the CPU."""
     import torch
 
     torch.set_num_threads(1)
@@ -182,7 +183,8 @@ def play(agent: Agent, game: str, protocol: dict, episodes: int, copies: int, ma
     num_actions = num_actions_of(env)
     with storage.local_copy(agent.checkpoint) as checkpoint:
         player, stack, model = make_player(replace(agent, checkpoint=checkpoint), env.num_envs,
-                                           num_actions, greedy, seed, game, protocol)
+                                           num_actions, greedy, seed, game, protocol,
+                                           device="cuda" if gpus else "cpu")
     stack = model_stack(game, stack)
     on_step = None
     if agent.kind == "finetune":

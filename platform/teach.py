@@ -11,7 +11,7 @@ from ray import tune
 from understudy.envs import AtariProtocol, family_of
 from understudy.envs.families import ALE
 from understudy.histories import shards
-from understudy.platform import plots, storage, tracking
+from understudy.platform import plots, resources, storage, tracking
 from understudy.platform.manifests import TeachManifest
 from understudy.platform.config import TeachConfig, config_digest
 from understudy.platform.workspace import Workspace, keep_tune_state_current
@@ -116,7 +116,8 @@ def run_teach(cfg: TeachConfig, ws: Workspace, resume: bool = False) -> TeachMan
               "shard_rows": cfg.shard_rows}
     settings = teacher_settings(cfg)
     config = teacher_config_from(settings, game=tune.grid_search(cfg.games), seed=tune.grid_search(cfg.seeds),
-                                 env_steps=cfg.env_steps, record=record)
+                                 env_steps=cfg.env_steps, record=record,
+                                 num_gpus_per_learner=resources.stage_gpus(cfg.device, "teach.device"))
     if cfg.eval_interval:
         # Greedy play on separate env runners that never record: the teacher's learning curve.
         config.evaluation(evaluation_interval=cfg.eval_interval, evaluation_duration=cfg.eval_episodes,
