@@ -6,16 +6,17 @@ Ray Train inside the trial.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 
 from ray import tune
 
 from understudy.histories import shards
 from understudy.histories.data import index_runs
-from understudy.platform import plots, storage, tracking
+from understudy.platform import plots, resources, storage, tracking
 from understudy.platform.config import DistillConfig, config_digest
 from understudy.platform.manifests import DistillManifest
 from understudy.platform.teach import StageFailed
@@ -135,12 +136,15 @@ def _train_loop(cfg: DistillConfig, context: dict, report, checkpoint, make_chec
     root = context["shard_root"]
     train, heldout, num_actions = select_data(cfg, root, context["run_ids"], context["skipped_shards"])
     model = imitation.build(cfg.algorithm, num_actions, **cfg.model.model_dump(exclude_none=True))
+    model.to(_train_device(context.get("gpus", 0), world))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     first_epoch, steps = 1, 0
     if checkpoint is not None:  # a restarted or resumed trial continues where it stopped
         with checkpoint.as_directory() as d:
-            model.load_state_dict(torch.load(os.path.join(d, "model.pt"), weights_only=True))
-            optimizer.load_state_dict(torch.load(os.path.join(d, "optimizer.pt"), weights_only=True))
+            device = next(model.parameters()).device
+            model.load_state_dict(torch.load(os.path.join(d, "model.pt"), map_location=device, weights_only=True))
+            optimizer.load_state_dict(torch.load(os.path.join(d, "optimizer.pt"), map_location=device,
+                                                 weights_only=True))
             meta = json.load(open(os.path.join(d, "model.json")))
         first_epoch, steps = meta["epoch"] + 1, meta["steps"]
         print(f"[distill] restored from epoch {meta['epoch']} checkpoint", flush=True)
@@ -177,6 +181,49 @@ def _train_loop(cfg: DistillConfig, context: dict, report, checkpoint, make_chec
                                             # what the data path did to each step: the player does it again
                                             "transforms": asdict(step_transforms(cfg))}, optimizer)
             report(metrics, checkpoint=make_checkpoint(tmp) if rank == 0 else None)
+
+
+@dataclass
+class UpdatesPerTrial:
+    """A trial's gradient updates, for progress lines: epochs x batches per epoch, where an epoch
+    is `max_batches_per_epoch` batches (cycle_data) or about one window per target row of the
+    training data (histories.data.Loader), capped by max_batches_per_epoch. Per trial config:
+    a sweep may change the batch size or the window. (A class, not a closure: Tune pickles the
+    callback that holds it.)"""
+    rows: int  # target rows of the training data
+    windows: dict = field(default_factory=dict)  # model config -> window length
+
+    def window(self, algorithm: str, model: dict) -> int:
+        from understudy.algorithms import imitation
+
+        key = json.dumps([algorithm, model], sort_keys=True)
+        if key not in self.windows:
+            params = {k: v for k, v in model.items() if v is not None}
+            self.windows[key] = imitation.build(algorithm, 18, **params).sample_spec().length
+        return self.windows[key]
+
+    def __call__(self, trial_config: dict) -> float:
+        c = trial_config["distill"]
+        per_epoch, world = c["max_batches_per_epoch"], c["workers"]
+        if not c["cycle_data"] or world > 1:  # as _train_loop sizes a data-parallel epoch
+            length = self.window(c["algorithm"], c["model"])
+            windows = max(1, math.ceil(self.rows / (c["batch_size"] * world * length)))
+            per_epoch = min(per_epoch or windows, windows)
+        return float(per_epoch * c["epochs"])
+
+
+def _train_device(gpus: int, world: int):
+    """The GPU Ray gave this trial or Ray Train worker (platform/resources.py chose whether to
+    ask for one), else the CPU."""
+    import torch
+
+    if not gpus:
+        return torch.device("cpu")
+    if world > 1:
+        import ray.train.torch
+
+        return ray.train.torch.get_device()
+    return torch.device("cuda")
 
 
 def _average_gradients(model) -> None:
@@ -218,8 +265,8 @@ def _train_data_parallel(cfg: DistillConfig, context: dict) -> None:
     trial = tune.get_context()
     trainer = TorchTrainer(
         worker, train_loop_config={"distill": cfg.model_dump(), "context": context},
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers,
-                                               resources_per_worker={"CPU": cfg.cpus_per_trial}),
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=bool(context.get("gpus")),
+                                               resources_per_worker=resources.train_worker_resources(cfg)),
         run_config=ray.train.RunConfig(name=f"{trial.get_experiment_name()}-{trial.get_trial_id()}",
                                        storage_path=context["storage_path"],
                                        callbacks=[ReportToTune()]))
@@ -338,7 +385,8 @@ def run_distill(cfg: DistillConfig, ws: Workspace, resume: bool = False) -> Dist
         experiment_path = f"{ws.ray_results}/distill-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     experiment = experiment_path.rsplit("/", 1)[1]
     context = {"shard_root": root, "run_ids": run_ids, "data_version": version,
-               "skipped_shards": sorted(bad), "storage_path": ws.ray_results}
+               "skipped_shards": sorted(bad), "storage_path": ws.ray_results,
+               "gpus": resources.stage_gpus(cfg.device, "distill.device")}
 
     def params_of(trial_config):
         c = trial_config["distill"]
@@ -352,12 +400,9 @@ def run_distill(cfg: DistillConfig, ws: Workspace, resume: bool = False) -> Dist
 
     to_mlflow = tracking.TuneToMlflow(
         ws, "distill", params_of, metrics={k: k for k in METRICS}, step_key="steps",
-        experiment=experiment,
+        experiment=experiment, total=UpdatesPerTrial(sum(h.steps for h in train)),
         name_of=lambda t: f"{cfg.algorithm}-{'+'.join(games)}-{t.trial_id}")
-    # A data-parallel trial is only Ray Train's driver: Ray Train reserves its workers' CPUs
-    # in its own placement group, so the trial asks for no CPU (Tune needs it to ask for something).
-    resources = {"cpu": cfg.cpus_per_trial} if cfg.workers == 1 else {"cpu": 0, "memory": 2**20}
-    trainable = tune.with_resources(train_imitator, resources)
+    trainable = tune.with_resources(train_imitator, resources.distill_trial_resources(cfg, context["gpus"]))
     scheduler = None
     if cfg.scheduler == "asha":
         scheduler = tune.schedulers.ASHAScheduler(

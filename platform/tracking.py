@@ -133,7 +133,9 @@ class TuneToMlflow(tune.Callback):
                  experiment: str = ""):
         self.ws, self.stage = ws, stage
         self.params_of, self.metrics, self.step_key, self.name_of = params_of, metrics, step_key, name_of
-        self.total = total  # the step_key value at which a trial ends, for progress lines
+        # The step_key value at which a trial ends, for progress lines: a number, or a function
+        # of the trial's config (an estimate: shown with "~").
+        self.total = total
         self.experiment = experiment  # Tune experiment name: finds a trial's run again on resume
         self.runs: dict[str, str] = {}
         self.started = time.perf_counter()
@@ -251,13 +253,16 @@ class TuneToMlflow(tune.Callback):
                     "metrics": {m.key: m.value for m in metrics}}
             self._call(what, lambda: self.client.log_batch(self.runs[trial_id], metrics=metrics))
         # One short progress line per result (Tune's own tables are too verbose to follow).
-        of = f"/{self.total:g}" if self.total else ""
-        rate = next((m.value for m in metrics if m.key == "env_steps_per_s"), None)
-        if self.total and rate:
-            of += f" (ETA {max(0.0, self.total - step) / rate / 60:.0f} min)"
+        total = self.total(trial.config) if callable(self.total) else self.total
+        of = f"/{'~' if callable(self.total) else ''}{total:g}" if total else ""
+        elapsed = _lookup(result, "time_total_s")  # the trial's own time, across restores
+        if total and step and elapsed:
+            of += f" (ETA {max(0.0, total - step) * elapsed / step / 60:.0f} min)"
+        done = sum(t.status == "TERMINATED" for t in trials)
         queued = f"  [{len(self.pending)} MLflow call(s) queued]" if self.pending else ""
         print(f"[{self.stage}] {self.name_of(trial)}: {self.step_key.rsplit('/', 1)[-1]} {step}{of}"
-              f"  {shown}  ({time.perf_counter() - self.started:.0f}s){queued}", flush=True)
+              f"  {shown}  [{done}/{len(trials)} trials done]  ({time.perf_counter() - self.started:.0f}s)"
+              f"{queued}", flush=True)
 
     def _end(self, trial, status: str) -> None:
         self._ensure_run(trial)

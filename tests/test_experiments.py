@@ -2,6 +2,7 @@
 end to end through the CLI (Q-learning histories -> AD and ED imitators under Tune -> every
 evaluation agent as Ray tasks -> MLflow), then `understudy report` prints it back."""
 import json
+import re
 
 import pytest
 import yaml
@@ -86,6 +87,9 @@ def test_darkroom_experiment_end_to_end_and_report(ray_session, tmp_path, capsys
 
     ws = tmp_path / "ws"
     assert cli.main(["--workspace", str(ws), "experiment", "darkroom_ad", "--scale", "tiny"]) == 0
+    printed = capsys.readouterr().out
+    # distill progress with totals: updates done / a trial's total, an ETA, trials done / all
+    assert re.search(r"\[distill\] ad-DarkRoom-\S+: steps 4/~?4 \(ETA 0 min\) .*\[\d/2 trials done\]", printed), printed
     manifest = json.loads((ws / "stages" / "experiment-darkroom_ad.json").read_text())
     assert manifest["scale"] == "tiny"
     evaluation = json.loads((ws / "stages" / "evaluate-darkroom_ad-evaluate.json").read_text())

@@ -349,3 +349,66 @@ def test_storage_full_mid_write_fails_clearly_and_keeps_earlier_shards(tmp_path)
     assert shards.verify_run(root, "run-full") == []
     leftovers = os.listdir(os.path.join(root, "run-full", "shards"))
     assert leftovers == [f"{result['first']}.arrow"], leftovers  # no temporary file remains
+
+
+def test_killed_distill_process_resumes_from_its_last_checkpoint(tmp_path):
+    """SIGKILL the whole `understudy distill` process (driver, Ray, trial) after its third
+    epoch, then `understudy distill --resume`: the trial goes on from its last
+    checkpoint (no epoch trained twice from scratch) and the stage finishes with every epoch."""
+    import glob
+    import json
+    import re
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    ws = tmp_path / "ws"
+    teach = tmp_path / "teach.yaml"
+    teach.write_text("kind: teach\nname: rooms\nalgorithm: qlearning\ngames: [DarkRoom]\nenv_steps: 200\n"
+                     "env_steps_per_iter: 20\n")
+    distill = tmp_path / "distill.yaml"
+    distill.write_text("kind: distill\nname: killed\nteacher: rooms\ngame: DarkRoom\nalgorithm: ad\n"
+                       "model: {cnn: grid, stack: 1, context: 40, d_model: 16, layers: 1, heads: 2}\n"
+                       "data: {heldout_episodes: 1}\nepochs: 16\nmax_batches_per_epoch: 40\ncycle_data: true\n"
+                       "batch_size: 8\ncpus_per_trial: 1\nallow_unlearned: true\nallow_short_context: true\n")
+    base = [sys.executable, "-m", "understudy.platform.cli", "--workspace", str(ws)]
+    env = {**os.environ, "UNDERSTUDY_NUM_CPUS": "2"}
+    from understudy.platform.config import load_config
+    from understudy.platform.teach import run_teach
+    from understudy.platform.workspace import Workspace
+
+    rooms = Workspace.resolve(str(ws), None, None, None)
+    rooms.ensure()
+    run_teach(load_config(teach), rooms)  # Dark Room's source runs here, without Ray
+    log = open(tmp_path / "first.log", "wb")
+    proc = subprocess.Popen(base + ["distill", str(distill)], cwd=REPO_ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 300
+    try:
+        # Three epochs reported: Tune has recorded the checkpoints of the first ones.
+        while "steps 120/" not in (tmp_path / "first.log").read_text():
+            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            assert time.time() < deadline, "no third epoch in time"
+            time.sleep(0.2)
+        assert glob.glob(f"{ws}/ray_results/distill-killed-*/*/checkpoint_*")
+        assert proc.poll() is None, "distill ended before it could be killed: raise epochs"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (ws / "stages" / "distill-killed.json").exists()
+    assert (ws / "stages" / "distill-killed.running.json").exists()
+
+    resumed = subprocess.run(base + ["distill", "--resume", str(distill)], cwd=REPO_ROOT, env=env,
+                             capture_output=True, text=True, timeout=600)
+    out = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, out[-3000:]
+    assert "[distill] resuming distill-killed-" in out
+    restored = [int(e) for e in re.findall(r"\[distill\] restored from epoch (\d+) checkpoint", out)]
+    # From a checkpoint Tune had recorded (the newest one may have been cut by the kill).
+    assert restored and restored[0] >= 1, out[-5000:]
+    steps = [int(s) for s in re.findall(r"\[distill\] ad-DarkRoom-\S+: steps (\d+)/~640", out)]
+    assert steps and steps[0] > 40 and steps[-1] == 640, steps  # the first resumed epoch is a later one
+    manifest = json.loads((ws / "stages" / "distill-killed.json").read_text())
+    assert manifest["trials"][0]["epochs"] == 16
+    assert not (ws / "stages" / "distill-killed.running.json").exists()
