@@ -241,6 +241,10 @@ def parser() -> argparse.ArgumentParser:
                                    "usually demo)")
     s.add_argument("--resume", action="store_true",
                    help="continue its interrupted teach and distill stages from their checkpoints")
+    s = sub.add_parser("plan", help="what a ready experiment or pipeline will cost, before it runs: env "
+                                    "steps, trials, updates, placements, estimated wall-clock")
+    s.add_argument("config", help="a name in tune_configs/experiments/, or a path to an experiment or pipeline YAML")
+    s.add_argument("--scale", help="which of the experiment's scales to plan (default: its own `scale`)")
     s = sub.add_parser("report", parents=[where],
                        help="print an experiment's latest results table from MLflow")
     s.add_argument("experiment", help="the experiment's name (e.g. darkroom_ad)")
@@ -260,6 +264,15 @@ def _config_path(path: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command == "plan":  # nothing runs: no workspace, services or Ray
+        from understudy.platform.plan import run_plan
+
+        try:
+            print(run_plan(_config_path(args.config), args.scale))
+        except ConfigError as err:
+            print(f"understudy: config error: {err}", file=sys.stderr)
+            return 2
+        return 0
     ws = Workspace.resolve(*(getattr(args, k, None) for k in ("workspace", "tracking_uri",
                                                              "shard_root", "storage")))
     try:

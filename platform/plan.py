@@ -1,0 +1,344 @@
+"""`understudy plan NAME [--scale S]`: what a ready experiment (or a pipeline) will cost, before
+anything runs. Per stage: env steps, trials, gradient updates, evaluation env steps, what each
+placement asks of the Ray cluster (platform/resources.py, the stages' own requests) and how many
+fit at once, and an estimated wall-clock on this machine and on the shipped RayCluster
+(k8s/raycluster.yaml at its maximum replicas).
+
+Every speed comes from a benchmark's JSON under docs/bench/ and is named in the output with its
+source; a speed that was never measured is shown as such, not guessed. The assumptions are
+printed with the plan.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from understudy.envs import family_of
+from understudy.platform import resources
+from understudy.platform.config import DistillConfig, EvaluateConfig, TeachConfig
+
+BENCH = Path(__file__).resolve().parent.parent / "docs" / "bench"
+THIS_MACHINE_CPUS = 2  # where the docs/bench figures were measured (their "machine" fields)
+
+ASSUMPTIONS = (
+    "speeds are those measured on a 2-core CPU machine (docs/bench/*.json); a cluster CPU is "
+    "taken to be as fast as one core there",
+    "no GPU speed has been measured (no GPU was available): a GPU placement is estimated at its "
+    "CPU speed, an upper bound on its time",
+    "a trial uses the speed measured for its algorithm and env family; concurrency is what the "
+    "placements allow at once (this machine: its CPUs; the cluster: its groups at maximum replicas)",
+    "imitator updates: seconds per update measured for the same model and batch (bench/imitator_updates.py); "
+    "epochs without max_batches_per_epoch are estimated from the teachers' env steps (rows / (batch x window))",
+    "device: auto is planned as the CPU on the shipped cluster (its GPU group starts with no pod, "
+    "and auto takes a GPU only where one exists); device: gpu makes the autoscaler add GPU pods",
+    "evaluation: episodes without a cap are counted at the longest an episode may be (ALE: 27,000 "
+    "steps), so evaluation env steps and time are upper bounds",
+)
+
+
+def _load(name: str) -> dict:
+    path = BENCH / name
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+@dataclass(frozen=True)
+class Speed:
+    per_s: float | None  # None: never measured
+    source: str
+
+
+def teacher_speed(algorithm: str, game: str) -> Speed:
+    """Env steps per second of one teacher trial (one CPU), from bench/learning.py's
+    interleaved wall-clock runs; Dark Room's tabular source from its demo run."""
+    family = family_of(game).name
+    files = {("ppo", "ale"): "learning_ppo_breakout.json", ("dqn", "ale"): "learning_dqn_breakout.json",
+             ("ppo", "minatar"): "learning_ppo_minatar_breakout.json"}
+    name = files.get((algorithm, family))
+    data = _load(name) if name else {}
+    if data.get("teacher_wall_s") and data.get("speed_env_steps", {}).get("teacher"):
+        steps = data["speed_env_steps"]["teacher"]
+        return Speed(steps / data["teacher_wall_s"], f"docs/bench/{name}: teacher {steps} env steps "
+                                                     f"in {data['teacher_wall_s']:.1f}s")
+    return Speed(None, f"{algorithm} on {family}: not measured")
+
+
+def update_speed(key: str) -> Speed:
+    data = _load("imitator_updates.json").get("models", {}).get(key)
+    if not data:
+        return Speed(None, f"{key}: not measured (run bench/imitator_updates.py)")
+    return Speed(1.0 / data["seconds_per_update"],
+                 f"docs/bench/imitator_updates.json {key}: {data['seconds_per_update']:.3g}s per update")
+
+
+def play_speed(agent: str, game: str) -> Speed:
+    """Env steps per second of one playing task."""
+    family = family_of(game).name
+    if agent in resources.MODEL_AGENTS:
+        data = _load("eval.json")
+        if data.get("cached_steps_per_s"):
+            return Speed(data["cached_steps_per_s"],
+                         f"docs/bench/eval.json: AD (context {data['context']}, d_model {data['d_model']}, "
+                         f"{data['layers']} layers) at {data['envs']} envs, the largest imitator")
+    if family == "ale":
+        data = _load("collection.json")
+        if data.get("median_steps_per_s", {}).get("raw8"):
+            return Speed(data["median_steps_per_s"]["raw8"], "docs/bench/collection.json: raw ALE stepping, 8 envs")
+    return Speed(None, f"{agent} on {family}: not measured")
+
+
+@dataclass
+class StageCost:
+    stage: str
+    name: str
+    trials: int
+    env_steps: int = 0
+    gradient_updates: int = 0
+    eval_env_steps: int = 0
+    placements: list = field(default_factory=list)
+    work: list = field(default_factory=list)  # (seconds of work on one placement, count, source)
+    here: int = 0  # requests that run at once on this machine
+    cluster: int = 0  # ... on the shipped cluster
+    notes: list = field(default_factory=list)
+
+    def hours(self, concurrent: int) -> float | None:
+        """Wall-clock: every request's work, `concurrent` at a time (None: a speed is missing or
+        nothing fits). Trials of a stage are alike and run in waves; evaluation tasks differ,
+        and a free slot takes the next one: their total over the slots, but never less than the
+        longest task."""
+        if concurrent <= 0 or any(s is None for s, _, _ in self.work):
+            return None
+        if self.stage == "evaluate":
+            seconds = max(sum(s * n for s, n, _ in self.work) / concurrent, max((s for s, _, _ in self.work), default=0))
+        else:
+            seconds = sum(s * math.ceil(n / concurrent) for s, n, _ in self.work)
+        return seconds / 3600
+
+
+def _teacher_updates(cfg: TeachConfig) -> int:
+    """Gradient updates of one teacher trial."""
+    if cfg.algorithm == "ppo":
+        iterations = math.ceil(cfg.env_steps / cfg.env_steps_per_iter)
+        return iterations * cfg.ppo.num_epochs * cfg.ppo.num_minibatches
+    if cfg.algorithm == "dqn":
+        trained = max(0, cfg.env_steps - cfg.dqn.learning_starts)
+        return int(trained * cfg.dqn.training_intensity / cfg.dqn.batch_size)
+    if cfg.algorithm == "appo":
+        return math.ceil(cfg.env_steps / cfg.env_steps_per_iter) * cfg.appo.circular_buffer_iterations_per_batch
+    return cfg.env_steps  # tabular Q-learning: one update per step (plus its planning sweeps)
+
+
+def _fit(placements, cluster) -> int:
+    return resources.concurrent(placements, cluster)
+
+
+def _this_machine() -> resources.Cluster:
+    return resources.Cluster([resources.NodeGroup("this machine", {"CPU": float(THIS_MACHINE_CPUS),
+                                                                   "memory": 24 * 2**30}, 1)])
+
+
+def _gpus(device: str, cluster: resources.Cluster) -> int:
+    """What `device` asks for on `cluster`: `auto` finds the GPUs of the pods a fresh cluster
+    starts with (the shipped GPU group starts at zero, so there `auto` is the CPU)."""
+    return {"cpu": 0, "gpu": 1}.get(device, 1 if cluster.gpus_at_start >= 1 else 0)
+
+
+def teach_cost(cfg: TeachConfig, cluster: resources.Cluster) -> StageCost:
+    if cfg.algorithm == "qlearning":
+        from understudy.envs.darkroom import darkroom_goals
+
+        goals = len(darkroom_goals(cfg.darkroom.goal_split))
+        cost = StageCost("teach", cfg.name, trials=len(cfg.seeds), env_steps=cfg.env_steps * goals * len(cfg.seeds),
+                         gradient_updates=cfg.env_steps * goals * len(cfg.seeds))
+        cost.placements = resources.teach_placements(cfg, 0)
+        cost.here = cost.cluster = 1
+        cost.work = [(0.0, 1, "tabular Q-learning in the driver: seconds")]
+        return cost
+    trials = len(cfg.games) * len(cfg.seeds)
+    cost = StageCost("teach", cfg.name, trials=trials, env_steps=cfg.env_steps * trials,
+                     gradient_updates=_teacher_updates(cfg) * trials)
+    here = resources.teach_placements(cfg, 0)
+    there = resources.teach_placements(cfg, _gpus(cfg.device, cluster))
+    cost.placements = there
+    cost.here, cost.cluster = _fit(here, _this_machine()), _fit(there, cluster)
+    for game in sorted(set(cfg.games), key=cfg.games.index)[:1]:  # one speed per stage: the first game's
+        speed = teacher_speed(cfg.algorithm, game)
+        seconds = None if speed.per_s is None else cfg.env_steps / speed.per_s
+        cost.work.append((seconds, trials, speed.source))
+    return cost
+
+
+def _windows(cfg: DistillConfig) -> int:
+    from understudy.algorithms import imitation
+
+    model = imitation.build(cfg.algorithm, 18, **cfg.model.model_dump(exclude_none=True))
+    return model.sample_spec().length
+
+
+def distill_cost(cfg: DistillConfig, teach: TeachConfig, cluster: resources.Cluster, key: str) -> StageCost:
+    trials = resources.distill_trials(cfg)
+    if cfg.max_batches_per_epoch is not None and cfg.cycle_data:
+        per_epoch = cfg.max_batches_per_epoch
+    else:
+        games = len(cfg.data.games or cfg.train_games)
+        rows = teach.env_steps * len(teach.seeds) * games // cfg.data.gap
+        if teach.algorithm == "qlearning":
+            from understudy.envs.darkroom import darkroom_goals
+
+            rows *= len(darkroom_goals(teach.darkroom.goal_split))
+        per_epoch = max(1, rows // (cfg.batch_size * _windows(cfg)))
+        if cfg.max_batches_per_epoch is not None:
+            per_epoch = min(per_epoch, cfg.max_batches_per_epoch)
+    updates = per_epoch * cfg.epochs
+    cost = StageCost("distill", cfg.name, trials=trials, gradient_updates=updates * trials)
+    if cfg.data.expert_last is not None and not cfg.cycle_data:
+        cost.notes.append(f"expert_last {cfg.data.expert_last}: the expert episodes' length is not known before "
+                          "teach; counted as the whole history, an upper bound")
+    here = resources.distill_placements(cfg, 0)
+    there = resources.distill_placements(cfg, _gpus(cfg.device, cluster))
+    cost.placements = there
+    cost.here, cost.cluster = _fit(here, _this_machine()), _fit(there, cluster)
+    speed = update_speed(key)
+    # Data-parallel workers split each epoch's batches between them.
+    seconds = None if speed.per_s is None else updates / speed.per_s / cfg.workers
+    cost.work.append((seconds, trials, speed.source))
+    return cost
+
+
+def evaluate_cost(cfg: EvaluateConfig, teach: TeachConfig, distill: DistillConfig,
+                  cluster: resources.Cluster) -> StageCost:
+    from understudy.platform.evaluate import step_budget
+
+    imitator_runs, teacher_runs = len(distill.run_seeds), len(teach.seeds)
+    placements_there = resources.evaluate_placements(cfg, _gpus(cfg.device, cluster),
+                                                     imitator_runs, teacher_runs)
+    tasks = sum(p.count for p in placements_there)
+    cost = StageCost("evaluate", cfg.name, trials=tasks, placements=placements_there)
+    if cfg.horizon is not None:
+        cost.notes.append(f"horizon {cfg.horizon}x the histories' length replaces episodes={cfg.episodes}: "
+                          "not known before distill, counted as `episodes`")
+    for agent in cfg.agents:
+        runs = imitator_runs if agent in ("imitator", "finetune", "ed") else \
+            teacher_runs if agent in ("teacher", "scratch") else 1
+        for game in cfg.games:
+            steps = step_budget(cfg, game)
+            cost.eval_env_steps += steps * runs
+            if agent == "scratch":
+                speed = teacher_speed(teach.algorithm, game)
+                cost.env_steps += steps * runs
+            else:
+                speed = play_speed(agent, game)
+            seconds = None if speed.per_s is None else steps / speed.per_s
+            cost.work.append((seconds, runs, speed.source))
+    one_task = [resources.Placement("evaluate", "one task", ({"CPU": 1.0},), tasks)]
+    cost.here = _fit(one_task, _this_machine())
+    cost.cluster = _tasks_at_once(placements_there, cluster)
+    return cost
+
+
+def _tasks_at_once(placements: list[resources.Placement], cluster: resources.Cluster) -> int:
+    """How many of these independent tasks the cluster runs at once: GPU tasks first (they
+    can only go where a GPU is), then the rest; 0 if some kind of task fits nowhere."""
+    nodes, placed = cluster.nodes(), 0
+    for p in sorted(placements, key=lambda p: -p.total.get("GPU", 0)):
+        fitted = 0
+        while fitted < p.count and resources.pack(resources.Placement(p.stage, p.what, p.bundles, 1), nodes):
+            fitted += 1
+        if fitted == 0 and resources.concurrent([p], cluster) == 0:
+            return 0
+        placed += fitted
+    return placed
+
+
+def plan(cfg, cluster: resources.Cluster | None = None) -> list[StageCost]:
+    """The cost of every stage of an experiment or pipeline config."""
+    cluster = cluster or resources.shipped_cluster()
+    name = cfg.name
+    scale = getattr(cfg, "scale", "-")
+    costs = [teach_cost(cfg.teach, cluster),
+             distill_cost(cfg.distill, cfg.teach, cluster, f"{name}/{scale}/distill")]
+    if getattr(cfg, "ed", None) is not None:
+        costs.append(distill_cost(cfg.ed, cfg.teach, cluster, f"{name}/{scale}/ed"))
+    costs.append(evaluate_cost(cfg.evaluate, cfg.teach, cfg.distill, cluster))
+    return costs
+
+
+def _n(x: float) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= size:
+            return f"{x / size:.3g}{unit}"
+    return f"{x:.0f}"
+
+
+def _h(hours: float | None, concurrent: int) -> str:
+    if concurrent <= 0:
+        return "never (does not fit)"
+    if hours is None:
+        return "unknown (a speed is not measured)"
+    return f"{hours * 60:.0f} min" if hours < 1 else f"{hours:.1f} h" if hours < 48 else f"{hours / 24:.1f} days"
+
+
+def _bundles(p: resources.Placement) -> str:
+    def one(b):
+        parts = [f"{v:g} {k}" for k, v in b.items() if k != "memory" and v]
+        if b.get("memory"):
+            parts.append(f"{b['memory'] / 2**20:g} MiB")
+        return "{" + ", ".join(parts or ["nothing"]) + "}"
+    return " + ".join(one(b) for b in p.bundles)
+
+
+def format_plan(cfg, costs: list[StageCost], cluster: resources.Cluster) -> str:
+    groups = ", ".join(f"{g.name}: {g.max_replicas} x {_bundles(resources.Placement('', '', (g.resources,), 1))}"
+                       for g in cluster.groups)
+    lines = [f"plan: {cfg.kind} {cfg.name}" + (f" (scale {cfg.scale})" if hasattr(cfg, "scale") else ""),
+             f"cluster (k8s/raycluster.yaml at maximum replicas): {groups}",
+             f"this machine: {THIS_MACHINE_CPUS} CPUs, no GPU", ""]
+    total_here = total_there = 0.0
+    unknown_here = unknown_there = False
+    for c in costs:
+        lines.append(f"{c.stage} {c.name!r}: {c.trials} {'tasks' if c.stage == 'evaluate' else 'trials'}")
+        if c.env_steps:
+            lines.append(f"  env steps:            {_n(c.env_steps)}" + ("  (scratch baseline)" if c.stage == "evaluate" else ""))
+        if c.gradient_updates:
+            lines.append(f"  gradient updates:     {_n(c.gradient_updates)}")
+        if c.eval_env_steps:
+            lines.append(f"  evaluation env steps: <= {_n(c.eval_env_steps)}")
+        for p in c.placements:
+            lines.append(f"  asks: {p.count} x {_bundles(p)} ({p.what})")
+        lines.append(f"  at once:              {c.here} here, {c.cluster} on the cluster")
+        here, there = c.hours(c.here), c.hours(c.cluster)
+        lines.append(f"  estimated wall-clock: {_h(here, c.here)} here, {_h(there, c.cluster)} on the cluster")
+        for source in sorted({s for _, _, s in c.work}):
+            lines.append(f"    speed: {source}")
+        for note in c.notes:
+            lines.append(f"    note: {note}")
+        total_here += here or 0.0
+        total_there += there or 0.0
+        unknown_here |= here is None
+        unknown_there |= there is None
+        lines.append("")
+    lines.append(f"total: {_h(total_here, 1)}{' + unmeasured parts' if unknown_here else ''} here, "
+                 f"{_h(total_there, 1)}{' + unmeasured parts' if unknown_there else ''} on the cluster")
+    lines.append("assumptions:")
+    lines += [f"  - {a}" for a in ASSUMPTIONS]
+    return "\n".join(lines)
+
+
+def run_plan(name: str, scale: str | None) -> str:
+    """The plan of a ready experiment (its name, or a path to an experiment file) at `scale`, or
+    of a pipeline file; ConfigError (one line) for a name, file or scale that does not exist."""
+    from understudy.platform import experiment
+    from understudy.platform.config import ConfigError, load_config, read_yaml
+
+    path = experiment.experiment_path(name)
+    data = read_yaml(path, "experiment or pipeline file")
+    kind = data.get("kind") if isinstance(data, dict) else None
+    if kind == "pipeline":
+        if scale not in (None, "demo"):
+            raise ConfigError(f"{path}: a pipeline has no scales (got --scale {scale}); plan it without --scale")
+        cfg = load_config(path, expect=("pipeline",))
+    else:
+        cfg = experiment.load(str(path), scale)
+    cluster = resources.shipped_cluster()
+    return format_plan(cfg, plan(cfg, cluster), cluster)

@@ -1,0 +1,77 @@
+"""`understudy plan NAME [--scale S]`: a cost plan for every ready experiment and pipeline before
+anything runs, and one line with exit code 2 for an experiment or scale that does not exist."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from understudy.platform import experiment, plan, resources
+from understudy.platform.cli import main
+from understudy.platform.config import load_experiment, read_yaml
+
+
+def scales_of(name):
+    scales = read_yaml(experiment.experiment_path(name)).get("scales") or {}
+    return ["demo", *[s for s in scales if s != "demo"]]
+
+
+@pytest.mark.parametrize("name", experiment.available())
+def test_plan_prints_every_stage_of_every_ready_experiment_at_every_scale(name, capsys):
+    for scale in scales_of(name):
+        assert main(["plan", name, "--scale", scale]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith(f"plan: experiment {name} (scale {scale})")
+        for stage in ("teach", "distill", "evaluate"):
+            assert f"\n{stage} '{name}-" in out, (scale, stage)
+        for line in ("env steps:", "gradient updates:", "evaluation env steps:", "asks:", "at once:",
+                     "estimated wall-clock:", "speed:", "assumptions:"):
+            assert line in out, (scale, line)
+        assert "never (does not fit) here" not in out.split("evaluate")[0] or scale == "full"
+        assert "never (does not fit) on the cluster" not in out  # placements fit the shipped cluster
+
+
+@pytest.mark.parametrize("pipeline", ["tune_configs/pipelines/demo.yaml", "tune_configs/pipelines/smoke.yaml"])
+def test_plan_prints_a_pipeline(pipeline, capsys):
+    assert main(["plan", pipeline]) == 0
+    assert capsys.readouterr().out.startswith("plan: pipeline ")
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["plan", "no_such_experiment"], "no such file or ready experiment; ready ones: "),
+    (["plan", "darkroom_ad", "--scale", "huge"], "scale 'huge' is not defined; valid: "),
+    (["plan", "tune_configs/pipelines/demo.yaml", "--scale", "full"], "a pipeline has no scales"),
+])
+def test_plan_of_something_that_does_not_exist_is_one_line_and_exit_2(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+
+
+def test_the_plan_counts_what_the_config_says():
+    """Figures a reader can check by hand: multigame_holdout at full scale."""
+    cfg = load_experiment(experiment.experiment_path("multigame_holdout"), "full")
+    cluster = resources.shipped_cluster()
+    teach, distill, evaluate = plan.plan(cfg, cluster)
+    games = len(cfg.teach.games)
+    assert teach.trials == games * len(cfg.teach.seeds)
+    assert teach.env_steps == games * 10_000_000
+    dqn = cfg.teach.dqn
+    per_trial = (10_000_000 - dqn.learning_starts) * dqn.training_intensity / dqn.batch_size
+    assert teach.gradient_updates == teach.trials * int(per_trial)
+    assert teach.cluster == teach.trials  # one CPU each: all 46 at once on 48 CPUs
+    assert teach.here == 2
+    assert distill.trials == 5 and distill.cluster == 2 and distill.here == 0  # 8 CPUs + a GPU each
+    assert distill.gradient_updates <= 5 * cfg.distill.epochs * cfg.distill.max_batches_per_epoch
+    speed = plan.teacher_speed("dqn", "Breakout")
+    assert speed.per_s is not None and "learning_dqn_breakout.json" in speed.source
+    assert math.isclose(teach.hours(teach.cluster), 10_000_000 / speed.per_s / 3600)
+    assert math.isclose(teach.hours(2), 23 * 10_000_000 / speed.per_s / 3600)
+    assert evaluate.trials == sum(p.count for p in evaluate.placements)
+
+
+def test_an_unmeasured_speed_is_said_not_guessed():
+    speed = plan.teacher_speed("appo", "Breakout")
+    assert speed.per_s is None and "not measured" in speed.source
+    cost = plan.StageCost("teach", "x", trials=1, work=[(None, 1, speed.source)])
+    assert cost.hours(1) is None
