@@ -85,7 +85,51 @@ def filesystem(root: str) -> tuple[pafs.FileSystem, str]:
     return pafs.FileSystem.from_uri(root)
 
 
+# Object storage that stops answering (a restart, a network cut) is waited for this long before a
+# write fails; a local disk's errors (full, read-only) are final at once.
+STORAGE_RETRY_S = float(os.environ.get("UNDERSTUDY_STORAGE_RETRY_S", 300))
+
+
+@dataclass
+class _Outage:
+    """This process's view of object storage being away: one line when it goes, one when it is
+    back, not one per failed attempt."""
+    since: float | None = None
+    retried: int = 0
+
+
+_outage = _Outage()
+
+
 def _write_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """`_write_once`, retried with backoff while remote object storage does not answer (up to
+    STORAGE_RETRY_S). A retry writes a new temporary name and renames it over `path`, so a write
+    that half went through before the outage is replaced whole, never doubled."""
+    if fs.type_name == "local":
+        return _write_once(fs, path, data)
+    deadline, wait = time.monotonic() + STORAGE_RETRY_S, 1.0
+    while True:
+        try:
+            _write_once(fs, path, data)
+        except OSError as err:
+            if time.monotonic() + wait > deadline:
+                raise
+            if _outage.since is None:
+                _outage.since = time.monotonic()
+                print(f"[shards] object storage unreachable writing {path} ({str(err).splitlines()[0][:160]}); "
+                      f"retrying for up to {STORAGE_RETRY_S:.0f}s, nothing is dropped", flush=True)
+            _outage.retried += 1
+            time.sleep(wait)
+            wait = min(2 * wait, 15.0)
+            continue
+        if _outage.since is not None:
+            print(f"[shards] object storage is back after {time.monotonic() - _outage.since:.0f}s; "
+                  f"{_outage.retried} write attempt(s) retried, every write went through", flush=True)
+            _outage.since, _outage.retried = None, 0
+        return
+
+
+def _write_once(fs: pafs.FileSystem, path: str, data: bytes) -> None:
     """Write to a temporary name beside `path`, then rename: a reader sees all or nothing."""
     directory, name = path.rsplit("/", 1)
     tmp = f"{directory}/.tmp-{uuid.uuid4().hex[:8]}-{name}"

@@ -86,12 +86,86 @@ def kill_group(proc: subprocess.Popen, grace: float) -> None:
     proc.wait(timeout=5)
 
 
+# ---- a gate in front of a server, to take it off the network and back ------------------------
+
+class TcpGate:
+    """Forwards a loopback port to a server's port. `close()` stops listening and cuts every
+    connection, so clients see what they see when that server stops (connection refused);
+    `open()` listens again on the same port. The server behind it keeps running and keeps
+    what it holds (a stopped moto server would lose its buckets)."""
+
+    def __init__(self, target_port: int):
+        import threading
+
+        self.target_port, self.port = target_port, free_port()
+        self._lock = threading.Lock()
+        self._conns: list[socket.socket] = []
+        self._listener = None
+        self.open()
+
+    def open(self) -> None:
+        import threading
+
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def close(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            c.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        import threading
+
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # closed
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
 # ---- S3 (moto server) ------------------------------------------------------------------------
 
 @dataclass
 class S3Server:
     endpoint: str
     env: dict  # AWS_* settings a client needs (dummy credentials: moto accepts any)
+    proc: subprocess.Popen | None = None  # the server process (e.g. to stop it for a while)
 
     def client(self):
         import boto3
@@ -122,7 +196,7 @@ def moto_server(workdir: str, check_credentials: bool = False):
         endpoint = f"http://127.0.0.1:{port}"
         wait_until(lambda: http_ok(f"{endpoint}/moto-api/"), 60, "moto server", proc, log)
         yield S3Server(endpoint, {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                                  "AWS_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": "us-east-1"})
+                                  "AWS_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": "us-east-1"}, proc)
 
 
 @pytest.fixture(scope="session")

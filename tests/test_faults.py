@@ -412,3 +412,60 @@ def test_killed_distill_process_resumes_from_its_last_checkpoint(tmp_path):
     manifest = json.loads((ws / "stages" / "distill-killed.json").read_text())
     assert manifest["trials"][0]["epochs"] == 16
     assert not (ws / "stages" / "distill-killed.running.json").exists()
+
+
+def test_object_storage_away_for_30s_mid_teach_loses_no_episode(tmp_path, monkeypatch):
+    """The S3 server goes away for 30 s in the middle of a teach run writing its shards there,
+    then comes back: connections to it are refused meanwhile (services.TcpGate in front of the
+    real moto server, which keeps its buckets as a restarted S3 service would). Shard writes
+    wait and retry, the run finishes, every episode is in the catalog once, and one line says
+    storage went away and one that it came back."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+    from services import TcpGate, moto_server, wait_until
+    from test_teacher_recording import check_history, history
+
+    with moto_server(str(tmp_path)) as s3:
+        bucket = s3.new_bucket()
+        root = f"s3://{bucket}/runs/shards"
+        cfg = tmp_path / "teach.yaml"
+        cfg.write_text("kind: teach\nname: outage\nalgorithm: ppo\ngames: [Breakout]\nenv_steps: 3072\n"
+                       "env_steps_per_iter: 256\nmax_episode_steps: 40\nnum_envs_per_runner: 2\n"
+                       "shard_rows: 60\nprotocol: {full_action_space: true}\n"
+                       "ppo: {num_minibatches: 4, num_epochs: 1}\n")
+        gate = TcpGate(int(s3.endpoint.rsplit(":", 1)[1]))
+        env = {**os.environ, **s3.env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{gate.port}",
+               "UNDERSTUDY_NUM_CPUS": "2"}
+        cmd = [sys.executable, "-m", "understudy.platform.cli", "--workspace", str(tmp_path / "ws"),
+               "--storage", f"s3://{bucket}/runs", "teach", str(cfg)]
+        log = open(tmp_path / "teach.log", "wb")
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            wait_until(lambda: any(k.endswith(".arrow") for k in s3.keys(bucket, "runs/shards/")), 300,
+                       "the first shard on object storage", proc, str(tmp_path / "teach.log"))
+            gate.close()
+            try:
+                time.sleep(30)
+                assert proc.poll() is None, "the run ended during the outage"
+            finally:
+                gate.open()
+            assert proc.wait(timeout=600) == 0, (tmp_path / "teach.log").read_text()[-3000:]
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        out = (tmp_path / "teach.log").read_text()
+        assert out.count("[shards] object storage unreachable") == 1, out[-3000:]
+        assert out.count("[shards] object storage is back after") == 1
+        for key, value in s3.env.items():  # this process reads the shards back
+            monkeypatch.setenv(key, value)
+        manifest = json.loads((tmp_path / "ws" / "stages" / "teach-outage.json").read_text())
+        [run] = manifest["runs"]
+        assert shards.verify_run(root, run["run_id"]) == []
+        h = history(root, run["run_id"])
+        check_history(h)  # every recorded episode once, indexes without gaps
+        assert h["global_step"].max() >= 3072 - 256
+        assert run["recorded_episodes"] == len(np.unique(h["episode_index"]))
