@@ -141,7 +141,7 @@ def test_stage_reports_what_the_callback_copy_tune_drove_could_not_log(tmp_path,
         assert [json.loads(line) for line in f] == [{"trial": "t0", "step": 7, "metrics": {"loss": 0.5}}]
 
 
-def test_mlflow_server_away_loses_no_training_and_no_metric(ray_session, tmp_path, capsys, monkeypatch):
+def test_mlflow_server_away_loses_no_training_and_no_metric(ray_session, postgres, tmp_path, capsys, monkeypatch):
     """Fault 6: the tracking server is killed while an imitator trains. Training goes on; the
     metrics logged meanwhile are retried when the server is back (all epochs end up in MLflow).
     When it does not come back, the stage still finishes and writes what is missing to a file."""
@@ -160,6 +160,7 @@ def test_mlflow_server_away_loses_no_training_and_no_metric(ray_session, tmp_pat
     server_dir = tmp_path / "mlflow"
     server_dir.mkdir()
     artifacts = str(tmp_path / "artifacts")
+    database = postgres.database_for(str(server_dir))  # the same runs when the server comes back
 
     def understudy(*argv):
         return cli.main(["--workspace", str(ws), "--tracking-uri", f"http://127.0.0.1:{port}", *argv])
@@ -179,7 +180,7 @@ def test_mlflow_server_away_loses_no_training_and_no_metric(ray_session, tmp_pat
         seen.append(capsys.readouterr().out)
         return text in "".join(seen)
 
-    with mlflow_server(str(server_dir), artifacts, dict(os.environ), port=port) as server:
+    with mlflow_server(str(server_dir), artifacts, dict(os.environ), database, port=port) as server:
         assert understudy("teach", str(tmp_path / "teach.yaml")) == 0
         capsys.readouterr()
 
@@ -189,7 +190,7 @@ def test_mlflow_server_away_loses_no_training_and_no_metric(ray_session, tmp_pat
             os.killpg(server.proc.pid, signal.SIGKILL)  # gone, no goodbye
             server.proc.wait()
             wait_until(lambda: output_has("MLflow call(s) queued"), 120, "a result queued while MLflow is away")
-            ctx = mlflow_server(str(server_dir), artifacts, dict(os.environ), port=port)
+            ctx = mlflow_server(str(server_dir), artifacts, dict(os.environ), database, port=port)
             server = ctx.__enter__()
             kill_then_restart.ctx = ctx
 
@@ -198,7 +199,7 @@ def test_mlflow_server_away_loses_no_training_and_no_metric(ray_session, tmp_pat
     out = "".join(seen) + capsys.readouterr().out
     assert "is unreachable" in out and "MLflow is back" in out
 
-    with mlflow_server(str(server_dir), artifacts, dict(os.environ), port=port) as server:
+    with mlflow_server(str(server_dir), artifacts, dict(os.environ), database, port=port) as server:
         client = MlflowClient(server.uri)
         manifest = json.loads((ws / "stages" / "distill-back.json").read_text())
         assert "mlflow_missing" not in manifest
