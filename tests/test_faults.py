@@ -89,7 +89,9 @@ def test_run_start_retried_after_its_params_failed_still_logs_them(tmp_path, mon
 
     ws = Workspace.resolve(str(tmp_path / "ws"))
     ws.root.mkdir(parents=True)
-    callback = tracking.TuneToMlflow(ws, "teach", lambda config: {"game": config["game"], "lr": 0.001},
+    exp = tracking.experiment_id(tracking.client_for(ws), ws, "understudy-teach")
+    stage = tracking.StageRun("understudy-teach", exp, run_id="", session="s", source="test")  # no parent run
+    callback = tracking.TuneToMlflow(ws, "teach", stage, lambda config: {"game": config["game"], "lr": 0.001},
                                      metrics={}, step_key="steps", experiment="exp")
     callback.setup()
     log_params, calls = tracking.log_params, []
@@ -124,7 +126,8 @@ def test_stage_reports_what_the_callback_copy_tune_drove_could_not_log(tmp_path,
     monkeypatch.setenv("UNDERSTUDY_MLFLOW_WAIT_S", "0")
     ws = Workspace.resolve(str(tmp_path / "ws"))
     ws.root.mkdir(parents=True)
-    own = tracking.TuneToMlflow(ws, "distill", lambda config: {}, metrics={}, step_key="steps",
+    stage = tracking.StageRun("understudy-distill", "0", run_id="", session="s", source="test")
+    own = tracking.TuneToMlflow(ws, "distill", stage, lambda config: {}, metrics={}, step_key="steps",
                                 experiment="distill-x-20261123")
     driven = cloudpickle.loads(cloudpickle.dumps(own))  # what Tune restores and calls
 
