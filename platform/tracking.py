@@ -210,7 +210,9 @@ def log_imitator_model(client: MlflowClient, exp_id: str, run_id: str, checkpoin
     except MlflowException as err:
         if err.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    version = client.create_model_version(registered_name, f"models:/{model.model_id}", run_id=run_id,
+    # The model's own location as the source: a `models:/<id>` source is resolved through the
+    # process-global tracking URI by MLflow's SQL registry store, not this client's.
+    version = client.create_model_version(registered_name, model.artifact_location, run_id=run_id,
                                           tags=tags, model_id=model.model_id)
     return version.version
 

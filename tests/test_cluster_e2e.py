@@ -143,14 +143,15 @@ def test_mlflow_server_has_the_runs_and_object_storage_has_their_artifacts(clust
     mlflow, s3, bucket = cluster_run["mlflow"], cluster_run["s3"], cluster_run["bucket"]
     client = MlflowClient(mlflow.uri)
     artifact_keys = s3.keys(bucket, "mlflow/")
-    for name, plot in [("understudy-teach", "learning_curve.png"),
-                       ("understudy-distill", "training_curves.png"),
-                       ("understudy-evaluate", "returns_per_episode.png")]:
-        exp = client.get_experiment_by_name(name)
-        assert exp is not None and exp.artifact_location.startswith("mlflow-artifacts:"), name
-        runs = client.search_runs([exp.experiment_id])
-        assert runs and all(r.info.status == "FINISHED" for r in runs), name
-        assert plot in {a.path for r in runs for a in client.list_artifacts(r.info.run_id)}
+    exp = client.get_experiment_by_name("smoke")  # the pipeline's study
+    assert exp is not None and exp.artifact_location.startswith("mlflow-artifacts:")
+    runs = client.search_runs([exp.experiment_id])
+    assert runs and all(r.info.status == "FINISHED" for r in runs)
+    for name, plot in [("teach", "learning_curve.png"), ("distill", "training_curves.png"),
+                       ("evaluate", "returns_per_episode.png")]:
+        (stage,) = [r for r in runs if r.data.tags.get("understudy.stage") == name]
+        ours = [r for r in runs if stage.info.run_id in (r.info.run_id, r.data.tags.get("mlflow.parentRunId"))]
+        assert plot in {a.path for r in ours for a in client.list_artifacts(r.info.run_id)}
         # The server proxied the upload to the bucket: the plot is an object there.
         assert any(k.endswith(f"/artifacts/{plot}") and f"/{exp.experiment_id}/" in k
                    for k in artifact_keys), (name, artifact_keys[:20])

@@ -92,7 +92,7 @@ def test_one_storage_setting_puts_everything_remote(s3_env, tmp_path):
                                      f"s3://{bucket}/exp/shards": "--shard-root / UNDERSTUDY_SHARD_ROOT"}
 
     client = tracking.client_for(ws)
-    exp = tracking.experiment_id(client, ws, "evaluate")
+    exp = tracking.experiment_id(client, ws, "understudy-evaluate")
     assert client.get_experiment(exp).artifact_location == \
         f"s3://{bucket}/exp/mlartifacts/understudy-evaluate"
     run = tracking.start_run(client, exp, "s3-artifacts", {"a": 1})
@@ -121,7 +121,7 @@ def test_mlflow_server_with_database_store_and_artifacts_on_s3(s3_server, postgr
         ws = Workspace.resolve(str(tmp_path / "ws"), tracking_uri=server.uri)
         assert ws.artifact_root is None  # the server decides where artifacts go
         client = tracking.client_for(ws)
-        exp = tracking.experiment_id(client, ws, "teach")
+        exp = tracking.experiment_id(client, ws, "understudy-teach")
         assert client.get_experiment(exp).artifact_location.startswith("mlflow-artifacts:")
         run = tracking.start_run(client, exp, "through-the-server", {"game": "Pong"})
         tracking.log_metric_series(client, run, "episode_return", [1.0, -2.0, 3.5])
