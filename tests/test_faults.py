@@ -189,7 +189,7 @@ def test_mlflow_server_away_loses_no_training_and_no_metric(ray_session, postgre
 
         def kill_then_restart():
             nonlocal server
-            wait_until(lambda: output_has("[distill] ad-DarkRoom"), 120, "a first logged result")
+            wait_until(lambda: output_has("[distill] back-ad-DarkRoom"), 120, "a first logged result")
             os.killpg(server.proc.pid, signal.SIGKILL)  # gone, no goodbye
             server.proc.wait()
             wait_until(lambda: output_has("MLflow call(s) queued"), 120, "a result queued while MLflow is away")
@@ -218,7 +218,7 @@ def test_mlflow_server_away_loses_no_training_and_no_metric(ray_session, postgre
         seen.clear()
 
         def kill_for_good():
-            wait_until(lambda: output_has("[distill] ad-DarkRoom"), 120, "a first logged result")
+            wait_until(lambda: output_has("[distill] gone-ad-DarkRoom"), 120, "a first logged result")
             os.killpg(server.proc.pid, signal.SIGKILL)  # gone, no goodbye
             server.proc.wait()
 
