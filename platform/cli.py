@@ -329,7 +329,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"understudy: error: {err}", file=sys.stderr)
         return 2
     init_ray()
+    import logging
+
     from understudy.platform import tracking
+
+    # A new local store announces its table creation on stderr; an error must stay one line.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 
     name, description, params = study_of(args.command, cfg, path or args.config)
     try:
