@@ -125,10 +125,12 @@ def run_url(ws: Workspace) -> str:
     """Where to see the study's parent run: its page on a tracking server, else its ids and
     the command that opens the UI on the local store."""
     study = ws.study
+    page = f"#/experiments/{study.experiment_id}/runs/{study.run_id}"
     if ws.tracking_uri.startswith(("http://", "https://")):
-        return f"{ws.tracking_uri.rstrip('/')}/#/experiments/{study.experiment_id}/runs/{study.run_id}"
-    return (f"run {study.run_id} of experiment {study.name!r} (id {study.experiment_id}) in {ws.tracking_uri}; "
-            f"browse with: {ws.mlflow_ui_command()}")
+        return f"{ws.tracking_uri.rstrip('/')}/{page}"
+    ui = ws.mlflow_ui_command()
+    shown = f"; to see it: {ui}, then http://127.0.0.1:5000/{page}" if ui.startswith("mlflow ui") else ""
+    return f"run {study.run_id} of experiment {study.name!r} (id {study.experiment_id}) in {ws.tracking_uri}{shown}"
 
 
 @contextlib.contextmanager
