@@ -21,8 +21,9 @@ COPY algorithms algorithms
 COPY histories histories
 COPY envs envs
 COPY tune_configs tune_configs
-# psycopg2: the MLflow server's PostgreSQL backend store.
-RUN pip install --no-cache-dir . psycopg2-binary==2.9.13
+# psycopg (3): the MLflow server's PostgreSQL backend store; SQLAlchemy 2.1 opens postgresql://
+# URIs with it (psycopg2 would need postgresql+psycopg2://).
+RUN pip install --no-cache-dir . "psycopg[binary]==3.3.9"
 
 # The image has no .git: the commit it was built from is the code version MLflow records.
 ARG GIT_COMMIT=unknown

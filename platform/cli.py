@@ -121,7 +121,7 @@ def cmd_pipeline(cfg: PipelineConfig, ws):
     evaluate = ws.read_stage("evaluate", cfg.evaluate.name)
     print(f"\nPipeline {cfg.name!r} finished in {time.perf_counter() - started:.0f}s.\n")
     print(evaluate.table)
-    print(f"\nBrowse every run:\n  {ws.mlflow_ui_command()}")
+    print(f"\nIn MLflow, this run of study {cfg.name!r} and every run nested under it:\n  {tracking_url(ws)}")
 
 
 def cmd_experiment(cfg, ws, resume: bool = False):
@@ -131,9 +131,33 @@ def cmd_experiment(cfg, ws, resume: bool = False):
     manifest = run_experiment(cfg, ws, STAGES, resume=resume)
     print(f"\nExperiment {cfg.name!r} ({cfg.scale}) finished in {manifest.seconds:.0f}s.\n")
     print(manifest.table)
-    print(f"\nAgain, from MLflow: understudy report {cfg.name}\nBrowse every run:\n  {ws.mlflow_ui_command()}")
+    print(f"\nAgain, from MLflow: understudy report {cfg.name}\n"
+          f"In MLflow, this run of study {cfg.name!r} and every run nested under it:\n  {tracking_url(ws)}")
     _done("experiment", t)
     return manifest
+
+
+def tracking_url(ws) -> str:
+    from understudy.platform import tracking
+
+    return tracking.run_url(ws) if ws.study else ws.mlflow_ui_command()
+
+
+def study_of(command: str, cfg, config: str) -> tuple[str, str, dict]:
+    """(name, description, params) of the MLflow study an invocation logs to: a ready
+    experiment's or pipeline's name; for a lone stage command `understudy-<stage>`."""
+    from understudy.platform import tracking
+
+    if command == "experiment":
+        return cfg.name, cfg.description.strip() or f"Experiment {cfg.name}", {
+            "experiment": cfg.name, "scale": cfg.scale, "config": config}
+    if command in STAGES:
+        return (tracking.lone_study(command),
+                f"Lone `understudy {command}` runs: one parent run per invocation, its stage run nested under it.",
+                {"config": config, "stage": cfg.name})
+    return cfg.name, (f"Pipeline {cfg.name}: teach {cfg.teach.name} ({cfg.teach.algorithm} on "
+                      f"{', '.join(cfg.teach.games)}) -> distill {cfg.distill.name} ({cfg.distill.algorithm}) "
+                      f"-> evaluate {cfg.evaluate.name} ({', '.join(cfg.evaluate.agents)})"), {"config": config}
 
 
 def cmd_report(args, ws) -> int:
@@ -318,15 +342,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"understudy: error: {err}", file=sys.stderr)
         return 2
     init_ray()
+    import logging
+
+    from understudy.platform import tracking
+
+    # A new local store announces its table creation on stderr; an error must stay one line.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+
+    name, description, params = study_of(args.command, cfg, path or args.config)
     try:
-        if args.command in ("teach", "distill"):
-            STAGES[args.command](cfg, ws, resume=args.resume)
-        elif args.command == "experiment":
-            cmd_experiment(cfg, ws, resume=args.resume)
-        elif args.command in STAGES:
-            STAGES[args.command](cfg, ws)
-        else:
-            cmd_pipeline(cfg, ws)
+        # One MLflow parent run for this invocation; every stage's run is nested under it.
+        with tracking.study(ws, name, description, f"understudy {args.command} {args.config}".strip(),
+                            params) as ws:
+            if args.command in ("teach", "distill"):
+                STAGES[args.command](cfg, ws, resume=args.resume)
+            elif args.command == "experiment":
+                cmd_experiment(cfg, ws, resume=args.resume)
+            elif args.command in STAGES:
+                STAGES[args.command](cfg, ws)
+            else:
+                cmd_pipeline(cfg, ws)
     except (StageMissing, StageInvalid) as err:
         print(f"understudy: {err}", file=sys.stderr)
         return 2

@@ -345,6 +345,19 @@ def check_teachers_learned(cfg: DistillConfig, teach, run_ids: list[str]) -> lis
 
 
 def run_distill(cfg: DistillConfig, ws: Workspace, resume: bool = False) -> DistillManifest:
+    """Train the imitators as Tune trials: one MLflow run for the stage, a run per trial nested
+    under it, each trained model registered (registered_model_name)."""
+    with tracking.stage_run(ws, "distill", cfg.name, {"stage": cfg.name, "algorithm": cfg.algorithm,
+                                                      "teacher_stage": cfg.teacher}) as stage:
+        return _run_distill(cfg, ws, stage, resume)
+
+
+def registered_model_name(study: str, algorithm: str) -> str:
+    """One registered model per study and algorithm; a version per trained run."""
+    return f"{study}-{algorithm}"
+
+
+def _run_distill(cfg: DistillConfig, ws: Workspace, stage: tracking.StageRun, resume: bool) -> DistillManifest:
     teach = ws.read_stage("teach", cfg.teacher)
     games = selected_games(cfg)  # only these runs are read, hashed into the data version
     run_ids = [r.run_id for r in teach.runs if r.game in games]
@@ -398,10 +411,18 @@ def run_distill(cfg: DistillConfig, ws: Workspace, resume: bool = False) -> Dist
                 "skipped_shards": ",".join(sorted(bad)) or "none", "num_actions": num_actions,
                 "unlearned_runs": ",".join(unlearned) or "none", **flat}
 
+    # The shards every trial reads: the dataset input of the stage run and of each trial run.
+    dataset = tracking.shards_dataset(
+        f"teach {cfg.teacher}", version, root,
+        {"runs": len(run_ids), "games": data_games, "train_episodes": sum(len(h.episodes) for h in train),
+         "train_steps": sum(h.steps for h in train), "skipped_shards": len(bad)})
+    client = tracking.client_for(ws)
+    client.log_inputs(stage.run_id, [dataset])
+    client.set_tag(stage.run_id, "understudy.data_version", version)
     to_mlflow = tracking.TuneToMlflow(
-        ws, "distill", params_of, metrics={k: k for k in METRICS}, step_key="steps",
-        experiment=experiment, total=UpdatesPerTrial(sum(h.steps for h in train)),
-        name_of=lambda t: f"{cfg.algorithm}-{'+'.join(games)}-{t.trial_id}")
+        ws, "distill", stage, params_of, metrics={k: k for k in METRICS}, step_key="steps",
+        experiment=experiment, datasets=[dataset], total=UpdatesPerTrial(sum(h.steps for h in train)),
+        name_of=lambda t: f"{cfg.name}-{cfg.algorithm}-{'+'.join(games)}-{t.trial_id}")
     trainable = tune.with_resources(train_imitator, resources.distill_trial_resources(cfg, context["gpus"]))
     scheduler = None
     if cfg.scheduler == "asha":
@@ -429,8 +450,8 @@ def run_distill(cfg: DistillConfig, ws: Workspace, resume: bool = False) -> Dist
     if errors:
         raise StageFailed(f"distill: {len(errors)} of {len(grid)} trials failed: {errors[0]}")
 
-    client = tracking.client_for(ws)
     trials = []
+    model_name = registered_model_name(stage.study, cfg.algorithm)
     for result in grid:
         # A data-parallel trial's checkpoints are Ray Train's; its reports say where.
         checkpoint = (storage.checkpoint_uri(result.checkpoint) if result.checkpoint is not None
@@ -447,7 +468,7 @@ def run_distill(cfg: DistillConfig, ws: Workspace, resume: bool = False) -> Dist
             client.set_tag(run, "understudy.checkpoint", checkpoint)
             with storage.local_copy(checkpoint) as local:  # a download when storage is remote
                 client.log_artifacts(run, local, "checkpoint")
-                _log_mlflow_model(client, run, local)
+                tracking.log_imitator_model(client, stage.experiment_id, run, local, model_name, version)
 
         to_mlflow.after_fit(f"trial {result.metrics['trial_id']}: plot, tags, checkpoint and model "
                             "artifacts", log_results)
@@ -479,16 +500,3 @@ def run_distill(cfg: DistillConfig, ws: Workspace, resume: bool = False) -> Dist
     ws.write_stage("distill", cfg.name, manifest)
     running.unlink(missing_ok=True)
     return manifest
-def _log_mlflow_model(client, run_id: str, checkpoint_dir: str) -> None:
-    """The trained model in MLflow's pytorch flavour (`mlflow.pytorch.load_model('runs:/<id>/model')`).
-    Our own checkpoint beside it ('checkpoint/') loads weights only, without unpickling code."""
-    import mlflow.pytorch
-
-    from understudy.algorithms import imitation
-
-    model, _ = imitation.load(checkpoint_dir)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "model")
-        mlflow.pytorch.save_model(model, path, serialization_format="pickle",
-                                  pip_requirements=["torch==2.13.0"])
-        client.log_artifacts(run_id, path, "model")

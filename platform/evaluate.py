@@ -14,7 +14,7 @@ import numpy as np
 import ray
 
 from understudy.envs import family_of
-from understudy.platform import resources, storage
+from understudy.platform import resources, storage, tracking
 from understudy.platform.config import EvaluateConfig
 from understudy.platform.manifests import DistillManifest, EvaluateManifest, TeachManifest
 from understudy.platform.players import Agent, learn_from_scratch, play
@@ -107,6 +107,15 @@ def _past_the_horizon(cfg: EvaluateConfig, distill: DistillManifest) -> Evaluate
 
 def run_evaluate(cfg: EvaluateConfig, ws: Workspace, experiment: str | None = None,
                  progress_s: float = 30.0) -> EvaluateManifest:
+    """Play every agent; one MLflow run for the stage (the summary, which `report` finds), a
+    run per agent and game nested under it, with the times its tasks really played."""
+    tags = {"understudy.summary": "true", **({"understudy.experiment": experiment} if experiment else {})}
+    with tracking.stage_run(ws, "evaluate", cfg.name, {"stage": cfg.name}, tags) as stage:
+        return _run_evaluate(cfg, ws, stage, experiment, progress_s)
+
+
+def _run_evaluate(cfg: EvaluateConfig, ws: Workspace, stage: tracking.StageRun, experiment: str | None,
+                  progress_s: float) -> EvaluateManifest:
     teach = ws.read_stage("teach", cfg.teacher)
     distill = ws.read_stage("distill", cfg.imitator)
     trained = distill.data_games or [distill.game]
@@ -153,8 +162,9 @@ def run_evaluate(cfg: EvaluateConfig, ws: Workspace, experiment: str | None = No
             value = ray.get(pending.pop(key))
             name, game, seed = key
             if name == "scratch":
-                value = {"returns": [r[:cfg.episodes] for r in value], "lengths": [],
-                         "env_steps": budget[(game, seed)], "gradient_steps": 0, "replays": {}}
+                value = {"returns": [r[:cfg.episodes] for r in value["returns"]], "lengths": [],
+                         "env_steps": budget[(game, seed)], "gradient_steps": 0, "replays": {},
+                         "started": value["started"], "ended": value["ended"]}
             results.setdefault((name, game), {"runs": []})["runs"].append({**value, "seed": seed})
             done_tasks += 1
             r = np.array(value["returns"], float)
@@ -167,4 +177,4 @@ def run_evaluate(cfg: EvaluateConfig, ws: Workspace, experiment: str | None = No
                 pending[("scratch", game, seed)] = from_scratch(game, int(np.sum(value["lengths"])), seed)
     for res in results.values():
         res["runs"].sort(key=lambda r: (r["seed"] is None, r["seed"]))
-    return report(cfg, ws, teach, distill, trained, results, experiment)
+    return report(cfg, ws, stage, teach, distill, trained, results, experiment)

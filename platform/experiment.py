@@ -102,9 +102,10 @@ def _interrupted(ws: Workspace, kind: str, name: str) -> bool:
 
 
 def find_report(ws: Workspace, experiment: str):
-    """The newest finished evaluation summary run tagged with `experiment`, or None."""
+    """The newest finished evaluation summary run tagged with `experiment`, in the experiment's
+    study (its MLflow experiment of the same name), or None."""
     client = tracking.client_for(ws)
-    exp = client.get_experiment_by_name(tracking.EXPERIMENTS["evaluate"])
+    exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return client, None
     runs = client.search_runs(
@@ -117,10 +118,10 @@ def find_report(ws: Workspace, experiment: str):
 
 def reported_experiments(ws: Workspace) -> list[str]:
     client = tracking.client_for(ws)
-    exp = client.get_experiment_by_name(tracking.EXPERIMENTS["evaluate"])
-    if exp is None:
+    studies = [e.experiment_id for e in client.search_experiments(max_results=1000)]
+    if not studies:
         return []
-    runs = client.search_runs([exp.experiment_id], filter_string="tags.`understudy.summary` = 'true'")
+    runs = client.search_runs(studies, filter_string="tags.`understudy.summary` = 'true'")
     return sorted({r.data.tags["understudy.experiment"] for r in runs if "understudy.experiment" in r.data.tags})
 
 

@@ -175,9 +175,11 @@ def play(agent: Agent, game: str, protocol: dict, episodes: int, copies: int, ma
          replay_games: tuple = (), progress_s: float = 30.0, gpus: int = 0) -> dict:
     """One agent, one game: `copies` copies each play `episodes` consecutive episodes.
     With `replay_games` (after fine-tuning), the tuned weights then play those games frozen.
-    `gpus`: the GPU this task was given for the model (platform/resources.py), else the CPU."""
+    `gpus`: the GPU this task was given for the model (platform/resources.py), else the CPU.
+    `started`/`ended` (seconds since the epoch): when this task played, for its MLflow run."""
     import torch
 
+    started = time.time()
     torch.set_num_threads(1)
     env = make_env(game, protocol, copies, max_episode_steps, goal_split)
     num_actions = num_actions_of(env)
@@ -208,7 +210,7 @@ def play(agent: Agent, game: str, protocol: dict, episodes: int, copies: int, ma
            "lengths": [[e["length"] for e in p] for p in played],
            "episodes_in_context": [[e.get("episodes_in_context") for e in p] for p in played],
            "truncated": [[e["truncated"] for e in p] for p in played],
-           "gradient_steps": learner.steps_trained if on_step else 0, "replays": {}}
+           "gradient_steps": learner.steps_trained if on_step else 0, "replays": {}, "started": started}
     for other in replay_games:  # forgetting: the tuned weights, frozen, back on earlier games
         from understudy.algorithms import imitation
 
@@ -223,15 +225,24 @@ def play(agent: Agent, game: str, protocol: dict, episodes: int, copies: int, ma
         finally:
             env.close()
         out["replays"][other] = [[e["return"] for e in p] for p in replay]
+    out["ended"] = time.time()
     return out
 
 
 @ray.remote(num_cpus=1)
 def learn_from_scratch(teach: TeachManifest, game: str, env_steps: int, copies: int, max_episode_steps,
-                       seed: int, goal_split: str) -> list[list[float]]:
-    """The teacher's algorithm from scratch on `game` for `env_steps`: per copy of the game,
-    its episode returns in order (Atari: recorded through the shard path into a scratch folder,
-    episodes dealt to copies in the order they finished; as many copies as the teacher had envs)."""
+                       seed: int, goal_split: str) -> dict:
+    """The teacher's algorithm from scratch on `game` for `env_steps`: `returns`, per copy of
+    the game, its episode returns in order (Atari: recorded through the shard path into a
+    scratch folder, episodes dealt to copies in the order they finished; as many copies as the
+    teacher had envs); `started`/`ended`, when it learned."""
+    started = time.time()
+    returns = _learn_from_scratch(teach, game, env_steps, copies, max_episode_steps, seed, goal_split)
+    return {"returns": returns, "started": started, "ended": time.time()}
+
+
+def _learn_from_scratch(teach: TeachManifest, game: str, env_steps: int, copies: int, max_episode_steps,
+                        seed: int, goal_split: str) -> list[list[float]]:
     import tempfile
 
     import torch

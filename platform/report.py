@@ -267,10 +267,11 @@ def episode_rows(cfg: EvaluateConfig, results: dict, teacher_seeds: list[int], e
     return out
 
 
-def report(cfg: EvaluateConfig, ws: Workspace, teach: TeachManifest, distill: DistillManifest,
-           trained: list[str], results: dict, experiment: str | None) -> EvaluateManifest:
-    """The summary of an evaluation's results, logged to MLflow (a run per agent and game, a
-    summary run with the plot and tables) and written as the stage's manifest."""
+def report(cfg: EvaluateConfig, ws: Workspace, stage: tracking.StageRun, teach: TeachManifest,
+           distill: DistillManifest, trained: list[str], results: dict, experiment: str | None) -> EvaluateManifest:
+    """The summary of an evaluation's results, logged to MLflow (a run per agent and game nested
+    under the stage's run, which gets the plot and tables; the aggregate on the study's parent
+    run) and written as the stage's manifest."""
     data = data_on_scale(teach, distill)
     if not data:
         print(f"[evaluate] distill stage {distill.name!r} recorded no training-data returns (written "
@@ -283,19 +284,24 @@ def report(cfg: EvaluateConfig, ws: Workspace, teach: TeachManifest, distill: Di
               "those rows are marked truncated and left out of the normalised scores and the aggregate",
               flush=True)
     client = tracking.client_for(ws)
-    exp = tracking.experiment_id(client, ws, "evaluate")
     tags = {"understudy.experiment": experiment} if experiment else {}
     table_rows = []
     for row in rows:
         name, game = row["agent"], row["game"]
         res = results[(name, game)]
-        run = tracking.start_run(client, exp, f"{name}-on-{game}", {
+        # The run spans the time its tasks played (they ran before it could be logged).
+        played = [r for r in res["runs"] if "started" in r]
+        started = min((r["started"] for r in played), default=None)
+        ended = max((r["ended"] for r in played), default=None)
+        row["played_s"] = ended - started if played else None
+        run = tracking.start_run(client, stage.experiment_id, stage.name(f"{cfg.name} {name} on {game}"), {
             "stage": cfg.name, "agent": name, "game": game, "trained_on": ",".join(trained),
             "held_out": row["held_out"], "episodes": cfg.episodes, "copies": cfg.copies,
             "max_episode_steps": cfg.max_episode_steps, "greedy": cfg.greedy, "seed": cfg.seed,
             "data_version": distill.data_version, "runs": row["runs"],
             "run_seeds": ",".join(map(str, row["seeds"])) or "none",
-            "gradient_steps": sum(r["gradient_steps"] for r in res["runs"])}, tags)
+            "gradient_steps": sum(r["gradient_steps"] for r in res["runs"])}, tags,
+            parent=stage.run_id, start_time=started, source=stage.source)
         tracking.log_metric_series(client, run, "episode_return", _stack(res, "returns").mean(0))
         for key, value in row.items():
             if isinstance(value, float):
@@ -311,15 +317,19 @@ def report(cfg: EvaluateConfig, ws: Workspace, teach: TeachManifest, distill: Di
                             "first": float(np.mean([r[0] for r in replay])),
                             "last": float(np.mean([r[-1] for r in replay])), "return_mean": value,
                             "before_finetune": float(_stack(before, "returns").mean()) if before else None})
-        client.set_terminated(run, "FINISHED")
+        tracking.end_run(client, run, "FINISHED", end_time=ended)
         row["mlflow_run_id"] = run
         table_rows += replays + [row]
     table = results_table(table_rows, aggregate)
-    summary = tracking.start_run(client, exp, f"summary-{cfg.name}", {
-        "stage": cfg.name, "imitator_stage": cfg.imitator, "teacher_stage": cfg.teacher,
+    summary = stage.run_id  # the stage's own run is the evaluation's summary
+    tracking.log_params(client, summary, {
+        "imitator_stage": cfg.imitator, "teacher_stage": cfg.teacher,
         "ed_stage": cfg.ed or "", "trained_on": ",".join(trained), "games": ",".join(cfg.games),
         "agents": ",".join(cfg.agents), "episodes": cfg.episodes, "copies": cfg.copies,
-        "data_version": distill.data_version}, {"understudy.summary": "true", **tags})
+        "data_version": distill.data_version})
+    headline = headline_metrics(rows, aggregate)
+    for run in {summary, *([ws.study.run_id] if ws.study else [])}:  # and on the study's parent run
+        log_metrics(client, run, headline)
     curves = {key: _stack(res, "returns") for key, res in results.items()}
     curves = {key: c for key, c in curves.items() if c.size}
     tracking.log_figure(client, summary, plots.returns_per_episode(
@@ -327,7 +337,6 @@ def report(cfg: EvaluateConfig, ws: Workspace, teach: TeachManifest, distill: Di
         "returns_per_episode.png")
     tracking.log_text(client, summary, table, "results.md")
     tracking.log_text(client, summary, markdown_to_html(table, f"Evaluation {cfg.name}"), "results.html")
-    client.set_terminated(summary, "FINISHED")
     distilled = set(distill.run_ids)
     teacher_seeds = sorted({r.seed for r in teach.runs if r.run_id in distilled})
     manifest = EvaluateManifest(name=cfg.name, rows=table_rows, aggregate=aggregate, summary_run_id=summary,
@@ -335,6 +344,32 @@ def report(cfg: EvaluateConfig, ws: Workspace, teach: TeachManifest, distill: Di
                                 episodes=episode_rows(cfg, results, teacher_seeds, experiment))
     ws.write_stage("evaluate", cfg.name, manifest)
     return manifest
+
+
+def headline_metrics(rows: list[dict], aggregate: list[dict]) -> dict[str, float]:
+    """The evaluation's answer as metrics: per agent and game group the IQM of normalised late
+    returns and its 95% interval, per agent and game the in-context improvement (late - early)."""
+    out = {}
+    for a in aggregate:
+        group = "heldout" if a["group"] == "held-out games" else "training"
+        for key in ("iqm", "ci_low", "ci_high"):
+            if a.get(key) is not None:
+                out[f"{key}/{a['agent']}/{group}"] = float(a[key])
+    for r in rows:
+        if isinstance(r.get("improvement"), float):
+            out[f"improvement/{r['agent']}/{r['game']}"] = r["improvement"]
+    return {k: v for k, v in out.items() if v == v}  # NaN is no measurement
+
+
+def log_metrics(client, run_id: str, values: dict[str, float]) -> None:
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, v, now, 0) for k, v in sorted(values.items())]
+    for i in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[i:i + 1000])
 
 
 def is_heldout(game: str, trained, goal_split: str) -> bool:

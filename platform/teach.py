@@ -98,9 +98,17 @@ def greedy_curve_of(result) -> list[tuple[int, float]]:
 
 def run_teach(cfg: TeachConfig, ws: Workspace, resume: bool = False) -> TeachManifest:
     """Run the teachers; with `resume`, continue this config's interrupted run from its last
-    checkpoints (the history recorded after them is rewound, see recording_algorithm)."""
-    if cfg.algorithm == "qlearning":
-        return run_teach_darkroom(cfg, ws)
+    checkpoints (the history recorded after them is rewound, see recording_algorithm). One
+    MLflow run for the stage; a run per teacher nested under it."""
+    with tracking.stage_run(ws, "teach", cfg.name, {"stage": cfg.name, "algorithm": cfg.algorithm,
+                                                    "games": ",".join(cfg.games), "seeds": str(cfg.seeds),
+                                                    "env_steps": cfg.env_steps}) as stage:
+        if cfg.algorithm == "qlearning":
+            return run_teach_darkroom(cfg, ws, stage)
+        return _run_teach(cfg, ws, stage, resume)
+
+
+def _run_teach(cfg: TeachConfig, ws: Workspace, stage: tracking.StageRun, resume: bool) -> TeachManifest:
     from understudy.algorithms.teachers import recording_algorithm, run_id_for, teacher_config_from
 
     running = ws.stage_path("teach", cfg.name).with_suffix(".running.json")
@@ -138,7 +146,7 @@ def run_teach(cfg: TeachConfig, ws: Workspace, resume: bool = False) -> TeachMan
                 **env_params(game, protocol)}
 
     to_mlflow = tracking.TuneToMlflow(
-        ws, "teach", params_of,
+        ws, "teach", stage, params_of,
         metrics={"episode_return_mean": "env_runners/episode_return_mean",
                  "episode_len_mean": "env_runners/episode_len_mean",
                  "greedy_return_mean": GREEDY_KEY,
@@ -220,7 +228,7 @@ def run_teach(cfg: TeachConfig, ws: Workspace, resume: bool = False) -> TeachMan
     return manifest
 
 
-def run_teach_darkroom(cfg: TeachConfig, ws: Workspace) -> TeachManifest:
+def run_teach_darkroom(cfg: TeachConfig, ws: Workspace, stage: tracking.StageRun) -> TeachManifest:
     """Dark Room's source RL: Q-learning learns every goal of a split from scratch, each
     learning history recorded through the same shard path as Atari (one run per goal and seed),
     into a shard root of its own so the stage can be run again."""
@@ -239,18 +247,20 @@ def run_teach_darkroom(cfg: TeachConfig, ws: Workspace) -> TeachManifest:
         episodes=episodes, **p.model_dump(exclude={"goal_split"}))
     goals = darkroom_goals(p.goal_split)
     client = tracking.client_for(ws)
-    exp = tracking.experiment_id(client, ws, "teach")
     runs = []
     for seed in cfg.seeds:
-        started = time.perf_counter()
+        started, began = time.perf_counter(), time.time()
         run_ids = darkroom_source.record_histories(
             root, goals, episodes, seed, qconfig,
             progress=lambda m: print(f"[teach] DarkRoom seed {seed}: {m}", flush=True))
-        mlflow_run = tracking.start_run(client, exp, f"DarkRoom-qlearning-s{seed}", {
+        ended = time.time()
+        # logged once the histories are recorded, with the time their recording started
+        mlflow_run = tracking.start_run(client, stage.experiment_id, stage.name(f"DarkRoom-qlearning-s{seed}"), {
             "stage": cfg.name, "algorithm": "qlearning", "game": "DarkRoom", "seed": seed,
             "goals": len(goals), "goal_split": p.goal_split, "episodes_per_goal": episodes,
             "shard_root": root, **{f"qlearning.{k}": v for k, v in asdict(qconfig).items()},
-            **{f"env.{k}": v for k, v in protocol().items()}})
+            **{f"env.{k}": v for k, v in protocol().items()}},
+            parent=stage.run_id, start_time=began, source=stage.source)
         curves = np.array([[e["return"] for e in shards.episode_returns(root, r)] for r in run_ids])
         optimal = np.array([optimal_return(g) for g in goals])
         tracking.log_metric_series(client, mlflow_run, "episode_return_mean", curves.mean(0))
@@ -259,7 +269,7 @@ def run_teach_darkroom(cfg: TeachConfig, ws: Workspace) -> TeachManifest:
                                    f"Q-learning on {len(goals)} Dark Room goals (seed {seed}): mean return")
         tracking.log_figure(client, mlflow_run, fig, "learning_curve.png")
         client.set_tag(mlflow_run, "understudy.data_version", shards.data_version(root, run_ids))
-        client.set_terminated(mlflow_run, "FINISHED")
+        tracking.end_run(client, mlflow_run, "FINISHED", end_time=ended)
         print(f"[teach] DarkRoom seed {seed}: {len(run_ids)} goals x {episodes} episodes in "
               f"{time.perf_counter() - started:.0f}s; last-10 return {curves[:, -10:].mean():.2f} "
               f"of optimal {optimal.mean():.2f}", flush=True)

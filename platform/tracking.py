@@ -1,44 +1,60 @@
-"""MLflow tracking: one experiment per stage, one MLflow run per Tune trial or evaluation.
+"""MLflow tracking, by study: each ready experiment or pipeline (a lone stage command:
+`understudy-<stage>`) is its own MLflow experiment, with its description; each invocation is one
+parent run, its stage runs nested under it, Tune trials and evaluation agents nested under
+their stage run. Run names are unique within the study (each ends with the invocation's time).
 
 MlflowClient is used directly (no global "active run"), so the driver can keep many runs open
-at once while Tune trials report.
+at once while Tune trials report; which run is whose parent is passed down explicitly
+(Workspace.study, StageRun).
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import os
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass, replace
 
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from understudy.platform.workspace import Workspace
+from understudy.platform.workspace import Study, Workspace
 
-EXPERIMENTS = {"teach": "understudy-teach", "distill": "understudy-distill",
-               "evaluate": "understudy-evaluate"}
+DESCRIPTION_TAG = "mlflow.note.content"  # what the MLflow UI shows as a description
+PARENT_TAG = "mlflow.parentRunId"
 
 
 def client_for(ws: Workspace) -> MlflowClient:
     return MlflowClient(tracking_uri=ws.tracking_uri)
 
 
-def experiment_id(client: MlflowClient, ws: Workspace, stage: str) -> str:
-    name = EXPERIMENTS[stage]
+def lone_study(stage: str) -> str:
+    """The study of a stage run on its own (`understudy teach ...`)."""
+    return f"understudy-{stage}"
+
+
+def experiment_id(client: MlflowClient, ws: Workspace, name: str, description: str | None = None) -> str:
+    """The MLflow experiment of study `name`, created if missing; its description kept current."""
     exp = client.get_experiment_by_name(name)
     if exp is not None:
+        if description and exp.tags.get(DESCRIPTION_TAG) != description:
+            client.set_experiment_tag(exp.experiment_id, DESCRIPTION_TAG, description)
         return exp.experiment_id
     # An explicit artifact location: the default would be ./mlruns under whatever the cwd is.
     # With a tracking server, the server's artifact destination is the right default.
     root = ws.artifact_root
-    return client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
+    return client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None,
+                                    tags={DESCRIPTION_TAG: description} if description else None)
 
 
+@functools.cache
 def code_version() -> str:
-    """The git commit of the code that ran, '+dirty' if it had uncommitted changes.
+    """The git commit of the code that ran, '+dirty' if it had uncommitted changes (once per
+    process: every run of an invocation ran the same code).
 
     An image has no .git: its build sets UNDERSTUDY_CODE_VERSION (see Dockerfile)."""
     if os.environ.get("UNDERSTUDY_CODE_VERSION"):
@@ -54,11 +70,165 @@ def code_version() -> str:
     return (sha + ("+dirty" if dirty else "")) if sha else "unknown"
 
 
-def start_run(client: MlflowClient, exp_id: str, name: str, params: dict, tags: dict | None = None) -> str:
-    run = client.create_run(exp_id, run_name=name,
-                            tags={"understudy.code_version": code_version(), **(tags or {})})
+def source_tags(source: str) -> dict:
+    """The code version in MLflow's own source tags (its UI's Source and Version columns) and
+    in ours (which also says '+dirty')."""
+    version = code_version()
+    tags = {"understudy.code_version": version, "mlflow.source.type": "LOCAL",
+            "mlflow.source.name": source}
+    if version != "unknown":
+        tags["mlflow.source.git.commit"] = version.removesuffix("+dirty")
+    return tags
+
+
+def start_run(client: MlflowClient, exp_id: str, name: str, params: dict, tags: dict | None = None,
+              parent: str | None = None, start_time: float | None = None, source: str = "understudy") -> str:
+    """A run that starts now, or at `start_time` (seconds since the epoch) when the work it
+    records started earlier; nested under `parent`."""
+    tags = {**source_tags(source), **({PARENT_TAG: parent} if parent else {}), **(tags or {})}
+    run = client.create_run(exp_id, start_time=int(start_time * 1000) if start_time else None,
+                            run_name=name, tags=tags)
     log_params(client, run.info.run_id, params)
     return run.info.run_id
+
+
+def end_run(client: MlflowClient, run_id: str, status: str = "FINISHED", end_time: float | None = None) -> None:
+    client.set_terminated(run_id, status, end_time=int(end_time * 1000) if end_time else None)
+
+
+@dataclass(frozen=True)
+class StageRun:
+    """A stage's MLflow run, the parent of its trial or agent runs."""
+    study: str
+    experiment_id: str
+    run_id: str
+    session: str
+    source: str
+
+    def name(self, what: str) -> str:
+        """A run name unique within the study: what it is, then when the invocation started."""
+        return f"{what} @{self.session}"
+
+
+def open_study(ws: Workspace, name: str, description: str, command: str, params: dict) -> Workspace:
+    """The study's experiment (created, or its description updated) and this invocation's
+    parent run; returns the workspace that carries them to the stages."""
+    client = client_for(ws)
+    exp = experiment_id(client, ws, name, description)
+    session = time.strftime("%Y%m%d-%H%M%S")
+    run = start_run(client, exp, f"{command} {name} @{session}", params,
+                    {"understudy.study": name, "understudy.command": command}, source=command)
+    return replace(ws, study=Study(name, exp, run, session, command))
+
+
+def run_url(ws: Workspace) -> str:
+    """Where to see the study's parent run: its page on a tracking server, else its ids and
+    the command that opens the UI on the local store."""
+    study = ws.study
+    page = f"#/experiments/{study.experiment_id}/runs/{study.run_id}"
+    if ws.tracking_uri.startswith(("http://", "https://")):
+        return f"{ws.tracking_uri.rstrip('/')}/{page}"
+    ui = ws.mlflow_ui_command()
+    shown = f"; to see it: {ui}, then http://127.0.0.1:5000/{page}" if ui.startswith("mlflow ui") else ""
+    return f"run {study.run_id} of experiment {study.name!r} (id {study.experiment_id}) in {ws.tracking_uri}{shown}"
+
+
+@contextlib.contextmanager
+def study(ws: Workspace, name: str, description: str, command: str, params: dict):
+    """One parent run for the invocation: FINISHED when the body returns, FAILED when it raises.
+    Yields the workspace that carries the study to the stages."""
+    ws = open_study(ws, name, description, command, params)
+    print(f"[mlflow] study {name!r}, this run: {run_url(ws)}", flush=True)
+    status = "FAILED"
+    try:
+        yield ws
+        status = "FINISHED"
+    finally:
+        tolerant(ws, f"the end of parent run {ws.study.run_id}",
+                 lambda: end_run(client_for(ws), ws.study.run_id, status))
+
+
+@contextlib.contextmanager
+def stage_run(ws: Workspace, stage: str, name: str, params: dict, tags: dict | None = None):
+    """The stage's run, nested under the study's parent run (a library call without a study:
+    a top-level run in `understudy-<stage>`), FINISHED or FAILED with the stage."""
+    client = client_for(ws)
+    if ws.study is not None:
+        study_name, exp, parent = ws.study.name, ws.study.experiment_id, ws.study.run_id
+        session, source = ws.study.session, ws.study.source
+    else:
+        study_name, parent = lone_study(stage), None
+        exp = experiment_id(client, ws, study_name)
+        session, source = time.strftime("%Y%m%d-%H%M%S"), f"understudy {stage}"
+    stage_run = StageRun(study_name, exp, "", session, source)
+    run = start_run(client, exp, stage_run.name(f"{stage} {name}"), params,
+                    {"understudy.stage": stage, **(tags or {})}, parent=parent, source=source)
+    stage_run = replace(stage_run, run_id=run)
+    status = "FAILED"
+    try:
+        yield stage_run
+        status = "FINISHED"
+    finally:
+        tolerant(ws, f"the end of {stage} stage run {run}", lambda: end_run(client, run, status))
+
+
+def tolerant(ws: Workspace, what: str, fn) -> bool:
+    """An MLflow call whose loss costs a note, not the invocation (the work it records is done
+    and safe elsewhere): an unreachable store is announced, any other error raised."""
+    try:
+        with _quick_retries():
+            fn()
+        return True
+    except Exception as err:  # noqa: BLE001
+        if not is_outage(err):
+            raise
+        print(f"[tracking] MISSING FROM MLFLOW ({ws.tracking_uri} unreachable): {what} "
+              f"({type(err).__name__})", flush=True)
+        return False
+
+
+def log_imitator_model(client: MlflowClient, exp_id: str, run_id: str, checkpoint_dir: str,
+                       registered_name: str, data_version: str) -> str:
+    """The trained imitator as an MLflow logged model of `run_id` (its UI's Model column),
+    saved in a form that loads without unpickling (platform.imitator_model), registered as a
+    new version of `registered_name` tagged with the data version. Returns the version."""
+    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+    from mlflow.exceptions import MlflowException
+
+    from understudy.platform import imitator_model
+
+    tags = {"understudy.data_version": data_version}
+    model = client.create_logged_model(exp_id, name="imitator", source_run_id=run_id, tags=tags,
+                                       model_type="imitator")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model")
+        imitator_model.save(checkpoint_dir, path)
+        client.log_model_artifacts(model.model_id, path)
+    client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+    client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
+    try:
+        client.create_registered_model(registered_name, description="Imitators trained by understudy "
+                                       "distill; one version per trained run, tagged with its data version")
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    # The model's own location as the source: a `models:/<id>` source is resolved through the
+    # process-global tracking URI by MLflow's SQL registry store, not this client's.
+    version = client.create_model_version(registered_name, model.artifact_location, run_id=run_id,
+                                          tags=tags, model_id=model.model_id)
+    return version.version
+
+
+def shards_dataset(name: str, data_version: str, shard_root: str, profile: dict):
+    """The shards a run read, as an MLflow dataset input (its UI's Dataset column): named after
+    the teach stage, the data version as digest, the shard root as source."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    source_type = shard_root.split("://", 1)[0] if "://" in shard_root else "local"
+    dataset = Dataset(name=name, digest=data_version, source_type=source_type,
+                      source=json.dumps({"uri": shard_root}),
+                      profile=json.dumps(profile))
+    return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])
 
 
 def log_params(client: MlflowClient, run_id: str, params: dict) -> None:
@@ -121,17 +291,19 @@ def is_outage(err: Exception) -> bool:
 
 
 class TuneToMlflow(tune.Callback):
-    """Logs each Tune trial as an MLflow run while it trains: params at start, chosen metrics
-    at every result, status at the end. `runs` maps trial id -> MLflow run id afterwards.
+    """Logs each Tune trial as an MLflow run while it trains, nested under the stage's run
+    (`parent`): params (and the `datasets` it reads) at start, chosen metrics at every result,
+    status at the end. `runs` maps trial id -> MLflow run id afterwards.
 
     If the tracking server goes away, training goes on: every MLflow call is queued in order
     and retried at the next result; whatever still cannot be logged when the experiment ends is
     written to `missing_file` (JSON lines) and announced, never silently dropped."""
 
-    def __init__(self, ws: Workspace, stage: str, params_of, metrics: dict, step_key: str,
+    def __init__(self, ws: Workspace, stage: str, parent: StageRun, params_of, metrics: dict, step_key: str,
                  name_of=lambda trial: str(trial), total: float | None = None,
-                 experiment: str = ""):
-        self.ws, self.stage = ws, stage
+                 experiment: str = "", datasets: tuple = ()):
+        self.ws, self.stage, self.parent, self.datasets = ws, stage, parent, list(datasets)
+        self.exp_id = parent.experiment_id
         self.params_of, self.metrics, self.step_key, self.name_of = params_of, metrics, step_key, name_of
         # The step_key value at which a trial ends, for progress lines: a number, or a function
         # of the trial's config (an estimate: shown with "~").
@@ -149,11 +321,6 @@ class TuneToMlflow(tune.Callback):
 
     def setup(self, **info):
         self.client = client_for(self.ws)
-        self.exp_id = None
-        self._call({"experiment": EXPERIMENTS[self.stage]}, self._experiment)
-
-    def _experiment(self) -> None:
-        self.exp_id = experiment_id(self.client, self.ws, self.stage)
 
     def _call(self, what: dict, fn) -> None:
         self.pending.append((what, fn))
@@ -197,10 +364,16 @@ class TuneToMlflow(tune.Callback):
             params = self.params_of(trial.config)
             logged = found[0].data.params
             log_params(self.client, run_id, {k: v for k, v in params.items() if k not in logged})
+            if self.datasets and not found[0].inputs.dataset_inputs:
+                self.client.log_inputs(run_id, self.datasets)
             self.runs[trial.trial_id] = run_id
         else:
-            self.runs[trial.trial_id] = start_run(self.client, self.exp_id, self.name_of(trial),
-                                                  self.params_of(trial.config), tags)
+            run_id = start_run(self.client, self.exp_id, self.parent.name(self.name_of(trial)),
+                               self.params_of(trial.config), tags, parent=self.parent.run_id,
+                               source=self.parent.source)
+            if self.datasets:
+                self.client.log_inputs(run_id, self.datasets)
+            self.runs[trial.trial_id] = run_id
 
     def run_for(self, result, client) -> str:
         """The MLflow run of a Tune Result. After `Tuner.restore` (`--resume`) Tune drives the
@@ -209,8 +382,7 @@ class TuneToMlflow(tune.Callback):
         trial_id = result.metrics.get("trial_id")
         if trial_id in self.runs:
             return self.runs[trial_id]
-        exp_id = experiment_id(client, self.ws, self.stage)
-        found = client.search_runs([exp_id], f"tags.`tune.trial_id` = '{trial_id}' and "
+        found = client.search_runs([self.exp_id], f"tags.`tune.trial_id` = '{trial_id}' and "
                                              f"tags.`tune.experiment` = '{self.experiment}'")
         if not found:
             from mlflow.exceptions import MlflowException

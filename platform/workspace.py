@@ -39,11 +39,23 @@ def keep_tune_state_current() -> None:
 
 
 @dataclass(frozen=True)
+class Study:
+    """What one invocation logs to MLflow under (platform.tracking.study): the study's MLflow
+    experiment and the invocation's parent run, under which every stage run is nested."""
+    name: str  # the experiment or pipeline name; `understudy-<stage>` for a lone stage command
+    experiment_id: str
+    run_id: str  # the parent run
+    session: str  # when the invocation started: part of every run name, unique within the study
+    source: str  # the command that ran (MLflow's Source column)
+
+
+@dataclass(frozen=True)
 class Workspace:
     root: Path
     tracking_uri: str
     shard_root: str
     storage: str = ""  # a folder or URI for checkpoints and artifacts; "" means `root`
+    study: Study | None = None  # set for the length of an invocation (tracking.study)
 
     @classmethod
     def resolve(cls, root: str | None = None, tracking_uri: str | None = None,

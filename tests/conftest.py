@@ -19,4 +19,4 @@ def ray_session():
 
 
 # Real services on loopback (moto S3 server), shared by the storage and cluster tests.
-from services import s3_env, s3_server  # noqa: E402,F401  (pytest fixtures)
+from services import postgres, s3_env, s3_server  # noqa: E402,F401  (pytest fixtures)

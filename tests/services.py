@@ -1,10 +1,13 @@
 """Real services on loopback for the cluster tests: an S3-protocol server (moto in server mode),
-an `mlflow server`, and a Ray cluster of `ray start` nodes. Each runs in its own process group
+a PostgreSQL server, an `mlflow server` whose backend store is a database on it, and a Ray
+cluster of `ray start` nodes. Each runs in its own process group
 (session) and is stopped by killing that group, so a failing test leaves nothing running and
 nothing outside the group is touched (`ray stop` would stop every Ray on the machine).
 """
 from __future__ import annotations
 
+import glob
+import hashlib
 import json
 import os
 import shutil
@@ -59,20 +62,21 @@ def http_ok(url: str) -> bool:
 
 
 @contextmanager
-def process_group(cmd: list[str], env: dict, log: str, cwd: str | None = None, grace: float = 5.0):
-    """Run `cmd` as the leader of a new session; on exit, SIGTERM then SIGKILL the group."""
+def process_group(cmd: list[str], env: dict, log: str, cwd: str | None = None, grace: float = 5.0,
+                  stop_signal: int = signal.SIGTERM):
+    """Run `cmd` as the leader of a new session; on exit, `stop_signal` then SIGKILL the group."""
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
                                 start_new_session=True)
     try:
         yield proc
     finally:
-        kill_group(proc, grace)
+        kill_group(proc, grace, stop_signal)
 
 
-def kill_group(proc: subprocess.Popen, grace: float) -> None:
+def kill_group(proc: subprocess.Popen, grace: float, stop_signal: int = signal.SIGTERM) -> None:
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
+        os.killpg(proc.pid, stop_signal)
     except ProcessLookupError:
         return
     try:
@@ -214,12 +218,106 @@ def s3_env(s3_server, monkeypatch):
     return s3_server
 
 
+# ---- PostgreSQL ------------------------------------------------------------------------------
+
+def postgres_program(name: str) -> str:
+    """A PostgreSQL server program: on PATH, or where Debian's `postgresql` package puts it
+    (`./dev setup` installs it)."""
+    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None)
+    if not found:
+        raise RuntimeError(f"PostgreSQL's `{name}` is not installed (neither on PATH nor in "
+                           "/usr/lib/postgresql/*/bin): run ./dev setup, which installs the server")
+    return found
+
+
+@dataclass
+class PostgresServer:
+    host: str
+    port: int
+    user: str
+
+    def database(self, name: str) -> str:
+        """A database of this name (created if missing), as a SQLAlchemy URI for `mlflow server`."""
+        import psycopg
+
+        # autocommit: CREATE DATABASE runs outside a transaction
+        with psycopg.connect(host=self.host, port=self.port, user=self.user, dbname="postgres",
+                             autocommit=True) as db:
+            if db.execute("select 1 from pg_database where datname = %s", (name,)).fetchone() is None:
+                db.execute(f'create database "{name}"')
+        return f"postgresql://{self.user}@{self.host}:{self.port}/{name}"
+
+    def database_for(self, workdir: str) -> str:
+        """The database of a workdir: the same workdir again, the same database (and runs)."""
+        return self.database("mlflow_" + hashlib.sha1(os.path.abspath(workdir).encode()).hexdigest()[:12])
+
+
+def query(uri: str, sql: str, params: tuple = ()) -> list[tuple]:
+    """Rows of a query straight from a PostgreSQL database (not through MLflow)."""
+    import psycopg
+
+    with psycopg.connect(uri) as db:
+        return db.execute(sql, params).fetchall()
+
+
+@contextmanager
+def postgres_server(workdir: str):
+    """A throwaway PostgreSQL cluster: initdb into a fresh folder, the server on a free loopback
+    port with its socket in that folder, trust authentication for loopback only. PostgreSQL
+    refuses to run as root, so as root it runs as the `postgres` user (or nobody)."""
+    as_user: list[str] = []
+    user = None
+    if os.geteuid() == 0:
+        user = "postgres" if _user_exists("postgres") else "nobody"
+        as_user = [shutil.which("runuser") or "runuser", "-u", user, "--"]
+    # Not under pytest's tmp folders: those are private to root, and the server user must write here.
+    data = tempfile.mkdtemp(prefix="uspg-", dir="/tmp")
+    if user:
+        shutil.chown(data, user=user)
+    log = os.path.join(workdir, "postgres.log")
+    try:
+        init = subprocess.run([*as_user, postgres_program("initdb"), "-D", f"{data}/db", "-U", "understudy",
+                               "-A", "trust", "--no-sync", "-E", "UTF8", "--locale=C"],
+                              capture_output=True, text=True, timeout=120)
+        if init.returncode != 0:
+            raise RuntimeError(f"initdb failed ({init.returncode}): {init.stdout}{init.stderr}")
+        port = free_port()
+        cmd = [*as_user, postgres_program("postgres"), "-D", f"{data}/db", "-h", "127.0.0.1",
+               "-p", str(port), "-k", data,
+               # a throwaway cluster: durability is not needed, speed is
+               "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+        # SIGINT is PostgreSQL's fast shutdown (SIGTERM would wait for clients to leave).
+        with process_group(cmd, dict(os.environ), log, stop_signal=signal.SIGINT) as proc:
+            server = PostgresServer("127.0.0.1", port, "understudy")
+            wait_until(lambda: server.database("postgres"), 60, "postgres", proc, log)
+            yield server
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def _user_exists(name: str) -> bool:
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+        return True
+    except KeyError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory):
+    """A real PostgreSQL server for the whole session (the MLflow servers' backend store)."""
+    with postgres_server(str(tmp_path_factory.mktemp("postgres"))) as server:
+        yield server
+
+
 # ---- mlflow server ---------------------------------------------------------------------------
 
 @dataclass
 class MlflowServer:
     uri: str
-    backend_db: str  # the server's SQLite file (its database backend store)
+    backend_store_uri: str  # the server's database backend store (PostgreSQL)
     artifacts: str  # --artifacts-destination
     proc: subprocess.Popen
     log: str
@@ -230,21 +328,22 @@ class MlflowServer:
 
 
 @contextmanager
-def mlflow_server(workdir: str, artifacts_destination: str, env: dict, wait: bool = True,
-                  port: int | None = None):
-    """`mlflow server` with a database backend store and proxied artifacts on `destination`.
-    wait=False returns at once (call wait_ready() later) so other services can start meanwhile.
-    The same workdir and port again: the same server back after it went away."""
+def mlflow_server(workdir: str, artifacts_destination: str, env: dict, backend_store_uri: str,
+                  wait: bool = True, port: int | None = None):
+    """`mlflow server` with a database backend store (`backend_store_uri`, e.g.
+    `postgres.database_for(workdir)`, as in k8s/mlflow.yaml) and proxied artifacts on
+    `artifacts_destination`. wait=False returns at once (call wait_ready() later) so other
+    services can start meanwhile. The same database and port again: the same server back after
+    it went away."""
     port = port or free_port()
-    db = os.path.join(workdir, "mlflow-server.db")
     log = os.path.join(workdir, "mlflow-server.log")
     cmd = [os.path.join(BIN, "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-           "--workers", "1", "--backend-store-uri", f"sqlite:///{db}",
+           "--workers", "1", "--backend-store-uri", backend_store_uri,
            "--artifacts-destination", artifacts_destination]
     # No GenAI job runners: they are several extra processes this platform does not use.
     env = {**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     with process_group(cmd, env, log, cwd=workdir) as proc:
-        server = MlflowServer(f"http://127.0.0.1:{port}", db, artifacts_destination, proc, log)
+        server = MlflowServer(f"http://127.0.0.1:{port}", backend_store_uri, artifacts_destination, proc, log)
         yield server.wait_ready() if wait else server
 
 

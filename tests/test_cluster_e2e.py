@@ -6,7 +6,6 @@ import hashlib
 import io
 import json
 import os
-import sqlite3
 import time
 
 import numpy as np
@@ -15,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import REPO_ROOT
-from services import BIN, mlflow_server, ray_cluster
+from services import BIN, mlflow_server, query, ray_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +22,7 @@ JOB_TIMEOUT_S = 540
 
 
 @pytest.fixture(scope="module")
-def cluster_run(s3_server, tmp_path_factory):
+def cluster_run(s3_server, postgres, tmp_path_factory):
     """Start everything, submit the smoke pipeline, wait for it; services stop even if it fails."""
     tmp = tmp_path_factory.mktemp("cluster")
     bucket = s3_server.new_bucket()
@@ -35,7 +34,8 @@ def cluster_run(s3_server, tmp_path_factory):
     storage = f"s3://{bucket}/runs"
     workspace = tmp / "ws"
     submission_id = f"understudy-smoke-{int(time.time())}"
-    with mlflow_server(str(tmp), f"s3://{bucket}/mlflow", node_env, wait=False) as mlflow, \
+    with mlflow_server(str(tmp), f"s3://{bucket}/mlflow", node_env, postgres.database_for(str(tmp)),
+                       wait=False) as mlflow, \
             ray_cluster(node_env, head_cpus=1, worker_cpus=2,
                         worker_resources={"understudy_worker": 1}) as cluster:
         mlflow.wait_ready()  # started beside the Ray nodes, to save a few seconds
@@ -143,20 +143,20 @@ def test_mlflow_server_has_the_runs_and_object_storage_has_their_artifacts(clust
     mlflow, s3, bucket = cluster_run["mlflow"], cluster_run["s3"], cluster_run["bucket"]
     client = MlflowClient(mlflow.uri)
     artifact_keys = s3.keys(bucket, "mlflow/")
-    for name, plot in [("understudy-teach", "learning_curve.png"),
-                       ("understudy-distill", "training_curves.png"),
-                       ("understudy-evaluate", "returns_per_episode.png")]:
-        exp = client.get_experiment_by_name(name)
-        assert exp is not None and exp.artifact_location.startswith("mlflow-artifacts:"), name
-        runs = client.search_runs([exp.experiment_id])
-        assert runs and all(r.info.status == "FINISHED" for r in runs), name
-        assert plot in {a.path for r in runs for a in client.list_artifacts(r.info.run_id)}
+    exp = client.get_experiment_by_name("smoke")  # the pipeline's study
+    assert exp is not None and exp.artifact_location.startswith("mlflow-artifacts:")
+    runs = client.search_runs([exp.experiment_id])
+    assert runs and all(r.info.status == "FINISHED" for r in runs)
+    for name, plot in [("teach", "learning_curve.png"), ("distill", "training_curves.png"),
+                       ("evaluate", "returns_per_episode.png")]:
+        (stage,) = [r for r in runs if r.data.tags.get("understudy.stage") == name]
+        ours = [r for r in runs if stage.info.run_id in (r.info.run_id, r.data.tags.get("mlflow.parentRunId"))]
+        assert plot in {a.path for r in ours for a in client.list_artifacts(r.info.run_id)}
         # The server proxied the upload to the bucket: the plot is an object there.
         assert any(k.endswith(f"/artifacts/{plot}") and f"/{exp.experiment_id}/" in k
                    for k in artifact_keys), (name, artifact_keys[:20])
-    # The runs are rows in the server's database backend store.
-    with sqlite3.connect(mlflow.backend_db) as db:
-        assert db.execute("select count(*) from runs").fetchone()[0] >= 2 + 1 + 7
+    # The runs are rows in the server's PostgreSQL backend store.
+    assert query(mlflow.backend_store_uri, "select count(*) from runs")[0][0] >= 2 + 1 + 7
     # Nothing of MLflow's was written into the job's workspace.
     assert not (cluster_run["workspace"] / "mlflow.db").exists()
     assert not (cluster_run["workspace"] / "mlartifacts").exists()

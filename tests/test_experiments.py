@@ -2,6 +2,7 @@
 end to end through the CLI (Q-learning histories -> AD and ED imitators under Tune -> every
 evaluation agent as Ray tasks -> MLflow), then `understudy report` prints it back."""
 import json
+import os
 import re
 
 import pytest
@@ -82,14 +83,34 @@ def test_heldout_game_in_the_training_data_is_rejected_before_anything_runs():
 
 
 @pytest.mark.slow
-def test_darkroom_experiment_end_to_end_and_report(ray_session, tmp_path, capsys):
+def test_darkroom_experiment_end_to_end_and_report(ray_session, postgres, tmp_path, capsys, monkeypatch):
+    """Through an `mlflow server` whose backend store is PostgreSQL, as on a cluster (k8s/)."""
+    from services import mlflow_server
+
     from understudy.platform import cli
 
     ws = tmp_path / "ws"
-    assert cli.main(["--workspace", str(ws), "experiment", "darkroom_ad", "--scale", "tiny"]) == 0
-    printed = capsys.readouterr().out
-    # distill progress with totals: updates done / a trial's total, an ETA, trials done / all
-    assert re.search(r"\[distill\] ad-DarkRoom-\S+: steps 4/~?4 \(ETA 0 min\) .*\[\d/2 trials done\]", printed), printed
+    with mlflow_server(str(tmp_path), str(tmp_path / "mlartifacts"), dict(os.environ),
+                       postgres.database_for(str(tmp_path))) as server:
+        argv = ["--workspace", str(ws), "--tracking-uri", server.uri]
+        assert cli.main([*argv, "experiment", "darkroom_ad", "--scale", "tiny"]) == 0
+        printed = capsys.readouterr().out
+        # distill progress with totals: updates done / a trial's total, an ETA, trials done / all
+        assert re.search(r"\[distill\] darkroom_ad-imitator-ad-DarkRoom-\S+: steps 4/~?4 \(ETA 0 min\) "
+                         r".*\[\d/2 trials done\]", printed), printed
+        check_darkroom_outputs(ws, server.uri)
+        check_darkroom_study(ws, server.uri, printed, monkeypatch)
+        capsys.readouterr()
+        assert cli.main([*argv, "report", "darkroom_ad"]) == 0
+        out = capsys.readouterr().out
+        evaluation = json.loads((ws / "stages" / "evaluate-darkroom_ad-evaluate.json").read_text())
+        assert "Experiment darkroom_ad" in out and "| imitator | DarkRoom | True | 2 | 32 | 4 |" in out
+        assert out.strip().endswith(evaluation["table"].strip().splitlines()[-1])
+        assert cli.main([*argv, "report", "breakout_to_spaceinvaders"]) == 1
+        assert "experiments with results: darkroom_ad" in capsys.readouterr().err
+
+
+def check_darkroom_outputs(ws, tracking_uri):
     manifest = json.loads((ws / "stages" / "experiment-darkroom_ad.json").read_text())
     assert manifest["scale"] == "tiny"
     evaluation = json.loads((ws / "stages" / "evaluate-darkroom_ad-evaluate.json").read_text())
@@ -117,7 +138,7 @@ def test_darkroom_experiment_end_to_end_and_report(ray_session, tmp_path, capsys
     assert all(len(r["episode_returns"]) == 4 and r["optimal_return"] > 0 and r["teacher_seed"] == 0
                for r in imitator)
 
-    client = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
+    client = MlflowClient(tracking_uri)
     summary = client.get_run(evaluation["summary_run_id"])
     assert summary.data.tags["understudy.experiment"] == "darkroom_ad"
     assert {"returns_per_episode.png", "results.md", "results.html"} <= {
@@ -126,17 +147,98 @@ def test_darkroom_experiment_end_to_end_and_report(ray_session, tmp_path, capsys
     assert int(finetune.data.params["gradient_steps"]) > 0  # the weights really were updated
     history = client.get_metric_history(rows["imitator"]["mlflow_run_id"], "episode_return")
     assert len(history) == 4
-    ed_run = client.search_runs([client.get_experiment_by_name("understudy-distill").experiment_id],
-                                filter_string="params.stage = 'darkroom_ad-ed'")[0]
+    ed_run = client.search_runs([client.get_experiment_by_name("darkroom_ad").experiment_id],
+                                filter_string="params.stage = 'darkroom_ad-ed' and tags.`tune.trial_id` != ''")[0]
     assert ed_run.data.params["data.expert_last"] == "5"
 
-    capsys.readouterr()
-    assert cli.main(["--workspace", str(ws), "report", "darkroom_ad"]) == 0
-    out = capsys.readouterr().out
-    assert "Experiment darkroom_ad" in out and "| imitator | DarkRoom | True | 2 | 32 | 4 |" in out
-    assert out.strip().endswith(evaluation["table"].strip().splitlines()[-1])
-    assert cli.main(["--workspace", str(ws), "report", "breakout_to_spaceinvaders"]) == 1
-    assert "experiments with results: darkroom_ad" in capsys.readouterr().err
+
+def check_darkroom_study(ws, tracking_uri, printed, monkeypatch):
+    """The study as MLflow's UI shows it: its own experiment with a description, one parent run
+    for the invocation (its URL printed), stage runs under it, trial and agent runs under
+    those, unique names; the answer on the parent; the shards each imitator read as its
+    dataset; the code version as the source; real durations; models in the registry."""
+    import mlflow
+    import torch
+
+    from understudy.algorithms import imitation
+    from understudy.platform import experiment, tracking
+
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name("darkroom_ad")
+    assert exp.tags["mlflow.note.content"] == experiment.load("darkroom_ad").description
+    runs = {r.info.run_id: r for r in client.search_runs([exp.experiment_id], max_results=1000)}
+    parent_of = {i: r.data.tags.get("mlflow.parentRunId") for i, r in runs.items()}
+    (parent,) = [runs[i] for i, p in parent_of.items() if p is None]
+    assert f"{tracking_uri}/#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}" in printed
+    assert parent.info.status == "FINISHED"
+    stages = {r.data.tags["understudy.stage"] + " " + r.data.params["stage"]: r for r in runs.values()
+              if "understudy.stage" in r.data.tags}
+    assert sorted(stages) == ["distill darkroom_ad-ed", "distill darkroom_ad-imitator",
+                              "evaluate darkroom_ad-evaluate", "teach darkroom_ad-teach"]
+    assert all(parent_of[r.info.run_id] == parent.info.run_id and r.info.status == "FINISHED"
+               for r in stages.values())
+    names = [r.info.run_name for r in runs.values()]
+    assert len(set(names)) == len(names), sorted(names)
+
+    # teacher, trial and agent runs sit under their stage's run
+    stage_of = {n: r.info.run_id for n, r in stages.items()}
+    teach = json.loads((ws / "stages" / "teach-darkroom_ad-teach.json").read_text())
+    assert {parent_of[r["mlflow_run_id"]] for r in teach["runs"]} == {stage_of["teach darkroom_ad-teach"]}
+    evaluation = json.loads((ws / "stages" / "evaluate-darkroom_ad-evaluate.json").read_text())
+    assert evaluation["summary_run_id"] == stage_of["evaluate darkroom_ad-evaluate"]
+    assert {parent_of[r["mlflow_run_id"]] for r in evaluation["rows"]} == {evaluation["summary_run_id"]}
+    trials = {}
+    for name in ("imitator", "ed"):
+        distill = json.loads((ws / "stages" / f"distill-darkroom_ad-{name}.json").read_text())
+        for trial in distill["trials"]:
+            run = runs[trial["mlflow_run_id"]]
+            assert parent_of[run.info.run_id] == stage_of[f"distill darkroom_ad-{name}"]
+            # the shards it read, as an MLflow dataset input: teach stage, data version, shard root
+            (read,) = run.inputs.dataset_inputs
+            assert (read.dataset.name, read.dataset.digest) == ("teach darkroom_ad-teach", distill["data_version"])
+            assert json.loads(read.dataset.source)["uri"] == distill["shard_root"]
+            trials[run.info.run_id] = (trial, distill["data_version"])
+    assert len(trials) == 3  # two AD seeds, one ED
+
+    # the evaluation's answer on the parent run
+    aggregate = {a["agent"]: a for a in evaluation["aggregate"]}
+    rows = {r["agent"]: r for r in evaluation["rows"]}
+    for key in ("iqm", "ci_low", "ci_high"):
+        assert parent.data.metrics[f"{key}/imitator/heldout"] == pytest.approx(aggregate["imitator"][key])
+    assert parent.data.metrics["improvement/imitator/DarkRoom"] == pytest.approx(rows["imitator"]["improvement"])
+
+    # the code version in MLflow's source tags
+    commit = tracking.code_version().removesuffix("+dirty")
+    assert all(r.data.tags["mlflow.source.git.commit"] == commit and
+               r.data.tags["mlflow.source.name"].startswith("understudy experiment darkroom_ad")
+               for r in runs.values())
+
+    # agent runs last as long as their tasks played, not the moment it took to log them
+    assert rows["finetune"]["played_s"] > 1  # it trains as it plays: seconds (noop: milliseconds)
+    for row in evaluation["rows"]:
+        info = runs[row["mlflow_run_id"]].info
+        assert info.end_time - info.start_time == pytest.approx(row["played_s"] * 1000, abs=2), row["agent"]
+        summary = runs[evaluation["summary_run_id"]].info
+        assert summary.start_time <= info.start_time and info.end_time <= summary.end_time
+
+    # one registered model per study and algorithm, a version per trained run, tagged with its data
+    versions = client.search_model_versions("name = 'darkroom_ad-ad'")
+    assert sorted(v.run_id for v in versions) == sorted(trials)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+    for v in versions:
+        trial, data_version = trials[v.run_id]
+        assert v.tags["understudy.data_version"] == data_version
+    # it loads without unpickling anything: no pickle in it, the weights read with weights_only
+    version = max(versions, key=lambda v: int(v.version))
+    local = mlflow.artifacts.download_artifacts(f"models:/darkroom_ad-ad/{version.version}")
+    files = {str(p.relative_to(local)) for p in __import__("pathlib").Path(local).rglob("*") if p.is_file()}
+    assert not [f for f in files if f.endswith((".pkl", ".pickle", ".cloudpickle"))], files
+    assert {"MLmodel", "data/checkpoint/model.pt", "data/checkpoint/model.json"} <= files
+    torch.load(os.path.join(local, "data", "checkpoint", "model.pt"), weights_only=True)
+    loaded = mlflow.pyfunc.load_model(f"models:/darkroom_ad-ad/{version.version}").get_raw_model()
+    trained, _ = imitation.load(trials[version.run_id][0]["checkpoint"])
+    assert loaded.state_dict().keys() == trained.state_dict().keys()
+    assert all(torch.equal(loaded.state_dict()[k], t) for k, t in trained.state_dict().items())
 
 
 @pytest.mark.slow

@@ -89,7 +89,9 @@ def test_run_start_retried_after_its_params_failed_still_logs_them(tmp_path, mon
 
     ws = Workspace.resolve(str(tmp_path / "ws"))
     ws.root.mkdir(parents=True)
-    callback = tracking.TuneToMlflow(ws, "teach", lambda config: {"game": config["game"], "lr": 0.001},
+    exp = tracking.experiment_id(tracking.client_for(ws), ws, "understudy-teach")
+    stage = tracking.StageRun("understudy-teach", exp, run_id="", session="s", source="test")  # no parent run
+    callback = tracking.TuneToMlflow(ws, "teach", stage, lambda config: {"game": config["game"], "lr": 0.001},
                                      metrics={}, step_key="steps", experiment="exp")
     callback.setup()
     log_params, calls = tracking.log_params, []
@@ -124,7 +126,8 @@ def test_stage_reports_what_the_callback_copy_tune_drove_could_not_log(tmp_path,
     monkeypatch.setenv("UNDERSTUDY_MLFLOW_WAIT_S", "0")
     ws = Workspace.resolve(str(tmp_path / "ws"))
     ws.root.mkdir(parents=True)
-    own = tracking.TuneToMlflow(ws, "distill", lambda config: {}, metrics={}, step_key="steps",
+    stage = tracking.StageRun("understudy-distill", "0", run_id="", session="s", source="test")
+    own = tracking.TuneToMlflow(ws, "distill", stage, lambda config: {}, metrics={}, step_key="steps",
                                 experiment="distill-x-20261123")
     driven = cloudpickle.loads(cloudpickle.dumps(own))  # what Tune restores and calls
 
@@ -141,7 +144,7 @@ def test_stage_reports_what_the_callback_copy_tune_drove_could_not_log(tmp_path,
         assert [json.loads(line) for line in f] == [{"trial": "t0", "step": 7, "metrics": {"loss": 0.5}}]
 
 
-def test_mlflow_server_away_loses_no_training_and_no_metric(ray_session, tmp_path, capsys, monkeypatch):
+def test_mlflow_server_away_loses_no_training_and_no_metric(ray_session, postgres, tmp_path, capsys, monkeypatch):
     """Fault 6: the tracking server is killed while an imitator trains. Training goes on; the
     metrics logged meanwhile are retried when the server is back (all epochs end up in MLflow).
     When it does not come back, the stage still finishes and writes what is missing to a file."""
@@ -160,6 +163,7 @@ def test_mlflow_server_away_loses_no_training_and_no_metric(ray_session, tmp_pat
     server_dir = tmp_path / "mlflow"
     server_dir.mkdir()
     artifacts = str(tmp_path / "artifacts")
+    database = postgres.database_for(str(server_dir))  # the same runs when the server comes back
 
     def understudy(*argv):
         return cli.main(["--workspace", str(ws), "--tracking-uri", f"http://127.0.0.1:{port}", *argv])
@@ -179,17 +183,17 @@ def test_mlflow_server_away_loses_no_training_and_no_metric(ray_session, tmp_pat
         seen.append(capsys.readouterr().out)
         return text in "".join(seen)
 
-    with mlflow_server(str(server_dir), artifacts, dict(os.environ), port=port) as server:
+    with mlflow_server(str(server_dir), artifacts, dict(os.environ), database, port=port) as server:
         assert understudy("teach", str(tmp_path / "teach.yaml")) == 0
         capsys.readouterr()
 
         def kill_then_restart():
             nonlocal server
-            wait_until(lambda: output_has("[distill] ad-DarkRoom"), 120, "a first logged result")
+            wait_until(lambda: output_has("[distill] back-ad-DarkRoom"), 120, "a first logged result")
             os.killpg(server.proc.pid, signal.SIGKILL)  # gone, no goodbye
             server.proc.wait()
             wait_until(lambda: output_has("MLflow call(s) queued"), 120, "a result queued while MLflow is away")
-            ctx = mlflow_server(str(server_dir), artifacts, dict(os.environ), port=port)
+            ctx = mlflow_server(str(server_dir), artifacts, dict(os.environ), database, port=port)
             server = ctx.__enter__()
             kill_then_restart.ctx = ctx
 
@@ -198,7 +202,7 @@ def test_mlflow_server_away_loses_no_training_and_no_metric(ray_session, tmp_pat
     out = "".join(seen) + capsys.readouterr().out
     assert "is unreachable" in out and "MLflow is back" in out
 
-    with mlflow_server(str(server_dir), artifacts, dict(os.environ), port=port) as server:
+    with mlflow_server(str(server_dir), artifacts, dict(os.environ), database, port=port) as server:
         client = MlflowClient(server.uri)
         manifest = json.loads((ws / "stages" / "distill-back.json").read_text())
         assert "mlflow_missing" not in manifest
@@ -214,7 +218,7 @@ def test_mlflow_server_away_loses_no_training_and_no_metric(ray_session, tmp_pat
         seen.clear()
 
         def kill_for_good():
-            wait_until(lambda: output_has("[distill] ad-DarkRoom"), 120, "a first logged result")
+            wait_until(lambda: output_has("[distill] gone-ad-DarkRoom"), 120, "a first logged result")
             os.killpg(server.proc.pid, signal.SIGKILL)  # gone, no goodbye
             server.proc.wait()
 
@@ -407,7 +411,7 @@ def test_killed_distill_process_resumes_from_its_last_checkpoint(tmp_path):
     restored = [int(e) for e in re.findall(r"\[distill\] restored from epoch (\d+) checkpoint", out)]
     # From a checkpoint Tune had recorded (the newest one may have been cut by the kill).
     assert restored and restored[0] >= 1, out[-5000:]
-    steps = [int(s) for s in re.findall(r"\[distill\] ad-DarkRoom-\S+: steps (\d+)/~640", out)]
+    steps = [int(s) for s in re.findall(r"\[distill\] killed-ad-DarkRoom-\S+: steps (\d+)/~640", out)]
     assert steps and steps[0] > 40 and steps[-1] == 640, steps  # the first resumed epoch is a later one
     manifest = json.loads((ws / "stages" / "distill-killed.json").read_text())
     assert manifest["trials"][0]["epochs"] == 16

@@ -208,9 +208,8 @@ def distill_yaml(tmp_path, **extra):
     return str(path)
 
 
-def test_a_two_trial_asha_sweep_reaches_mlflow_with_models(teacher, tmp_path):
-    import mlflow.artifacts
-    import mlflow.pytorch
+def test_a_two_trial_asha_sweep_reaches_mlflow_with_models(teacher, tmp_path, monkeypatch):
+    import mlflow.pyfunc
 
     from understudy.platform import cli
 
@@ -229,11 +228,15 @@ def test_a_two_trial_asha_sweep_reaches_mlflow_with_models(teacher, tmp_path):
         for key in ("train_loss", "heldout_loss", "heldout_accuracy"):
             assert client.get_metric_history(run.info.run_id, key)
         names = {a.path for a in client.list_artifacts(run.info.run_id)}
-        assert {"model", "checkpoint", "training_curves.png"} <= names
+        assert {"checkpoint", "training_curves.png"} <= names
+        assert len(run.outputs.model_outputs) == 1  # the model, logged as the run's output
     assert lrs == {1e-3, 3e-4}
-    local = mlflow.artifacts.download_artifacts(run_id=manifest.mlflow_run_id, artifact_path="model",
-                                                tracking_uri=ws.tracking_uri, dst_path=str(tmp_path))
-    model = mlflow.pytorch.load_model(local)
+    # a lone distill's study is understudy-distill: its registered model, a version per trial
+    versions = client.search_model_versions("name = 'understudy-distill-ad'")
+    assert sorted(v.run_id for v in versions) == sorted(t.mlflow_run_id for t in manifest.trials)
+    (best,) = [v for v in versions if v.run_id == manifest.mlflow_run_id]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", ws.tracking_uri)
+    model = mlflow.pyfunc.load_model(f"models:/understudy-distill-ad/{best.version}").get_raw_model()
     assert model.spec["algorithm"] == "ad"
     # our own checkpoint loads weights only, and refuses to pass for another model
     with pytest.raises(ValueError, match="algorithm 'ad', expected bc"):

@@ -2,13 +2,12 @@
 on loopback), and MLflow as a real `mlflow server` with a database store and its artifact root
 on that storage. Credentials and the endpoint come only from AWS_* environment variables."""
 import os
-import sqlite3
 
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from services import mlflow_server
+from services import mlflow_server, query
 from test_shards import STATIC, play_random
 from understudy.histories import shards
 from understudy.platform import storage, tracking
@@ -93,7 +92,7 @@ def test_one_storage_setting_puts_everything_remote(s3_env, tmp_path):
                                      f"s3://{bucket}/exp/shards": "--shard-root / UNDERSTUDY_SHARD_ROOT"}
 
     client = tracking.client_for(ws)
-    exp = tracking.experiment_id(client, ws, "evaluate")
+    exp = tracking.experiment_id(client, ws, "understudy-evaluate")
     assert client.get_experiment(exp).artifact_location == \
         f"s3://{bucket}/exp/mlartifacts/understudy-evaluate"
     run = tracking.start_run(client, exp, "s3-artifacts", {"a": 1})
@@ -103,7 +102,7 @@ def test_one_storage_setting_puts_everything_remote(s3_env, tmp_path):
     assert s3_env.client().get_object(Bucket=bucket, Key=key)["Body"].read() == b"| agent | return |"
 
 
-def test_mlflow_server_with_database_store_and_artifacts_on_s3(s3_server, tmp_path, monkeypatch):
+def test_mlflow_server_with_database_store_and_artifacts_on_s3(s3_server, postgres, tmp_path, monkeypatch):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -113,7 +112,8 @@ def test_mlflow_server_with_database_store_and_artifacts_on_s3(s3_server, tmp_pa
 
     bucket = s3_server.new_bucket()
     server_env = {**os.environ, **s3_server.env}
-    with mlflow_server(str(tmp_path), f"s3://{bucket}/mlflow", server_env) as server:
+    with mlflow_server(str(tmp_path), f"s3://{bucket}/mlflow", server_env,
+                       postgres.database_for(str(tmp_path))) as server:
         # The client holds no object-storage credentials: the server proxies artifacts.
         for key in s3_server.env:
             monkeypatch.delenv(key, raising=False)
@@ -121,7 +121,7 @@ def test_mlflow_server_with_database_store_and_artifacts_on_s3(s3_server, tmp_pa
         ws = Workspace.resolve(str(tmp_path / "ws"), tracking_uri=server.uri)
         assert ws.artifact_root is None  # the server decides where artifacts go
         client = tracking.client_for(ws)
-        exp = tracking.experiment_id(client, ws, "teach")
+        exp = tracking.experiment_id(client, ws, "understudy-teach")
         assert client.get_experiment(exp).artifact_location.startswith("mlflow-artifacts:")
         run = tracking.start_run(client, exp, "through-the-server", {"game": "Pong"})
         tracking.log_metric_series(client, run, "episode_return", [1.0, -2.0, 3.5])
@@ -136,7 +136,7 @@ def test_mlflow_server_with_database_store_and_artifacts_on_s3(s3_server, tmp_pa
 
     keys = s3_server.keys(bucket, "mlflow/")
     assert any(k.endswith(f"/{run}/artifacts/learning_curve.png") for k in keys), keys
-    with sqlite3.connect(server.backend_db) as db:  # the run is a row in the server's database
-        assert db.execute("select name, status from runs where run_uuid = ?", (run,)).fetchone() == \
-            ("through-the-server", "FINISHED")
+    # the run is a row in the server's PostgreSQL database
+    assert query(server.backend_store_uri, "select name, status from runs where run_uuid = %s", (run,)) == \
+        [("through-the-server", "FINISHED")]
     assert not (tmp_path / "ws" / "mlartifacts").exists()

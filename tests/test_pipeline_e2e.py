@@ -95,24 +95,31 @@ def test_episode_rewards_sum_to_the_returns_mlflow_recorded(pipeline):
         np.testing.assert_allclose(sums, logged)
 
 
-def test_mlflow_has_three_experiments_with_metrics_and_plots(pipeline):
+def test_mlflow_has_the_pipeline_as_a_study_with_metrics_and_plots(pipeline):
+    """The pipeline is one MLflow experiment (its study), the invocation one parent run, each
+    stage a run under it, and its trials or agents runs under that."""
     client = MlflowClient(f"sqlite:///{pipeline / 'mlflow.db'}")
-    for name, metric, plot in [("understudy-teach", "episode_return_mean", "learning_curve.png"),
-                               ("understudy-distill", "train_loss", "training_curves.png"),
-                               ("understudy-evaluate", None, "returns_per_episode.png")]:
-        exp = client.get_experiment_by_name(name)
-        assert exp is not None, name
-        runs = client.search_runs([exp.experiment_id])
+    exp = client.get_experiment_by_name("smoke")
+    assert exp.tags["mlflow.note.content"].startswith("Pipeline smoke: teach smoke-teachers")
+    every = client.search_runs([exp.experiment_id])
+    (parent,) = [r for r in every if "mlflow.parentRunId" not in r.data.tags]
+    stages = {r.data.tags["understudy.stage"]: r for r in every if "understudy.stage" in r.data.tags}
+    assert sorted(stages) == ["distill", "evaluate", "teach"]
+    assert {r.data.tags["mlflow.parentRunId"] for r in stages.values()} == {parent.info.run_id}
+    for name, metric, plot in [("teach", "episode_return_mean", "learning_curve.png"),
+                               ("distill", "train_loss", "training_curves.png"),
+                               ("evaluate", "return_mean", "returns_per_episode.png")]:
+        runs = [r for r in every if r.data.tags.get("mlflow.parentRunId") == stages[name].info.run_id]
         assert runs, name
-        if metric:
-            assert all(metric in r.data.metrics for r in runs), (name, metric)
-        if name == "understudy-teach":  # the greedy evaluation curve, from separate env runners
+        assert all(metric in r.data.metrics for r in runs), (name, metric)
+        if name == "teach":  # the greedy evaluation curve, from separate env runners
             assert all("greedy_return_mean" in r.data.metrics for r in runs)
             assert all(r.data.params["atari.sticky_action_prob"] == "0.25" for r in runs)
             assert all(len(r.data.params["env.rom_sha256"]) == 64 for r in runs)
             # throughput reaches MLflow as a number; the teacher's complete settings as params
             assert all(r.data.metrics.get("env_steps_per_s", 0) > 0 for r in runs)
             assert all(r.data.params["reward"] == "sign" and "ppo.clip_param" in r.data.params for r in runs)
+        runs.append(stages[name])  # the evaluation's plot is on its stage run, the summary
         artifacts = {a.path for r in runs for a in client.list_artifacts(r.info.run_id)}
         assert plot in artifacts, (name, artifacts)
         assert all(r.data.tags.get("understudy.code_version") for r in runs)
