@@ -155,6 +155,17 @@ def test_mlflow_server_has_the_runs_and_object_storage_has_their_artifacts(clust
         # The server proxied the upload to the bucket: the plot is an object there.
         assert any(k.endswith(f"/artifacts/{plot}") and f"/{exp.experiment_id}/" in k
                    for k in artifact_keys), (name, artifact_keys[:20])
+    # The job's output leads to the study's parent run (the README's cluster section): its URL
+    # is printed, and the stage runs hang under it.
+    import re
+
+    url = re.search(r"\[mlflow\] study 'smoke', this run: (\S+)", cluster_run["submit"].stdout)
+    assert url and url.group(1).startswith(f"{mlflow.uri}/#/experiments/{exp.experiment_id}/runs/"), \
+        cluster_run["submit"].stdout[-3000:]
+    parent = client.get_run(url.group(1).rsplit("/", 1)[1])
+    assert "mlflow.parentRunId" not in parent.data.tags
+    stages = [r for r in runs if r.data.tags.get("understudy.stage")]
+    assert stages and all(r.data.tags.get("mlflow.parentRunId") == parent.info.run_id for r in stages)
     # The runs are rows in the server's PostgreSQL backend store.
     assert query(mlflow.backend_store_uri, "select count(*) from runs")[0][0] >= 2 + 1 + 7
     # Nothing of MLflow's was written into the job's workspace.
