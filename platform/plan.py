@@ -295,7 +295,7 @@ def format_plan(cfg, costs: list[StageCost], cluster: resources.Cluster) -> str:
              f"cluster (k8s/raycluster.yaml at maximum replicas): {groups}",
              f"this machine: {THIS_MACHINE_CPUS} CPUs, no GPU", ""]
     total_here = total_there = 0.0
-    unknown_here = unknown_there = False
+    unknown_here = unknown_there = never_here = never_there = False
     for c in costs:
         lines.append(f"{c.stage} {c.name!r}: {c.trials} {'tasks' if c.stage == 'evaluate' else 'trials'}")
         if c.env_steps:
@@ -315,11 +315,16 @@ def format_plan(cfg, costs: list[StageCost], cluster: resources.Cluster) -> str:
             lines.append(f"    note: {note}")
         total_here += here or 0.0
         total_there += there or 0.0
-        unknown_here |= here is None
-        unknown_there |= there is None
+        unknown_here |= here is None and c.here > 0
+        unknown_there |= there is None and c.cluster > 0
+        never_here |= c.here <= 0
+        never_there |= c.cluster <= 0
         lines.append("")
-    lines.append(f"total: {_h(total_here, 1)}{' + unmeasured parts' if unknown_here else ''} here, "
-                 f"{_h(total_there, 1)}{' + unmeasured parts' if unknown_there else ''} on the cluster")
+    def total(hours, unknown, never):
+        return "never (a stage does not fit)" if never else _h(hours, 1) + (" + unmeasured parts" if unknown else "")
+
+    lines.append(f"total: {total(total_here, unknown_here, never_here)} here, "
+                 f"{total(total_there, unknown_there, never_there)} on the cluster")
     lines.append("assumptions:")
     lines += [f"  - {a}" for a in ASSUMPTIONS]
     return "\n".join(lines)
