@@ -172,19 +172,27 @@ def stage_run(ws: Workspace, stage: str, name: str, params: dict, tags: dict | N
         tolerant(ws, f"the end of {stage} stage run {run}", lambda: end_run(client, run, status))
 
 
-def tolerant(ws: Workspace, what: str, fn) -> bool:
-    """An MLflow call whose loss costs a note, not the invocation (the work it records is done
-    and safe elsewhere): an unreachable store is announced, any other error raised."""
+def outage_of(fn) -> Exception | None:
+    """Runs MLflow calls with quick retries: None when they went through, the error when the
+    store is unreachable; any other error (a bug, a refused call) is raised, not hidden as one."""
     try:
         with _quick_retries():
             fn()
-        return True
+        return None
     except Exception as err:  # noqa: BLE001
         if not is_outage(err):
             raise
+        return err
+
+
+def tolerant(ws: Workspace, what: str, fn) -> bool:
+    """An MLflow call whose loss costs a note, not the invocation (the work it records is done
+    and safe elsewhere): an unreachable store is announced, any other error raised."""
+    err = outage_of(fn)
+    if err is not None:
         print(f"[tracking] MISSING FROM MLFLOW ({ws.tracking_uri} unreachable): {what} "
               f"({type(err).__name__})", flush=True)
-        return False
+    return err is None
 
 
 def log_imitator_model(client: MlflowClient, exp_id: str, run_id: str, checkpoint_dir: str,
@@ -475,14 +483,10 @@ class TuneToMlflow(tune.Callback):
         calls pending, or one of these failed), later ones are skipped instead of each waiting
         out its own retries."""
         if self.missing_file is None and not self.missing_after_fit:
-            try:
-                with _quick_retries():
-                    fn()
+            err = outage_of(fn)
+            if err is None:
                 return True
-            except Exception as err:  # noqa: BLE001
-                if not is_outage(err):
-                    raise  # a bug or a refused call is not an outage: it is not hidden as one
-                what = f"{what} ({type(err).__name__})"
+            what = f"{what} ({type(err).__name__})"
         self.missing_after_fit.append(what)
         return False
 
