@@ -168,6 +168,9 @@ class TeachConfig(Strict):
     shard_rows: PositiveInt = 20_000  # ~140 MB of frames buffered per env runner, ~3 MB on disk
     # Where the Learner runs (platform/resources.py): auto = a GPU Learner when the cluster has one now.
     device: Literal["auto", "cpu", "gpu"] = "auto"
+    # A trial that fails (e.g. its node dies) is restarted from its last checkpoint this many
+    # times; the history recorded after that checkpoint is rewound (docs/teachers.md).
+    max_failures: int = Field(2, ge=0)
     max_concurrent_trials: PositiveInt | None = None
 
     @model_validator(mode="before")

@@ -163,6 +163,7 @@ def _run_teach(cfg: TeachConfig, ws: Workspace, stage: tracking.StageRun, resume
         checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=True, num_to_keep=2,
                                                 checkpoint_frequency=cfg.checkpoint_interval),
         callbacks=[to_mlflow],
+        failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
         verbose=0,  # progress comes from TuneToMlflow, one line per result
     )
     path = f"{ws.ray_results}/{experiment}"

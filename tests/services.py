@@ -368,6 +368,33 @@ class RayCluster:
                        timeout=60)
         return json.loads(out.stdout) if out.returncode == 0 else []
 
+    def kill_raylet(self, node: str = "w") -> list[int]:
+        """SIGKILL the raylet of a worker node (by its temp dir), as when its machine dies."""
+        killed = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmdline = f.read()
+            except OSError:
+                continue
+            if b"raylet" in cmdline.split(b"\0")[0] and f"{self.temp_dir}/{node}/".encode() in cmdline:
+                os.kill(int(pid), signal.SIGKILL)
+                killed.append(int(pid))
+        return killed
+
+    def add_worker(self, node: str, cpus: int, resources: dict | None = None) -> subprocess.Popen:
+        """One more worker node (a replacement, as Kubernetes starts a new pod); stopped with
+        the cluster's other processes at its end."""
+        log = os.path.join(self.temp_dir, f"{node}.log")
+        self.logs.append(log)
+        cmd = [os.path.join(BIN, "ray"), "start", "--address", self.gcs_address, "--num-cpus", str(cpus),
+               "--resources", json.dumps(resources or {}), "--temp-dir", f"{self.temp_dir}/{node}",
+               "--block", "--node-ip-address", "127.0.0.1", "--disable-usage-stats",
+               "--object-store-memory", str(200 * 1024 ** 2), *_node_ports()]
+        with open(log, "ab") as out:
+            return subprocess.Popen(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+
 
 def _node_ports() -> list[str]:
     # Two raylets share one machine: every port a node opens must differ between them.

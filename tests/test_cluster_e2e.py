@@ -171,3 +171,60 @@ def test_mlflow_server_has_the_runs_and_object_storage_has_their_artifacts(clust
     # Nothing of MLflow's was written into the job's workspace.
     assert not (cluster_run["workspace"] / "mlflow.db").exists()
     assert not (cluster_run["workspace"] / "mlartifacts").exists()
+
+
+def test_worker_node_killed_mid_teach_the_trial_resumes_on_a_new_node_without_gaps(tmp_path):
+    """The node running a teacher dies (its raylet SIGKILLed) after the trial's second
+    checkpoint; a replacement node joins, as Kubernetes would start a new pod. Tune restarts the
+    trial there from its last checkpoint (teach's max_failures), the history recorded after it
+    is rewound, and the run finishes with no episode missing or twice and no policy version
+    missing."""
+    import glob
+    import signal
+    import subprocess
+    import sys
+
+    from understudy.histories import shards
+
+    from test_teacher_recording import check_history, history
+
+    node_env = dict(os.environ, RAY_AUTH_MODE="disabled", OMP_NUM_THREADS="1", PATH=f"{BIN}:{os.environ['PATH']}")
+    ws = tmp_path / "ws"
+    cfg = tmp_path / "teach.yaml"
+    cfg.write_text("kind: teach\nname: node\nalgorithm: ppo\ngames: [Breakout]\nenv_steps: 3072\n"
+                   "env_steps_per_iter: 256\nmax_episode_steps: 40\nnum_envs_per_runner: 2\n"
+                   "checkpoint_interval: 2\nshard_rows: 60\nmax_failures: 3\nprotocol: {full_action_space: true}\n"
+                   "ppo: {num_minibatches: 4, num_epochs: 1}\n")
+    # The head runs no trials: the teacher is on the worker node, then on its replacement.
+    with ray_cluster(node_env, head_cpus=0, worker_cpus=2, worker_resources={}) as cluster:
+        log = open(tmp_path / "teach.log", "wb")
+        proc = subprocess.Popen([sys.executable, "-m", "understudy.platform.cli", "--workspace", str(ws), "teach",
+                                 str(cfg)], cwd=REPO_ROOT, env={**node_env, "RAY_ADDRESS": cluster.gcs_address},
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.time() + 300
+            while len(glob.glob(f"{ws}/ray_results/teach-node-*/*/checkpoint_*")) < 2:
+                assert proc.poll() is None, (tmp_path / "teach.log").read_text()[-3000:]
+                assert time.time() < deadline, "no second checkpoint in time"
+                time.sleep(0.5)
+            time.sleep(2)  # some history after the checkpoint, to be rewound
+            assert proc.poll() is None, "the run ended before its node could be killed"
+            assert cluster.kill_raylet("w"), "no raylet of the worker node found"
+            cluster.add_worker("w2", cpus=2)
+            assert proc.wait(timeout=400) == 0, (tmp_path / "teach.log").read_text()[-4000:]
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    out = (tmp_path / "teach.log").read_text()
+    manifest = json.loads((ws / "stages" / "teach-node.json").read_text())
+    [run] = manifest["runs"]
+    root = str(ws / "shards")
+    assert shards.verify_run(root, run["run_id"]) == []
+    h = history(root, run["run_id"])
+    check_history(h)  # no duplicated step or episode, episode indexes without gaps
+    versions = np.unique(h["policy_version"])
+    assert (versions == np.arange(versions[0], versions[-1] + 1)).all(), "a policy version is missing"
+    assert h["global_step"].max() >= 3072 - 256
+    rewound = {e["shard"] for e in shards.read_catalog(root, run["run_id"], include_rewound=True)} - \
+        {e["shard"] for e in shards.read_catalog(root, run["run_id"])}
+    assert rewound, out[-3000:]  # the history after the checkpoint was taken back, not kept twice
