@@ -129,10 +129,6 @@ def _teacher_updates(cfg: TeachConfig) -> int:
     return cfg.env_steps  # tabular Q-learning: one update per step (plus its planning sweeps)
 
 
-def _fit(placements, cluster) -> int:
-    return resources.concurrent(placements, cluster)
-
-
 def _this_machine() -> resources.Cluster:
     return resources.Cluster([resources.NodeGroup("this machine", {"CPU": float(THIS_MACHINE_CPUS),
                                                                    "memory": 24 * 2**30}, 1)])
@@ -161,36 +157,25 @@ def teach_cost(cfg: TeachConfig, cluster: resources.Cluster) -> StageCost:
     here = resources.teach_placements(cfg, 0)
     there = resources.teach_placements(cfg, _gpus(cfg.device, cluster))
     cost.placements = there
-    cost.here, cost.cluster = _fit(here, _this_machine()), _fit(there, cluster)
-    for game in sorted(set(cfg.games), key=cfg.games.index)[:1]:  # one speed per stage: the first game's
-        speed = teacher_speed(cfg.algorithm, game)
-        seconds = None if speed.per_s is None else cfg.env_steps / speed.per_s
-        cost.work.append((seconds, trials, speed.source))
+    cost.here, cost.cluster = resources.concurrent(here, _this_machine()), resources.concurrent(there, cluster)
+    speed = teacher_speed(cfg.algorithm, cfg.games[0])  # one speed per stage: the first game's
+    seconds = None if speed.per_s is None else cfg.env_steps / speed.per_s
+    cost.work.append((seconds, trials, speed.source))
     return cost
 
 
-def _windows(cfg: DistillConfig) -> int:
-    from understudy.algorithms import imitation
-
-    model = imitation.build(cfg.algorithm, 18, **cfg.model.model_dump(exclude_none=True))
-    return model.sample_spec().length
-
-
 def distill_cost(cfg: DistillConfig, teach: TeachConfig, cluster: resources.Cluster, key: str) -> StageCost:
-    trials = resources.distill_trials(cfg)
-    if cfg.max_batches_per_epoch is not None and cfg.cycle_data:
-        per_epoch = cfg.max_batches_per_epoch
-    else:
-        games = len(cfg.data.games or cfg.train_games)
-        rows = teach.env_steps * len(teach.seeds) * games // cfg.data.gap
-        if teach.algorithm == "qlearning":
-            from understudy.envs.darkroom import darkroom_goals
+    from understudy.platform.distill import UpdatesPerTrial
 
-            rows *= len(darkroom_goals(teach.darkroom.goal_split))
-        per_epoch = max(1, rows // (cfg.batch_size * _windows(cfg)))
-        if cfg.max_batches_per_epoch is not None:
-            per_epoch = min(per_epoch, cfg.max_batches_per_epoch)
-    updates = per_epoch * cfg.epochs
+    trials = resources.distill_trials(cfg)
+    games = len(cfg.data.games or cfg.train_games)
+    rows = teach.env_steps * len(teach.seeds) * games // cfg.data.gap  # the teachers' steps it reads
+    if teach.algorithm == "qlearning":
+        from understudy.envs.darkroom import darkroom_goals
+
+        rows *= len(darkroom_goals(teach.darkroom.goal_split))
+    # What distill's progress lines count: each worker's updates of one trial.
+    updates = int(UpdatesPerTrial(rows)({"distill": cfg.model_dump()}))
     cost = StageCost("distill", cfg.name, trials=trials, gradient_updates=updates * trials)
     if cfg.data.expert_last is not None and not cfg.cycle_data:
         cost.notes.append(f"expert_last {cfg.data.expert_last}: the expert episodes' length is not known before "
@@ -198,10 +183,9 @@ def distill_cost(cfg: DistillConfig, teach: TeachConfig, cluster: resources.Clus
     here = resources.distill_placements(cfg, 0)
     there = resources.distill_placements(cfg, _gpus(cfg.device, cluster))
     cost.placements = there
-    cost.here, cost.cluster = _fit(here, _this_machine()), _fit(there, cluster)
+    cost.here, cost.cluster = resources.concurrent(here, _this_machine()), resources.concurrent(there, cluster)
     speed = update_speed(key)
-    # Data-parallel workers split each epoch's batches between them.
-    seconds = None if speed.per_s is None else updates / speed.per_s / cfg.workers
+    seconds = None if speed.per_s is None else updates / speed.per_s
     cost.work.append((seconds, trials, speed.source))
     return cost
 
@@ -219,8 +203,7 @@ def evaluate_cost(cfg: EvaluateConfig, teach: TeachConfig, distill: DistillConfi
         cost.notes.append(f"horizon {cfg.horizon}x the histories' length replaces episodes={cfg.episodes}: "
                           "not known before distill, counted as `episodes`")
     for agent in cfg.agents:
-        runs = imitator_runs if agent in ("imitator", "finetune", "ed") else \
-            teacher_runs if agent in ("teacher", "scratch") else 1
+        runs = resources.runs_of(agent, imitator_runs, teacher_runs)
         for game in cfg.games:
             steps = step_budget(cfg, game)
             cost.eval_env_steps += steps * runs
@@ -232,7 +215,7 @@ def evaluate_cost(cfg: EvaluateConfig, teach: TeachConfig, distill: DistillConfi
             seconds = None if speed.per_s is None else steps / speed.per_s
             cost.work.append((seconds, runs, speed.source))
     one_task = [resources.Placement("evaluate", "one task", ({"CPU": 1.0},), tasks)]
-    cost.here = _fit(one_task, _this_machine())
+    cost.here = resources.concurrent(one_task, _this_machine())
     cost.cluster = _tasks_at_once(placements_there, cluster)
     return cost
 

@@ -172,10 +172,10 @@ def play_episodes(env, player, stack: int, num_actions: int, episodes: int, seed
 @ray.remote(num_cpus=1)
 def play(agent: Agent, game: str, protocol: dict, episodes: int, copies: int, max_episode_steps,
          greedy: bool, seed: int, goal_split: str = "heldout", finetune: dict | None = None,
-         replay_games: tuple = (), progress_s: float = 30.0, gpus: int = 0) -> dict:
+         replay_games: tuple = (), progress_s: float = 30.0, gpus: float = 0) -> dict:
     """One agent, one game: `copies` copies each play `episodes` consecutive episodes.
     With `replay_games` (after fine-tuning), the tuned weights then play those games frozen.
-    `gpus`: the GPU this task was given for the model (platform/resources.py), else the CPU.
+    `gpus`: the GPU (share) this task was given for the model (platform/resources.py), else the CPU.
     `started`/`ended` (seconds since the epoch): when this task played, for its MLflow run."""
     import torch
 

@@ -138,13 +138,19 @@ def evaluation_task_resources(agent: str, gpus: int) -> dict:
     return {"num_cpus": 1, "num_gpus": EVAL_GPU_SHARE if gpus and agent in MODEL_AGENTS else 0}
 
 
+def runs_of(agent: str, imitator_runs: int, teacher_runs: int) -> int:
+    """Training runs an agent plays as: imitator seeds, teacher seeds, or one (random, no-op)."""
+    if agent in ("imitator", "finetune", "ed"):
+        return imitator_runs
+    return teacher_runs if agent in ("teacher", "scratch") else 1
+
+
 def evaluate_placements(cfg: EvaluateConfig, gpus: int, imitator_runs: int, teacher_runs: int) -> list[Placement]:
     """One task per agent, game and training run (imitator seeds, teacher seeds)."""
     out = []
     for agent in cfg.agents:
-        runs = imitator_runs if agent in ("imitator", "finetune", "ed") else \
-            teacher_runs if agent in ("teacher", "scratch") else 1
-        task = evaluation_task_resources(agent, gpus) if agent != "scratch" else {"num_cpus": 1, "num_gpus": 0}
+        runs = runs_of(agent, imitator_runs, teacher_runs)
+        task = evaluation_task_resources(agent, gpus)
         out.append(Placement("evaluate", f"{agent} playing task", (_bundle(task["num_cpus"], task["num_gpus"]),),
                              runs * len(cfg.games)))
     return out

@@ -371,15 +371,10 @@ class RayCluster:
     def kill_raylet(self, node: str = "w") -> list[int]:
         """SIGKILL the raylet of a worker node (by its temp dir), as when its machine dies."""
         killed = []
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    cmdline = f.read()
-            except OSError:
-                continue
-            if b"raylet" in cmdline.split(b"\0")[0] and f"{self.temp_dir}/{node}/".encode() in cmdline:
-                os.kill(int(pid), signal.SIGKILL)
-                killed.append(int(pid))
+        for pid, cmdline in _processes_with(f"{self.temp_dir}/{node}/".encode()):
+            if b"raylet" in cmdline.split(b"\0")[0]:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
         return killed
 
     def add_worker(self, node: str, cpus: int, resources: dict | None = None) -> subprocess.Popen:
@@ -387,10 +382,7 @@ class RayCluster:
         the cluster's other processes at its end."""
         log = os.path.join(self.temp_dir, f"{node}.log")
         self.logs.append(log)
-        cmd = [os.path.join(BIN, "ray"), "start", "--address", self.gcs_address, "--num-cpus", str(cpus),
-               "--resources", json.dumps(resources or {}), "--temp-dir", f"{self.temp_dir}/{node}",
-               "--block", "--node-ip-address", "127.0.0.1", "--disable-usage-stats",
-               "--object-store-memory", str(200 * 1024 ** 2), *_node_ports()]
+        cmd = _worker_cmd(self.gcs_address, cpus, resources or {}, f"{self.temp_dir}/{node}")
         with open(log, "ab") as out:
             return subprocess.Popen(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True)
@@ -406,6 +398,15 @@ def _node_ports() -> list[str]:
             "--object-manager-port", str(free_port())]
 
 
+COMMON_NODE_ARGS = ["--block", "--node-ip-address", "127.0.0.1", "--disable-usage-stats",
+                    "--object-store-memory", str(200 * 1024 ** 2)]
+
+
+def _worker_cmd(gcs_address: str, cpus: int, resources: dict, temp_dir: str) -> list[str]:
+    return [os.path.join(BIN, "ray"), "start", "--address", gcs_address, "--num-cpus", str(cpus),
+            "--resources", json.dumps(resources), "--temp-dir", temp_dir, *COMMON_NODE_ARGS, *_node_ports()]
+
+
 @contextmanager
 def ray_cluster(env: dict, head_cpus: int, worker_cpus: int, worker_resources: dict):
     """A head and one worker node, each `ray start --block` in its own process group, on
@@ -414,15 +415,11 @@ def ray_cluster(env: dict, head_cpus: int, worker_cpus: int, worker_resources: d
     paths: Ray's Unix sockets have a length limit.)"""
     temp_dir = tempfile.mkdtemp(prefix="usray-", dir="/tmp")
     gcs, dashboard = free_port(), free_port()
-    common = ["--block", "--node-ip-address", "127.0.0.1", "--disable-usage-stats",
-              "--object-store-memory", str(200 * 1024 ** 2)]
     head = [os.path.join(BIN, "ray"), "start", "--head", "--port", str(gcs),
             "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
             "--dashboard-port", str(dashboard), "--ray-client-server-port", str(free_port()),
-            "--num-cpus", str(head_cpus), "--temp-dir", f"{temp_dir}/h", *common, *_node_ports()]
-    worker = [os.path.join(BIN, "ray"), "start", "--address", f"127.0.0.1:{gcs}",
-              "--num-cpus", str(worker_cpus), "--resources", json.dumps(worker_resources),
-              "--temp-dir", f"{temp_dir}/w", *common, *_node_ports()]
+            "--num-cpus", str(head_cpus), "--temp-dir", f"{temp_dir}/h", *COMMON_NODE_ARGS, *_node_ports()]
+    worker = _worker_cmd(f"127.0.0.1:{gcs}", worker_cpus, worker_resources, f"{temp_dir}/w")
     cluster = RayCluster(f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dashboard}", temp_dir, env,
                          [os.path.join(temp_dir, "head.log"), os.path.join(temp_dir, "worker.log")])
     try:
@@ -438,13 +435,23 @@ def ray_cluster(env: dict, head_cpus: int, worker_cpus: int, worker_resources: d
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def _kill_leftovers(temp_dir: str) -> None:
-    """Ray processes of this cluster that left the process groups: found by the cluster's
-    own temp dir in their command line, nothing else."""
+def _processes_with(needle: bytes):
+    """(pid, command line) of every process whose command line holds `needle`."""
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if temp_dir.encode() in f.read():
-                    os.kill(int(pid), signal.SIGKILL)
+                cmdline = f.read()
+        except OSError:
+            continue
+        if needle in cmdline:
+            yield int(pid), cmdline
+
+
+def _kill_leftovers(temp_dir: str) -> None:
+    """Ray processes of this cluster that left the process groups: found by the cluster's
+    own temp dir in their command line, nothing else."""
+    for pid, _ in _processes_with(temp_dir.encode()):
+        try:
+            os.kill(pid, signal.SIGKILL)
         except OSError:
             pass
