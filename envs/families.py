@@ -134,6 +134,7 @@ MINATAR_SCORES: dict[str, tuple[float, float]] = {
 
 
 MINATAR_PROTOCOL = {"minatar.sticky_action_prob": 0.1, "minatar.difficulty_ramping": True,
+                    "minatar.episode_clock": minatar.EPISODE_CLOCK,
                     "minatar.channels": ",".join(minatar.CHANNELS)}
 
 

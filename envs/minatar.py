@@ -25,6 +25,11 @@ PREFIX = "MinAtar/"
 _MODULES = {"Asterix": "asterix", "Breakout": "breakout", "Freeway": "freeway",
             "Seaquest": "seaquest", "SpaceInvaders": "space_invaders"}
 NUM_ACTIONS = 6
+# The platform's clock on every MinAtar episode (steps). The games have none but Freeway's
+# 2,500: a Seaquest submarine that never dives lives forever, so a greedy or no-op player
+# would never finish an episode. Like ALE's 108,000-frame cap, an episode ended by it is part of
+# the protocol (the game), not cut short by an evaluation's own max_episode_steps.
+EPISODE_CLOCK = 10_000
 ACTION_MEANINGS = ("NOOP", "LEFT", "UP", "RIGHT", "DOWN", "FIRE")
 GRID = 10
 
@@ -129,7 +134,7 @@ class MinAtarVectorEnv(gym.vector.VectorEnv):
         self.envs = [Environment(name, sticky_action_prob=sticky_action_prob,
                                  difficulty_ramping=difficulty_ramping) for _ in range(num_envs)]
         self.num_envs = self.batch_size = num_envs
-        self.max_episode_steps = max_episode_steps
+        self.max_episode_steps = min(max_episode_steps or EPISODE_CLOCK, EPISODE_CLOCK)
         self.same_step_reset = same_step_reset
         self._unifier = _unifier(game_of(game))
         self.single_observation_space = gym.spaces.Box(0, 255, OBS_SHAPE, np.uint8)

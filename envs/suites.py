@@ -63,6 +63,10 @@ _add(Suite("dev5split", 1, ("Breakout", "Qbert", "Seaquest"), ("Pong", "SpaceInv
            description="dev5 split for a laptop-sized held-out-games experiment"))
 _add(Suite("mgdt", 1, MGDT_TRAIN, MGDT_HELDOUT,
            description="Multi-Game Decision Transformer's 41 train / 5 held-out split"))
+# MinAtar's five games (Young & Tian 2019); Space Invaders held out, the essay's direction.
+# minatar_holdout holds out each game in turn (leave_one_out: minatar5@1).
+_add(Suite("minatar5", 1, ("MinAtar/Asterix", "MinAtar/Breakout", "MinAtar/Freeway", "MinAtar/Seaquest"),
+           ("MinAtar/SpaceInvaders",), description="MinAtar's five games, Space Invaders held out"))
 # ale-py 0.12 ships all 57 ROMs (tests check every suite's games against the installed ROMs).
 _add(Suite("atari57", 1, ATARI57, description="the Atari-57 benchmark"))
 

@@ -391,11 +391,12 @@ def _sweepable(model: type[BaseModel]) -> list[str]:
 
 
 class FinetuneParams(Strict):
-    """The `finetune` agent: the imitator updating its weights on its own best episodes."""
-    lr: PositiveFloat = 1e-4
-    updates: PositiveInt = 4  # gradient steps after each kept episode
-    batch_size: PositiveInt = 16
-    buffer_episodes: PositiveInt = 8
+    """The `finetune` agent: the imitator updating its weights by policy gradient on its own
+    returns as it plays (algorithms/policy_gradient_finetune.py). On the Dark Room demo AD,
+    lr 1e-5, 3e-5 and 1e-4 all learn without collapse (docs/evaluation.md); 3e-5 is the middle."""
+    lr: PositiveFloat = 3e-5
+    updates: PositiveInt = 1  # Adam steps after each finished episode of a copy
+    advantage_clip: PositiveFloat = 3.0  # |advantage| at most this many (std + 1) of its earlier returns
 
 
 class EvaluateConfig(Strict):
@@ -473,6 +474,10 @@ class ExperimentConfig(Strict):
     description: str = ""
     scale: str = "demo"  # which entry of `scales` was applied
     scales: dict[str, dict] = Field(default_factory=dict)
+    # Leave one out (e.g. "minatar5@1"): each game of the suite is held out in turn. One teach
+    # stage covers them all; each rotation distils the imitator (and ED) from the other games'
+    # histories and evaluates it on the game it never saw (platform.experiment.rotations).
+    leave_one_out: str | None = None
     teach: TeachConfig
     distill: DistillConfig
     ed: DistillConfig | None = None
@@ -515,6 +520,24 @@ class ExperimentConfig(Strict):
 
     @model_validator(mode="after")
     def _consistent(self):
+        if self.leave_one_out is not None:
+            from understudy.envs import family_of, resolve_suite
+
+            try:
+                games = resolve_suite(self.leave_one_out)[1]
+            except ValueError as err:
+                raise ValueError(f"leave_one_out: {err}") from None
+            absent = [g for g in games if g not in self.teach.games]
+            if len(games) < 2 or absent:
+                raise ValueError(f"leave_one_out: {self.leave_one_out!r} has games {games}; each must be "
+                                 f"among teach.games {self.teach.games} and there must be at least 2"
+                                 + (f" (missing: {absent})" if absent else ""))
+            if any(family_of(g).per_goal for g in games):
+                raise ValueError(f"leave_one_out: {self.leave_one_out!r}: a game with goals (Dark Room) "
+                                 "holds its tasks out by goal (evaluate.goal_split), not by game")
+            if self.evaluate.heldout_games:
+                raise ValueError("evaluate.heldout_games: leave it out with leave_one_out; each rotation "
+                                 "holds out its own game")
         missing = [g for g in self.distill.train_games if g not in self.teach.games]
         if missing:
             raise ValueError(f"distill.game(s) {missing} are not among teach.games {self.teach.games}")

@@ -15,7 +15,7 @@ import ray
 
 from understudy.envs import family_of
 from understudy.platform import resources, storage, tracking
-from understudy.platform.config import EvaluateConfig
+from understudy.platform.config import EvaluateConfig, config_digest
 from understudy.platform.manifests import DistillManifest, EvaluateManifest, TeachManifest
 from understudy.platform.players import Agent, learn_from_scratch, play
 from understudy.platform.report import report
@@ -116,6 +116,7 @@ def run_evaluate(cfg: EvaluateConfig, ws: Workspace, experiment: str | None = No
 
 def _run_evaluate(cfg: EvaluateConfig, ws: Workspace, stage: tracking.StageRun, experiment: str | None,
                   progress_s: float) -> EvaluateManifest:
+    digest = config_digest(cfg)  # of the config as given (before the horizon sets episodes)
     teach = ws.read_stage("teach", cfg.teacher)
     distill = ws.read_stage("distill", cfg.imitator)
     trained = distill.data_games or [distill.game]
@@ -177,4 +178,4 @@ def _run_evaluate(cfg: EvaluateConfig, ws: Workspace, stage: tracking.StageRun, 
                 pending[("scratch", game, seed)] = from_scratch(game, int(np.sum(value["lengths"])), seed)
     for res in results.values():
         res["runs"].sort(key=lambda r: (r["seed"] is None, r["seed"]))
-    return report(cfg, ws, stage, teach, distill, trained, results, experiment)
+    return report(cfg, ws, stage, teach, distill, trained, results, experiment, digest)

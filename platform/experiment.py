@@ -36,36 +36,119 @@ def load(name_or_path: str, scale: str | None = None) -> ExperimentConfig:
     return load_experiment(experiment_path(name_or_path), scale)
 
 
+def rotations(cfg: ExperimentConfig) -> list[ExperimentConfig]:
+    """The parts an experiment runs after its teach stage: itself, or with `leave_one_out` one
+    per game of the suite, that game held out: the imitator (and ED) distilled from the other
+    games' histories, evaluated on the held-out game alone. Stage names carry the held-out game
+    (`<name>-no-<game>-imitator`), so every rotation's stages live side by side."""
+    if cfg.leave_one_out is None:
+        return [cfg]
+    from understudy.envs import resolve_suite
+    from understudy.platform.config import DistillConfig, EvaluateConfig
+
+    games = resolve_suite(cfg.leave_one_out)[1]
+    parts = []
+    for held in games:
+        others = [g for g in games if g != held]
+        tag = f"{cfg.name}-no-{held.split('/')[-1].lower()}"
+
+        def narrowed(stage: DistillConfig, name: str) -> DistillConfig:
+            data = {**stage.data.model_dump(), "games": None, "suite": None}
+            return DistillConfig.model_validate({**stage.model_dump(), "name": name, "game": None,
+                                                 "games": others, "data": data})
+
+        distill = narrowed(cfg.distill, f"{tag}-imitator")
+        ed = narrowed(cfg.ed, f"{tag}-ed") if cfg.ed is not None else None
+        evaluate = EvaluateConfig.model_validate({
+            **cfg.evaluate.model_dump(), "name": f"{tag}-evaluate", "imitator": distill.name,
+            "ed": ed.name if ed else None, "games": [held], "heldout_games": [held]})
+        parts.append(cfg.model_copy(update={"distill": distill, "ed": ed, "evaluate": evaluate,
+                                            "leave_one_out": None}))
+    return parts
+
+
 def run_experiment(cfg: ExperimentConfig, ws: Workspace, stages: dict, resume: bool = False) -> ExperimentManifest:
     """Run every stage in order with the CLI's stage runners (`stages`: name -> fn(cfg, ws, ...)),
-    then tag the evaluation with the experiment's name so `report` finds it."""
+    then tag the evaluation with the experiment's name so `report` finds it. With `--resume`,
+    a stage that finished earlier with the same config is not run again (evaluations too)."""
     started = time.perf_counter()
-    for kind, stage_cfg in (("teach", cfg.teach), ("distill", cfg.distill), ("distill", cfg.ed)):
-        if stage_cfg is None:
+    parts = rotations(cfg)
+    _run_stage(ws, stages, "teach", cfg.teach, resume)
+    evaluations = []
+    for i, part in enumerate(parts):
+        if len(parts) > 1:
+            print(f"[experiment] rotation {i + 1}/{len(parts)}: {part.evaluate.heldout_games[0]} held out, "
+                  f"imitator trained on {', '.join(part.distill.train_games)}", flush=True)
+        for stage_cfg in (part.distill, part.ed):
+            if stage_cfg is not None:
+                _run_stage(ws, stages, "distill", stage_cfg, resume)
+        if resume and _finished(ws, "evaluate", part.evaluate):
+            print(f"[experiment] --resume: evaluate stage {part.evaluate.name!r} finished earlier with this "
+                  "config; its results are read back, not played again", flush=True)
+            evaluations.append(ws.read_stage("evaluate", part.evaluate.name))
             continue
-        if resume and _finished(ws, kind, stage_cfg):
-            print(f"[experiment] --resume: {kind} stage {stage_cfg.name!r} finished earlier with this "
-                  f"config ({ws.stage_path(kind, stage_cfg.name)}); not run again", flush=True)
-            continue
-        stages[kind](stage_cfg, ws, resume=resume and _interrupted(ws, kind, stage_cfg.name))
-    evaluation = stages["evaluate"](cfg.evaluate, ws, experiment=cfg.name)
+        evaluations.append(stages["evaluate"](part.evaluate, ws, experiment=cfg.name))
+    episodes = [row for e in evaluations for row in e.episodes]
+    if len(evaluations) == 1:
+        summary_run_id, table = evaluations[0].summary_run_id, evaluations[0].table
+    else:
+        summary_run_id, table = _log_rotations(cfg, ws, evaluations)
+        print(f"[experiment] all {len(evaluations)} rotations, each game held out once:\n{table}", flush=True)
+    joined = lambda names: ",".join(n for n in names if n) or None  # noqa: E731
     manifest = ExperimentManifest(
         name=cfg.name, scale=cfg.scale, seconds=time.perf_counter() - started,
-        stages={"teach": cfg.teach.name, "distill": cfg.distill.name,
-                "ed": cfg.ed.name if cfg.ed else None, "evaluate": cfg.evaluate.name},
-        summary_run_id=evaluation.summary_run_id, table=evaluation.table)
+        stages={"teach": cfg.teach.name, "distill": joined(p.distill.name for p in parts),
+                "ed": joined(p.ed.name if p.ed else None for p in parts),
+                "evaluate": joined(p.evaluate.name for p in parts)},
+        summary_run_id=summary_run_id, table=table)
     ws.write_stage("experiment", cfg.name, manifest)
-    path = write_results(ws, cfg.name, evaluation.episodes)
+    path = write_results(ws, cfg.name, episodes)
     print(f"[experiment] raw results (every episode of every agent, run and copy): {path}", flush=True)
-    if any(r["goal"] is not None for r in evaluation.episodes):
+    if len(evaluations) > 1:
+        (path.parent / f"{cfg.name}-table.md").write_text(table + "\n")
+    if any(r["goal"] is not None for r in episodes):
         from understudy.platform.report import per_goal, per_goal_table
 
         k = max(1, min(cfg.evaluate.window, cfg.evaluate.episodes // 2))
-        table = per_goal_table(per_goal(evaluation.episodes, k))
+        table = per_goal_table(per_goal(episodes, k))
         (path.parent / f"{cfg.name}-per-goal.md").write_text(table + "\n")
         print(f"[experiment] per goal (late fraction of the optimum [95% CI over runs] / episodes to 0.9):\n"
               f"{table}", flush=True)
     return manifest
+
+
+def _run_stage(ws: Workspace, stages: dict, kind: str, stage_cfg, resume: bool) -> None:
+    if resume and _finished(ws, kind, stage_cfg):
+        print(f"[experiment] --resume: {kind} stage {stage_cfg.name!r} finished earlier with this "
+              f"config ({ws.stage_path(kind, stage_cfg.name)}); not run again", flush=True)
+        return
+    stages[kind](stage_cfg, ws, resume=resume and _interrupted(ws, kind, stage_cfg.name))
+
+
+def _log_rotations(cfg: ExperimentConfig, ws: Workspace, evaluations: list) -> tuple[str, str]:
+    """The answer over every rotation: each held-out game's rows, and per agent the IQM over
+    held-out games x training runs; logged as an evaluation summary run (what `report` shows)
+    and as metrics of the study's parent run."""
+    from understudy.platform.report import headline_metrics, log_metrics, results_table, rotations_aggregate
+
+    k = max(1, min(cfg.evaluate.window, cfg.evaluate.episodes // 2))
+    rows = [row for e in evaluations for row in e.rows]
+    aggregate = rotations_aggregate([r for e in evaluations for r in e.episodes], k,
+                                    cut={(r["agent"], r["game"]) for r in rows if r.get("truncated_episodes")})
+    table = results_table(rows, aggregate)
+    tags = {"understudy.summary": "true", "understudy.experiment": cfg.name}
+    params = {"stage": f"{cfg.name}: {len(evaluations)} rotations ({cfg.leave_one_out}, one game held out each)",
+              "imitator_stage": ",".join(e.name.removesuffix("-evaluate") + "-imitator" for e in evaluations),
+              "teacher_stage": cfg.teach.name, "trained_on": f"{cfg.leave_one_out} minus the held-out game",
+              "episodes": cfg.evaluate.episodes, "copies": cfg.evaluate.copies,
+              "data_version": "one per rotation (see each rotation's evaluation run)"}
+    with tracking.stage_run(ws, "evaluate", f"{cfg.name}-rotations", params, tags) as stage:
+        client = tracking.client_for(ws)
+        headline = headline_metrics([], aggregate)
+        for run in {stage.run_id, *([ws.study.run_id] if ws.study else [])}:
+            log_metrics(client, run, headline)
+        tracking.log_text(client, stage.run_id, table, "results.md")
+    return stage.run_id, table
 
 
 def write_results(ws: Workspace, name: str, episodes: list[dict]) -> Path:

@@ -64,12 +64,21 @@ def teacher_speed(algorithm: str, game: str) -> Speed:
     return Speed(None, f"{algorithm} on {family}: not measured")
 
 
-def update_speed(key: str) -> Speed:
-    data = _load("imitator_updates.json").get("models", {}).get(key)
+def update_speed(key: str, cfg=None) -> Speed:
+    """Seconds per update measured for this stage (`key`), or else for another stage with the
+    same algorithm, model and batch (the same computation)."""
+    models = _load("imitator_updates.json").get("models", {})
+    data, source = models.get(key), key
+    if not data and cfg is not None:
+        same = (cfg.algorithm, cfg.model.model_dump(exclude_none=True), cfg.batch_size)
+        source, data = next(((k, m) for k, m in sorted(models.items())
+                             if (m["algorithm"], m["model"], m["batch_size"]) == same), (key, None))
     if not data:
         return Speed(None, f"{key}: not measured (run bench/imitator_updates.py)")
     return Speed(1.0 / data["seconds_per_update"],
-                 f"docs/bench/imitator_updates.json {key}: {data['seconds_per_update']:.3g}s per update")
+                 f"docs/bench/imitator_updates.json {source}"
+                 + ("" if source == key else " (the same model and batch)")
+                 + f": {data['seconds_per_update']:.3g}s per update")
 
 
 def play_speed(agent: str, game: str) -> Speed:
@@ -184,7 +193,7 @@ def distill_cost(cfg: DistillConfig, teach: TeachConfig, cluster: resources.Clus
     there = resources.distill_placements(cfg, _gpus(cfg.device, cluster))
     cost.placements = there
     cost.here, cost.cluster = resources.concurrent(here, _this_machine()), resources.concurrent(there, cluster)
-    speed = update_speed(key)
+    speed = update_speed(key, cfg)
     seconds = None if speed.per_s is None else updates / speed.per_s
     cost.work.append((seconds, trials, speed.source))
     return cost

@@ -6,7 +6,7 @@ from scratch. Each (agent, game) is one Ray task; `play_episodes` is the loop th
   ed         an expert-only imitator (a distill stage with data.expert_last), frozen
   teacher    the teacher's final policy (only on the games it learned)
   random     uniform random actions;  noop  always action 0
-  finetune   the imitator, updating its weights as it plays (algorithms.self_imitation)
+  finetune   the imitator, updating its weights as it plays (algorithms.policy_gradient_finetune)
   scratch    the teacher's algorithm learning the game from scratch (learn_from_scratch)
 """
 from __future__ import annotations
@@ -190,12 +190,11 @@ def play(agent: Agent, game: str, protocol: dict, episodes: int, copies: int, ma
     stack = model_stack(game, stack)
     on_step = None
     if agent.kind == "finetune":
-        from understudy.algorithms.self_imitation import SelfImitation
-
+        from understudy.algorithms.policy_gradient_finetune import PolicyGradientFinetune
         from understudy.envs import family_of
 
-        learner = SelfImitation(model, player, env.num_envs, seed=seed, newest_frame=family_of(game).newest_frame,
-                                **finetune)
+        learner = PolicyGradientFinetune(model, player, env.num_envs,
+                                         newest_frame=family_of(game).newest_frame, **finetune)
 
         def on_step(obs, actions, rewards, done):  # it learns from steps as the model sees them
             learner.on_step(*player.model_step(obs, actions, rewards), done)

@@ -268,7 +268,8 @@ def episode_rows(cfg: EvaluateConfig, results: dict, teacher_seeds: list[int], e
 
 
 def report(cfg: EvaluateConfig, ws: Workspace, stage: tracking.StageRun, teach: TeachManifest,
-           distill: DistillManifest, trained: list[str], results: dict, experiment: str | None) -> EvaluateManifest:
+           distill: DistillManifest, trained: list[str], results: dict, experiment: str | None,
+           digest: str | None = None) -> EvaluateManifest:
     """The summary of an evaluation's results, logged to MLflow (a run per agent and game nested
     under the stage's run, which gets the plot and tables; the aggregate on the study's parent
     run) and written as the stage's manifest."""
@@ -340,7 +341,7 @@ def report(cfg: EvaluateConfig, ws: Workspace, stage: tracking.StageRun, teach: 
     distilled = set(distill.run_ids)
     teacher_seeds = sorted({r.seed for r in teach.runs if r.run_id in distilled})
     manifest = EvaluateManifest(name=cfg.name, rows=table_rows, aggregate=aggregate, summary_run_id=summary,
-                                table=table, trained_on=trained, experiment=experiment,
+                                table=table, trained_on=trained, experiment=experiment, config_digest=digest,
                                 episodes=episode_rows(cfg, results, teacher_seeds, experiment))
     ws.write_stage("evaluate", cfg.name, manifest)
     return manifest
@@ -396,6 +397,26 @@ def _aggregate(late_scores: dict, trained, goal_split) -> list[dict]:
                         "tasks": len(scores), "runs": n, "iqm": agg["iqm"],
                         "ci_low": agg["ci_low"], "ci_high": agg["ci_high"], "finding": n >= FEW_RUNS})
     return out
+
+
+def rotations_aggregate(episodes: list[dict], k: int, cut: set = frozenset()) -> list[dict]:
+    """Leave-one-out rotations: per agent, the IQM of normalised late returns over held-out
+    games x independent runs (rliable), from the rotations' raw rows (episode_rows). A trained
+    agent's copies are averaged within its run; random and no-op copies are runs. `cut`:
+    (agent, game) rows whose episodes the step cap cut, left out."""
+    late: dict = {}
+    for r in episodes:
+        agent, game = r["agent"], r["game"]
+        if (agent, game) in cut or len(r["episode_returns"]) < k:
+            continue
+        scaled = normalised(game, np.array([r["episode_returns"]], float), "all", 1)
+        if scaled is None:
+            continue
+        run = (r["run_seed"], r["copy"]) if agent in UNTRAINED else r["run_seed"]
+        late.setdefault((agent, (game, None)), {}).setdefault(run, []).append(float(scaled[0, -k:].mean()))
+    scores = {key: [float(np.mean(v)) for _, v in sorted(runs.items(), key=lambda kv: str(kv[0]))]
+              for key, runs in late.items()}
+    return _aggregate(scores, trained=[], goal_split="all")
 
 
 def _fmt(value) -> str:

@@ -130,10 +130,13 @@ def test_suites_and_holdout_split():
     assert not set(train) & set(suite.heldout)
     _, atari57 = resolve_suite("atari57")
     assert len(atari57) == 57 and set(atari57) <= set(all_games())
-    from understudy.envs import SUITES
+    from understudy.envs import SUITES, family_of
 
-    for s in SUITES.values():  # every suite's games ship with the installed ale-py
-        assert set(s.part()) <= set(all_games()), s.name
+    for s in SUITES.values():  # every suite's games exist in their family (ALE: the installed ROMs)
+        assert all(g in family_of(g).games() for g in s.part()), s.name
+    suite, held = resolve_suite("minatar5@1:heldout")
+    assert held == ["MinAtar/SpaceInvaders"] and len(suite.part()) == 5
+    assert {family_of(g).name for g in suite.part()} == {"minatar"}
     with pytest.raises(ValueError, match="no version 9"):
         resolve_suite("dev5@9")
 

@@ -150,24 +150,90 @@ def test_after_a_weight_update_the_context_is_kept_and_read_with_the_new_weights
     torch.testing.assert_close(player.last_logits, fresh.last_logits, atol=1e-4, rtol=1e-4)
 
 
-def test_fine_tuning_imitates_only_episodes_above_its_usual_level_and_keeps_its_context():
-    from understudy.algorithms.self_imitation import SelfImitation
+def test_fine_tuning_follows_the_return_per_copy_and_keeps_its_context():
+    """Policy-gradient fine-tuning: no update before a copy has an earlier return to compare
+    with; a better-than-usual episode makes its own actions likelier, a worse one less likely;
+    each copy's windows hold only its own steps; the context survives the updates."""
+    from understudy.algorithms.policy_gradient_finetune import PolicyGradientFinetune
 
     torch.manual_seed(0)
     model = imitation.build("ad", 5, cnn="grid", stack=1, context=40, d_model=16, layers=1, heads=2,
                             dropout=0.0).eval()
-    player = imitation.policy(model, 1, greedy=False, seed=0)
-    learner = SelfImitation(model, player, 1, lr=1e-3, updates=2, batch_size=4, buffer_episodes=8, seed=0)
-    env = DarkRoomFrames(darkroom_goals("train")[:1])
-    before = [p.detach().clone() for p in model.parameters()]
-    returns = [0.0, 0.0, 3.0, 0.0, 0.0, 5.0, 0.0]  # a reward on the last step of some episodes
+    player = imitation.policy(model, 2, greedy=False, seed=0)
+    learner = PolicyGradientFinetune(model, player, 2, lr=1e-2, updates=3, advantage_clip=3.0)
+    env = DarkRoomFrames(darkroom_goals("train")[:2])
+    seen = []
+    real_update = learner._update
+
+    def spy(i, advantage):
+        window = learner._window(i, advantage)
+        seen.append((i, advantage, window))
+        with torch.no_grad():
+            before = _logp(model, window)
+        real_update(i, advantage)
+        with torch.no_grad():
+            after = _logp(model, window)
+        seen[-1] += (after - before,)
+
+    learner._update = spy
+    returns = {0: [0.0, 4.0, 0.0], 1: [2.0, 2.0, 1.0]}  # paid on the last step of each episode
     obs, _ = env.reset()
-    for ret in returns:
+    frames = {0: [], 1: []}
+    for episode in range(3):
         for t in range(20):
-            a = player.act(obs, [5], [0.0], [t == 0])
+            a = player.act(obs, [5, 5], [0.0, 0.0], [t == 0, t == 0])
+            for i in (0, 1):
+                frames[i].append(obs[i, ..., -1].copy())
             obs = env.step(a)[0]
-            learner.on_step(obs, a, np.array([ret if t == 19 else 0.0]), np.array([t == 19]))
-    assert [float(e["rewards"].sum()) for e in learner.buffer] == [3.0, 5.0]  # never its own zeros
-    assert learner.steps_trained == 4
-    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))  # it really learned
-    assert int(player.length[0]) > 20  # and its context survived the updates
+            rewards = np.array([returns[i][episode] if t == 19 else 0.0 for i in (0, 1)])
+            learner.on_step(obs, a, rewards, np.array([t == 19, t == 19]))
+    # copy 0: 4 after [0] (better: 4 / (0 + 1), clipped at 3), then 0 after [0, 4] (worse:
+    # -2 / (2 + 1)); copy 1: 2 after [2] (no change: no update), then 1 after [2, 2] (worse)
+    assert [(i, round(adv, 3)) for i, adv, *_ in seen] == [(0, 3.0), (0, round(-2 / 3, 3)), (1, -1.0)]
+    better, worse = seen[0][3], seen[1][3]
+    assert better > 0 and worse < 0  # log-likelihood of its own actions: up when better, down when worse
+    for i, _, window, _ in seen:  # a copy's window is its own steps, nothing of the other copy
+        mine = np.stack(frames[i])
+        assert all(any(np.array_equal(f, m) for m in mine) for f in window["obs"][0][window["mask"][0], ..., -1])
+    assert learner.steps_trained == 9
+    assert int(player.length[0]) > 20  # the context survived the updates
+
+
+def _logp(model, window):
+    batch = imitation.to_torch(window)
+    logits = model(batch)
+    mask = batch["mask"]
+    return float(torch.log_softmax(logits[mask], -1).gather(-1, batch["action"][mask][:, None]).sum())
+
+
+@pytest.mark.parametrize("lr, updates, destroyed", [(3e-5, 1, False), (0.3, 20, True)])
+def test_forgetting_replay_shows_what_fine_tuning_did_to_the_old_game(tmp_path, lr, updates, destroyed):
+    """An imitator that plays MinAtar Freeway well (it mostly presses UP) is fine-tuned on
+    Breakout, then replays Freeway frozen. Gentle fine-tuning (the default lr) keeps the old
+    game; fine-tuning made destructive (a huge lr, many steps) must show up as a collapse in
+    the replay: the forgetting rows really play the tuned weights."""
+    from understudy.envs.minatar import ACTION_MEANINGS
+    from understudy.platform.players import Agent, play
+
+    torch.manual_seed(0)
+    model = imitation.build("ad", 6, cnn="minatar", stack=1, context=32, d_model=16, layers=1, heads=2,
+                            dropout=0.0)
+    with torch.no_grad():
+        model.head.weight.mul_(0.1)
+        model.head.bias.zero_()
+        model.head.bias[ACTION_MEANINGS.index("UP")] = 3.0  # the chicken crosses the road
+    imitation.save(model, str(tmp_path / "ck"), {})
+    agent = Agent("imitator", str(tmp_path / "ck"), run_seed=0)
+    cap = 500  # Freeway's clock is 2,500 steps: a shorter cap, the same for both plays
+    before = play._function(agent, "MinAtar/Freeway", {}, 10, 1, cap, False, 0)
+    tuned = play._function(Agent("finetune", str(tmp_path / "ck"), run_seed=0), "MinAtar/Breakout", {}, 10, 1,
+                           cap, False, 0, "heldout", {"lr": lr, "updates": updates, "advantage_clip": 3.0},
+                           ("MinAtar/Freeway",))
+    old, after = float(np.mean(before["returns"])), float(np.mean(tuned["replays"]["MinAtar/Freeway"]))
+    assert old >= 2 and tuned["gradient_steps"] > 0, (old, tuned["gradient_steps"])
+    if destroyed:
+        assert after < 0.3 * old, (old, after)
+    else:
+        assert after >= 0.7 * old, (old, after)
+
+
