@@ -541,7 +541,25 @@ def report(config: str, workdir: Path, out: Path, speed_result: dict | None) -> 
     tmp.write_text(json.dumps(result, indent=2))
     os.replace(tmp, path)
     _plot(result, path.with_suffix(".png"))
+    if game.startswith("MinAtar/"):
+        _combine_minatar(result, out / "learning_minatar.json")
     return result
+
+
+def _combine_minatar(result: dict, path: Path) -> None:
+    """docs/bench/learning_minatar.json: every MinAtar game measured so far, one entry each
+    ({"game": {"env_steps", "teacher_return", "plain_return", ...}}), written atomically."""
+    combined = json.loads(path.read_text()) if path.exists() else {}
+    final = {w: next((v for v in reversed(result[f"{w}_return"] or []) if v is not None), None)
+             for w in ("teacher", "plain")}
+    combined[result["game"]] = {
+        "env_steps": result["env_steps"], "teacher_return": result["teacher_return"],
+        "plain_return": result["plain_return"], "random_return": result["random_return"],
+        "final_ratio": (final["teacher"] / final["plain"]) if final["teacher"] is not None and final["plain"] else None,
+        "config": result["config"], "machine": result["machine"]}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(dict(sorted(combined.items())), indent=2))
+    os.replace(tmp, path)
 
 
 def _plot(result: dict, path: Path) -> None:

@@ -27,6 +27,9 @@ def test_every_ready_experiment_validates_at_every_scale():
             assert cfg.distill.teacher == cfg.teach.name == cfg.evaluate.teacher
             assert cfg.evaluate.imitator == cfg.distill.name
             assert not set(cfg.evaluate.heldout_games) & set(selected_games(cfg.distill)), (name, scale)
+            for part in experiment.rotations(cfg) if cfg.leave_one_out else ():  # each rotation's game never trained on
+                assert part.evaluate.heldout_games and not (set(part.evaluate.heldout_games)
+                                                            & set(selected_games(part.distill))), (name, scale)
 
 
 def test_ready_contexts_hold_two_episodes_wherever_episode_length_is_capped():
@@ -302,3 +305,83 @@ def test_minatar_experiment_end_to_end(ray_session, tmp_path):
     assert "late_normalized" in rows[("imitator", "MinAtar/SpaceInvaders")]
     raw = json.loads((ws / "results" / f"{name}.json").read_text())
     assert {r["agent"] for r in raw} == agents and all(r["goal"] is None for r in raw)
+
+
+def test_leave_one_out_rotations_hold_out_each_game_of_the_suite_once():
+    from understudy.platform import experiment
+
+    cfg = experiment.load("minatar_holdout", "demo")
+    parts = experiment.rotations(cfg)
+    games = ["MinAtar/Asterix", "MinAtar/Breakout", "MinAtar/Freeway", "MinAtar/Seaquest", "MinAtar/SpaceInvaders"]
+    assert [p.evaluate.heldout_games for p in parts] == [[g] for g in games]
+    for part, held in zip(parts, games):
+        assert part.teach == cfg.teach  # one teacher stage for every rotation
+        assert part.distill.train_games == [g for g in games if g != held]
+        assert part.distill.name == f"minatar_holdout-no-{held.split('/')[1].lower()}-imitator"
+        assert part.evaluate.imitator == part.distill.name and part.evaluate.ed == part.ed.name
+        assert part.ed.train_games == part.distill.train_games and part.ed.data.expert_last == 100
+    assert len({p.distill.name for p in parts} | {p.ed.name for p in parts} | {p.evaluate.name for p in parts}) == 15
+    bad = {**yaml.safe_load(experiment.experiment_path("minatar_holdout").read_text()),
+           "teach": {"algorithm": "ppo", "preset": "minatar", "games": ["MinAtar/Breakout", "MinAtar/Freeway"],
+                     "env_steps": 4096}}
+    with pytest.raises(ConfigError, match="leave_one_out.*missing"):
+        parse_config({k: v for k, v in bad.items() if k != "scales"}, "test", expect=("experiment",))
+
+
+@pytest.mark.slow
+def test_minatar_holdout_end_to_end_and_resume(ray_session, tmp_path, capsys):
+    """All five rotations at the tiny scale: one teacher stage over the five MinAtar games, an
+    imitator and ED per rotation that never saw its held-out game, each played on that game;
+    the answer over rotations is an IQM over the five held-out games. `--resume` afterwards
+    runs nothing again."""
+    from understudy.platform import cli
+
+    ws = tmp_path / "ws"
+    name = "minatar_holdout"
+    assert cli.main(["--workspace", str(ws), "experiment", name, "--scale", "tiny"]) == 0
+    stages = ws / "stages"
+    teach = json.loads((stages / f"teach-{name}-teach.json").read_text())
+    games = ["MinAtar/Asterix", "MinAtar/Breakout", "MinAtar/Freeway", "MinAtar/Seaquest", "MinAtar/SpaceInvaders"]
+    assert sorted({r["game"] for r in teach["runs"]}) == games
+    for held in games:
+        tag = f"{name}-no-{held.split('/')[1].lower()}"
+        for kind in ("imitator", "ed"):
+            distill = json.loads((stages / f"distill-{tag}-{kind}.json").read_text())
+            assert sorted(distill["data_games"]) == [g for g in games if g != held], (tag, kind)
+        evaluation = json.loads((stages / f"evaluate-{tag}-evaluate.json").read_text())
+        assert {r["game"] for r in evaluation["rows"]} == {held}
+        assert all(r["held_out"] for r in evaluation["rows"])
+        assert {r["agent"] for r in evaluation["rows"]} == {"imitator", "ed", "teacher", "random"}
+    raw = json.loads((ws / "results" / f"{name}.json").read_text())
+    assert {r["game"] for r in raw} == set(games) and {r["experiment"] for r in raw} == {name}
+    table = (ws / "results" / f"{name}-table.md").read_text()
+    # one IQM row per agent over the five held-out games (tasks), each with its runs
+    assert re.search(r"\| imitator \| held-out games \(5; 5\) \| 1 \|", table), table
+    capsys.readouterr()
+    assert cli.main(["--workspace", str(ws), "experiment", name, "--scale", "tiny", "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("not run again") == 11 and out.count("not played again") == 5, out
+
+
+@pytest.mark.slow
+def test_minatar_teacher_cutoff_end_to_end(ray_session, tmp_path):
+    """The cutoff experiment at the tiny scale: AD trained only on the episodes that ended in
+    the teacher's first 2,048 env steps, judged against the best of that data (episode and
+    k-episode stretch) and against the teacher's whole history."""
+    from understudy.platform import cli
+
+    ws = tmp_path / "ws"
+    name = "minatar_teacher_cutoff"
+    assert cli.main(["--workspace", str(ws), "experiment", name, "--scale", "tiny"]) == 0
+    distill = json.loads((ws / "stages" / f"distill-{name}-imitator.json").read_text())
+    (run_id, history), = distill["history_returns"].items()
+    split = distill["split_returns"][run_id]
+    assert 0 < len(split) < len(history)  # the data stops at the cutoff; the history goes on
+    evaluation = json.loads((ws / "stages" / f"evaluate-{name}-evaluate.json").read_text())
+    row = next(r for r in evaluation["rows"] if r["agent"] == "imitator")
+    assert row["data_best"] == pytest.approx(max(split))
+    for key in ("late_minus_data", "data_best_late", "late_minus_data_late", "history_best_late",
+                "late_minus_history_late"):
+        assert isinstance(row[key], float), key
+    assert row["data_best_late"] <= row["data_best"] and row["history_best"] >= row["data_best"]
+    assert {r["agent"] for r in evaluation["rows"]} == {"imitator", "teacher", "random", "noop", "scratch"}
