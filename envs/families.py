@@ -40,6 +40,9 @@ class EnvFamily:
     optimum: Callable[[object], float] | None = None
     # Every episode is exactly this long (Dark Room): the game itself, never a cut one.
     episode_steps: int | None = None
+    # The most steps an episode can last under the protocol (ALE: 108,000 frames at frame skip
+    # 4; MinAtar: its clock): budgets that must cover whole episodes are sized by it.
+    longest_episode: int = 27_000
 
     @property
     def per_goal(self) -> bool:
@@ -167,7 +170,7 @@ MINATAR = EnvFamily(
     reference=lambda game: MINATAR_SCORES[minatar.game_of(game)],
     protocol=MINATAR_PROTOCOL,
     teacher=("ppo", "minatar"), newest_frame=lambda obs: obs,  # no stacking: the frame is the observation
-    metadata=lambda game: {"family": "minatar", **MINATAR_PROTOCOL},
+    metadata=lambda game: {"family": "minatar", **MINATAR_PROTOCOL}, longest_episode=minatar.EPISODE_CLOCK,
     reference_source="random play measured here; DQN at 5M frames as published by Young & Tian (2019)")
 
 DARKROOM = EnvFamily(
@@ -176,7 +179,8 @@ DARKROOM = EnvFamily(
     num_actions=lambda game: darkroom.NUM_ACTIONS, shared_actions=darkroom.NUM_ACTIONS,
     reference=lambda game: None, protocol=darkroom.protocol(), teacher=("qlearning", None),
     reference_source="each goal's optimal return (envs/darkroom.py optimal_return)",
-    goals=darkroom.darkroom_goals, optimum=darkroom.optimal_return, episode_steps=darkroom.EPISODE_STEPS)
+    goals=darkroom.darkroom_goals, optimum=darkroom.optimal_return, episode_steps=darkroom.EPISODE_STEPS,
+    longest_episode=darkroom.EPISODE_STEPS)
 
 FAMILIES = (DARKROOM, MINATAR, ALE)  # asked in this order: ALE's names are the catch-all
 

@@ -449,6 +449,10 @@ def _run_distill(cfg: DistillConfig, ws: Workspace, stage: tracking.StageRun, re
     errors = [str(r.error).splitlines()[0] for r in grid if r.error]
     if errors:
         raise StageFailed(f"distill: {len(errors)} of {len(grid)} trials failed: {errors[0]}")
+    unfinished = [r for r in grid if r.checkpoint is None and "checkpoint_uri" not in (r.metrics or {})]
+    if unfinished:  # Tune returns early when the run is interrupted (Ctrl-C, SIGTERM)
+        raise StageFailed(f"distill: interrupted with {len(unfinished)} of {len(grid)} trials unfinished; "
+                          f"continue with --resume (the stage's marker {running} is kept)")
 
     trials = []
     model_name = registered_model_name(stage.study, cfg.algorithm)

@@ -28,7 +28,7 @@ def step_budget(cfg: EvaluateConfig, game: str) -> int:
     family = family_of(game)
     if family.per_goal:  # copies of every goal, episodes of the game's fixed length
         return cfg.episodes * cfg.copies * len(family.goals(cfg.goal_split)) * family.episode_steps
-    return cfg.episodes * cfg.copies * (cfg.max_episode_steps or 27_000)
+    return cfg.episodes * cfg.copies * (cfg.max_episode_steps or family.longest_episode)
 
 
 def _check_checkpoint(path: str, stage: str) -> None:

@@ -34,7 +34,7 @@ ASSUMPTIONS = (
     "device: auto is planned as the CPU on the shipped cluster (its GPU group starts with no pod, "
     "and auto takes a GPU only where one exists); device: gpu makes the autoscaler add GPU pods",
     "evaluation: episodes without a cap are counted at the longest an episode may be (ALE: 27,000 "
-    "steps), so evaluation env steps and time are upper bounds",
+    "steps; MinAtar: its 10,000-step clock), so evaluation env steps and time are upper bounds",
 )
 
 
@@ -248,11 +248,18 @@ def plan(cfg, cluster: resources.Cluster | None = None) -> list[StageCost]:
     cluster = cluster or resources.shipped_cluster()
     name = cfg.name
     scale = getattr(cfg, "scale", "-")
-    costs = [teach_cost(cfg.teach, cluster),
-             distill_cost(cfg.distill, cfg.teach, cluster, f"{name}/{scale}/distill")]
-    if getattr(cfg, "ed", None) is not None:
-        costs.append(distill_cost(cfg.ed, cfg.teach, cluster, f"{name}/{scale}/ed"))
-    costs.append(evaluate_cost(cfg.evaluate, cfg.teach, cfg.distill, cluster))
+    costs = [teach_cost(cfg.teach, cluster)]
+    if getattr(cfg, "leave_one_out", None):
+        from understudy.platform.experiment import rotations
+
+        parts = rotations(cfg)  # one distill (and ED) and evaluation per held-out game
+    else:
+        parts = [cfg]
+    for part in parts:
+        costs.append(distill_cost(part.distill, cfg.teach, cluster, f"{name}/{scale}/distill"))
+        if getattr(part, "ed", None) is not None:
+            costs.append(distill_cost(part.ed, cfg.teach, cluster, f"{name}/{scale}/ed"))
+        costs.append(evaluate_cost(part.evaluate, cfg.teach, part.distill, cluster))
     return costs
 
 

@@ -75,3 +75,18 @@ def test_an_unmeasured_speed_is_said_not_guessed():
     assert speed.per_s is None and "not measured" in speed.source
     cost = plan.StageCost("teach", "x", trials=1, work=[(None, 1, speed.source)])
     assert cost.hours(1) is None
+
+
+def test_a_leave_one_out_experiment_is_planned_rotation_by_rotation():
+    from understudy.platform import experiment
+    from understudy.platform.plan import plan
+
+    cfg = experiment.load("minatar_holdout", "full")
+    costs = plan(cfg)
+    assert [c.stage for c in costs] == ["teach"] + ["distill", "distill", "evaluate"] * 5
+    assert costs[0].trials == 15  # 5 games x 3 teacher seeds, once for every rotation
+    games = ["asterix", "breakout", "freeway", "seaquest", "spaceinvaders"]
+    assert [c.name for c in costs if c.stage == "evaluate"] == [f"minatar_holdout-no-{g}-evaluate" for g in games]
+    # every MinAtar episode ends by the family's clock: evaluation steps are bounded by it
+    first = next(c for c in costs if c.stage == "evaluate")
+    assert 0 < first.eval_env_steps <= 60 * 4 * 10_000 * 14
