@@ -12,8 +12,9 @@ CHECKPOINT_FILES = ("model.pt", "model.json")  # the optimizer state stays in th
 
 class Imitator:
     """What `mlflow.pyfunc.load_model` returns the model as: `predict` runs the network on one
-    batch (an array, or a dict of arrays for keyword inputs); the torch module and its
-    checkpoint metadata are `get_raw_model()` and `meta`."""
+    batch, a dict of arrays as training feeds it (histories.data.make_batch: obs, prev_action,
+    prev_reward, new_episode, ...; BC: an array of observations) and returns the action
+    logits; the torch module and its checkpoint metadata are `get_raw_model()` and `meta`."""
 
     def __init__(self, model, meta: dict):
         self.model, self.meta = model, meta
@@ -24,7 +25,7 @@ class Imitator:
 
         with torch.no_grad():
             if isinstance(model_input, dict):
-                out = self.model(**{k: torch.as_tensor(np.asarray(v)) for k, v in model_input.items()})
+                out = self.model({k: torch.as_tensor(np.asarray(v)) for k, v in model_input.items()})
             else:
                 out = self.model(torch.as_tensor(np.asarray(model_input)))
         return out.numpy() if isinstance(out, torch.Tensor) else out

@@ -331,7 +331,8 @@ def test_leave_one_out_rotations_hold_out_each_game_of_the_suite_once():
 @pytest.mark.slow
 def test_minatar_holdout_end_to_end_and_resume(ray_session, tmp_path, capsys):
     """All five rotations at the tiny scale: one teacher stage over the five MinAtar games, an
-    imitator and ED per rotation that never saw its held-out game, each played on that game;
+    imitator per rotation that never saw its held-out game (the tiny scale leaves ED out; the
+    rotations' ED stages are checked without running them), each played on that game;
     the answer over rotations is an IQM over the five held-out games. `--resume` afterwards
     runs nothing again."""
     from understudy.platform import cli
@@ -345,13 +346,13 @@ def test_minatar_holdout_end_to_end_and_resume(ray_session, tmp_path, capsys):
     assert sorted({r["game"] for r in teach["runs"]}) == games
     for held in games:
         tag = f"{name}-no-{held.split('/')[1].lower()}"
-        for kind in ("imitator", "ed"):
-            distill = json.loads((stages / f"distill-{tag}-{kind}.json").read_text())
-            assert sorted(distill["data_games"]) == [g for g in games if g != held], (tag, kind)
+        distill = json.loads((stages / f"distill-{tag}-imitator.json").read_text())
+        assert sorted(distill["data_games"]) == [g for g in games if g != held], tag
         evaluation = json.loads((stages / f"evaluate-{tag}-evaluate.json").read_text())
         assert {r["game"] for r in evaluation["rows"]} == {held}
         assert all(r["held_out"] for r in evaluation["rows"])
-        assert {r["agent"] for r in evaluation["rows"]} == {"imitator", "ed", "teacher", "random"}
+        # the teacher that plays is the held-out game's own (what its whole budget reached)
+        assert {r["agent"] for r in evaluation["rows"]} == {"imitator", "teacher", "random"}
     raw = json.loads((ws / "results" / f"{name}.json").read_text())
     assert {r["game"] for r in raw} == set(games) and {r["experiment"] for r in raw} == {name}
     table = (ws / "results" / f"{name}-table.md").read_text()
@@ -360,7 +361,7 @@ def test_minatar_holdout_end_to_end_and_resume(ray_session, tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["--workspace", str(ws), "experiment", name, "--scale", "tiny", "--resume"]) == 0
     out = capsys.readouterr().out
-    assert out.count("not run again") == 11 and out.count("not played again") == 5, out
+    assert out.count("not run again") == 6 and out.count("not played again") == 5, out
 
 
 @pytest.mark.slow

@@ -308,3 +308,25 @@ def test_a_trial_with_two_workers_trains_data_parallel_with_ray_train(teacher, t
     assert len(client.get_metric_history(trial.mlflow_run_id, "train_loss")) == 2
     model, meta = imitation.load(manifest.checkpoint, expect="ad")
     assert meta["epoch"] == 2
+
+
+def test_the_registered_pyfunc_model_predicts_what_the_network_computes(tmp_path):
+    """`mlflow.pyfunc.load_model(...).predict(batch)` on a saved imitator: the logits the torch
+    module gives for the same training-format batch, loaded without unpickling."""
+    import mlflow.pyfunc
+
+    from understudy.platform import imitator_model
+
+    torch.manual_seed(0)
+    model = imitation.build("ad", 6, cnn="minatar", stack=1, context=8, d_model=16, layers=1, heads=2,
+                            dropout=0.0).eval()
+    imitation.save(model, str(tmp_path / "ck"), {})
+    imitator_model.save(str(tmp_path / "ck"), str(tmp_path / "mlflow-model"))
+    rng = np.random.default_rng(0)
+    batch = {"obs": rng.integers(0, 2, (2, 8, 10, 10, 10)).astype(np.uint8) * 255,
+             "prev_action": rng.integers(0, 7, (2, 8)), "prev_reward": rng.random((2, 8)).astype(np.float32),
+             "new_episode": np.zeros((2, 8), bool)}
+    loaded = mlflow.pyfunc.load_model(str(tmp_path / "mlflow-model"))
+    with torch.no_grad():
+        expected = model({k: torch.as_tensor(v) for k, v in batch.items()}).numpy()
+    np.testing.assert_allclose(loaded.predict(batch), expected, rtol=1e-5, atol=1e-5)
