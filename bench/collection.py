@@ -1,14 +1,18 @@
-"""Collection speed, memory and bytes on disk, on Breakout, all measured in this one run.
+"""Collection speed, memory and bytes on disk, on one game (default ALE Breakout; or a MinAtar
+game, `--game MinAtar/Breakout`), all measured in this one run.
 
 Variants (interleaved over several rounds; medians reported, so a burst of load elsewhere on
 the machine hits all of them alike):
-  raw        ale-py AtariVectorEnv, random actions, no policy, no recording: the baseline
+  raw        the family's vector env (ale-py AtariVectorEnv; MinAtarVectorEnv), random actions,
+             no policy, no recording: the baseline
   teacher    AtariVectorEnvRunner.sample(): PPO policy (Nature CNN) acting + recording
   no-record  the same runner with recording off
-  rllib      RLlib's own SingleAgentEnvRunner on gymnasium wrappers + recording (reference)
+  rllib      RLlib's own SingleAgentEnvRunner on gymnasium wrappers + recording (reference;
+             ALE only: MinAtar has no gymnasium env here, only the vector env)
 Memory: the collector's peak RSS after 10k and after 100k recorded steps (--memory).
 
-Usage: python bench/collection.py [--steps 6000] [--rounds 3] [--memory] [--out docs/bench]
+Usage: python bench/collection.py [--game G] [--steps 6000] [--rounds 3] [--memory] [--out docs/bench]
+(-> collection.json for ALE Breakout, collection_<family>_<game>.json otherwise)
 """
 from __future__ import annotations
 
@@ -24,35 +28,41 @@ import time
 import numpy as np
 
 
-def make_raw(envs: int, threads: int):
-    from understudy.envs import AtariProtocol, make_atari_vector_env
+def make_raw(game: str, envs: int, threads: int):
+    from understudy.envs import AtariProtocol, family_of, make_atari_vector_env
 
-    env = make_atari_vector_env("Breakout", AtariProtocol(full_action_space=True), num_envs=envs,
-                                num_threads=threads)
+    if family_of(game).name == "ale":
+        env = make_atari_vector_env(game, AtariProtocol(full_action_space=True), num_envs=envs,
+                                    num_threads=threads)
+    else:
+        env = family_of(game).make_vector_env(game, envs)
     env.reset(seed=0)
     return env
 
 
 def time_raw(env, steps: int) -> float:
     rng = np.random.default_rng(0)
-    n = env.batch_size
+    n, actions = env.batch_size, env.single_action_space.n
     done, started = 0, time.perf_counter()
     while done < steps:
-        env.step(rng.integers(18, size=n))
+        env.step(rng.integers(actions, size=n))
         done += n
     return done / (time.perf_counter() - started)
 
 
-def make_runner(envs: int, threads: int, record_root: str | None, runner: str, session: str,
+def make_runner(game: str, envs: int, threads: int, record_root: str | None, runner: str, session: str,
                 shard_rows: int = 20_000):
     from understudy.algorithms.presets import PPOSettings
     from understudy.algorithms.teachers import teacher_config
+    from understudy.envs import family_of
 
+    ale = family_of(game).name == "ale"
     record = ({"root": record_root, "session": session, "algorithm": "ppo", "shard_rows": shard_rows}
               if record_root else None)
-    config = teacher_config(algorithm="ppo", game="Breakout", seed=0, env_steps=10**9,
-                            env_steps_per_iter=envs * 64, protocol={"full_action_space": True},
-                            max_episode_steps=None, record=record, cnn="nature", num_envs=envs,
+    config = teacher_config(algorithm="ppo", game=game, seed=0, env_steps=10**9,
+                            env_steps_per_iter=envs * 64, protocol={"full_action_space": True} if ale else {},
+                            max_episode_steps=None, record=record, cnn="nature" if ale else "minatar",
+                            num_envs=envs,
                             lr=2.5e-4, reward="sign", settings=PPOSettings(), runner=runner,
                             env_threads=threads)
     algo = config.build_algo()
@@ -73,10 +83,10 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def memory_profile(envs: int, threads: int, root: str) -> dict:
+def memory_profile(game: str, envs: int, threads: int, root: str) -> dict:
     """Peak RSS after 10k and after 100k recorded steps in one collector. Shards of 5k rows, so
     the first flush (the writer's largest transient buffer) is already behind the 10k mark."""
-    algo = make_runner(envs, threads, root, "vector", "bench-memory", shard_rows=5_000)
+    algo = make_runner(game, envs, threads, root, "vector", "bench-memory", shard_rows=5_000)
     out, done = {}, 0
     env_runner = algo.env_runner
     for mark in (10_000, 100_000):
@@ -91,6 +101,7 @@ def memory_profile(envs: int, threads: int, root: str) -> dict:
 
 def main():
     p = argparse.ArgumentParser()
+    p.add_argument("--game", default="Breakout", help="an ALE or MinAtar game (MinAtar/Breakout)")
     p.add_argument("--steps", type=int, default=6_000, help="steps per variant per round")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--envs", type=int, default=16)
@@ -110,55 +121,67 @@ def main():
     tmp = tempfile.mkdtemp(prefix="bench-shards-")
     if args.memory_only:  # a fresh process, so peak RSS is the collector's alone
         try:
-            print("MEMORY " + json.dumps(memory_profile(args.envs, args.threads, tmp)))
+            print("MEMORY " + json.dumps(memory_profile(args.game, args.envs, args.threads, tmp)))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return
     try:
-        raws = {n: make_raw(n, args.threads) for n in sorted({8, args.envs})}
-        teacher = make_runner(args.envs, args.runner_threads, tmp, "vector", "bench-vector")
-        plain = make_runner(args.envs, args.runner_threads, None, "vector", "none")
-        rllib = make_runner(8, args.runner_threads, tmp, "rllib", "bench-rllib")
-        samples = {k: [] for k in ["raw8", f"raw{args.envs}", "teacher", "no_record", "rllib"]}
+        from understudy.envs import family_of
+
+        ale = family_of(args.game).name == "ale"
+        raws = {n: make_raw(args.game, n, args.threads) for n in sorted({8, args.envs})}
+        teacher = make_runner(args.game, args.envs, args.runner_threads, tmp, "vector", "bench-vector")
+        plain = make_runner(args.game, args.envs, args.runner_threads, None, "vector", "none")
+        rllib = make_runner(args.game, 8, args.runner_threads, tmp, "rllib", "bench-rllib") if ale else None
+        samples = {k: [] for k in ["raw8", f"raw{args.envs}", "teacher", "no_record"] + (["rllib"] if ale else [])}
         for r in range(args.rounds):
             for n, env in raws.items():
                 samples[f"raw{n}"].append(time_raw(env, args.steps))
             samples["teacher"].append(time_runner(teacher, args.steps))
             samples["no_record"].append(time_runner(plain, args.steps))
-            samples["rllib"].append(time_runner(rllib, args.rllib_steps))
+            if rllib is not None:
+                samples["rllib"].append(time_runner(rllib, args.rllib_steps))
             print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in samples.items())
                   + " steps/s", flush=True)
-        teacher.stop(); plain.stop(); rllib.stop()
+        for algo in (teacher, plain, rllib):
+            if algo is not None:
+                algo.stop()
         med = {k: statistics.median(v) for k, v in samples.items()}
         raw = max(med["raw8"], med[f"raw{args.envs}"])
         from understudy.histories import shards
 
-        catalog = shards.read_catalog(tmp, "ppo-Breakout-s0-bench-vector")
+        run_id = next(r for r in os.listdir(tmp) if r.endswith("-bench-vector"))
+        catalog = shards.read_catalog(tmp, run_id)
         rows, size = sum(e["rows"] for e in catalog), sum(e["bytes"] for e in catalog)
+        frame_bytes = int(np.prod(family_of(args.game).frame_shape))
         results = {
-            "args": vars(args), "samples_steps_per_s": samples, "median_steps_per_s": med,
+            "game": args.game, "args": vars(args), "samples_steps_per_s": samples, "median_steps_per_s": med,
             "bytes_per_step": size / rows, "recorded_rows": rows,
             "ratios": {
                 "teacher_vs_raw": med["teacher"] / raw,
                 "record_on_vs_off": med["teacher"] / med["no_record"],
-                "rllib_runner_vs_raw": med["rllib"] / raw,
-                "teacher_vs_rllib_runner": med["teacher"] / med["rllib"],
-                "bytes_per_step_vs_raw_frame": size / rows / 7056,
+                "bytes_per_step_vs_raw_frame": size / rows / frame_bytes,
+                **({"rllib_runner_vs_raw": med["rllib"] / raw,
+                    "teacher_vs_rllib_runner": med["teacher"] / med["rllib"]} if ale else {}),
             },
         }
         if args.memory:
             import subprocess
             import sys
 
-            out = subprocess.run([sys.executable, __file__, "--memory-only", "--envs", str(args.envs),
+            out = subprocess.run([sys.executable, __file__, "--memory-only", "--game", args.game, "--envs", str(args.envs),
                                   "--threads", str(args.runner_threads)], capture_output=True, text=True,
                                  check=True).stdout
             results["memory"] = json.loads(out.split("MEMORY ", 1)[1])
         print(json.dumps({k: v for k, v in results.items() if k != "samples_steps_per_s"}, indent=2))
         if args.out:
             os.makedirs(args.out, exist_ok=True)
-            with open(os.path.join(args.out, "collection.json"), "w") as f:
+            name = "collection.json" if args.game == "Breakout" else \
+                f"collection_{args.game.replace('/', '_').lower()}.json"
+            path = os.path.join(args.out, name)
+            with open(path + ".tmp", "w") as f:
                 json.dump(results, f, indent=2)
+            os.replace(path + ".tmp", path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         ray.shutdown()

@@ -552,10 +552,18 @@ def _combine_minatar(result: dict, path: Path) -> None:
     combined = json.loads(path.read_text()) if path.exists() else {}
     final = {w: next((v for v in reversed(result[f"{w}_return"] or []) if v is not None), None)
              for w in ("teacher", "plain")}
+    # the last fifth of the budget: one seed's end point is noisy (a 100-episode mean)
+    late = {}
+    for w in ("teacher", "plain"):
+        points = [v for v in (result[f"{w}_return"] or []) if v is not None]
+        tail = points[-max(1, len(points) // 5):]
+        late[w] = float(np.mean(tail)) if tail else None
     combined[result["game"]] = {
         "env_steps": result["env_steps"], "teacher_return": result["teacher_return"],
         "plain_return": result["plain_return"], "random_return": result["random_return"],
         "final_ratio": (final["teacher"] / final["plain"]) if final["teacher"] is not None and final["plain"] else None,
+        "late_teacher": late["teacher"], "late_plain": late["plain"],
+        "late_ratio": (late["teacher"] / late["plain"]) if late["teacher"] is not None and late["plain"] else None,
         "config": result["config"], "machine": result["machine"]}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(dict(sorted(combined.items())), indent=2))
