@@ -23,6 +23,11 @@ from understudy.platform.teach import StageFailed
 from understudy.platform.workspace import Workspace
 
 
+# Agents that play the env steps the imitator played on a game (counted in the table), not a
+# number of episodes; the teacher plays episodes (it only shows what it learned).
+EQUAL_STEPS = ("random", "noop", "ed", "finetune")
+
+
 def step_budget(cfg: EvaluateConfig, game: str) -> int:
     """Env steps of `episodes` full-length episodes in every copy (when no imitator sets it)."""
     family = family_of(game)
@@ -131,17 +136,27 @@ def _run_evaluate(cfg: EvaluateConfig, ws: Workspace, stage: tracking.StageRun, 
     started = time.perf_counter()
     finetune = cfg.finetune.model_dump()
     gpus = resources.stage_gpus(cfg.device, "evaluate.device")
-    pending = {}
+    pending, deferred = {}, {}
+
+    def launch(name, game, agent, env_steps=None):
+        replay = tuple(g for g in trained if g != game) if name == "finetune" and cfg.forgetting else ()
+        task = resources.evaluation_task_resources(name, gpus)
+        pending[(name, game, agent.run_seed)] = play.options(**task).remote(
+            agent, game, protocol, cfg.episodes, cfg.copies, cfg.max_episode_steps, cfg.greedy,
+            cfg.seed, cfg.goal_split, finetune, replay, progress_s, task["num_gpus"], env_steps)
+
     for name, by_game in agents.items():
         if name == "scratch":
             continue
         for game in cfg.games:
-            replay = tuple(g for g in trained if g != game) if name == "finetune" and cfg.forgetting else ()
             for agent in by_game.get(None, by_game.get(game, [])):
-                task = resources.evaluation_task_resources(name, gpus)
-                pending[(name, game, agent.run_seed)] = play.options(**task).remote(
-                    agent, game, protocol, cfg.episodes, cfg.copies, cfg.max_episode_steps, cfg.greedy,
-                    cfg.seed, cfg.goal_split, finetune, replay, progress_s, task["num_gpus"])
+                if name in EQUAL_STEPS and "imitator" in agents:
+                    deferred.setdefault(game, []).append((name, agent))  # once the imitator has played
+                else:
+                    launch(name, game, agent)
+    imitator_runs = {game: len(agents["imitator"].get(None, agents["imitator"].get(game, [])))
+                     for game in cfg.games} if "imitator" in agents else {}
+    imitator_steps: dict[str, dict] = {}  # game -> {run seed: env steps the imitator took}
 
     budget: dict[tuple, int] = {}  # (game, seed) -> env steps a learner from scratch was given
 
@@ -154,7 +169,8 @@ def _run_evaluate(cfg: EvaluateConfig, ws: Workspace, stage: tracking.StageRun, 
     if scratch_seeds and "imitator" not in agents:
         pending.update({("scratch", g, s): from_scratch(g, step_budget(cfg, g), s)
                         for g in cfg.games for s in scratch_seeds})
-    total = len(pending) + (len(cfg.games) * len(scratch_seeds) if "imitator" in agents else 0)
+    total = (len(pending) + sum(len(v) for v in deferred.values())
+             + (len(cfg.games) * len(scratch_seeds) if "imitator" in agents else 0))
     results: dict[tuple, dict] = {}
     done_tasks = 0
     while pending:
@@ -176,6 +192,15 @@ def _run_evaluate(cfg: EvaluateConfig, ws: Workspace, stage: tracking.StageRun, 
             if name == "imitator" and seed in scratch_seeds:
                 # A learner from scratch gets the env steps this imitator run took on that game.
                 pending[("scratch", game, seed)] = from_scratch(game, int(np.sum(value["lengths"])), seed)
+            if name == "imitator":
+                steps = imitator_steps.setdefault(game, {})
+                steps[seed] = int(np.sum(value["lengths"]))
+                if len(steps) == imitator_runs[game]:
+                    # Baselines play the env steps the imitator played: a trained one those of
+                    # the imitator run with its seed, an untrained one their mean.
+                    mean = int(np.mean(list(steps.values())))
+                    for other, agent in deferred.pop(game, []):
+                        launch(other, game, agent, steps.get(agent.run_seed, mean))
     for res in results.values():
         res["runs"].sort(key=lambda r: (r["seed"] is None, r["seed"]))
     return report(cfg, ws, stage, teach, distill, trained, results, experiment, digest)

@@ -110,23 +110,28 @@ class Progress:
     """Prints `label: done/total episodes` at most every `every_s` seconds (and at the end), so
     a long evaluation task shows where it is between its start and its result."""
 
-    def __init__(self, label: str, total: int, every_s: float = 30.0, clock=time.monotonic, out=print):
+    def __init__(self, label: str, total: int, every_s: float = 30.0, clock=time.monotonic, out=print,
+                 step_total: int | None = None):
+        """`step_total`: a task with an env-step budget shows steps against it instead."""
         self.label, self.total, self.every_s, self.clock, self.out = label, total, every_s, clock, out
+        self.step_total = step_total
         self.started = self.last = clock()
         self.steps = 0
 
     def __call__(self, episodes_done: int, steps: int) -> None:
         self.steps = steps
         now = self.clock()
-        if now - self.last >= self.every_s or episodes_done >= self.total:
+        if now - self.last >= self.every_s or (self.step_total is None and episodes_done >= self.total):
             self.last = now
             elapsed = now - self.started
-            self.out(f"[evaluate] {self.label}: {min(episodes_done, self.total)}/{self.total} episodes, "
-                     f"{steps} env steps, {elapsed:.0f}s ({steps / max(elapsed, 1e-9):.0f} steps/s)")
+            done = (f"{min(steps, self.step_total)}/{self.step_total} env steps (its budget), {episodes_done} episodes"
+                    if self.step_total is not None else
+                    f"{min(episodes_done, self.total)}/{self.total} episodes, {steps} env steps")
+            self.out(f"[evaluate] {self.label}: {done}, {elapsed:.0f}s ({steps / max(elapsed, 1e-9):.0f} steps/s)")
 
 
 def play_episodes(env, player, stack: int, num_actions: int, episodes: int, seed: int,
-                  on_step=None, progress=None) -> list[list[dict]]:
+                  on_step=None, progress=None, env_steps: int | None = None) -> list[list[dict]]:
     """The player sees the newest `stack` frames of each observation (0: the whole observation,
     see model_stack). Each of the env's N copies plays `episodes` consecutive episodes with the same player,
     which sees the previous action and reward and where episodes start (so a player with
@@ -135,7 +140,13 @@ def play_episodes(env, player, stack: int, num_actions: int, episodes: int, seed
     `progress(episodes_done, env_steps)` is called after every step (counting each copy's
     episodes up to `episodes`). Returns, per copy, each episode's raw return and length, in order;
     with a context player, also how many of its episodes' starts its window held when the
-    episode began (`episodes_in_context`)."""
+    episode began (`episodes_in_context`).
+
+    With `env_steps`, a budget instead of an episode count: each copy plays whole episodes until
+    it has taken its share (env_steps / copies; the episode that crosses it is finished), at
+    least one; copies that finish early keep stepping, their extra episodes not kept. The copies
+    are then cut to the same number of episodes (the fewest any copy played), so every episode
+    index is an average over all copies."""
     obs, _ = env.reset(seed=seed)
     n = len(obs)
     prev_action, prev_reward = np.full(n, num_actions), np.zeros(n, np.float32)
@@ -145,7 +156,15 @@ def play_episodes(env, player, stack: int, num_actions: int, episodes: int, seed
     counts = getattr(player, "episodes_in_context", None)
     played: list[list[dict]] = [[] for _ in range(n)]
     steps = 0
-    while min(len(p) for p in played) < episodes:
+    share = None if env_steps is None else -(-int(env_steps) // n)
+    used = np.zeros(n, int)
+
+    def finished(i: int) -> bool:
+        if share is None:
+            return len(played[i]) >= episodes
+        return len(played[i]) >= 1 and used[i] >= share
+
+    while not all(finished(i) for i in range(n)):
         actions = np.asarray(player.act(obs[..., -stack:] if stack else obs, prev_action, prev_reward,
                                         new_episode))
         if counts is not None and new_episode.any():
@@ -158,22 +177,30 @@ def play_episodes(env, player, stack: int, num_actions: int, episodes: int, seed
         ret, length = ret + rewards, length + 1
         steps += n
         for i in np.flatnonzero(done):
+            if share is not None and finished(i):
+                continue  # past its budget: not kept
             episode = {"return": float(ret[i]), "length": int(length[i]), "truncated": bool(truncated[i])}
             if counts is not None:
                 episode["episodes_in_context"] = int(in_context[i])
             played[i].append(episode)
+            used[i] += int(length[i])
         ret[done], length[done] = 0.0, 0
         obs, prev_action, prev_reward, new_episode = next_obs, actions, rewards.astype(np.float32), done
         if progress is not None:
             progress(sum(min(len(p), episodes) for p in played), steps)
+    if share is not None:
+        episodes = min(len(p) for p in played)
     return [p[:episodes] for p in played]
 
 
 @ray.remote(num_cpus=1)
 def play(agent: Agent, game: str, protocol: dict, episodes: int, copies: int, max_episode_steps,
          greedy: bool, seed: int, goal_split: str = "heldout", finetune: dict | None = None,
-         replay_games: tuple = (), progress_s: float = 30.0, gpus: float = 0) -> dict:
-    """One agent, one game: `copies` copies each play `episodes` consecutive episodes.
+         replay_games: tuple = (), progress_s: float = 30.0, gpus: float = 0,
+         env_steps: int | None = None) -> dict:
+    """One agent, one game: `copies` copies each play `episodes` consecutive episodes, or with
+    `env_steps` whole episodes until they have taken that many env steps together (the
+    imitator's, so baselines play equal env steps; play_episodes).
     With `replay_games` (after fine-tuning), the tuned weights then play those games frozen.
     `gpus`: the GPU (share) this task was given for the model (platform/resources.py), else the CPU.
     `started`/`ended` (seconds since the epoch): when this task played, for its MLflow run."""
@@ -199,10 +226,10 @@ def play(agent: Agent, game: str, protocol: dict, episodes: int, copies: int, ma
         def on_step(obs, actions, rewards, done):  # it learns from steps as the model sees them
             learner.on_step(*player.model_step(obs, actions, rewards), done)
     progress = Progress(f"{agent.kind} on {game}", episodes * env.num_envs, progress_s,
-                        out=lambda line: print(line, flush=True))
+                        out=lambda line: print(line, flush=True), step_total=env_steps)
     try:
         played = play_episodes(env, player, stack, num_actions, episodes, seed, on_step=on_step,
-                               progress=progress)
+                               progress=progress, env_steps=env_steps)
     finally:
         env.close()
     out = {"returns": [[e["return"] for e in p] for p in played],

@@ -237,3 +237,25 @@ def test_forgetting_replay_shows_what_fine_tuning_did_to_the_old_game(tmp_path, 
         assert after >= 0.7 * old, (old, after)
 
 
+
+
+def test_an_env_step_budget_plays_whole_episodes_up_to_each_copys_share():
+    """Baselines play the env steps the imitator played: each copy plays whole episodes until
+    it has taken its share of the budget, then every copy is cut to the fewest episodes."""
+    from understudy.envs.minatar import MinAtarVectorEnv
+
+    env = MinAtarVectorEnv("MinAtar/SpaceInvaders", 4, same_step_reset=True)
+    rng = np.random.default_rng(0)
+
+    class Random:
+        def act(self, obs, *_):
+            return rng.integers(6, size=len(obs))
+
+    budget = 2_000
+    played = play_episodes(env, Random(), 0, 6, episodes=10**6, seed=0, env_steps=budget)
+    counts = {len(p) for p in played}
+    assert len(counts) == 1 and counts.pop() >= 1  # the same episodes in every copy
+    steps = [sum(e["length"] for e in p) for p in played]
+    longest = max(e["length"] for p in played for e in p)
+    # the copy that played fewest episodes kept them all: it reached its share (500)
+    assert max(steps) >= budget // 4 and sum(steps) <= budget + 4 * longest
