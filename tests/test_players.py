@@ -259,3 +259,29 @@ def test_an_env_step_budget_plays_whole_episodes_up_to_each_copys_share():
     longest = max(e["length"] for p in played for e in p)
     # the copy that played fewest episodes kept them all: it reached its share (500)
     assert max(steps) >= budget // 4 and sum(steps) <= budget + 4 * longest
+
+
+def test_default_fine_tuning_does_not_collapse_a_policy_that_plays_well(tmp_path):
+    """An imitator that plays MinAtar Freeway well, fine-tuned on Freeway itself with the
+    default settings: its returns stay at the frozen imitator's level (the self-imitation it
+    replaced fell below random on Dark Room)."""
+    from understudy.envs.minatar import ACTION_MEANINGS
+    from understudy.platform.config import FinetuneParams
+    from understudy.platform.players import Agent, play
+
+    torch.manual_seed(0)
+    model = imitation.build("ad", 6, cnn="minatar", stack=1, context=32, d_model=16, layers=1, heads=2,
+                            dropout=0.0)
+    with torch.no_grad():
+        model.head.weight.mul_(0.1)
+        model.head.bias.zero_()
+        model.head.bias[ACTION_MEANINGS.index("UP")] = 3.0
+    imitation.save(model, str(tmp_path / "ck"), {})
+    cap = 300
+    frozen = play._function(Agent("imitator", str(tmp_path / "ck"), run_seed=0), "MinAtar/Freeway", {}, 8, 2,
+                            cap, False, 0)
+    tuned = play._function(Agent("finetune", str(tmp_path / "ck"), run_seed=0), "MinAtar/Freeway", {}, 8, 2,
+                           cap, False, 0, "heldout", FinetuneParams().model_dump())
+    assert tuned["gradient_steps"] > 0
+    before, after = np.mean(frozen["returns"]), np.mean(np.array(tuned["returns"])[:, -4:])
+    assert before >= 1 and after >= 0.7 * before, (before, after)
