@@ -118,7 +118,7 @@ class DistillManifest(_StageManifest):
                                           seed=int(self.config.get("seed", 0)))]
 
 
-class EvaluateManifest(_Manifest):
+class EvaluateManifest(_StageManifest):
     kind: Literal["evaluate"] = "evaluate"
     name: str
     rows: list[dict[str, Any]]
