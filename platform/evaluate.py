@@ -28,6 +28,17 @@ from understudy.platform.workspace import Workspace
 EQUAL_STEPS = ("random", "noop", "ed", "finetune")
 
 
+def _same_episodes(res: dict) -> None:
+    """Runs that played an env-step budget may have played different numbers of episodes (each
+    is cut to its copies' fewest): every run of the agent is cut to the fewest, so each
+    episode index averages every run and copy."""
+    episodes = min((len(r) for run in res["runs"] for r in run["returns"]), default=0)
+    for run in res["runs"]:
+        for key in ("returns", "lengths", "episodes_in_context", "truncated"):
+            if run.get(key) is not None:
+                run[key] = [r[:episodes] for r in run[key]]
+
+
 def step_budget(cfg: EvaluateConfig, game: str) -> int:
     """Env steps of `episodes` full-length episodes in every copy (when no imitator sets it)."""
     family = family_of(game)
@@ -130,6 +141,11 @@ def _run_evaluate(cfg: EvaluateConfig, ws: Workspace, stage: tracking.StageRun, 
         raise StageFailed(f"evaluate.heldout_games: {overlap} appear in the imitator's training data "
                           f"(distill stage {cfg.imitator!r}, data {distill.data_version}, games {trained})")
     _check_goals_held_out(cfg, teach, distill)
+    from understudy.algorithms.policy_gradient_finetune import CROSS_EPISODE
+
+    if "finetune" in cfg.agents and distill.algorithm not in CROSS_EPISODE:
+        raise StageFailed(f"evaluate.agents: finetune fine-tunes an in-context learner ({', '.join(CROSS_EPISODE)}); "
+                          f"the imitator of distill stage {cfg.imitator!r} is {distill.algorithm!r}: leave finetune out")
     cfg = _past_the_horizon(cfg, distill)
     agents = _agents(cfg, ws, teach, distill)
     protocol = dict(teach.protocol, terminal_on_life_loss=False)  # evaluation: whole games
@@ -201,6 +217,11 @@ def _run_evaluate(cfg: EvaluateConfig, ws: Workspace, stage: tracking.StageRun, 
                     mean = int(np.mean(list(steps.values())))
                     for other, agent in deferred.pop(game, []):
                         launch(other, game, agent, steps.get(agent.run_seed, mean))
-    for res in results.values():
+    if deferred:  # cannot happen unless an imitator run went missing: say so, never drop rows
+        raise StageFailed(f"evaluate: baselines {sorted({n for v in deferred.values() for n, _ in v})} on "
+                          f"{sorted(deferred)} never started: not every imitator run of those games finished")
+    for (name, game), res in results.items():
         res["runs"].sort(key=lambda r: (r["seed"] is None, r["seed"]))
+        if name in EQUAL_STEPS and "imitator" in agents:
+            _same_episodes(res)
     return report(cfg, ws, stage, teach, distill, trained, results, experiment, digest)

@@ -73,16 +73,18 @@ def run_experiment(cfg: ExperimentConfig, ws: Workspace, stages: dict, resume: b
     a stage that finished earlier with the same config is not run again (evaluations too)."""
     started = time.perf_counter()
     parts = rotations(cfg)
-    _run_stage(ws, stages, "teach", cfg.teach, resume)
+    taught = _run_stage(ws, stages, "teach", cfg.teach, resume)
     evaluations = []
     for i, part in enumerate(parts):
         if len(parts) > 1:
             print(f"[experiment] rotation {i + 1}/{len(parts)}: {part.evaluate.heldout_games[0]} held out, "
                   f"imitator trained on {', '.join(part.distill.train_games)}", flush=True)
+        upstream_ran = taught
         for stage_cfg in (part.distill, part.ed):
             if stage_cfg is not None:
-                _run_stage(ws, stages, "distill", stage_cfg, resume)
-        if resume and _finished(ws, "evaluate", part.evaluate):
+                upstream_ran |= _run_stage(ws, stages, "distill", stage_cfg, resume)
+        # an evaluation is read back only if nothing it plays was trained again
+        if resume and not upstream_ran and _finished(ws, "evaluate", part.evaluate):
             print(f"[experiment] --resume: evaluate stage {part.evaluate.name!r} finished earlier with this "
                   "config; its results are read back, not played again", flush=True)
             evaluations.append(ws.read_stage("evaluate", part.evaluate.name))
@@ -117,12 +119,14 @@ def run_experiment(cfg: ExperimentConfig, ws: Workspace, stages: dict, resume: b
     return manifest
 
 
-def _run_stage(ws: Workspace, stages: dict, kind: str, stage_cfg, resume: bool) -> None:
+def _run_stage(ws: Workspace, stages: dict, kind: str, stage_cfg, resume: bool) -> bool:
+    """Runs the stage unless `resume` finds it finished with this config; whether it ran."""
     if resume and _finished(ws, kind, stage_cfg):
         print(f"[experiment] --resume: {kind} stage {stage_cfg.name!r} finished earlier with this "
               f"config ({ws.stage_path(kind, stage_cfg.name)}); not run again", flush=True)
-        return
+        return False
     stages[kind](stage_cfg, ws, resume=resume and _interrupted(ws, kind, stage_cfg.name))
+    return True
 
 
 def _log_rotations(cfg: ExperimentConfig, ws: Workspace, evaluations: list) -> tuple[str, str]:

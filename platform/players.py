@@ -136,7 +136,8 @@ def play_episodes(env, player, stack: int, num_actions: int, episodes: int, seed
     see model_stack). Each of the env's N copies plays `episodes` consecutive episodes with the same player,
     which sees the previous action and reward and where episodes start (so a player with
     memory can carry it from one episode to the next). The env resets in the same step an
-    episode ends. `on_step(obs, actions, rewards, done)` sees every step (learners use it);
+    episode ends. `on_step(obs, actions, rewards, done, active)` sees every step (learners use
+    it; `active`: with a budget, the copies still within it, else None);
     `progress(episodes_done, env_steps)` is called after every step (counting each copy's
     episodes up to `episodes`). Returns, per copy, each episode's raw return and length, in order;
     with a context player, also how many of its episodes' starts its window held when the
@@ -170,10 +171,11 @@ def play_episodes(env, player, stack: int, num_actions: int, episodes: int, seed
         if counts is not None and new_episode.any():
             # the new episode's own start is in the window now: the ones before it are earlier episodes
             in_context = np.where(new_episode, np.asarray(counts()) - 1, in_context)
+        active = None if share is None else np.array([not finished(i) for i in range(n)])
         next_obs, rewards, terminated, truncated, _ = env.step(actions)
         done = terminated | truncated
         if on_step is not None:
-            on_step(obs, actions, rewards, done)
+            on_step(obs, actions, rewards, done, active)
         ret, length = ret + rewards, length + 1
         steps += n
         for i in np.flatnonzero(done):
@@ -223,8 +225,8 @@ def play(agent: Agent, game: str, protocol: dict, episodes: int, copies: int, ma
         learner = PolicyGradientFinetune(model, player, env.num_envs,
                                          newest_frame=family_of(game).newest_frame, **finetune)
 
-        def on_step(obs, actions, rewards, done):  # it learns from steps as the model sees them
-            learner.on_step(*player.model_step(obs, actions, rewards), done)
+        def on_step(obs, actions, rewards, done, active):  # it learns from steps as the model sees them
+            learner.on_step(*player.model_step(obs, actions, rewards), done, active)
     progress = Progress(f"{agent.kind} on {game}", episodes * env.num_envs, progress_s,
                         out=lambda line: print(line, flush=True), step_total=env_steps)
     try:

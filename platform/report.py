@@ -36,7 +36,9 @@ def cut_short(cfg: EvaluateConfig, game: str) -> bool:
     """Episodes of this game can end early by the evaluation's own step cap, not by the game
     (Dark Room's 20-step episodes are the game itself; Atari's protocol cap of 108,000 frames is
     the field's full game)."""
-    return family_of(game).episode_steps is None and cfg.max_episode_steps is not None
+    family = family_of(game)
+    return (family.episode_steps is None and cfg.max_episode_steps is not None
+            and cfg.max_episode_steps < family.longest_episode)  # a cap past the protocol's never binds
 
 
 UNTRAINED = ("random", "noop")  # nothing trained: each copy is an independent run
@@ -417,8 +419,8 @@ def rotations_aggregate(episodes: list[dict], k: int, cut: set = frozenset()) ->
     late: dict = {}
     for r in episodes:
         agent, game = r["agent"], r["game"]
-        if (agent, game) in cut or len(r["episode_returns"]) < k:
-            continue
+        if (agent, game) in cut or not r["episode_returns"]:
+            continue  # (the late window is the last k episodes, or all a row has, as summarise takes)
         scaled = normalised(game, np.array([r["episode_returns"]], float), "all", 1)
         if scaled is None:
             continue

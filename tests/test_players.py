@@ -161,30 +161,28 @@ def test_fine_tuning_follows_the_return_per_copy_and_keeps_its_context():
                             dropout=0.0).eval()
     player = imitation.policy(model, 2, greedy=False, seed=0)
     learner = PolicyGradientFinetune(model, player, 2, lr=1e-2, updates=3, advantage_clip=3.0)
-    env = DarkRoomFrames(darkroom_goals("train")[:2])
     seen = []
     real_update = learner._update
 
-    def spy(i, advantage):
-        window = learner._window(i, advantage)
-        seen.append((i, advantage, window))
+    def spy(i, length, advantage):
+        window = learner._window(i, length, advantage)
         with torch.no_grad():
             before = _logp(model, window)
-        real_update(i, advantage)
+        real_update(i, length, advantage)
         with torch.no_grad():
             after = _logp(model, window)
-        seen[-1] += (after - before,)
+        seen.append((i, advantage, window, after - before))
 
     learner._update = spy
     returns = {0: [0.0, 4.0, 0.0], 1: [2.0, 2.0, 1.0]}  # paid on the last step of each episode
-    obs, _ = env.reset()
-    frames = {0: [], 1: []}
+    rng = np.random.default_rng(0)
     for episode in range(3):
         for t in range(20):
-            a = player.act(obs, [5, 5], [0.0, 0.0], [t == 0, t == 0])
-            for i in (0, 1):
-                frames[i].append(obs[i, ..., -1].copy())
-            obs = env.step(a)[0]
+            # each copy's frames carry its own mark (copy 0: 10, copy 1: 20), and the step
+            obs = np.zeros((2, 84, 84, 1), np.uint8)
+            obs[0, 0, 0], obs[1, 0, 0] = 10, 20
+            obs[:, 1, 0] = t
+            a = player.act(obs, rng.integers(5, size=2), [0.0, 0.0], [t == 0, t == 0])
             rewards = np.array([returns[i][episode] if t == 19 else 0.0 for i in (0, 1)])
             learner.on_step(obs, a, rewards, np.array([t == 19, t == 19]))
     # copy 0: 4 after [0] (better: 4 / (0 + 1), clipped at 3), then 0 after [0, 4] (worse:
@@ -192,11 +190,48 @@ def test_fine_tuning_follows_the_return_per_copy_and_keeps_its_context():
     assert [(i, round(adv, 3)) for i, adv, *_ in seen] == [(0, 3.0), (0, round(-2 / 3, 3)), (1, -1.0)]
     better, worse = seen[0][3], seen[1][3]
     assert better > 0 and worse < 0  # log-likelihood of its own actions: up when better, down when worse
-    for i, _, window, _ in seen:  # a copy's window is its own steps, nothing of the other copy
-        mine = np.stack(frames[i])
-        assert all(any(np.array_equal(f, m) for m in mine) for f in window["obs"][0][window["mask"][0], ..., -1])
+    for i, _, window, _ in seen:
+        marks = window["obs"][..., 0, 0, 0]
+        assert set(np.unique(marks[window["row"] >= 0])) == {10 * (i + 1)}  # only its own steps
+        assert int(window["mask"].sum()) == 20  # the finished episode's 20 steps, each once
+        # the episode boundaries play gave: a new episode every 20 steps of the stream
+        starts = window["row"][window["new_episode"]]
+        assert len(starts) and all(window["obs"][window["new_episode"]][..., 1, 0, 0] == 0)
     assert learner.steps_trained == 9
     assert int(player.length[0]) > 20  # the context survived the updates
+
+
+def test_fine_tuning_scores_each_step_once_when_windows_overlap_and_refuses_bc():
+    """A 20-step episode after 7 steps of context, with a 16-step model context: the two
+    windows that cover it overlap (the older one is clipped at the stream's start); every
+    step of the episode is scored exactly once. BC has no context to fine-tune in."""
+    from understudy.algorithms.policy_gradient_finetune import PolicyGradientFinetune
+
+    model = imitation.build("ad", 5, cnn="grid", stack=1, context=16, d_model=16, layers=1, heads=2,
+                            dropout=0.0).eval()
+    learner = PolicyGradientFinetune(model, imitation.policy(model, 1, seed=0), 1, lr=1e-3, updates=1,
+                                     advantage_clip=3.0)
+    obs = np.zeros((1, 84, 84, 1), np.uint8)
+    for t in range(27):
+        learner.steps[0].append((obs[0, ..., -1], 0, 0.0, t if t < 7 else t - 7))
+    window = learner._window(0, 20, 1.0)
+    scored = window["row"][window["mask"]]
+    assert sorted(scored.tolist()) == list(range(7, 27))
+    bc = imitation.build("bc", 5, cnn="grid", stack=1)
+    with pytest.raises(ValueError, match="cross-episode imitator"):
+        PolicyGradientFinetune(bc, None, 1, lr=1e-3, updates=1, advantage_clip=3.0)
+
+
+def test_runs_that_played_a_budget_are_cut_to_the_same_episodes():
+    from understudy.platform.evaluate import _same_episodes
+
+    res = {"runs": [{"returns": [[1, 2, 3], [4, 5, 6]], "lengths": [[9, 9, 9], [9, 9, 9]],
+                     "truncated": [[0, 0, 0], [0, 0, 0]], "episodes_in_context": [[0, 1, 2], [0, 1, 2]]},
+                    {"returns": [[7, 8], [9, 10]], "lengths": [[5, 5], [5, 5]], "truncated": [[0, 0], [0, 0]],
+                     "episodes_in_context": [[0, 1], [0, 1]]}]}
+    _same_episodes(res)
+    assert [r["returns"] for r in res["runs"]] == [[[1, 2], [4, 5]], [[7, 8], [9, 10]]]
+    assert res["runs"][0]["lengths"] == [[9, 9], [9, 9]]
 
 
 def _logp(model, window):
