@@ -263,15 +263,14 @@ def test_darkroom_slow_source_experiment_reports_time_to_the_optimum(ray_session
     assert {"reached_0.9", "source_reached_0.9"} <= set(rows["imitator"])
     assert rows["imitator"]["source_reached_0.9"] < 0.5 and rows["imitator"]["source_episodes_to_0.9"] is None
 
-    # --resume does not run finished stages again (same config), only what is left
-    before = {p.name: p.read_text() for p in (ws / "stages").glob("*-darkroom_ad_slow-*.json")
-              if not p.name.startswith("evaluate")}
+    # --resume does not run finished stages again (same config), the evaluation included
+    before = {p.name: p.read_text() for p in (ws / "stages").glob("*-darkroom_ad_slow-*.json")}
     capsys.readouterr()
     assert cli.main(["--workspace", str(ws), "experiment", "darkroom_ad_slow", "--scale", "tiny", "--resume"]) == 0
     out = capsys.readouterr().out
-    assert out.count("finished earlier with this config") == 2  # teach and the imitator's distill
-    assert {p.name: p.read_text() for p in (ws / "stages").glob("*-darkroom_ad_slow-*.json")
-            if not p.name.startswith("evaluate")} == before
+    assert out.count("finished earlier with this config") == 3  # teach, the imitator's distill, evaluate
+    assert "not played again" in out
+    assert {p.name: p.read_text() for p in (ws / "stages").glob("*-darkroom_ad_slow-*.json")} == before
 
 
 @pytest.mark.slow
