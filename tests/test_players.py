@@ -241,14 +241,10 @@ def _logp(model, window):
     return float(torch.log_softmax(logits[mask], -1).gather(-1, batch["action"][mask][:, None]).sum())
 
 
-@pytest.mark.parametrize("lr, updates, destroyed", [(3e-5, 1, False), (0.3, 20, True)])
-def test_forgetting_replay_shows_what_fine_tuning_did_to_the_old_game(tmp_path, lr, updates, destroyed):
-    """An imitator that plays MinAtar Freeway well (it mostly presses UP) is fine-tuned on
-    Breakout, then replays Freeway frozen. Gentle fine-tuning (the default lr) keeps the old
-    game; fine-tuning made destructive (a huge lr, many steps) must show up as a collapse in
-    the replay: the forgetting rows really play the tuned weights."""
+def _freeway_player(tmp_path) -> str:
+    """A checkpoint of an AD that plays MinAtar Freeway well: it mostly presses UP (the chicken
+    crosses the road), whatever it sees."""
     from understudy.envs.minatar import ACTION_MEANINGS
-    from understudy.platform.players import Agent, play
 
     torch.manual_seed(0)
     model = imitation.build("ad", 6, cnn="minatar", stack=1, context=32, d_model=16, layers=1, heads=2,
@@ -256,9 +252,20 @@ def test_forgetting_replay_shows_what_fine_tuning_did_to_the_old_game(tmp_path, 
     with torch.no_grad():
         model.head.weight.mul_(0.1)
         model.head.bias.zero_()
-        model.head.bias[ACTION_MEANINGS.index("UP")] = 3.0  # the chicken crosses the road
+        model.head.bias[ACTION_MEANINGS.index("UP")] = 3.0
     imitation.save(model, str(tmp_path / "ck"), {})
-    agent = Agent("imitator", str(tmp_path / "ck"), run_seed=0)
+    return str(tmp_path / "ck")
+
+
+@pytest.mark.parametrize("lr, updates, destroyed", [(3e-5, 1, False), (0.3, 20, True)])
+def test_forgetting_replay_shows_what_fine_tuning_did_to_the_old_game(tmp_path, lr, updates, destroyed):
+    """An imitator that plays MinAtar Freeway well (it mostly presses UP) is fine-tuned on
+    Breakout, then replays Freeway frozen. Gentle fine-tuning (the default lr) keeps the old
+    game; fine-tuning made destructive (a huge lr, many steps) must show up as a collapse in
+    the replay: the forgetting rows really play the tuned weights."""
+    from understudy.platform.players import Agent, play
+
+    agent = Agent("imitator", _freeway_player(tmp_path), run_seed=0)
     cap = 500  # Freeway's clock is 2,500 steps: a shorter cap, the same for both plays
     before = play._function(agent, "MinAtar/Freeway", {}, 10, 1, cap, False, 0)
     tuned = play._function(Agent("finetune", str(tmp_path / "ck"), run_seed=0), "MinAtar/Breakout", {}, 10, 1,
@@ -300,18 +307,10 @@ def test_default_fine_tuning_does_not_collapse_a_policy_that_plays_well(tmp_path
     """An imitator that plays MinAtar Freeway well, fine-tuned on Freeway itself with the
     default settings: its returns stay at the frozen imitator's level (the self-imitation it
     replaced fell below random on Dark Room)."""
-    from understudy.envs.minatar import ACTION_MEANINGS
     from understudy.platform.config import FinetuneParams
     from understudy.platform.players import Agent, play
 
-    torch.manual_seed(0)
-    model = imitation.build("ad", 6, cnn="minatar", stack=1, context=32, d_model=16, layers=1, heads=2,
-                            dropout=0.0)
-    with torch.no_grad():
-        model.head.weight.mul_(0.1)
-        model.head.bias.zero_()
-        model.head.bias[ACTION_MEANINGS.index("UP")] = 3.0
-    imitation.save(model, str(tmp_path / "ck"), {})
+    _freeway_player(tmp_path)
     cap = 300
     frozen = play._function(Agent("imitator", str(tmp_path / "ck"), run_seed=0), "MinAtar/Freeway", {}, 8, 2,
                             cap, False, 0)
