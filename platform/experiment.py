@@ -109,9 +109,9 @@ def run_experiment(cfg: ExperimentConfig, ws: Workspace, stages: dict, resume: b
     if len(evaluations) > 1:
         (path.parent / f"{cfg.name}-table.md").write_text(table + "\n")
     if any(r["goal"] is not None for r in episodes):
-        from understudy.platform.report import per_goal, per_goal_table
+        from understudy.platform.report import late_window, per_goal, per_goal_table
 
-        k = max(1, min(cfg.evaluate.window, cfg.evaluate.episodes // 2))
+        k = late_window(cfg.evaluate)
         table = per_goal_table(per_goal(episodes, k))
         (path.parent / f"{cfg.name}-per-goal.md").write_text(table + "\n")
         print(f"[experiment] per goal (late fraction of the optimum [95% CI over runs] / episodes to 0.9):\n"
@@ -133,9 +133,10 @@ def _log_rotations(cfg: ExperimentConfig, ws: Workspace, evaluations: list) -> t
     """The answer over every rotation: each held-out game's rows, and per agent the IQM over
     held-out games x training runs; logged as an evaluation summary run (what `report` shows)
     and as metrics of the study's parent run."""
-    from understudy.platform.report import headline_metrics, log_metrics, results_table, rotations_aggregate
+    from understudy.platform.report import (headline_metrics, late_window, log_metrics, results_table,
+                                            rotations_aggregate)
 
-    k = max(1, min(cfg.evaluate.window, cfg.evaluate.episodes // 2))
+    k = late_window(cfg.evaluate)
     rows = [row for e in evaluations for row in e.rows]
     aggregate = rotations_aggregate([r for e in evaluations for r in e.episodes], k,
                                     cut={(r["agent"], r["game"]) for r in rows if r.get("truncated_episodes")})

@@ -60,6 +60,11 @@ def _tasks(game: str, rows: int, cfg: EvaluateConfig) -> list:
     return [(game, i // cfg.copies) for i in range(rows)]
 
 
+def late_window(cfg: EvaluateConfig) -> int:
+    """k: the episodes an evaluation's early and late means (and normalised scores) are over."""
+    return max(1, min(cfg.window, cfg.episodes // 2))
+
+
 def summarise(cfg: EvaluateConfig, trained: list[str], results: dict, data: dict,
               horizon: float | None = None) -> tuple[list, list]:
     """(rows, aggregate) of an evaluation's results ({(agent, game): {"runs": [what `play`
@@ -67,7 +72,7 @@ def summarise(cfg: EvaluateConfig, trained: list[str], results: dict, data: dict
     the IQM per agent and group of games over tasks x independent runs. `data`: per game, the
     returns the imitator was trained on and the teachers' whole histories (data_on_scale);
     `horizon`: the training histories' length in episodes. Pure: no MLflow."""
-    k = max(1, min(cfg.window, cfg.episodes // 2))
+    k = late_window(cfg)
     rows, late_scores = [], {}
     for (name, game), res in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         returns = _stack(res, "returns")
@@ -129,13 +134,10 @@ def data_on_scale(teach: TeachManifest, distill: DistillManifest) -> dict:
         scale = 1.0
         if family_of(run.game).per_goal and run.goal is not None:
             scale = 1.0 / family_of(run.game).optimum(np.array(run.goal))
-        entry = out.setdefault(run.game, {"split": [], "split_runs": [], "history": []})
-        split = [r * scale for r in distill.split_returns.get(run_id, [])]
-        entry["split"] += split
-        entry["split_runs"].append(np.array(split, float))
+        entry = out.setdefault(run.game, {"split_runs": [], "history": []})
+        entry["split_runs"].append(np.array(distill.split_returns.get(run_id, []), float) * scale)
         entry["history"].append(np.array(history, float) * scale)
-    return {g: {"split": np.array(v["split"], float), "split_runs": v["split_runs"], "history": v["history"]}
-            for g, v in out.items()}
+    return {g: {"split": np.concatenate(v["split_runs"]), **v} for g, v in out.items()}
 
 
 def exceeds(game: str, res: dict, data: dict, cfg: EvaluateConfig, k: int) -> dict:
