@@ -22,6 +22,9 @@ MODELS = {"bc": bc.ConvPolicy, "dt": dt.DecisionTransformer, "ad": ad.AlgorithmD
           "ad_gru": ad_gru.RecurrentAD}
 
 
+CROSS_EPISODE = ("ad", "ad_gru")  # models whose context runs across episodes (in-context learners)
+
+
 def build(algorithm: str, num_actions: int, **params) -> torch.nn.Module:
     if algorithm not in MODELS:
         raise ValueError(f"algorithm {algorithm!r}; valid: {', '.join(MODELS)}")

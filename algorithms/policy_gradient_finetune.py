@@ -32,10 +32,10 @@ import numpy as np
 import torch
 
 from understudy.algorithms import imitation
+from understudy.algorithms.imitation import CROSS_EPISODE
 from understudy.histories.data import History, make_batch
 
 
-CROSS_EPISODE = ("ad", "ad_gru")  # the in-context learners this baseline fine-tunes
 WINDOWS_PER_PASS = 4  # windows per forward/backward pass; gradients accumulate over passes
 
 

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 from ray import tune
 
+from understudy.algorithms.imitation import CROSS_EPISODE  # models whose context runs across episodes
 from understudy.histories import shards
 from understudy.histories.data import index_runs
 from understudy.platform import plots, resources, storage, tracking
@@ -44,9 +45,6 @@ def select_data(cfg: DistillConfig, root: str, run_ids: list[str], exclude=froze
     transforms = step_transforms(cfg)
     train, heldout = data.split_heldout(histories, d.heldout_episodes)
     return train, heldout, data.num_actions_of(histories, transforms)
-
-
-CROSS_EPISODE = ("ad", "ad_gru")  # models whose context runs across episodes
 
 
 def context_span(cfg: DistillConfig, train) -> dict:

@@ -141,7 +141,7 @@ def _run_evaluate(cfg: EvaluateConfig, ws: Workspace, stage: tracking.StageRun, 
         raise StageFailed(f"evaluate.heldout_games: {overlap} appear in the imitator's training data "
                           f"(distill stage {cfg.imitator!r}, data {distill.data_version}, games {trained})")
     _check_goals_held_out(cfg, teach, distill)
-    from understudy.algorithms.policy_gradient_finetune import CROSS_EPISODE
+    from understudy.algorithms.imitation import CROSS_EPISODE
 
     if "finetune" in cfg.agents and distill.algorithm not in CROSS_EPISODE:
         raise StageFailed(f"evaluate.agents: finetune fine-tunes an in-context learner ({', '.join(CROSS_EPISODE)}); "
