@@ -62,41 +62,50 @@ class EpisodeRecorder:
         self.episodes_done = 1 + max((e["episode_index"] for e in last), default=-1)
         self.steps_done = 1 + max((e["last_global_step"] for e in last), default=-1)
 
+    def take_steps(self, n: int) -> np.ndarray:
+        """The global_step numbers of the next `n` steps this env runner takes, in the order
+        they are taken (a vector runner reserves them a batch at a time)."""
+        steps = np.arange(self.steps_done, self.steps_done + n, dtype=np.int64)
+        self.steps_done += n
+        return steps
+
+    def extend(self, key, *, frames: np.ndarray, actions, rewards, policy_versions, lives,
+               epsilon=None, policy_outputs=None, global_steps=None) -> None:
+        """Append a run of consecutive steps (arrays, one row per step) to episode `key`.
+        `global_steps` as reserved by `take_steps`; numbered now when not given."""
+        n = len(actions)
+        if n == 0:
+            return
+        chunk = {"global_step": self.take_steps(n) if global_steps is None else np.asarray(global_steps, np.int64),
+                 "policy_version": np.asarray(policy_versions, np.int64),
+                 "frame": np.asarray(frames), "action": np.asarray(actions, np.int16),
+                 "reward": np.asarray(rewards, np.float32), "lives": np.asarray(lives, np.int16),
+                 "epsilon": None if epsilon is None else np.broadcast_to(np.asarray(epsilon, np.float32), (n,)),
+                 "policy_outputs": None if policy_outputs is None else np.asarray(policy_outputs, np.float32)}
+        self._open.setdefault(key, []).append(chunk)
+
     def step(self, key, *, frame: np.ndarray, action: int, reward: float, policy_version: int,
              lives: int, epsilon: float | None = None, policy_outputs=None) -> None:
-        ep = self._open.get(key)
-        if ep is None:
-            ep = self._open[key] = {k: [] for k in ("global_step", "policy_version", "frame", "action",
-                                                  "reward", "lives", "epsilon", "policy_outputs")}
-        ep["global_step"].append(self.steps_done)
-        self.steps_done += 1
-        ep["policy_version"].append(policy_version)
-        ep["frame"].append(frame)
-        ep["action"].append(action)
-        ep["reward"].append(reward)
-        ep["lives"].append(lives)
-        ep["epsilon"].append(epsilon)
-        ep["policy_outputs"].append(policy_outputs)
+        """One step: `extend` with a run of one."""
+        self.extend(key, frames=frame[None], actions=[action], rewards=[reward], policy_versions=[policy_version],
+                    lives=[lives], epsilon=None if epsilon is None else [epsilon],
+                    policy_outputs=None if policy_outputs is None else np.asarray(policy_outputs)[None])
 
     def end(self, key, *, terminated: bool, truncated: bool, env_return: float) -> None:
-        ep = self._open.pop(key, None)
-        if not ep:
+        chunks = self._open.pop(key, None)
+        if not chunks:
             return
-        n = len(ep["action"])
+
+        def cat(name):
+            parts = [c[name] for c in chunks]
+            return parts[0] if len(parts) == 1 or parts[0] is None else np.concatenate(parts)
+
+        n = sum(len(c["action"]) for c in chunks)
         done = np.zeros(n, bool)
-        columns = {
-            "step": np.arange(n, dtype=np.int32),
-            "global_step": np.asarray(ep["global_step"], np.int64),
-            "policy_version": np.asarray(ep["policy_version"], np.int64),
-            "frame": np.stack(ep["frame"]),
-            "action": np.asarray(ep["action"], np.int16),
-            "reward": np.asarray(ep["reward"], np.float32),
-            "terminated": done.copy(), "truncated": done.copy(),
-            "lives": np.asarray(ep["lives"], np.int16),
-            "epsilon": None if ep["epsilon"][0] is None else np.asarray(ep["epsilon"], np.float32),
-            "policy_outputs": (None if ep["policy_outputs"][0] is None
-                               else np.asarray(ep["policy_outputs"], np.float32)),
-        }
+        columns = {"step": np.arange(n, dtype=np.int32),
+                   **{k: cat(k) for k in ("global_step", "policy_version", "frame", "action", "reward",
+                                          "lives", "epsilon", "policy_outputs")},
+                   "terminated": done.copy(), "truncated": done.copy()}
         columns["terminated"][-1], columns["truncated"][-1] = terminated, truncated
         self.writer.add(Episode(self.env_runner, self.episodes_done, columns, float(env_return)))
         self.episodes_done += 1

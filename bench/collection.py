@@ -7,6 +7,9 @@ the machine hits all of them alike):
              no policy, no recording: the baseline
   teacher    AtariVectorEnvRunner.sample(): PPO policy (Nature CNN) acting + recording
   no-record  the same runner with recording off
+  policy     the runner's batched acting alone (forward pass and sampling) on a fixed batch of
+             observations, no env: with `raw` it bounds a collector that steps and acts in turn
+             (ceiling = 1 / (1/raw + 1/policy))
   rllib      RLlib's own SingleAgentEnvRunner on gymnasium wrappers + recording (reference;
              ALE only: MinAtar has no gymnasium env here, only the vector env)
 Memory: the collector's peak RSS after 10k and after 100k recorded steps (--memory).
@@ -79,6 +82,18 @@ def time_runner(algo, steps: int) -> float:
     return done / (time.perf_counter() - started)
 
 
+def time_policy(algo, steps: int) -> float:
+    """Observations per second through the runner's batched acting alone (no env)."""
+    env_runner = algo.env_runner
+    env_runner.sample(num_timesteps=env_runner.num_envs)  # its buffers exist
+    obs = np.ascontiguousarray(env_runner._batch[0])
+    started, done = time.perf_counter(), 0
+    while done < steps:
+        env_runner._act(obs, True, False, 0)
+        done += len(obs)
+    return done / (time.perf_counter() - started)
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -133,12 +148,14 @@ def main():
         teacher = make_runner(args.game, args.envs, args.runner_threads, tmp, "vector", "bench-vector")
         plain = make_runner(args.game, args.envs, args.runner_threads, None, "vector", "none")
         rllib = make_runner(args.game, 8, args.runner_threads, tmp, "rllib", "bench-rllib") if ale else None
-        samples = {k: [] for k in ["raw8", f"raw{args.envs}", "teacher", "no_record"] + (["rllib"] if ale else [])}
+        samples = {k: [] for k in ["raw8", f"raw{args.envs}", "teacher", "no_record", "policy"]
+                   + (["rllib"] if ale else [])}
         for r in range(args.rounds):
             for n, env in raws.items():
                 samples[f"raw{n}"].append(time_raw(env, args.steps))
             samples["teacher"].append(time_runner(teacher, args.steps))
             samples["no_record"].append(time_runner(plain, args.steps))
+            samples["policy"].append(time_policy(plain, args.steps))
             if rllib is not None:
                 samples["rllib"].append(time_runner(rllib, args.rllib_steps))
             print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in samples.items())
@@ -148,6 +165,7 @@ def main():
                 algo.stop()
         med = {k: statistics.median(v) for k, v in samples.items()}
         raw = max(med["raw8"], med[f"raw{args.envs}"])
+        ceiling = 1 / (1 / med[f"raw{args.envs}"] + 1 / med["policy"])  # step, then act, per batch
         from understudy.histories import shards
 
         run_id = next(r for r in os.listdir(tmp) if r.endswith("-bench-vector"))
@@ -159,6 +177,8 @@ def main():
             "bytes_per_step": size / rows, "recorded_rows": rows,
             "ratios": {
                 "teacher_vs_raw": med["teacher"] / raw,
+                "ceiling_vs_raw": ceiling / raw,
+                "teacher_vs_ceiling": med["teacher"] / ceiling,
                 "record_on_vs_off": med["teacher"] / med["no_record"],
                 "bytes_per_step_vs_raw_frame": size / rows / frame_bytes,
                 **({"rllib_runner_vs_raw": med["rllib"] / raw,

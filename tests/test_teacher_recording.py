@@ -17,9 +17,9 @@ def build(algorithm, root, session, runner="vector", num_envs=4, steps_per_iter=
                 else PPOSettings(num_minibatches=2, num_epochs=1))
     config = teacher_config(
         algorithm=algorithm, game=game, seed=seed, env_steps=10_000, env_steps_per_iter=steps_per_iter,
-        protocol={"full_action_space": True}, max_episode_steps=max_episode_steps,
+        protocol={} if game.startswith("MinAtar/") else {"full_action_space": True}, max_episode_steps=max_episode_steps,
         record={"root": root, "session": session, "algorithm": algorithm, "shard_rows": 10**6},
-        cnn="small", num_envs=num_envs, lr=2.5e-4, reward="sign", settings=settings, runner=runner)
+        cnn="minatar" if game.startswith("MinAtar/") else "small", num_envs=num_envs, lr=2.5e-4, reward="sign", settings=settings, runner=runner)
     return recording_algorithm(config.algo_class)(config=config)
 
 
@@ -178,3 +178,47 @@ def test_a_minatar_teacher_records_its_history_through_understudy_teach(ray_sess
     prize = CHANNELS.index("prize")
     assert len(starts) >= 2 and (starts[..., prize] == first[0][..., prize]).all()  # fresh bricks
     assert set(np.unique(h["reward"])) <= {0.0, 1.0}
+
+
+def test_episodes_longer_than_the_runner_buffer_and_than_one_sample_call(ray_session, tmp_path):
+    """MinAtar Freeway's episodes last 2,500 steps: with 2 envs and 512-step sample() calls every
+    episode spans several calls (chunks handed to the Learner) and several of the runner's
+    per-env buffers (CHUNK steps each, spilled). The chunks must join into whole episodes
+    (each chunk starts on the observation the last one ended on, t_started continues), and
+    the recorded episode must be the same steps: frames, actions and raw rewards."""
+    from understudy.algorithms.atari_runner import CHUNK
+
+    root = str(tmp_path)
+    algo = build("ppo", root, "long", num_envs=2, steps_per_iter=512, game="MinAtar/Freeway",
+                 max_episode_steps=None)
+    runner = algo.env_runner
+    chunks: dict[str, list] = {}
+    for _ in range(12):  # 6,144 steps: each env finishes two 2,500-step episodes
+        for c in runner.sample(num_timesteps=512):
+            chunks.setdefault(c.id_, []).append(c)
+    runner.recorder.flush()
+    algo.stop()
+    assert 512 // 2 > CHUNK  # a call's steps per env overflow the buffer
+    whole = [cs for cs in chunks.values() if cs[-1].is_done]
+    assert len(whole) >= 2
+    h = load_history(root, ["ppo-MinAtar_Freeway-s0-long"])
+    table = shards.open_run(root, "ppo-MinAtar_Freeway-s0-long").to_table()
+    recorded = {}
+    for e in range(h.num_episodes):
+        rows = h.episode_rows(e, e + 1)
+        recorded[e] = (h.frames[rows], np.asarray(table["action"])[np.asarray(table["episode_index"]) == e],
+                       np.asarray(table["reward"])[np.asarray(table["episode_index"]) == e])
+    for cs in whole:
+        t = 0
+        for prev, c in zip([None] + cs[:-1], cs):
+            assert c.t_started == t
+            if prev is not None:
+                assert (np.asarray(prev.get_observations(-1)) == np.asarray(c.get_observations(0))).all()
+            t += len(c)
+        obs = np.concatenate([np.asarray(c.get_observations(slice(0, len(c)))) for c in cs])
+        actions = np.concatenate([np.asarray(c.get_actions(slice(0, len(c)))) for c in cs])
+        rewards = np.concatenate([np.asarray(c.get_rewards(slice(0, len(c)))) for c in cs])
+        assert len(obs) > 2 * CHUNK  # Freeway's clock: about 2,500 steps
+        match = [e for e, (f, a, r) in recorded.items()
+                 if len(a) == len(actions) and (a == actions).all() and (f == obs).all() and (r == rewards).all()]
+        assert len(match) == 1  # Freeway scores 1 per crossing: raw and sign rewards agree
