@@ -21,7 +21,7 @@ from understudy.platform import plots, resources, storage, tracking
 from understudy.platform.config import DistillConfig, config_digest
 from understudy.platform.manifests import DistillManifest
 from understudy.platform.teach import StageFailed
-from understudy.platform.workspace import Workspace, keep_tune_state_current
+from understudy.platform.workspace import Study, Workspace, keep_tune_state_current
 
 METRICS = ("train_loss", "train_accuracy", "heldout_loss", "heldout_accuracy", "samples_per_s",
            "data_wait_s", "train_targets")
@@ -355,7 +355,7 @@ def registered_model_name(study: str, algorithm: str) -> str:
     return f"{study}-{algorithm}"
 
 
-def _run_distill(cfg: DistillConfig, ws: Workspace, stage: tracking.StageRun, resume: bool) -> DistillManifest:
+def _run_distill(cfg: DistillConfig, ws: Workspace, stage: Study, resume: bool) -> DistillManifest:
     teach = ws.read_stage("teach", cfg.teacher)
     games = selected_games(cfg)  # only these runs are read, hashed into the data version
     run_ids = [r.run_id for r in teach.runs if r.game in games]
@@ -453,7 +453,7 @@ def _run_distill(cfg: DistillConfig, ws: Workspace, stage: tracking.StageRun, re
                           f"continue with --resume (the stage's marker {running} is kept)")
 
     trials = []
-    model_name = registered_model_name(stage.study, cfg.algorithm)
+    model_name = registered_model_name(stage.name, cfg.algorithm)
     for result in grid:
         # A data-parallel trial's checkpoints are Ray Train's; its reports say where.
         checkpoint = (storage.checkpoint_uri(result.checkpoint) if result.checkpoint is not None

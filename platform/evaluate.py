@@ -20,7 +20,7 @@ from understudy.platform.manifests import DistillManifest, EvaluateManifest, Tea
 from understudy.platform.players import Agent, learn_from_scratch, play
 from understudy.platform.report import report
 from understudy.platform.teach import StageFailed
-from understudy.platform.workspace import Workspace
+from understudy.platform.workspace import Study, Workspace
 
 
 # Agents that play the env steps the imitator played on a game (counted in the table), not a
@@ -130,7 +130,7 @@ def run_evaluate(cfg: EvaluateConfig, ws: Workspace, experiment: str | None = No
         return _run_evaluate(cfg, ws, stage, experiment, progress_s)
 
 
-def _run_evaluate(cfg: EvaluateConfig, ws: Workspace, stage: tracking.StageRun, experiment: str | None,
+def _run_evaluate(cfg: EvaluateConfig, ws: Workspace, stage: Study, experiment: str | None,
                   progress_s: float) -> EvaluateManifest:
     digest = config_digest(cfg)  # of the config as given (before the horizon sets episodes)
     teach = ws.read_stage("teach", cfg.teacher)

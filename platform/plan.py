@@ -110,15 +110,17 @@ class StageCost:
     here: int = 0  # requests that run at once on this machine
     cluster: int = 0  # ... on the shipped cluster
     notes: list = field(default_factory=list)
+    # Trials of a teach or distill stage are alike and run in waves; evaluation tasks differ,
+    # and a free slot takes the next one (their total over the slots).
+    tasks_differ: bool = False
 
     def hours(self, concurrent: int) -> float | None:
         """Wall-clock: every request's work, `concurrent` at a time (None: a speed is missing or
-        nothing fits). Trials of a stage are alike and run in waves; evaluation tasks differ,
-        and a free slot takes the next one: their total over the slots, but never less than the
-        longest task."""
+        nothing fits); tasks that differ take their total over the slots, but never less than
+        the longest task."""
         if concurrent <= 0 or any(s is None for s, _, _ in self.work):
             return None
-        if self.stage == "evaluate":
+        if self.tasks_differ:
             seconds = max(sum(s * n for s, n, _ in self.work) / concurrent, max((s for s, _, _ in self.work), default=0))
         else:
             seconds = sum(s * math.ceil(n / concurrent) for s, n, _ in self.work)
@@ -207,7 +209,7 @@ def evaluate_cost(cfg: EvaluateConfig, teach: TeachConfig, distill: DistillConfi
     placements_there = resources.evaluate_placements(cfg, _gpus(cfg.device, cluster),
                                                      imitator_runs, teacher_runs)
     tasks = sum(p.count for p in placements_there)
-    cost = StageCost("evaluate", cfg.name, trials=tasks, placements=placements_there)
+    cost = StageCost("evaluate", cfg.name, trials=tasks, placements=placements_there, tasks_differ=True)
     if cfg.horizon is not None:
         cost.notes.append(f"horizon {cfg.horizon}x the histories' length replaces episodes={cfg.episodes}: "
                           "not known before distill, counted as `episodes`")

@@ -13,7 +13,7 @@ from understudy.envs import family_of
 from understudy.platform import metrics, plots, tracking
 from understudy.platform.config import EvaluateConfig
 from understudy.platform.manifests import DistillManifest, EvaluateManifest, TeachManifest
-from understudy.platform.workspace import Workspace
+from understudy.platform.workspace import Study, Workspace
 
 
 def normalised(game: str, returns: np.ndarray, goal_split: str, copies: int) -> np.ndarray | None:
@@ -281,7 +281,7 @@ def episode_rows(cfg: EvaluateConfig, results: dict, teacher_seeds: list[int], e
     return out
 
 
-def report(cfg: EvaluateConfig, ws: Workspace, stage: tracking.StageRun, teach: TeachManifest,
+def report(cfg: EvaluateConfig, ws: Workspace, stage: Study, teach: TeachManifest,
            distill: DistillManifest, trained: list[str], results: dict, experiment: str | None,
            digest: str | None = None) -> EvaluateManifest:
     """The summary of an evaluation's results, logged to MLflow (a run per agent and game nested
@@ -309,7 +309,7 @@ def report(cfg: EvaluateConfig, ws: Workspace, stage: tracking.StageRun, teach: 
         started = min((r["started"] for r in played), default=None)
         ended = max((r["ended"] for r in played), default=None)
         row["played_s"] = ended - started if played else None
-        run = tracking.start_run(client, stage.experiment_id, stage.name(f"{cfg.name} {name} on {game}"), {
+        run = tracking.start_run(client, stage.experiment_id, tracking.run_name(stage, f"{cfg.name} {name} on {game}"), {
             "stage": cfg.name, "agent": name, "game": game, "trained_on": ",".join(trained),
             "held_out": row["held_out"], "episodes": cfg.episodes, "copies": cfg.copies,
             "max_episode_steps": cfg.max_episode_steps, "greedy": cfg.greedy, "seed": cfg.seed,

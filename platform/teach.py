@@ -14,7 +14,7 @@ from understudy.histories import shards
 from understudy.platform import plots, resources, storage, tracking
 from understudy.platform.manifests import TeachManifest
 from understudy.platform.config import TeachConfig, config_digest
-from understudy.platform.workspace import Workspace, keep_tune_state_current
+from understudy.platform.workspace import Study, Workspace, keep_tune_state_current
 
 STEPS_KEY = "env_runners/num_env_steps_sampled_lifetime"
 
@@ -108,7 +108,7 @@ def run_teach(cfg: TeachConfig, ws: Workspace, resume: bool = False) -> TeachMan
         return _run_teach(cfg, ws, stage, resume)
 
 
-def _run_teach(cfg: TeachConfig, ws: Workspace, stage: tracking.StageRun, resume: bool) -> TeachManifest:
+def _run_teach(cfg: TeachConfig, ws: Workspace, stage: Study, resume: bool) -> TeachManifest:
     from understudy.algorithms.teachers import recording_algorithm, run_id_for, teacher_config_from
 
     running = ws.stage_path("teach", cfg.name).with_suffix(".running.json")
@@ -229,7 +229,7 @@ def _run_teach(cfg: TeachConfig, ws: Workspace, stage: tracking.StageRun, resume
     return manifest
 
 
-def run_teach_darkroom(cfg: TeachConfig, ws: Workspace, stage: tracking.StageRun) -> TeachManifest:
+def run_teach_darkroom(cfg: TeachConfig, ws: Workspace, stage: Study) -> TeachManifest:
     """Dark Room's source RL: Q-learning learns every goal of a split from scratch, each
     learning history recorded through the same shard path as Atari (one run per goal and seed),
     into a shard root of its own so the stage can be run again."""
@@ -256,7 +256,7 @@ def run_teach_darkroom(cfg: TeachConfig, ws: Workspace, stage: tracking.StageRun
             progress=lambda m: print(f"[teach] DarkRoom seed {seed}: {m}", flush=True))
         ended = time.time()
         # logged once the histories are recorded, with the time their recording started
-        mlflow_run = tracking.start_run(client, stage.experiment_id, stage.name(f"DarkRoom-qlearning-s{seed}"), {
+        mlflow_run = tracking.start_run(client, stage.experiment_id, tracking.run_name(stage, f"DarkRoom-qlearning-s{seed}"), {
             "stage": cfg.name, "algorithm": "qlearning", "game": "DarkRoom", "seed": seed,
             "goals": len(goals), "goal_split": p.goal_split, "episodes_per_goal": episodes,
             "shard_root": root, **{f"qlearning.{k}": v for k, v in asdict(qconfig).items()},

@@ -5,7 +5,7 @@ their stage run. Run names are unique within the study (each ends with the invoc
 
 MlflowClient is used directly (no global "active run"), so the driver can keep many runs open
 at once while Tune trials report; which run is whose parent is passed down explicitly
-(Workspace.study, StageRun).
+(Workspace.study; a stage gets the study with its own run as `run_id`).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import os
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from mlflow.tracking import MlflowClient
 from ray import tune
@@ -96,18 +96,9 @@ def end_run(client: MlflowClient, run_id: str, status: str = "FINISHED", end_tim
     client.set_terminated(run_id, status, end_time=int(end_time * 1000) if end_time else None)
 
 
-@dataclass(frozen=True)
-class StageRun:
-    """A stage's MLflow run, the parent of its trial or agent runs."""
-    study: str
-    experiment_id: str
-    run_id: str
-    session: str
-    source: str
-
-    def name(self, what: str) -> str:
-        """A run name unique within the study: what it is, then when the invocation started."""
-        return f"{what} @{self.session}"
+def run_name(study: Study, what: str) -> str:
+    """A run name unique within the study: what it is, then when the invocation started."""
+    return f"{what} @{study.session}"
 
 
 def open_study(ws: Workspace, name: str, description: str, command: str, params: dict) -> Workspace:
@@ -160,10 +151,10 @@ def stage_run(ws: Workspace, stage: str, name: str, params: dict, tags: dict | N
         study_name, parent = lone_study(stage), None
         exp = experiment_id(client, ws, study_name)
         session, source = time.strftime("%Y%m%d-%H%M%S"), f"understudy {stage}"
-    stage_run = StageRun(study_name, exp, "", session, source)
-    run = start_run(client, exp, stage_run.name(f"{stage} {name}"), params,
+    stage_run = Study(study_name, exp, "", session, source)
+    run = start_run(client, exp, run_name(stage_run, f"{stage} {name}"), params,
                     {"understudy.stage": stage, **(tags or {})}, parent=parent, source=source)
-    stage_run = replace(stage_run, run_id=run)
+    stage_run = replace(stage_run, run_id=run)  # the stage's run is its trials' parent
     status = "FAILED"
     try:
         yield stage_run
@@ -307,7 +298,7 @@ class TuneToMlflow(tune.Callback):
     and retried at the next result; whatever still cannot be logged when the experiment ends is
     written to `missing_file` (JSON lines) and announced, never silently dropped."""
 
-    def __init__(self, ws: Workspace, stage: str, parent: StageRun, params_of, metrics: dict, step_key: str,
+    def __init__(self, ws: Workspace, stage: str, parent: Study, params_of, metrics: dict, step_key: str,
                  name_of=lambda trial: str(trial), total: float | None = None,
                  experiment: str = "", datasets: tuple = ()):
         self.ws, self.stage, self.parent, self.datasets = ws, stage, parent, list(datasets)
@@ -376,7 +367,7 @@ class TuneToMlflow(tune.Callback):
                 self.client.log_inputs(run_id, self.datasets)
             self.runs[trial.trial_id] = run_id
         else:
-            run_id = start_run(self.client, self.exp_id, self.parent.name(self.name_of(trial)),
+            run_id = start_run(self.client, self.exp_id, run_name(self.parent, self.name_of(trial)),
                                self.params_of(trial.config), tags, parent=self.parent.run_id,
                                source=self.parent.source)
             if self.datasets:

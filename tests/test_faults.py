@@ -85,12 +85,12 @@ def test_run_start_retried_after_its_params_failed_still_logs_them(tmp_path, mon
     import requests
 
     from understudy.platform import tracking
-    from understudy.platform.workspace import Workspace
+    from understudy.platform.workspace import Study, Workspace
 
     ws = Workspace.resolve(str(tmp_path / "ws"))
     ws.root.mkdir(parents=True)
     exp = tracking.experiment_id(tracking.client_for(ws), ws, "understudy-teach")
-    stage = tracking.StageRun("understudy-teach", exp, run_id="", session="s", source="test")  # no parent run
+    stage = Study("understudy-teach", exp, run_id="", session="s", source="test")  # no parent run
     callback = tracking.TuneToMlflow(ws, "teach", stage, lambda config: {"game": config["game"], "lr": 0.001},
                                      metrics={}, step_key="steps", experiment="exp")
     callback.setup()
@@ -121,12 +121,12 @@ def test_stage_reports_what_the_callback_copy_tune_drove_could_not_log(tmp_path,
     from ray import cloudpickle
 
     from understudy.platform import tracking
-    from understudy.platform.workspace import Workspace
+    from understudy.platform.workspace import Study, Workspace
 
     monkeypatch.setenv("UNDERSTUDY_MLFLOW_WAIT_S", "0")
     ws = Workspace.resolve(str(tmp_path / "ws"))
     ws.root.mkdir(parents=True)
-    stage = tracking.StageRun("understudy-distill", "0", run_id="", session="s", source="test")
+    stage = Study("understudy-distill", "0", run_id="", session="s", source="test")
     own = tracking.TuneToMlflow(ws, "distill", stage, lambda config: {}, metrics={}, step_key="steps",
                                 experiment="distill-x-20261123")
     driven = cloudpickle.loads(cloudpickle.dumps(own))  # what Tune restores and calls
