@@ -214,6 +214,66 @@ def per_goal(episodes: list[dict], k: int, reps: int = 2000) -> list[dict]:
     return out
 
 
+def improvement_by_run(episodes: list[dict], k: int, reps: int = 2000) -> list[dict]:
+    """Per agent and game, from the raw rows (episode_rows): the in-context improvement
+    (mean of the last `k` episodes - mean of the first `k`, raw returns) of each independent run
+    (a trained agent's copies averaged first; random and no-op copies are runs), its mean with a
+    95% bootstrap interval over runs, and the effect against random play on the same game: the
+    difference of the two means, with an interval resampling both agents' runs. Per-goal
+    families (Dark Room) are left to `per_goal`."""
+    runs: dict = {}
+    for row in episodes:
+        if row.get("goal") is not None or len(row["episode_returns"]) < 2 * k:
+            continue
+        run = (row["run_seed"], row["copy"]) if row["agent"] in UNTRAINED else row["run_seed"]
+        runs.setdefault((row["agent"], row["game"]), {}).setdefault(run, []).append(
+            np.array(row["episode_returns"], float))
+    gains = {}
+    for key, by_run in runs.items():
+        curves = [np.mean(copies, 0) for _, copies in sorted(by_run.items(), key=lambda kv: str(kv[0]))]
+        gains[key] = np.array([c[-k:].mean() - c[:k].mean() for c in curves])
+    rng, out = np.random.default_rng(0), []
+
+    def boot(x):
+        return x[rng.integers(len(x), size=(reps, len(x)))].mean(1)
+
+    for (agent, game), g in sorted(gains.items()):
+        b = boot(g)
+        row = {"agent": agent, "game": game, "runs": len(g), "improvement": float(g.mean()),
+               "ci_low": float(np.percentile(b, 2.5)), "ci_high": float(np.percentile(b, 97.5)),
+               "finding": len(g) >= FEW_RUNS}
+        rand = gains.get(("random", game))
+        if rand is not None and agent != "random":
+            d = b - boot(rand)
+            row.update(vs_random=float(g.mean() - rand.mean()), vs_random_low=float(np.percentile(d, 2.5)),
+                       vs_random_high=float(np.percentile(d, 97.5)),
+                       finding=len(g) >= FEW_RUNS and len(rand) >= FEW_RUNS)
+        out.append(row)
+    return out
+
+
+def improvement_table(rows: list[dict], k: int) -> str:
+    """`improvement_by_run`'s rows as Markdown."""
+    if not rows:
+        return ""
+    lines = ["| agent | game | runs | late - early (raw) | 95% CI | minus random's | 95% CI |",
+             "|---|---|---:|---:|---|---:|---|"]
+    few = False
+    for r in rows:
+        star = "" if r["finding"] else "*"
+        few |= not r["finding"]
+        vs = (f"{r['vs_random']:+.2f} | [{r['vs_random_low']:+.2f}, {r['vs_random_high']:+.2f}]{star}"
+              if "vs_random" in r else "- | -")
+        lines.append(f"| {r['agent']} | {r['game']} | {r['runs']} | {r['improvement']:+.2f} | "
+                     f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]{star} | {vs} |")
+    lines += ["", f"In-context improvement: mean of the last {k} episodes minus the first {k}, raw returns, "
+              "per independent run (a trained agent's copies averaged first; random and no-op copies are "
+              "runs), with a 95% bootstrap interval over runs; 'minus random's': the difference from random "
+              "play's improvement on the same game, resampling both."
+              + (f" *fewer than {FEW_RUNS} runs: indicative, not a finding." if few else "")]
+    return "\n".join(lines)
+
+
 def per_goal_table(rows: list[dict]) -> str:
     """The per-goal rows as Markdown: one line per goal, one column per agent."""
     agents = sorted({r["agent"] for r in rows})
@@ -336,6 +396,11 @@ def report(cfg: EvaluateConfig, ws: Workspace, stage: Study, teach: TeachManifes
         row["mlflow_run_id"] = run
         table_rows += replays + [row]
     table = results_table(table_rows, aggregate)
+    episodes = episode_rows(cfg, results, sorted({r.seed for r in teach.runs if r.run_id in set(distill.run_ids)}),
+                            experiment)
+    gains = improvement_table(improvement_by_run(episodes, late_window(cfg)), late_window(cfg))
+    if gains:
+        table += "\n\n" + gains
     summary = stage.run_id  # the stage's own run is the evaluation's summary
     tracking.log_params(client, summary, {
         "imitator_stage": cfg.imitator, "teacher_stage": cfg.teacher,
@@ -352,11 +417,9 @@ def report(cfg: EvaluateConfig, ws: Workspace, stage: Study, teach: TeachManifes
         "returns_per_episode.png")
     tracking.log_text(client, summary, table, "results.md")
     tracking.log_text(client, summary, markdown_to_html(table, f"Evaluation {cfg.name}"), "results.html")
-    distilled = set(distill.run_ids)
-    teacher_seeds = sorted({r.seed for r in teach.runs if r.run_id in distilled})
     manifest = EvaluateManifest(name=cfg.name, rows=table_rows, aggregate=aggregate, summary_run_id=summary,
                                 table=table, trained_on=trained, experiment=experiment, config_digest=digest,
-                                episodes=episode_rows(cfg, results, teacher_seeds, experiment))
+                                episodes=episodes)
     ws.write_stage("evaluate", cfg.name, manifest)
     return manifest
 

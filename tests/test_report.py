@@ -176,3 +176,30 @@ def test_per_goal_fractions_with_intervals_over_runs():
     assert 0.8 <= row["ci_low"] < 0.9 < row["ci_high"] <= 1.0
     assert row["episodes_to_0.9"] == 3 and row["reached_0.9"] == pytest.approx(2 / 3)
     assert f"| {tuple(goal)} |" in per_goal_table([row])
+
+
+def test_in_context_improvement_per_training_run_with_an_effect_against_random():
+    """Improvement is taken per independent run (copies of one model averaged first, never
+    resampled as runs); random's copies are runs; the effect against random is the difference
+    of the two mean improvements, and fewer than 5 runs are marked."""
+    from understudy.platform.report import improvement_by_run, improvement_table
+
+    rising, flat = [0.0] * 5 + [1.0] * 5, [2.0] * 10
+
+    def row(agent, seed, copy, returns):
+        return {"agent": agent, "game": "MinAtar/SpaceInvaders", "goal": None, "run_seed": seed, "copy": copy,
+                "episode_returns": returns}
+
+    # imitator: 6 training runs of 2 copies; one copy rises by 1, the other by 3 -> each run +2
+    rows = [row("imitator", s, c, [r * (1 if c == 0 else 3) for r in rising]) for s in range(6) for c in range(2)]
+    rows += [row("random", 0, c, flat) for c in range(6)]  # one "seed", 6 copies: 6 runs of 0
+    rows += [row("ed", 0, c, rising) for c in range(2)]  # one training run: indicative only
+    out = {r["agent"]: r for r in improvement_by_run(rows, k=5)}
+    assert out["imitator"]["runs"] == 6 and out["imitator"]["improvement"] == pytest.approx(2.0)
+    assert out["imitator"]["ci_low"] == pytest.approx(2.0) and out["imitator"]["ci_high"] == pytest.approx(2.0)
+    assert out["imitator"]["vs_random"] == pytest.approx(2.0) and out["imitator"]["finding"]
+    assert out["random"]["runs"] == 6 and out["random"]["improvement"] == 0.0 and "vs_random" not in out["random"]
+    assert out["ed"]["runs"] == 1 and not out["ed"]["finding"]
+    table = improvement_table(list(out.values()), 5)
+    assert "| imitator | MinAtar/SpaceInvaders | 6 | +2.00 | [+2.00, +2.00] | +2.00 |" in table
+    assert "fewer than 5 runs" in table
