@@ -242,11 +242,11 @@ class AtariVectorEnvRunner(SingleAgentEnvRunner):
     @torch.inference_mode()
     def _act(self, obs: np.ndarray, explore: bool, random_actions: bool, t: int):
         """Batched actions for all envs -> (actions, their log-probabilities, the policy outputs
-        to record: Q-values or logits, epsilon). Random actions record NaN outputs."""
+        to record: Q-values or logits, epsilon). Random actions are the uniform policy: zero logits."""
         n, num_actions = len(obs), self._spaces[1].n
         if random_actions:
             return (np.random.randint(num_actions, size=n), np.full(n, -np.log(num_actions), np.float32),
-                    np.full((n, num_actions), np.nan, np.float32), 1.0)
+                    np.zeros((n, num_actions), np.float32), 1.0)
         batch = {Columns.OBS: torch.from_numpy(np.ascontiguousarray(obs))}
         if self._is_dqn:  # epsilon-greedy on Q-values
             q = self.module.compute_q_values(batch)["qf_preds"]
@@ -264,7 +264,7 @@ class AtariVectorEnvRunner(SingleAgentEnvRunner):
         # The categorical distribution RLlib's PPO module uses, without torch.distributions'
         # per-call argument checks (a third of the acting time at 128 envs).
         logp_all = torch.log_softmax(logits, -1)
-        actions = torch.multinomial(logp_all.exp(), 1)[:, 0] if explore else logits.argmax(-1)
+        actions = torch.multinomial(logp_all.exp(), 1, replacement=True)[:, 0] if explore else logits.argmax(-1)
         logp = logp_all.gather(1, actions[:, None])[:, 0]
         return actions.numpy(), logp.numpy(), logits.numpy(), 0.0
 

@@ -1,5 +1,5 @@
 """The recording hook's core: per env runner, collect the steps of every open episode and hand
-each finished episode, whole, to a ShardWriter. Env runners call `step` for every agent step
+each finished episode, whole, to a ShardWriter. Env runners call `extend` with runs of steps
 and `end` when an episode finishes; an episode never ended (the runner stopped or died) is
 never written.
 """
@@ -72,24 +72,18 @@ class EpisodeRecorder:
     def extend(self, key, *, frames: np.ndarray, actions, rewards, policy_versions, lives,
                epsilon=None, policy_outputs=None, global_steps=None) -> None:
         """Append a run of consecutive steps (arrays, one row per step) to episode `key`.
-        `global_steps` as reserved by `take_steps`; numbered now when not given."""
+        `global_steps` as reserved by `take_steps`; numbered now when not given. The frames are
+        copied: what the Learner was handed is not kept alive until the shard is written."""
         n = len(actions)
         if n == 0:
             return
         chunk = {"global_step": self.take_steps(n) if global_steps is None else np.asarray(global_steps, np.int64),
                  "policy_version": np.asarray(policy_versions, np.int64),
-                 "frame": np.asarray(frames), "action": np.asarray(actions, np.int16),
+                 "frame": np.array(frames), "action": np.asarray(actions, np.int16),
                  "reward": np.asarray(rewards, np.float32), "lives": np.asarray(lives, np.int16),
                  "epsilon": None if epsilon is None else np.broadcast_to(np.asarray(epsilon, np.float32), (n,)),
                  "policy_outputs": None if policy_outputs is None else np.asarray(policy_outputs, np.float32)}
         self._open.setdefault(key, []).append(chunk)
-
-    def step(self, key, *, frame: np.ndarray, action: int, reward: float, policy_version: int,
-             lives: int, epsilon: float | None = None, policy_outputs=None) -> None:
-        """One step: `extend` with a run of one."""
-        self.extend(key, frames=frame[None], actions=[action], rewards=[reward], policy_versions=[policy_version],
-                    lives=[lives], epsilon=None if epsilon is None else [epsilon],
-                    policy_outputs=None if policy_outputs is None else np.asarray(policy_outputs)[None])
 
     def end(self, key, *, terminated: bool, truncated: bool, env_return: float) -> None:
         chunks = self._open.pop(key, None)

@@ -155,12 +155,9 @@ class RecordingEnvRunner(SingleAgentEnvRunner):
                 outputs = chunk.get_extra_model_outputs(Columns.ACTION_DIST_INPUTS, slice(0, n))
             except KeyError:
                 pass
-        for t in range(n):
-            self.recorder.step(chunk.id_, frame=newest_frame(obs[t]), action=int(actions[t]),
-                               reward=float(rewards[t]), policy_version=int(versions[t]),
-                               lives=int(infos[t].get("lives", 0)),
-                               epsilon=1.0 if random_actions else None,
-                               policy_outputs=None if outputs is None else outputs[t])
+        self.recorder.extend(chunk.id_, frames=newest_frame(np.asarray(obs)), actions=actions, rewards=rewards,
+                             policy_versions=versions, lives=[info.get("lives", 0) for info in infos],
+                             epsilon=1.0 if random_actions else None, policy_outputs=outputs)
         if chunk.is_done:
             final = chunk.get_infos(-1)
             env_return = float(final["episode"]["r"]) if "episode" in final else float("nan")
