@@ -29,14 +29,23 @@ EQUAL_STEPS = ("random", "noop", "ed", "finetune")
 
 
 def _same_episodes(res: dict) -> None:
-    """Runs that played an env-step budget may have played different numbers of episodes (each
-    is cut to its copies' fewest): every run of the agent is cut to the fewest, so each
+    """Runs that played an env-step budget (the baselines in EQUAL_STEPS, and scratch, whose
+    learners get each imitator run's steps) may have played different numbers of episodes
+    (each is cut to its copies' fewest): every run of the agent is cut to the fewest, so each
     episode index averages every run and copy."""
     episodes = min((len(r) for run in res["runs"] for r in run["returns"]), default=0)
     for run in res["runs"]:
         for key in ("returns", "lengths", "episodes_in_context", "truncated"):
             if run.get(key) is not None:
                 run[key] = [r[:episodes] for r in run[key]]
+
+
+def _order_and_cut(results: dict) -> None:
+    """Every agent's runs in seed order, cut to the episodes all of them played (a no-op where
+    every run played the same episodes)."""
+    for res in results.values():
+        res["runs"].sort(key=lambda r: (r["seed"] is None, r["seed"]))
+        _same_episodes(res)
 
 
 def step_budget(cfg: EvaluateConfig, game: str) -> int:
@@ -220,8 +229,5 @@ def _run_evaluate(cfg: EvaluateConfig, ws: Workspace, stage: Study, experiment: 
     if deferred:  # cannot happen unless an imitator run went missing: say so, never drop rows
         raise StageFailed(f"evaluate: baselines {sorted({n for v in deferred.values() for n, _ in v})} on "
                           f"{sorted(deferred)} never started: not every imitator run of those games finished")
-    for (name, game), res in results.items():
-        res["runs"].sort(key=lambda r: (r["seed"] is None, r["seed"]))
-        if name in EQUAL_STEPS and "imitator" in agents:
-            _same_episodes(res)
+    _order_and_cut(results)
     return report(cfg, ws, stage, teach, distill, trained, results, experiment, digest)

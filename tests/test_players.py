@@ -234,6 +234,24 @@ def test_runs_that_played_a_budget_are_cut_to_the_same_episodes():
     assert res["runs"][0]["lengths"] == [[9, 9], [9, 9]]
 
 
+def test_every_agent_s_runs_are_ordered_and_cut_before_the_report():
+    """Scratch learners get each imitator run's env steps, so their runs end with different
+    episode counts (19 and 23 at the full scale of minatar_breakout_to_spaceinvaders); the
+    report stacks runs, so every agent's runs must be cut, not only the deferred baselines'."""
+    from understudy.platform.evaluate import _order_and_cut
+    from understudy.platform.report import _stack
+
+    results = {("scratch", "MinAtar/SpaceInvaders"): {"runs": [
+        {"seed": 1, "returns": [[1.0] * 23] * 8, "lengths": [[5] * 23] * 8},
+        {"seed": 0, "returns": [[2.0] * 19] * 8, "lengths": [[5] * 19] * 8}]},
+        ("teacher", "MinAtar/SpaceInvaders"): {"runs": [{"seed": 0, "returns": [[3.0] * 4]}]}}
+    _order_and_cut(results)
+    scratch = results[("scratch", "MinAtar/SpaceInvaders")]
+    assert [r["seed"] for r in scratch["runs"]] == [0, 1]
+    assert _stack(scratch, "returns").shape == (16, 19)
+    assert results[("teacher", "MinAtar/SpaceInvaders")]["runs"][0]["returns"] == [[3.0] * 4]
+
+
 def _logp(model, window):
     batch = imitation.to_torch(window)
     logits = model(batch)
