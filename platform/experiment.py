@@ -133,14 +133,18 @@ def _log_rotations(cfg: ExperimentConfig, ws: Workspace, evaluations: list) -> t
     """The answer over every rotation: each held-out game's rows, and per agent the IQM over
     held-out games x training runs; logged as an evaluation summary run (what `report` shows)
     and as metrics of the study's parent run."""
-    from understudy.platform.report import (headline_metrics, late_window, log_metrics, results_table,
-                                            rotations_aggregate)
+    from understudy.platform.report import (headline_metrics, improvement_by_run, improvement_table, late_window,
+                                            log_metrics, results_table, rotations_aggregate)
 
     k = late_window(cfg.evaluate)
     rows = [row for e in evaluations for row in e.rows]
-    aggregate = rotations_aggregate([r for e in evaluations for r in e.episodes], k,
+    episodes = [r for e in evaluations for r in e.episodes]
+    aggregate = rotations_aggregate(episodes, k,
                                     cut={(r["agent"], r["game"]) for r in rows if r.get("truncated_episodes")})
     table = results_table(rows, aggregate)
+    gains = improvement_table(improvement_by_run(episodes, k), k)
+    if gains:
+        table += "\n\n" + gains
     tags = {"understudy.summary": "true", "understudy.experiment": cfg.name}
     params = {"stage": f"{cfg.name}: {len(evaluations)} rotations ({cfg.leave_one_out}, one game held out each)",
               "imitator_stage": ",".join(e.name.removesuffix("-evaluate") + "-imitator" for e in evaluations),
