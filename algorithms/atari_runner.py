@@ -140,8 +140,8 @@ class AtariVectorEnvRunner(SingleAgentEnvRunner):
                 buf.obs[i, p + 1] = obs[j]
                 buf.reward[i, p] = rewards[j]
                 buf.lives[i, p] = self._lives[i]  # the lives the action was chosen with
-                for name in ("action", "version", "epsilon", "outputs", "logp"):
-                    getattr(buf, name)[i, p] = getattr(self, "_pending_" + name)[i]
+                for name, pending in self._pending.items():
+                    getattr(buf, name)[i, p] = pending[i]
                 if self.recorder is not None:
                     buf.global_step[i, p] = self.recorder.take_steps(len(j))
                 buf.pos[i] = p + 1
@@ -167,11 +167,9 @@ class AtariVectorEnvRunner(SingleAgentEnvRunner):
             # Act for this batch (an env that just finished gets an ignored autoreset action).
             t_global = (self.num_env_steps_sampled_lifetime // runners + ts) * runners
             actions, logp, outputs, epsilon = self._act(obs, explore, random_actions, t_global)
-            self._pending_action[ids] = actions
-            self._pending_logp[ids] = logp
-            self._pending_outputs[ids] = outputs
-            self._pending_epsilon[ids] = epsilon
-            self._pending_version[ids] = self._weights_seq_no
+            for name, value in (("action", actions), ("logp", logp), ("outputs", outputs),
+                                ("epsilon", epsilon), ("version", self._weights_seq_no)):
+                self._pending[name][ids] = value
             self.env.send(actions)
             self._batch = self.env.recv()
         if num_timesteps is not None:  # ongoing episodes go out as chunks and continue
@@ -231,11 +229,9 @@ class AtariVectorEnvRunner(SingleAgentEnvRunner):
         self._state = [None] * self.num_envs
         self._active = np.zeros(self.num_envs, bool)
         self._lives = np.zeros(self.num_envs, np.int64)
-        self._pending_action = np.zeros(self.num_envs, np.int64)
-        self._pending_logp = np.zeros(self.num_envs, np.float32)
-        self._pending_outputs = np.zeros((self.num_envs, num_actions), np.float32)
-        self._pending_epsilon = np.zeros(self.num_envs, np.float32)
-        self._pending_version = np.zeros(self.num_envs, np.int64)
+        # per env: the action in flight and what the policy said with it (a _StepBuffers column each)
+        self._pending = {name: np.zeros_like(getattr(self._buf, name)[:, 0])
+                         for name in ("action", "logp", "outputs", "epsilon", "version")}
         self._is_dqn = hasattr(self.module, "compute_q_values")
         self._needs_initial_reset = False
 

@@ -190,6 +190,12 @@ def time_to_optimum(game: str, res: dict, data: dict | None, cfg: EvaluateConfig
     return out
 
 
+def run_of(row: dict):
+    """Which independent run a raw row (episode_rows) belongs to: a trained agent's copies are
+    evaluation copies of one training run; random and no-op train nothing, so each copy is a run."""
+    return (row["run_seed"], row["copy"]) if row["agent"] in UNTRAINED else row["run_seed"]
+
+
 def per_goal(episodes: list[dict], k: int, reps: int = 2000) -> list[dict]:
     """Dark Room, per agent and goal, from the raw rows (episode_rows): the late fraction of the
     goal's optimum (last `k` episodes, a run's copies averaged), its mean over independent runs
@@ -200,7 +206,7 @@ def per_goal(episodes: list[dict], k: int, reps: int = 2000) -> list[dict]:
             continue
         key = (row["agent"], tuple(row["goal"]))
         run = groups.setdefault(key, {"optimal": row["optimal_return"], "runs": {}})
-        run["runs"].setdefault(row["run_seed"] if row["agent"] not in UNTRAINED else row["copy"], []).append(
+        run["runs"].setdefault(run_of(row), []).append(
             np.array(row["episode_returns"], float) / row["optimal_return"])
     out, rng = [], np.random.default_rng(0)
     for (agent, goal), g in sorted(groups.items()):
@@ -225,13 +231,12 @@ def improvement_by_run(episodes: list[dict], k: int, reps: int = 2000) -> list[d
     for row in episodes:
         if row.get("goal") is not None or len(row["episode_returns"]) < 2 * k:
             continue
-        run = (row["run_seed"], row["copy"]) if row["agent"] in UNTRAINED else row["run_seed"]
-        runs.setdefault((row["agent"], row["game"]), {}).setdefault(run, []).append(
+        runs.setdefault((row["agent"], row["game"]), {}).setdefault(run_of(row), []).append(
             np.array(row["episode_returns"], float))
     gains = {}
     for key, by_run in runs.items():
         curves = [np.mean(copies, 0) for _, copies in sorted(by_run.items(), key=lambda kv: str(kv[0]))]
-        gains[key] = np.array([c[-k:].mean() - c[:k].mean() for c in curves])
+        gains[key] = np.array([metrics.in_context_improvement(c, early=k, late=k)["improvement"] for c in curves])
     rng, out = np.random.default_rng(0), []
 
     def boot(x):
@@ -396,8 +401,8 @@ def report(cfg: EvaluateConfig, ws: Workspace, stage: Study, teach: TeachManifes
         row["mlflow_run_id"] = run
         table_rows += replays + [row]
     table = results_table(table_rows, aggregate)
-    episodes = episode_rows(cfg, results, sorted({r.seed for r in teach.runs if r.run_id in set(distill.run_ids)}),
-                            experiment)
+    distilled = set(distill.run_ids)
+    episodes = episode_rows(cfg, results, sorted({r.seed for r in teach.runs if r.run_id in distilled}), experiment)
     gains = improvement_table(improvement_by_run(episodes, late_window(cfg)), late_window(cfg))
     if gains:
         table += "\n\n" + gains
@@ -489,8 +494,7 @@ def rotations_aggregate(episodes: list[dict], k: int, cut: set = frozenset()) ->
         scaled = normalised(game, np.array([r["episode_returns"]], float), "all", 1)
         if scaled is None:
             continue
-        run = (r["run_seed"], r["copy"]) if agent in UNTRAINED else r["run_seed"]
-        late.setdefault((agent, (game, None)), {}).setdefault(run, []).append(float(scaled[0, -k:].mean()))
+        late.setdefault((agent, (game, None)), {}).setdefault(run_of(r), []).append(float(scaled[0, -k:].mean()))
     scores = {key: [float(np.mean(v)) for _, v in sorted(runs.items(), key=lambda kv: str(kv[0]))]
               for key, runs in late.items()}
     return _aggregate(scores, trained=[], goal_split="all")
