@@ -16,14 +16,15 @@ from understudy.histories.data import SampleSpec
 
 class AlgorithmDistillation(nn.Module):
     def __init__(self, num_actions: int, cnn: str = "small", stack: int = 1, context: int = 256,
-                 d_model: int = 128, layers: int = 4, heads: int = 4, dropout: float = 0.1):
+                 d_model: int = 128, layers: int = 4, heads: int = 4, dropout: float = 0.1,
+                 attention_dropout: float = 0.0):
         super().__init__()
         self.embed = StepEmbedding(cnn, stack, num_actions, d_model)
-        self.transformer = CausalTransformer(d_model, layers, heads, context, dropout)
+        self.transformer = CausalTransformer(d_model, layers, heads, context, dropout, attention_dropout)
         self.head = nn.Linear(d_model, num_actions)
         self.spec = {"algorithm": "ad", "num_actions": num_actions, "cnn": cnn, "stack": stack,
                      "context": context, "d_model": d_model, "layers": layers, "heads": heads,
-                     "dropout": dropout}
+                     "dropout": dropout, "attention_dropout": attention_dropout}
 
     def sample_spec(self) -> SampleSpec:
         return SampleSpec("history", self.spec["context"], self.spec["stack"])

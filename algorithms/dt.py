@@ -18,16 +18,18 @@ from understudy.histories.data import SampleSpec
 class DecisionTransformer(nn.Module):
     def __init__(self, num_actions: int, cnn: str = "small", stack: int = 4, context: int = 32,
                  d_model: int = 128, layers: int = 2, heads: int = 4, max_timestep: int = 4096,
-                 rtg_scale: float = 100.0, dropout: float = 0.1):
+                 rtg_scale: float = 100.0, dropout: float = 0.1,
+                 attention_dropout: float = 0.0):
         super().__init__()
         self.embed = StepEmbedding(cnn, stack, num_actions, d_model)
         self.rtg = nn.Linear(1, d_model)
         self.timestep = nn.Embedding(max_timestep, d_model)
-        self.transformer = CausalTransformer(d_model, layers, heads, context, dropout)
+        self.transformer = CausalTransformer(d_model, layers, heads, context, dropout, attention_dropout)
         self.head = nn.Linear(d_model, num_actions)
         self.spec = {"algorithm": "dt", "num_actions": num_actions, "cnn": cnn, "stack": stack,
                      "context": context, "d_model": d_model, "layers": layers, "heads": heads,
-                     "max_timestep": max_timestep, "rtg_scale": rtg_scale, "dropout": dropout}
+                     "max_timestep": max_timestep, "rtg_scale": rtg_scale, "dropout": dropout,
+                     "attention_dropout": attention_dropout}
 
     def sample_spec(self) -> SampleSpec:
         return SampleSpec("episode", self.spec["context"], self.spec["stack"], self.spec["max_timestep"])

@@ -101,22 +101,33 @@ class CausalTransformer(nn.Module):
     """A GPT-style stack: pre-norm layers, causal mask, learned positions.
 
     `forward` reads whole sequences (training, and the reference player). `prefill` and
-    `extend` are the same computation one step at a time with a key/value cache (KVCache):
-    they read the layers' own parameters, so a trained checkpoint plays either way."""
+    `extend` are the same computation one step at a time with a key/value cache (KVCache).
+    All three run the layers' own parameters through one fused attention call
+    (scaled_dot_product_attention), so a trained checkpoint plays either way.
 
-    def __init__(self, d_model: int, layers: int, heads: int, context: int, dropout: float = 0.1):
+    `dropout` acts on the residual and feed-forward paths; `attention_dropout` on the
+    attention weights. The latter is off by default: the CPU's fused causal kernel takes no
+    dropout, and with it attention falls back to the unfused computation, about 3.5x slower
+    per layer (MinAtar AD, context 512, measured 2026-12-07; docs/benchmarks.md)."""
+
+    def __init__(self, d_model: int, layers: int, heads: int, context: int, dropout: float,
+                 attention_dropout: float):
         super().__init__()
         self.position = nn.Embedding(context, d_model)
         layer = nn.TransformerEncoderLayer(d_model, heads, 4 * d_model, dropout,
                                            batch_first=True, norm_first=True)
+        layer.self_attn.dropout = attention_dropout
         self.blocks = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d_model)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         L = tokens.shape[1]
         x = tokens + self.position(torch.arange(L, device=tokens.device))
-        mask = nn.Transformer.generate_square_subsequent_mask(L, device=tokens.device)
-        return self.norm(self.blocks(x, mask=mask, is_causal=True))
+        for layer in self.blocks.layers:
+            p = layer.self_attn.dropout if self.training else 0.0
+            attended = F.scaled_dot_product_attention(*_heads(layer, x), is_causal=True, dropout_p=p)
+            x = _block_rest(layer, x, attended)
+        return self.norm(x)
 
     def new_cache(self, batch: int, device=None, dtype=torch.float32) -> "KVCache":
         first = self.blocks.layers[0].self_attn
@@ -173,10 +184,10 @@ def _heads(layer: nn.TransformerEncoderLayer, x: torch.Tensor):
 
 
 def _block_rest(layer: nn.TransformerEncoderLayer, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
-    """The rest of a pre-norm layer after attention (eval mode: no dropout)."""
+    """The rest of a pre-norm layer after attention; its dropouts act only in training mode."""
     B, L = x.shape[:2]
-    x = x + layer.self_attn.out_proj(attended.transpose(1, 2).reshape(B, L, -1))
-    return x + layer.linear2(layer.activation(layer.linear1(layer.norm2(x))))
+    x = x + layer.dropout1(layer.self_attn.out_proj(attended.transpose(1, 2).reshape(B, L, -1)))
+    return x + layer.dropout2(layer.linear2(layer.dropout(layer.activation(layer.linear1(layer.norm2(x))))))
 
 
 def choose(logits: torch.Tensor, greedy: bool, gen: torch.Generator, legal: torch.Tensor | None = None):

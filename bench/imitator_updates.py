@@ -8,7 +8,13 @@ depend on the pixel values. A batch too large for this machine (more than `--max
 of windows) is measured at a smaller batch and scaled linearly to the configured one; the JSON
 says so per model (`measured_batch`).
 
-Usage: python bench/imitator_updates.py [--updates 3] [--max-frames 8192] [--out docs/bench]
+With --attention-baseline, each transformer is also timed with dropout on its attention
+weights (attention_dropout = dropout, which sends attention to the unfused computation: how
+every transformer trained before 2026-12-07), interleaved with the fused one in the same run;
+the JSON gets both and their ratio.
+
+Usage: python bench/imitator_updates.py [--updates 3] [--max-frames 8192] [--only NAMES]
+       [--attention-baseline] [--out docs/bench]
 """
 from __future__ import annotations
 
@@ -34,33 +40,44 @@ def synthetic_history(rows: int, frame_shape: tuple, num_actions: int, episode_s
                    target=np.ones(rows, bool), history_start=np.zeros(rows, np.int64))
 
 
-def seconds_per_update(cfg, game: str, updates: int, max_frames: int) -> dict:
+def seconds_per_update(cfg, game: str, updates: int, max_frames: int, attention_baseline: bool = False) -> dict:
     from understudy.algorithms import imitation
     from understudy.envs import family_of
     from understudy.histories.data import make_batch
 
     family = family_of(game)
     num_actions = 6 if family.name == "minatar" else 5 if family.per_goal else 18
-    model = imitation.build(cfg.algorithm, num_actions, **cfg.model.model_dump(exclude_none=True))
+    params = cfg.model.model_dump(exclude_none=True)
+    model = imitation.build(cfg.algorithm, num_actions, **params)
+    variants = {"fused": (model, torch.optim.AdamW(model.parameters(), lr=cfg.lr))}
+    if attention_baseline and "attention_dropout" in model.spec:
+        unfused = imitation.build(cfg.algorithm, num_actions, **{**params, "attention_dropout": model.spec["dropout"]})
+        variants["unfused"] = (unfused, torch.optim.AdamW(unfused.parameters(), lr=cfg.lr))
     spec = model.sample_spec()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     batch_size = max(1, min(cfg.batch_size, max_frames // (spec.length * max(1, spec.stack))))
     h = synthetic_history(max(4 * spec.length, 2000), family.frame_shape, num_actions)
     rng = np.random.default_rng(1)
     high = len(h) - spec.length if spec.kind != "step" else len(h)
     rtg = np.zeros(len(h), np.float32) if cfg.algorithm == "dt" else None
-    times = []
+    times = {name: [] for name in variants}
     for i in range(updates + 1):  # the first update warms up
         batch = make_batch(h, rng.integers(0, high, batch_size), spec, num_actions, rtg)
-        started = time.perf_counter()
-        imitation.train_epoch(model, optimizer, [batch])
-        if i:
-            times.append(time.perf_counter() - started)
-    measured = float(np.median(times))
-    return {"algorithm": cfg.algorithm, "model": cfg.model.model_dump(exclude_none=True),
-            "batch_size": cfg.batch_size, "measured_batch": batch_size, "window": spec.length,
-            "measured_seconds_per_update": measured,
-            "seconds_per_update": measured * cfg.batch_size / batch_size, "updates_timed": len(times)}
+        for name, (net, optimizer) in variants.items():  # interleaved: the same load on both
+            started = time.perf_counter()
+            imitation.train_epoch(net, optimizer, [batch])
+            if i:
+                times[name].append(time.perf_counter() - started)
+    measured = float(np.median(times["fused"]))
+    row = {"algorithm": cfg.algorithm, "model": params,
+           "batch_size": cfg.batch_size, "measured_batch": batch_size, "window": spec.length,
+           "measured_seconds_per_update": measured,
+           "seconds_per_update": measured * cfg.batch_size / batch_size, "updates_timed": len(times["fused"])}
+    if "unfused" in times:
+        unfused = float(np.median(times["unfused"]))
+        row.update(attention_dropout_baseline=model.spec["dropout"],
+                   unfused_seconds_per_update=unfused * cfg.batch_size / batch_size,
+                   fused_speedup=unfused / measured)
+    return row
 
 
 def main() -> None:
@@ -68,6 +85,8 @@ def main() -> None:
     p.add_argument("--updates", type=int, default=3)
     p.add_argument("--max-frames", type=int, default=8192)
     p.add_argument("--only", help="experiment names, comma-separated (default: all)")
+    p.add_argument("--attention-baseline", action="store_true",
+                   help="also time each transformer with attention dropout (unfused), interleaved")
     p.add_argument("--out", default="docs/bench")
     args = p.parse_args()
     torch.set_num_threads(int(os.environ.get("UNDERSTUDY_THREADS", os.cpu_count() or 1)))
@@ -94,11 +113,12 @@ def main() -> None:
                 continue
             game = stage_cfg.train_games[0]
             started = time.perf_counter()
-            row = seconds_per_update(stage_cfg, game, args.updates, args.max_frames)
+            row = seconds_per_update(stage_cfg, game, args.updates, args.max_frames, args.attention_baseline)
             results["models"][f"{key}/{stage}"] = row
             print(f"[{i}/{len(configs)}] {key}/{stage}: {row['algorithm']} {row['model']} batch {row['batch_size']} "
-                  f"(measured at {row['measured_batch']}): {row['seconds_per_update']:.3g}s per update "
-                  f"({time.perf_counter() - started:.0f}s)", flush=True)
+                  f"(measured at {row['measured_batch']}): {row['seconds_per_update']:.3g}s per update"
+                  + (f", {row['fused_speedup']:.2f}x faster than unfused" if "fused_speedup" in row else "")
+                  + f" ({time.perf_counter() - started:.0f}s)", flush=True)
     results.update(machine=f"{os.cpu_count()} CPUs, {_platform.machine()}, no GPU" if not torch.cuda.is_available()
                    else torch.cuda.get_device_name(), torch=torch.__version__, threads=torch.get_num_threads(),
                    date=time.strftime("%Y-%m-%d %H:%M"), max_frames=args.max_frames)

@@ -280,7 +280,8 @@ class ModelParams(Strict):
     d_model: PositiveInt | None = None
     layers: PositiveInt | None = None
     heads: PositiveInt | None = None
-    dropout: float | None = Field(None, ge=0.0, lt=1.0)
+    dropout: float | None = Field(None, ge=0.0, lt=1.0)  # DT/AD: residual and feed-forward paths
+    attention_dropout: float | None = Field(None, ge=0.0, lt=1.0)  # DT/AD: attention weights
 
 
 class SearchDomain(Strict):

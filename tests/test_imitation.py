@@ -198,6 +198,37 @@ def test_a_tiny_model_fits_a_fixed_batch(teacher, algorithm, params):
     assert loss.item() < 0.8 * first
 
 
+def test_the_fused_causal_transformer_computes_torch_s_own_encoder_layers():
+    """CausalTransformer runs its layers' parameters through one fused attention call; with
+    dropout off it must give what torch's TransformerEncoder gives on the same parameters, in
+    both modes, and gradients must flow to the same parameters. Attention dropout acts only
+    in training."""
+    from understudy.algorithms.nets import CausalTransformer
+
+    torch.manual_seed(0)
+    net = CausalTransformer(32, 2, 4, 64, dropout=0.0, attention_dropout=0.0)
+    x = torch.randn(3, 50, 32)
+    mask = torch.nn.Transformer.generate_square_subsequent_mask(50)
+    for train in (True, False):
+        net.train(train)
+        ours = net(x)
+        theirs = net.norm(net.blocks(x + net.position(torch.arange(50)), mask=mask, is_causal=True))
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    net.train()
+    net.zero_grad()
+    net(x).square().sum().backward()
+    ours = {n: p.grad.clone() for n, p in net.named_parameters()}
+    net.zero_grad()
+    net.norm(net.blocks(x + net.position(torch.arange(50)), mask=mask, is_causal=True)).square().sum().backward()
+    for name, p in net.named_parameters():
+        torch.testing.assert_close(ours[name], p.grad, atol=1e-4, rtol=1e-4, msg=name)
+
+    dropped = CausalTransformer(32, 2, 4, 64, dropout=0.0, attention_dropout=0.5)
+    dropped.load_state_dict(net.state_dict())
+    assert not torch.allclose(dropped.train()(x), net(x))
+    torch.testing.assert_close(dropped.eval()(x), net.eval()(x))
+
+
 def distill_yaml(tmp_path, **extra):
     cfg = {"kind": "distill", "name": "sweep", "teacher": "tiny", "game": "Breakout",
            "algorithm": "ad", "model": {"context": 64, "d_model": 32, "layers": 1, "cnn": "small"},
