@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 import time
@@ -57,7 +58,8 @@ def init_ray():
     if address:  # a cluster, e.g. inside `ray job submit`
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(include_dashboard=False, log_to_driver=True,
+        # Ray's "Started a local Ray instance" goes to stderr at INFO: keep a failure one line.
+        ray.init(include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING,
                  num_cpus=int(os.environ.get("UNDERSTUDY_NUM_CPUS", os.cpu_count() or 2)))
 
 
@@ -342,8 +344,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"understudy: error: {err}", file=sys.stderr)
         return 2
     init_ray()
-    import logging
-
     from understudy.platform import tracking
 
     # A new local store announces its table creation on stderr; an error must stay one line.

@@ -388,12 +388,13 @@ def _run_distill(cfg: DistillConfig, ws: Workspace, stage: Study, resume: bool) 
           f"{sum(len(h.episodes) for h in heldout)} held out", flush=True)
 
     running = ws.stage_path("distill", cfg.name).with_suffix(".running.json")
-    if resume:
-        if not running.exists():
-            raise StageFailed(f"--resume: no interrupted distill stage named {cfg.name!r} in {ws.root}")
-        experiment_path = json.loads(running.read_text())["experiment"]
-    else:
-        experiment_path = f"{ws.ray_results}/distill-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    started_with = cfg.model_dump(mode="json")
+    if resume and not running.exists():
+        raise StageFailed(f"--resume: no interrupted distill stage named {cfg.name!r} in {ws.root}")
+    marker = ws.interrupted("distill", cfg.name, started_with) if resume else None
+    resume = marker is not None
+    experiment_path = (marker["experiment"] if resume
+                       else f"{ws.ray_results}/distill-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     experiment = experiment_path.rsplit("/", 1)[1]
     context = {"shard_root": root, "run_ids": run_ids, "data_version": version,
                "skipped_shards": sorted(bad), "storage_path": ws.ray_results,
@@ -434,7 +435,7 @@ def _run_distill(cfg: DistillConfig, ws: Workspace, stage: Study, resume: bool) 
         tuner = tune.Tuner.restore(experiment_path, trainable=trainable, param_space=space,
                                    resume_unfinished=True, resume_errored=True)
     else:
-        ws.write_stage("distill", cfg.name + ".running", {"experiment": experiment_path})
+        ws.write_stage("distill", cfg.name + ".running", {"experiment": experiment_path, "config": started_with})
         tuner = tune.Tuner(
             trainable, param_space=space,
             tune_config=tune.TuneConfig(num_samples=cfg.num_samples, scheduler=scheduler,

@@ -1,7 +1,6 @@
 """Stage 1, teach: RLlib teachers as Tune trials (games x seeds), histories recorded to shards."""
 from __future__ import annotations
 
-import json
 import time
 
 import numpy as np
@@ -112,13 +111,13 @@ def _run_teach(cfg: TeachConfig, ws: Workspace, stage: Study, resume: bool) -> T
     from understudy.algorithms.teachers import recording_algorithm, run_id_for, teacher_config_from
 
     running = ws.stage_path("teach", cfg.name).with_suffix(".running.json")
-    if resume:
-        if not running.exists():
-            raise StageFailed(f"--resume: no interrupted teach stage named {cfg.name!r} in "
-                              f"{ws.root} (nothing at {running})")
-        session = json.loads(running.read_text())["session"]
-    else:
-        session = time.strftime("%Y%m%d-%H%M%S")
+    started_with = cfg.model_dump(mode="json")
+    if resume and not running.exists():
+        raise StageFailed(f"--resume: no interrupted teach stage named {cfg.name!r} in "
+                          f"{ws.root} (nothing at {running})")
+    marker = ws.interrupted("teach", cfg.name, started_with) if resume else None
+    resume = marker is not None
+    session = marker["session"] if resume else time.strftime("%Y%m%d-%H%M%S")
     protocol = cfg.protocol.model_dump()
     record = {"root": ws.shard_root, "session": session, "algorithm": cfg.algorithm,
               "shard_rows": cfg.shard_rows}
@@ -172,7 +171,8 @@ def _run_teach(cfg: TeachConfig, ws: Workspace, stage: Study, resume: bool) -> T
         tuner = tune.Tuner.restore(path, trainable=trainable, param_space=config,
                                    resume_unfinished=True, resume_errored=True)
     else:
-        ws.write_stage("teach", cfg.name + ".running", {"session": session, "experiment": path})
+        ws.write_stage("teach", cfg.name + ".running", {"session": session, "experiment": path,
+                                                        "config": started_with})
         tuner = tune.Tuner(
             trainable, param_space=config,
             tune_config=tune.TuneConfig(max_concurrent_trials=cfg.max_concurrent_trials),

@@ -113,6 +113,20 @@ class Workspace:
         os.replace(tmp, path)
         return path
 
+    def interrupted(self, kind: str, name: str, config: dict) -> dict | None:
+        """The `.running` marker of an interrupted stage, if it was started with `config`;
+        None (and one line saying what changed) if it was started with another, so the stage
+        starts afresh instead of resuming trials built from the old config."""
+        path = self.stage_path(kind, name).with_suffix(".running.json")
+        marker = json.loads(path.read_text())
+        changed = config_changes(marker.get("config"), config)
+        if not changed:
+            return marker
+        shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+        print(f"[{kind}] --resume: the interrupted stage {name!r} ({path}) was started with another config "
+              f"({shown}); starting it afresh", flush=True)
+        return None
+
     def read_stage(self, kind: str, name: str):
         """The finished stage's manifest as its platform.manifests model."""
         path = self.stage_path(kind, name)
@@ -151,3 +165,18 @@ def _location(value: str) -> str:
     that run in another folder write to the same place."""
     value = value.rstrip("/") or "/"
     return value if "://" in value else str(Path(value).resolve())
+
+
+def config_changes(started: dict | None, now: dict, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two configs (as JSON-like dicts); a config
+    that was not recorded differs in every key ("config not recorded")."""
+    if started is None:
+        return ["config not recorded"]
+    changed = []
+    for key in sorted(set(started) | set(now)):
+        a, b = started.get(key, "(absent)"), now.get(key, "(absent)")
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += config_changes(a, b, f"{prefix}{key}.")
+        elif a != b:
+            changed.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return changed

@@ -47,3 +47,25 @@ def test_a_broken_manifest_names_the_file_and_the_field(tmp_path, capsys):
     assert cli.main(["--workspace", str(ws.root), "evaluate", str(config)]) == 2
     line = capsys.readouterr().err.strip()
     assert line.count("\n") == 0 and str(path) in line and "not a valid distill manifest" in line
+
+
+def test_an_interrupted_stage_resumes_only_with_the_config_it_started_with(tmp_path, capsys):
+    """`--resume` of a stage started with another config (a key changed, a key the code added
+    since) starts it afresh, saying what changed, instead of restoring trials built from the
+    old config; the same config resumes; a marker without its config cannot be trusted."""
+    ws = Workspace.resolve(str(tmp_path / "ws"), None, None, None)
+    ws.ensure()
+    started = {"lr": 0.001, "model": {"d_model": 64, "dropout": 0.1}}
+    ws.write_stage("distill", "ad.running", {"experiment": "/x/distill-ad-1", "config": started})
+    assert ws.interrupted("distill", "ad", json.loads(json.dumps(started)))["experiment"] == "/x/distill-ad-1"
+    assert capsys.readouterr().out == ""
+
+    now = {"lr": 0.001, "model": {"d_model": 64, "dropout": 0.1, "attention_dropout": 0.0}}
+    assert ws.interrupted("distill", "ad", now) is None
+    out = capsys.readouterr().out
+    assert "[distill] --resume: the interrupted stage 'ad'" in out and "starting it afresh" in out
+    assert "model.attention_dropout: '(absent)' -> 0.0" in out
+
+    ws.write_stage("teach", "t.running", {"session": "s", "experiment": "/x/teach-t-s"})
+    assert ws.interrupted("teach", "t", started) is None
+    assert "config not recorded" in capsys.readouterr().out
