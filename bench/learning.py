@@ -14,8 +14,11 @@ that interleaves the two (`--speed N`), as bench/dqn.py does.
     python bench/learning.py --algorithm ppo --speed 30000              # minutes
     python bench/learning.py --algorithm ppo --report                   # -> docs/bench/*.json, png
     python bench/learning.py --config tune_configs/teachers/ppo_minatar.yaml --which plain
+    python bench/learning.py --config ... --which teacher --seed 1          # more training seeds
 
 Each reported point is the mean raw score of the last 100 training episodes finished by then.
+With several seeds (each an independent training run of both, `--seed`), the report gives each
+seed's curve and their mean; the teacher/plain ratio is of the means over seeds.
 """
 from __future__ import annotations
 
@@ -421,16 +424,16 @@ class Teacher:
 
 # ---- runs ---------------------------------------------------------------------------------------
 
-def run(config: str, which: str, workdir: Path, resume: bool, checkpoint_every_s: float) -> None:
+def run(config: str, which: str, workdir: Path, resume: bool, checkpoint_every_s: float, seed: int = 0) -> None:
     """Train `which` to the config's budget, checkpointing every `checkpoint_every_s` seconds;
-    its episodes go to `workdir/<name>/<which>/state.json` at every checkpoint."""
+    its episodes go to `workdir/<name>/s<seed>/<which>/state.json` at every checkpoint."""
     cfg, settings, game, name = load_teach(config)
-    work = workdir / name / which
+    work = workdir / name / f"s{seed}" / which
     if work.exists() and not resume:
         raise SystemExit(f"{work} exists: pass --resume to continue it, or remove it")
     work.mkdir(parents=True, exist_ok=True)
-    learner = (Teacher(cfg, settings, game, work) if which == "teacher"
-               else PLAIN[cfg.algorithm](settings, game, cfg.env_steps))
+    learner = (Teacher(cfg, settings, game, work, seed) if which == "teacher"
+               else PLAIN[cfg.algorithm](settings, game, cfg.env_steps, seed))
     checkpoint = work / "checkpoint"
     wall = 0.0
     state_file = work / "state.json"
@@ -445,7 +448,7 @@ def run(config: str, which: str, workdir: Path, resume: bool, checkpoint_every_s
         if now - last_save >= checkpoint_every_s or learner.steps >= cfg.env_steps:
             learner.save(checkpoint)
             episodes = learner.episodes
-            state = {"algorithm": cfg.algorithm, "game": game, "which": which, "config": config,
+            state = {"algorithm": cfg.algorithm, "game": game, "which": which, "seed": seed, "config": config,
                      "settings": settings, "env_steps": learner.steps, "budget": cfg.env_steps,
                      "wall_s": wall + now - started, "episodes": episodes}
             tmp = state_file.with_suffix(".tmp")
@@ -454,7 +457,7 @@ def run(config: str, which: str, workdir: Path, resume: bool, checkpoint_every_s
             last_save = now
             recent = [r for _, r in episodes[-100:]]
             rate = learner.steps / max(1e-9, state["wall_s"])
-            print(f"[learning] {which}: {learner.steps}/{cfg.env_steps} env steps, "
+            print(f"[learning] {which} seed {seed}: {learner.steps}/{cfg.env_steps} env steps, "
                   f"{len(episodes)} episodes, last-100 mean return {np.mean(recent) if recent else float('nan'):.2f}, "
                   f"{rate:.0f} env steps/s, ETA {(cfg.env_steps - learner.steps) / max(rate, 1e-9) / 60:.0f} min",
                   flush=True)
@@ -514,24 +517,38 @@ def curve(episodes: list, points: np.ndarray) -> list[float | None]:
     return out
 
 
+def mean_curve(curves: list[list]) -> list[float | None] | None:
+    """The mean over seeds at each point (None where a seed has no episode yet)."""
+    if not curves:
+        return None
+    return [None if any(v is None for v in col) else float(np.mean(col)) for col in zip(*curves)]
+
+
 def report(config: str, workdir: Path, out: Path, speed_result: dict | None) -> dict:
     cfg, settings, game, name = load_teach(config)
-    states = {w: json.loads((workdir / name / w / "state.json").read_text())
-              for w in ("teacher", "plain") if (workdir / name / w / "state.json").exists()}
+    states = {}  # which -> seed -> state
+    for path in sorted((workdir / name).glob("s*/*/state.json")):
+        state = json.loads(path.read_text())
+        states.setdefault(state["which"], {})[state["seed"]] = state
     if not states:
         raise SystemExit(f"no runs under {workdir / name}: run --which teacher / plain first")
-    reach = min(s["env_steps"] for s in states.values())
+    reach = min(s["env_steps"] for by_seed in states.values() for s in by_seed.values())
     points = np.arange(25_000, reach + 1, 25_000)
     slug = game.replace("MinAtar/", "minatar_").lower()
     path = out / f"learning_{cfg.algorithm}_{slug}.json"
     previous = json.loads(path.read_text()) if path.exists() else {}
+    by_seed = {w: {seed: curve(s["episodes"], points) for seed, s in sorted(states.get(w, {}).items())}
+               for w in ("teacher", "plain")}
     result = {"algorithm": cfg.algorithm, "game": game, "config": config,
-              "settings": next(iter(states.values()))["settings"],
+              "settings": next(iter(next(iter(states.values())).values()))["settings"],
               "env_steps": points.tolist(),
-              "teacher_return": curve(states["teacher"]["episodes"], points) if "teacher" in states else None,
-              "plain_return": curve(states["plain"]["episodes"], points) if "plain" in states else None,
-              "runs": {w: {"env_steps": s["env_steps"], "budget": s["budget"], "wall_s": s["wall_s"],
-                           "episodes": len(s["episodes"])} for w, s in states.items()},
+              "seeds": {w: sorted(states.get(w, {})) for w in ("teacher", "plain")},
+              "teacher_return": mean_curve(list(by_seed["teacher"].values())),
+              "plain_return": mean_curve(list(by_seed["plain"].values())),
+              "teacher_return_by_seed": by_seed["teacher"], "plain_return_by_seed": by_seed["plain"],
+              "runs": {w: {seed: {"env_steps": s["env_steps"], "budget": s["budget"], "wall_s": s["wall_s"],
+                                  "episodes": len(s["episodes"])} for seed, s in by_seed_states.items()}
+                       for w, by_seed_states in states.items()},
               "random_return": previous.get("random_return") or random_return(game, settings),
               "machine": f"{os.cpu_count()} CPU cores, no GPU"}
     for key in ("teacher_wall_s", "plain_wall_s", "speed_steps", "speed_env_steps"):
@@ -553,17 +570,21 @@ def _combine_minatar(result: dict, path: Path) -> None:
     final = {w: next((v for v in reversed(result[f"{w}_return"] or []) if v is not None), None)
              for w in ("teacher", "plain")}
     # the last fifth of the budget: one seed's end point is noisy (a 100-episode mean)
-    late = {}
-    for w in ("teacher", "plain"):
-        points = [v for v in (result[f"{w}_return"] or []) if v is not None]
+    def late_of(points):
+        points = [v for v in (points or []) if v is not None]
         tail = points[-max(1, len(points) // 5):]
-        late[w] = float(np.mean(tail)) if tail else None
+        return float(np.mean(tail)) if tail else None
+
+    late = {w: late_of(result[f"{w}_return"]) for w in ("teacher", "plain")}
+    late_by_seed = {w: {str(seed): late_of(c) for seed, c in (result.get(f"{w}_return_by_seed") or {}).items()}
+                    for w in ("teacher", "plain")}
     combined[result["game"]] = {
         "env_steps": result["env_steps"], "teacher_return": result["teacher_return"],
         "plain_return": result["plain_return"], "random_return": result["random_return"],
         "final_ratio": (final["teacher"] / final["plain"]) if final["teacher"] is not None and final["plain"] else None,
         "late_teacher": late["teacher"], "late_plain": late["plain"],
         "late_ratio": (late["teacher"] / late["plain"]) if late["teacher"] is not None and late["plain"] else None,
+        "seeds": result.get("seeds"), "late_by_seed": late_by_seed,
         "config": result["config"], "machine": result["machine"]}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(dict(sorted(combined.items())), indent=2))
@@ -577,9 +598,13 @@ def _plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for key, label in (("teacher_return", "RLlib teacher (understudy)"), ("plain_return", "plain PyTorch loop")):
-        if result.get(key):
-            ax.plot(result["env_steps"], [np.nan if v is None else v for v in result[key]], label=label)
+    for which, label, color in (("teacher", "RLlib teacher (understudy)", "C0"), ("plain", "plain PyTorch loop", "C1")):
+        seeds = result.get(f"{which}_return_by_seed") or {}
+        for c in seeds.values():  # each training run, thin
+            ax.plot(result["env_steps"], [np.nan if v is None else v for v in c], color=color, lw=0.6, alpha=0.5)
+        if result.get(f"{which}_return"):
+            ax.plot(result["env_steps"], [np.nan if v is None else v for v in result[f"{which}_return"]], color=color,
+                    label=f"{label}, mean of {len(seeds)} seed(s)" if seeds else label)
     ax.axhline(result["random_return"], color="grey", ls="--", label="random")
     ax.set_xlabel("env steps (4 frames each)")
     ax.set_ylabel("raw return, mean of last 100 episodes")
@@ -596,6 +621,7 @@ def main(argv=None) -> None:
     parser.add_argument("--config", help="a teach config (default: the algorithm's Breakout config)")
     parser.add_argument("--which", choices=("teacher", "plain"))
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--seed", type=int, default=0, help="the training run's seed (--which)")
     parser.add_argument("--speed", type=int, default=0, help="env steps each for the interleaved wall-clock run")
     parser.add_argument("--chunk-iters", type=int, default=2)
     parser.add_argument("--report", action="store_true")
@@ -611,7 +637,7 @@ def main(argv=None) -> None:
     _threads(args.threads)
     speed_result = None
     if args.which:
-        run(config, args.which, args.workdir, args.resume, args.checkpoint_every_s)
+        run(config, args.which, args.workdir, args.resume, args.checkpoint_every_s, args.seed)
     if args.speed:
         speed_result = speed(config, args.speed, args.chunk_iters, args.workdir)
         print(json.dumps(speed_result), flush=True)
