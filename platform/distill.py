@@ -63,7 +63,8 @@ def context_span(cfg: DistillConfig, train) -> dict:
     steps = np.array([e.steps for h in train for e in h.episodes])
     p95, mean = float(np.percentile(steps, 95)), float(steps.mean())
     span = {"context_steps": context, "episode_steps_p95": p95, "episode_steps_mean": round(mean, 1),
-            "episodes_per_context": round(context / mean, 2), "allow_short_context": cfg.allow_short_context}
+            "episodes_per_context": round(context / mean, 2), "allow_short_context": cfg.allow_short_context,
+            **improvement_per_context(train, context / mean)}
     if context < 2 * p95:
         what = (f"model.context {context} steps holds {context / p95:.1f} episodes of 95th-percentile length "
                 f"{p95:.0f} ({context / mean:.1f} of mean length {mean:.0f}, over {len(steps)} training episodes)")
@@ -74,7 +75,32 @@ def context_span(cfg: DistillConfig, train) -> dict:
     else:
         print(f"[distill] context {context} steps: {context / mean:.1f} episodes of mean length {mean:.0f}, "
               f"{context / p95:.1f} of 95th-percentile length {p95:.0f}", flush=True)
+    if "return_gain_per_context" in span:
+        print(f"[distill] across one context the teacher's return rises by {span['return_gain_per_context']:+.3g} "
+              f"in these histories (its episodes' spread: {span['return_std']:.3g}); an in-context learner can "
+              "only copy the improvement its windows show (data.gap spreads a window over more of the history)",
+              flush=True)
     return span
+
+
+def improvement_per_context(train, episodes_per_context: float) -> dict:
+    """How much the teacher improves within one training window: per history, the least-squares
+    slope of raw return over its selected episodes (after cutoff and gap) times the episodes a
+    context holds, averaged over histories; with the spread of single episodes' returns beside
+    it. AD can only distil improvement its windows contain: a gain far below the spread means
+    a window shows almost none."""
+    import numpy as np
+
+    gains, spreads = [], []
+    for h in train:
+        returns = np.array([e.ret for e in h.episodes], dtype=float)
+        if len(returns) < 3:
+            continue
+        gains.append(np.polyfit(np.arange(len(returns)), returns, 1)[0] * episodes_per_context)
+        spreads.append(returns.std())
+    if not gains:
+        return {}
+    return {"return_gain_per_context": round(float(np.mean(gains)), 4), "return_std": round(float(np.mean(spreads)), 4)}
 
 
 def returns_by_run(histories) -> dict[str, list[float]]:

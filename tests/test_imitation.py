@@ -361,3 +361,21 @@ def test_the_registered_pyfunc_model_predicts_what_the_network_computes(tmp_path
     with torch.no_grad():
         expected = model({k: torch.as_tensor(v) for k, v in batch.items()}).numpy()
     np.testing.assert_allclose(loaded.predict(batch), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_distill_says_how_much_the_teacher_improves_within_one_context():
+    """A learning history whose return rises by 1 per episode shows a gain of about 10 across a
+    10-episode context; a flat one shows none. Both beside the spread of single episodes."""
+    from types import SimpleNamespace
+
+    from understudy.platform.distill import improvement_per_context
+
+    def history(returns):
+        return SimpleNamespace(episodes=[SimpleNamespace(ret=float(r), steps=10) for r in returns])
+
+    rising = improvement_per_context([history(range(100))], 10.0)
+    assert rising["return_gain_per_context"] == pytest.approx(10.0)
+    assert rising["return_std"] == pytest.approx(np.std(np.arange(100)), abs=1e-3)  # rounded to 4 places
+    flat = improvement_per_context([history([1, 3] * 50), history(range(100))], 10.0)
+    assert flat["return_gain_per_context"] == pytest.approx((10.0 + 10 * np.polyfit(np.arange(100), [1, 3] * 50, 1)[0]) / 2)
+    assert improvement_per_context([history([1, 2])], 10.0) == {}
