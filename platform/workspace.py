@@ -38,6 +38,61 @@ def keep_tune_state_current() -> None:
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
 
 
+def repair_tune_state(experiment_path: str, temp_root: str | None = None) -> list[str]:
+    """Before resuming a Tune run: Tune writes its experiment and searcher state atomically in
+    the driver's staging folder, then copies them to the storage folder with plain copies; a
+    SIGKILL during a copy leaves a truncated file there, and a resume then fails to read it and
+    silently starts the whole experiment over ("Failed to restore the run state", seen in
+    test_faults). Each unreadable state file is replaced, atomically, by the newest readable
+    staging copy of the same name still on this machine (under Ray's temp folder). Returns the
+    state files it could not repair (the caller then starts the stage afresh, saying so)."""
+    import glob
+    import shutil
+
+    def readable(path: str) -> bool:
+        try:
+            with open(path, "rb") as f:
+                if os.path.basename(path).startswith("experiment_state-"):
+                    json.loads(f.read())
+                else:
+                    import ray.cloudpickle as cloudpickle
+
+                    cloudpickle.load(f)
+            return True
+        except Exception:  # noqa: BLE001  (truncated or garbled: any failure to read)
+            return False
+
+    root = temp_root or os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()
+    experiment = os.path.basename(experiment_path.rstrip("/"))
+    unrepaired = []
+    for path in sorted(glob.glob(os.path.join(experiment_path, "experiment_state-*.json"))
+                       + glob.glob(os.path.join(experiment_path, "basic-variant-state-*.json"))):
+        if readable(path):
+            continue
+        copies = glob.glob(os.path.join(root, "ray", "session_*", "artifacts", "*", experiment,
+                                        "driver_artifacts", os.path.basename(path)))
+        good = [c for c in sorted(copies, key=os.path.getmtime, reverse=True) if readable(c)]
+        if not good:
+            unrepaired.append(path)
+            continue
+        tmp = path + ".repair"
+        shutil.copyfile(good[0], tmp)
+        os.replace(tmp, path)
+        print(f"[resume] {path} was cut short (the process was killed while Tune copied it); "
+              f"restored from Tune's own copy {good[0]}", flush=True)
+    return unrepaired
+
+
+def tune_state_usable(kind: str, experiment_path: str) -> bool:
+    """Whether an interrupted stage's Tune run can be resumed: its state files readable, after
+    repair_tune_state; if not, one line says so and the caller starts the stage afresh."""
+    unreadable = repair_tune_state(experiment_path)
+    if unreadable:
+        print(f"[{kind}] --resume: Tune's state {unreadable[0]} is unreadable and no intact copy is left on "
+              "this machine; starting the stage afresh", flush=True)
+    return not unreadable
+
+
 @dataclass(frozen=True)
 class Study:
     """What one invocation logs to MLflow under (platform.tracking.study): the study's MLflow

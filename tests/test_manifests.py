@@ -69,3 +69,30 @@ def test_an_interrupted_stage_resumes_only_with_the_config_it_started_with(tmp_p
     ws.write_stage("teach", "t.running", {"session": "s", "experiment": "/x/teach-t-s"})
     assert ws.interrupted("teach", "t", started) is None
     assert "config not recorded" in capsys.readouterr().out
+
+
+def test_a_tune_state_file_cut_by_a_kill_is_restored_from_tune_s_staging_copy(tmp_path, monkeypatch, capsys):
+    """A SIGKILL while Tune copied its searcher state to the storage folder leaves it truncated,
+    and Tune would then silently start the whole run over. The intact staging copy replaces it;
+    with no copy left, the stage is not resumed, and one line says so."""
+    import ray.cloudpickle as cloudpickle
+
+    from understudy.platform.workspace import repair_tune_state, tune_state_usable
+
+    name = "distill-d-20261207-010101"
+    experiment = tmp_path / "ray_results" / name
+    experiment.mkdir(parents=True)
+    state = {"_trial_generator": [], "_finished": True}
+    (experiment / "experiment_state-s.json").write_text(json.dumps({"trial_data": []}))
+    (experiment / "basic-variant-state-s.json").write_bytes(cloudpickle.dumps(state)[:7])  # cut short
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "tmp"))
+    assert not tune_state_usable("distill", str(experiment))
+    assert "[distill] --resume: Tune's state" in capsys.readouterr().out
+
+    staging = tmp_path / "tmp" / "ray" / "session_1" / "artifacts" / "2026-12-07_01-01-01" / name / "driver_artifacts"
+    staging.mkdir(parents=True)
+    (staging / "basic-variant-state-s.json").write_bytes(cloudpickle.dumps(state))
+    assert repair_tune_state(str(experiment)) == []
+    assert "restored from Tune's own copy" in capsys.readouterr().out
+    assert cloudpickle.loads((experiment / "basic-variant-state-s.json").read_bytes()) == state
+    assert tune_state_usable("distill", str(experiment)) and capsys.readouterr().out == ""
