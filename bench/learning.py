@@ -527,7 +527,7 @@ def mean_curve(curves: list[list]) -> list[float | None] | None:
 def report(config: str, workdir: Path, out: Path, speed_result: dict | None) -> dict:
     cfg, settings, game, name = load_teach(config)
     states = {}  # which -> seed -> state
-    for path in sorted((workdir / name).glob("s*/*/state.json")):
+    for path in sorted((workdir / name).glob("s[0-9]*/*/state.json")):
         state = json.loads(path.read_text())
         states.setdefault(state["which"], {})[state["seed"]] = state
     if not states:
