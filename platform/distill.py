@@ -21,7 +21,7 @@ from understudy.platform import plots, resources, storage, tracking
 from understudy.platform.config import DistillConfig, config_digest
 from understudy.platform.manifests import DistillManifest
 from understudy.platform.teach import StageFailed
-from understudy.platform.workspace import Study, Workspace, keep_tune_state_current, tune_state_usable
+from understudy.platform.workspace import Study, Workspace, keep_tune_state_current
 
 METRICS = ("train_loss", "train_accuracy", "heldout_loss", "heldout_accuracy", "samples_per_s",
            "data_wait_s", "train_targets")
@@ -418,8 +418,6 @@ def _run_distill(cfg: DistillConfig, ws: Workspace, stage: Study, resume: bool) 
     if resume and not running.exists():
         raise StageFailed(f"--resume: no interrupted distill stage named {cfg.name!r} in {ws.root}")
     marker = ws.interrupted("distill", cfg.name, started_with) if resume else None
-    if marker is not None and not tune_state_usable("distill", marker["experiment"]):
-        marker = None
     resume = marker is not None
     experiment_path = (marker["experiment"] if resume
                        else f"{ws.ray_results}/distill-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")

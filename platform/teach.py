@@ -13,7 +13,7 @@ from understudy.histories import shards
 from understudy.platform import plots, resources, storage, tracking
 from understudy.platform.manifests import TeachManifest
 from understudy.platform.config import TeachConfig, config_digest
-from understudy.platform.workspace import Study, Workspace, keep_tune_state_current, tune_state_usable
+from understudy.platform.workspace import Study, Workspace, keep_tune_state_current
 
 STEPS_KEY = "env_runners/num_env_steps_sampled_lifetime"
 
@@ -116,8 +116,6 @@ def _run_teach(cfg: TeachConfig, ws: Workspace, stage: Study, resume: bool) -> T
         raise StageFailed(f"--resume: no interrupted teach stage named {cfg.name!r} in "
                           f"{ws.root} (nothing at {running})")
     marker = ws.interrupted("teach", cfg.name, started_with) if resume else None
-    if marker is not None and not tune_state_usable("teach", marker["experiment"]):
-        marker = None
     resume = marker is not None
     session = marker["session"] if resume else time.strftime("%Y%m%d-%H%M%S")
     protocol = cfg.protocol.model_dump()

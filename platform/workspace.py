@@ -169,14 +169,15 @@ class Workspace:
         return path
 
     def interrupted(self, kind: str, name: str, config: dict) -> dict | None:
-        """The `.running` marker of an interrupted stage, if it was started with `config`;
-        None (and one line saying what changed) if it was started with another, so the stage
-        starts afresh instead of resuming trials built from the old config."""
+        """The `.running` marker of an interrupted stage, if it can be resumed: started with
+        `config`, and its Tune state readable (tune_state_usable). None, with one line saying
+        why, otherwise: the stage then starts afresh instead of resuming trials built from an
+        old config, or letting Tune silently restart them."""
         path = self.stage_path(kind, name).with_suffix(".running.json")
         marker = json.loads(path.read_text())
         changed = config_changes(marker.get("config"), config)
         if not changed:
-            return marker
+            return marker if tune_state_usable(kind, marker["experiment"]) else None
         shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
         print(f"[{kind}] --resume: the interrupted stage {name!r} ({path}) was started with another config "
               f"({shown}); starting it afresh", flush=True)
