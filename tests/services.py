@@ -10,6 +10,7 @@ import glob
 import hashlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -19,7 +20,8 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from contextlib import contextmanager
+import warnings
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 import pytest
@@ -27,10 +29,29 @@ import pytest
 BIN = os.path.dirname(sys.executable)  # the venv's bin: ray, mlflow, moto_server, understudy
 
 
+_PORTS_GIVEN: set[int] = set()
+_PORT_CHOICE = random.SystemRandom()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port no socket holds now, never given before in this process, from between Ray's worker
+    ports (10002-19999) and the kernel's ephemeral range (32768 up). A port from the ephemeral
+    range (what binding port 0 gives) can be handed again to another socket, an outgoing
+    connection or a server bound to port 0, before the server it was chosen for binds it: the
+    two-node tests choose the worker's ports while the head starts dozens of sockets."""
+    for _ in range(1000):
+        port = _PORT_CHOICE.randrange(20000, 32768)
+        if port in _PORTS_GIVEN:
+            continue
+        try:
+            for family, host in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+                with socket.socket(family) as s:
+                    s.bind((host, port))
+        except OSError:
+            continue
+        _PORTS_GIVEN.add(port)
+        return port
+    raise RuntimeError("no free port between 20000 and 32767")
 
 
 def wait_until(check, timeout: float, what: str, proc: subprocess.Popen | None = None,
@@ -419,20 +440,51 @@ def ray_cluster(env: dict, head_cpus: int, worker_cpus: int, worker_resources: d
             "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
             "--dashboard-port", str(dashboard), "--ray-client-server-port", str(free_port()),
             "--num-cpus", str(head_cpus), "--temp-dir", f"{temp_dir}/h", *COMMON_NODE_ARGS, *_node_ports()]
-    worker = _worker_cmd(f"127.0.0.1:{gcs}", worker_cpus, worker_resources, f"{temp_dir}/w")
     cluster = RayCluster(f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dashboard}", temp_dir, env,
                          [os.path.join(temp_dir, "head.log"), os.path.join(temp_dir, "worker.log")])
     try:
         with process_group(head, env, cluster.logs[0]) as head_proc:
             wait_until(lambda: http_ok(f"{cluster.dashboard_url}/api/version"), 120,
                        "ray head (dashboard)", head_proc, cluster.logs[0])
-            with process_group(worker, env, cluster.logs[1]) as worker_proc:
-                wait_until(lambda: len([n for n in cluster.nodes() if n["state"] == "ALIVE"]) == 2,
-                           120, "ray worker node", worker_proc, cluster.logs[1])
+            with _joined_worker(cluster, worker_cpus, worker_resources):
                 yield cluster
     finally:
         _kill_leftovers(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@contextmanager
+def _joined_worker(cluster: RayCluster, cpus: int, resources: dict, attempts: int = 2):
+    """The worker node, started until it joins (at most `attempts` times, as Kubernetes restarts
+    a pod whose `ray start` failed). A failed start is not hidden: it is a warning in the test
+    summary, with the node's own logs, and the last one is the error."""
+    for attempt in range(1, attempts + 1):
+        node_dir = f"{cluster.temp_dir}/w"
+        stack = ExitStack()
+        proc = stack.enter_context(process_group(
+            _worker_cmd(cluster.gcs_address, cpus, resources, node_dir), cluster.env, cluster.logs[1]))
+        try:
+            wait_until(lambda: len([n for n in cluster.nodes() if n["state"] == "ALIVE"]) == 2,
+                       90, "ray worker node", proc, cluster.logs[1])
+            break
+        except (RuntimeError, TimeoutError) as failed:
+            stack.close()
+            _kill_leftovers(node_dir)
+            report = f"{failed}\n{_node_logs(cluster.temp_dir)}"
+            shutil.rmtree(node_dir, ignore_errors=True)
+            if attempt == attempts:
+                raise RuntimeError(f"ray worker node: no start of {attempts} joined\n{report}") from None
+            warnings.warn(f"ray worker node: start {attempt} of {attempts} failed, starting it again\n"
+                          f"{report}", stacklevel=2)
+    with stack:
+        yield proc
+
+
+def _node_logs(temp_dir: str, lines: int = 15) -> str:
+    """The tails of the logs that say why a node did not join: its raylet's and the GCS's."""
+    paths = sorted(glob.glob(f"{temp_dir}/w/session_2*/logs/raylet.*")
+                   + glob.glob(f"{temp_dir}/h/session_2*/logs/gcs_server.*"))
+    return "\n".join(f"--- {path}\n{_tail(path, lines)}" for path in paths)
 
 
 def _processes_with(needle: bytes):
