@@ -228,3 +228,64 @@ def test_worker_node_killed_mid_teach_the_trial_resumes_on_a_new_node_without_ga
     rewound = {e["shard"] for e in shards.read_catalog(root, run["run_id"], include_rewound=True)} - \
         {e["shard"] for e in shards.read_catalog(root, run["run_id"])}
     assert rewound, out[-3000:]  # the history after the checkpoint was taken back, not kept twice
+
+
+def test_object_storage_away_for_30s_mid_teach_on_two_nodes_loses_no_episode(tmp_path, s3_server, monkeypatch):
+    """The S3 server goes away for 30 s while a teacher on the worker node writes its shards
+    there, then comes back: connections are refused meanwhile (services.TcpGate in front of the
+    real moto server, which keeps its buckets as a restarted S3 service would). The worker's
+    shard writes wait and retry, the run finishes, every episode is in the catalog once, and
+    one line says storage went away and one that it came back."""
+    import signal
+    import subprocess
+    import sys
+
+    from understudy.histories import shards
+
+    from services import TcpGate, wait_until
+    from test_teacher_recording import check_history, history
+
+    bucket = s3_server.new_bucket()
+    root = f"s3://{bucket}/runs/shards"
+    gate = TcpGate(int(s3_server.endpoint.rsplit(":", 1)[1]))
+    # Every node reaches object storage only through the gate.
+    node_env = dict(os.environ, **{**s3_server.env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{gate.port}"},
+                    RAY_AUTH_MODE="disabled", OMP_NUM_THREADS="1", PATH=f"{BIN}:{os.environ['PATH']}")
+    cfg = tmp_path / "teach.yaml"
+    cfg.write_text("kind: teach\nname: outage\nalgorithm: ppo\ngames: [Breakout]\nenv_steps: 1536\n"
+                   "env_steps_per_iter: 256\nmax_episode_steps: 40\nnum_envs_per_runner: 2\n"
+                   "shard_rows: 60\nprotocol: {full_action_space: true}\n"
+                   "ppo: {num_minibatches: 4, num_epochs: 1}\n")
+    # The head runs no trials: the shards are written from the worker node.
+    with ray_cluster(node_env, head_cpus=0, worker_cpus=2, worker_resources={}) as cluster:
+        log_path = tmp_path / "teach.log"
+        log = open(log_path, "wb")
+        proc = subprocess.Popen([sys.executable, "-m", "understudy.platform.cli", "--workspace", str(tmp_path / "ws"),
+                                 "--storage", f"s3://{bucket}/runs", "teach", str(cfg)], cwd=REPO_ROOT,
+                                env={**node_env, "RAY_ADDRESS": cluster.gcs_address},
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_until(lambda: any(k.endswith(".arrow") for k in s3_server.keys(bucket, "runs/shards/")), 300,
+                       "the first shard on object storage", proc, str(log_path))
+            gate.close()
+            try:
+                time.sleep(30)
+                assert proc.poll() is None, "the run ended during the outage"
+            finally:
+                gate.open()
+            assert proc.wait(timeout=600) == 0, log_path.read_text()[-3000:]
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    out = log_path.read_text()
+    assert out.count("[shards] object storage unreachable") == 1, out[-3000:]
+    assert out.count("[shards] object storage is back after") == 1, out[-3000:]
+    for key, value in s3_server.env.items():  # this process reads the shards back, past the gate
+        monkeypatch.setenv(key, value)
+    manifest = json.loads((tmp_path / "ws" / "stages" / "teach-outage.json").read_text())
+    [run] = manifest["runs"]
+    assert shards.verify_run(root, run["run_id"]) == []
+    h = history(root, run["run_id"])
+    check_history(h)  # every recorded episode once, indexes without gaps
+    assert h["global_step"].max() >= 1536 - 256
+    assert run["recorded_episodes"] == len(np.unique(h["episode_index"]))
