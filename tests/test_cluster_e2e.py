@@ -173,6 +173,18 @@ def test_mlflow_server_has_the_runs_and_object_storage_has_their_artifacts(clust
     assert not (cluster_run["workspace"] / "mlartifacts").exists()
 
 
+def _teach_on(cluster, env: dict, options: list[str], cfg, log_path):
+    """`understudy teach CFG` driven from this machine on the two-node cluster, in its own
+    process group, its output in `log_path`."""
+    import subprocess
+    import sys
+
+    with open(log_path, "wb") as log:
+        return subprocess.Popen([sys.executable, "-m", "understudy.platform.cli", *options, "teach", str(cfg)],
+                                cwd=REPO_ROOT, env={**env, "RAY_ADDRESS": cluster.gcs_address}, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
 def test_worker_node_killed_mid_teach_the_trial_resumes_on_a_new_node_without_gaps(tmp_path):
     """The node running a teacher dies (its raylet SIGKILLed) after the trial's second
     checkpoint; a replacement node joins, as Kubernetes would start a new pod. Tune restarts the
@@ -181,8 +193,6 @@ def test_worker_node_killed_mid_teach_the_trial_resumes_on_a_new_node_without_ga
     missing."""
     import glob
     import signal
-    import subprocess
-    import sys
 
     from understudy.histories import shards
 
@@ -197,10 +207,7 @@ def test_worker_node_killed_mid_teach_the_trial_resumes_on_a_new_node_without_ga
                    "ppo: {num_minibatches: 4, num_epochs: 1}\n")
     # The head runs no trials: the teacher is on the worker node, then on its replacement.
     with ray_cluster(node_env, head_cpus=0, worker_cpus=2, worker_resources={}) as cluster:
-        log = open(tmp_path / "teach.log", "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "understudy.platform.cli", "--workspace", str(ws), "teach",
-                                 str(cfg)], cwd=REPO_ROOT, env={**node_env, "RAY_ADDRESS": cluster.gcs_address},
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = _teach_on(cluster, node_env, ["--workspace", str(ws)], cfg, tmp_path / "teach.log")
         try:
             deadline = time.time() + 300
             while len(glob.glob(f"{ws}/ray_results/teach-node-*/*/checkpoint_*")) < 2:
@@ -237,8 +244,6 @@ def test_object_storage_away_for_30s_mid_teach_on_two_nodes_loses_no_episode(tmp
     shard writes wait and retry, the run finishes, every episode is in the catalog once, and
     one line says storage went away and one that it came back."""
     import signal
-    import subprocess
-    import sys
 
     from understudy.histories import shards
 
@@ -259,11 +264,8 @@ def test_object_storage_away_for_30s_mid_teach_on_two_nodes_loses_no_episode(tmp
     # The head runs no trials: the shards are written from the worker node.
     with ray_cluster(node_env, head_cpus=0, worker_cpus=2, worker_resources={}) as cluster:
         log_path = tmp_path / "teach.log"
-        log = open(log_path, "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "understudy.platform.cli", "--workspace", str(tmp_path / "ws"),
-                                 "--storage", f"s3://{bucket}/runs", "teach", str(cfg)], cwd=REPO_ROOT,
-                                env={**node_env, "RAY_ADDRESS": cluster.gcs_address},
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = _teach_on(cluster, node_env, ["--workspace", str(tmp_path / "ws"), "--storage", f"s3://{bucket}/runs"],
+                         cfg, log_path)
         try:
             wait_until(lambda: any(k.endswith(".arrow") for k in s3_server.keys(bucket, "runs/shards/")), 300,
                        "the first shard on object storage", proc, str(log_path))
