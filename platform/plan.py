@@ -29,7 +29,8 @@ ASSUMPTIONS = (
     "CPU speed, an upper bound on its time",
     "a trial uses the speed measured for its algorithm and env family; concurrency is what the "
     "placements allow at once (this machine: its CPUs; the cluster: its groups at maximum replicas)",
-    "imitator updates: seconds per update measured for the same model and batch (bench/imitator_updates.py); "
+    "imitator updates: seconds per update measured in a real distill stage of the same model, batch and CPUs "
+    "(bench/stage_speeds.py), else for the update alone (bench/imitator_updates.py); "
     "epochs without max_batches_per_epoch are estimated from the teachers' env steps (rows / (batch x window))",
     "device: auto is planned as the CPU on the shipped cluster (its GPU group starts with no pod, "
     "and auto takes a GPU only where one exists); device: gpu makes the autoscaler add GPU pods",
@@ -65,8 +66,20 @@ def teacher_speed(algorithm: str, game: str) -> Speed:
 
 
 def update_speed(key: str, cfg=None) -> Speed:
-    """Seconds per update measured for this stage (`key`), or else for another stage with the
-    same algorithm, model and batch (the same computation)."""
+    """Seconds per update measured in a real distill stage of the same algorithm, model, batch
+    and CPUs (bench/stage_speeds.py: held-out evaluation and checkpoints included), else the
+    update alone measured for this stage (`key`) or for another stage with the same algorithm,
+    model and batch (bench/imitator_updates.py)."""
+    if cfg is not None:
+        same = (cfg.algorithm, cfg.model.model_dump(exclude_none=True), cfg.batch_size, cfg.cpus_per_trial)
+        real = [s for s in _load("stage_speeds.json").get("distill", [])
+                if (s["algorithm"], s["model"], s["batch_size"], s["cpus_per_trial"]) == same]
+        if real:
+            newest = max(real, key=lambda s: s["finished"])
+            return Speed(1.0 / newest["seconds_per_update"],
+                         f"docs/bench/stage_speeds.json: the real distill stage {newest['stage']} "
+                         f"({newest['finished']}): {newest['seconds_per_update']:.3g}s per update, "
+                         "held-out evaluation and checkpoints included")
     models = _load("imitator_updates.json").get("models", {})
     data, source = models.get(key), key
     if not data and cfg is not None:
@@ -78,7 +91,7 @@ def update_speed(key: str, cfg=None) -> Speed:
     return Speed(1.0 / data["seconds_per_update"],
                  f"docs/bench/imitator_updates.json {source}"
                  + ("" if source == key else " (the same model and batch)")
-                 + f": {data['seconds_per_update']:.3g}s per update")
+                 + f": {data['seconds_per_update']:.3g}s per update, the update alone")
 
 
 def play_speed(agent: str, game: str) -> Speed:

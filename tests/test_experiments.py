@@ -103,6 +103,7 @@ def test_darkroom_experiment_end_to_end_and_report(ray_session, postgres, tmp_pa
                          r".*\[\d/2 trials done\]", printed), printed
         check_darkroom_outputs(ws, server.uri)
         check_darkroom_study(ws, server.uri, printed, monkeypatch)
+        check_stage_speeds(ws)
         capsys.readouterr()
         assert cli.main([*argv, "report", "darkroom_ad"]) == 0
         out = capsys.readouterr().out
@@ -111,6 +112,26 @@ def test_darkroom_experiment_end_to_end_and_report(ray_session, postgres, tmp_pa
         assert out.strip().endswith(evaluation["table"].strip().splitlines()[-1])
         assert cli.main([*argv, "report", "breakout_to_spaceinvaders"]) == 1
         assert "experiments with results: darkroom_ad" in capsys.readouterr().err
+
+
+def check_stage_speeds(ws):
+    """bench/stage_speeds.py reads every finished distill stage's real trials back from Tune's
+    own records: one figure per trial, from the updates it made and the seconds it ran."""
+    import importlib.util
+
+    from conftest import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("stage_speeds", os.path.join(REPO_ROOT, "bench", "stage_speeds.py"))
+    stage_speeds = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage_speeds)
+    stages = {s["stage"]: s for s in stage_speeds.distill_stages(str(ws))}
+    assert set(stages) == {"darkroom_ad-imitator", "darkroom_ad-ed"}
+    for name, stage in stages.items():
+        manifest = json.loads((ws / "stages" / f"distill-{name}.json").read_text())
+        assert set(stage["trials"]) == {str(t["seed"]) for t in manifest["trials"]}
+        assert stage["model"] == {k: v for k, v in manifest["config"]["model"].items() if v is not None}
+        for trial in stage["trials"].values():
+            assert trial["updates"] > 0 and 0 < trial["seconds_per_update"] <= trial["seconds"]
 
 
 def check_darkroom_outputs(ws, tracking_uri):

@@ -90,3 +90,29 @@ def test_a_leave_one_out_experiment_is_planned_rotation_by_rotation():
     # every MinAtar episode ends by the family's clock: evaluation steps are bounded by it
     first = next(c for c in costs if c.stage == "evaluate")
     assert 0 < first.eval_env_steps <= 60 * 4 * 10_000 * 14
+
+
+def test_a_speed_measured_in_a_real_distill_stage_is_preferred_for_the_same_model(tmp_path, monkeypatch):
+    """bench/stage_speeds.py's figure (a real trial's seconds per update, held-out evaluation and
+    checkpoints included) sets the distill estimate of a stage with the same algorithm, model,
+    batch and CPUs; a real stage of another model does not; without one, the bench update is used."""
+    import json
+    import shutil
+
+    cfg = experiment.load("minatar_holdout", "full")
+    distill_cfg = experiment.rotations(cfg)[0].distill
+    shutil.copy(plan.BENCH / "imitator_updates.json", tmp_path / "imitator_updates.json")
+    entry = {"stage": "measured-imitator", "algorithm": distill_cfg.algorithm,
+             "model": distill_cfg.model.model_dump(exclude_none=True), "batch_size": distill_cfg.batch_size,
+             "cpus_per_trial": distill_cfg.cpus_per_trial, "finished": "2026-12-07 05:00", "trials": {},
+             "seconds_per_update": 0.5}
+    other = {**entry, "stage": "other-model", "model": {**entry["model"], "layers": 9}, "seconds_per_update": 9.0}
+    monkeypatch.setattr(plan, "BENCH", tmp_path)
+    bench_only = plan.distill_cost(distill_cfg, cfg.teach, resources.shipped_cluster(), "minatar_holdout/full/distill")
+    (tmp_path / "stage_speeds.json").write_text(json.dumps({"distill": [entry, other]}))
+    real = plan.distill_cost(distill_cfg, cfg.teach, resources.shipped_cluster(), "minatar_holdout/full/distill")
+    [(seconds, trials, source)] = real.work
+    assert "the real distill stage measured-imitator" in source and "imitator_updates" not in source
+    assert math.isclose(seconds, real.gradient_updates / trials * 0.5)
+    [(bench_seconds, _, bench_source)] = bench_only.work
+    assert "imitator_updates.json" in bench_source and bench_seconds != seconds
