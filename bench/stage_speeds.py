@@ -1,5 +1,7 @@
-"""Seconds per gradient update measured in real distill stages, read back from finished
-workspaces: the speed `understudy plan` prefers over bench/imitator_updates.py's.
+"""Speeds measured in real stages, read back from finished workspaces: seconds per gradient
+update of distill stages, and env steps per second of each kind of playing task of evaluation
+stages. `understudy plan` prefers them over the benches that time one part alone
+(bench/imitator_updates.py, bench/eval.py).
 
 bench/imitator_updates.py times the update alone. A real distill trial also evaluates the
 held-out episodes every epoch, writes a checkpoint and reports to Tune, and its updates ran
@@ -9,6 +11,10 @@ never the time it stood stopped) divided by the updates it made (`steps`), from 
 `progress.csv`; a stage's figure is the median over its trials, so one trial slowed by other
 work beside it does not set it. What else ran on the machine is not known here: the JSON keeps
 every trial's figure.
+
+An evaluation's playing task (an agent on a game, one training run, all its copies) records its
+own seconds and env steps (evaluate manifests since 2026-12-07: `rows[].tasks`); a kind's speed
+is its tasks' env steps over their seconds. Imitators' tasks are keyed by their model too.
 
 Usage: python bench/stage_speeds.py WORKSPACE [WORKSPACE ...] [--out docs/bench/stage_speeds.json]
 """
@@ -69,6 +75,41 @@ def distill_stages(workspace: str) -> list[dict]:
     return found
 
 
+def evaluate_stages(workspace: str) -> list[dict]:
+    """Per finished evaluation stage, agent and env family: env steps per second of one task."""
+    from understudy.envs import family_of
+    from understudy.platform.config import DistillConfig
+
+    def model_of(stage: str | None) -> dict | None:
+        path = os.path.join(workspace, "stages", f"distill-{stage}.json")
+        if not stage or not os.path.isfile(path):
+            return None
+        with open(path) as f:
+            return DistillConfig.model_validate(json.load(f)["config"]).model.model_dump(exclude_none=True)
+
+    found = []
+    for path in sorted(glob.glob(os.path.join(workspace, "stages", "evaluate-*.json"))):
+        if path.endswith(".running.json"):
+            continue
+        with open(path) as f:
+            manifest = json.load(f)
+        stages = manifest.get("stages") or {}
+        kinds: dict[tuple, list] = {}
+        for row in manifest["rows"]:
+            if row.get("tasks"):
+                kinds.setdefault((row["agent"], family_of(row["game"]).name), []).extend(row["tasks"])
+        for (agent, family), tasks in sorted(kinds.items()):
+            seconds, steps = sum(t["seconds"] for t in tasks), sum(t["env_steps"] for t in tasks)
+            model = model_of(stages.get("ed" if agent == "ed" else "imitator")) \
+                if agent in ("imitator", "ed", "finetune") else None
+            found.append({"stage": manifest["name"], "workspace": os.path.abspath(workspace), "agent": agent,
+                          "family": family, "model": model, "tasks": len(tasks), "env_steps": steps,
+                          "seconds": round(seconds, 1),
+                          "finished": time.strftime("%Y-%m-%d %H:%M", time.localtime(os.path.getmtime(path))),
+                          "env_steps_per_s": steps / seconds if seconds > 0 else None})
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("workspaces", nargs="+")
@@ -78,15 +119,22 @@ def main() -> None:
     for s in stages:
         per_trial = ", ".join(f"{t['seconds_per_update']:.3f}" for t in s["trials"].values())
         print(f"{s['stage']}: {s['seconds_per_update']:.3f} s per update (trials: {per_trial})")
+    plays = [p for ws in args.workspaces for p in evaluate_stages(ws) if p["env_steps_per_s"]]
+    for p in plays:
+        print(f"{p['stage']}: {p['agent']} on {p['family']}: {p['env_steps_per_s']:.0f} env steps/s "
+              f"({p['tasks']} tasks, {p['env_steps']} env steps in {p['seconds']:.0f}s)")
     report = {"machine": f"{os.cpu_count()} CPUs, {_platform.machine()}, no GPU",
               "what": "seconds per gradient update in real distill trials: Tune's time_total_s / steps, "
                       "held-out evaluation, checkpoints and reports included; median over a stage's trials",
-              "distill": stages}
+              "distill": stages,
+              "evaluate_what": "env steps per second of one playing task (an agent on a game, one run, all its "
+                               "copies): its env steps over its own seconds, summed over a stage's tasks",
+              "evaluate": plays}
     tmp = args.out + ".tmp"
     with open(tmp, "w") as f:
         json.dump(report, f, indent=1)
     os.replace(tmp, args.out)
-    print(f"wrote {args.out} ({len(stages)} stages)")
+    print(f"wrote {args.out} ({len(stages)} distill stages, {len(plays)} kinds of playing task)")
 
 
 if __name__ == "__main__":

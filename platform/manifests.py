@@ -127,6 +127,7 @@ class EvaluateManifest(_StageManifest):
     table: str
     trained_on: list[str]
     experiment: str | None = None
+    stages: dict[str, str | None] = {}  # the teach, distill and ED stages it played
     # raw results: one row per agent, game (Dark Room goal), training run and copy, with every
     # episode's return (report.episode_rows)
     episodes: list[dict[str, Any]] = []

@@ -94,9 +94,18 @@ def update_speed(key: str, cfg=None) -> Speed:
                  + f": {data['seconds_per_update']:.3g}s per update, the update alone")
 
 
-def play_speed(agent: str, game: str) -> Speed:
-    """Env steps per second of one playing task."""
+def play_speed(agent: str, game: str, model: dict | None = None) -> Speed:
+    """Env steps per second of one playing task: measured in a real evaluation stage for this
+    agent and env family (and, for a model, the same model), else by a bench."""
     family = family_of(game).name
+    real = [p for p in _load("stage_speeds.json").get("evaluate", [])
+            if p["agent"] == agent and p["family"] == family and p.get("env_steps_per_s")
+            and (agent not in resources.MODEL_AGENTS or (model is not None and p["model"] == model))]
+    if real:
+        newest = max(real, key=lambda p: p["finished"])
+        return Speed(newest["env_steps_per_s"],
+                     f"docs/bench/stage_speeds.json: {agent} on {family} in the real evaluation "
+                     f"{newest['stage']} ({newest['finished']}): {newest['env_steps_per_s']:.0f} env steps/s")
     if agent in resources.MODEL_AGENTS:
         data = _load("eval.json")
         if data.get("cached_steps_per_s"):
@@ -215,7 +224,7 @@ def distill_cost(cfg: DistillConfig, teach: TeachConfig, cluster: resources.Clus
 
 
 def evaluate_cost(cfg: EvaluateConfig, teach: TeachConfig, distill: DistillConfig,
-                  cluster: resources.Cluster) -> StageCost:
+                  cluster: resources.Cluster, ed: DistillConfig | None = None) -> StageCost:
     from understudy.platform.evaluate import step_budget
 
     imitator_runs, teacher_runs = len(distill.run_seeds), len(teach.seeds)
@@ -235,7 +244,8 @@ def evaluate_cost(cfg: EvaluateConfig, teach: TeachConfig, distill: DistillConfi
                 speed = teacher_speed(teach.algorithm, game)
                 cost.env_steps += steps * runs
             else:
-                speed = play_speed(agent, game)
+                player = ed if agent == "ed" and ed is not None else distill
+                speed = play_speed(agent, game, player.model.model_dump(exclude_none=True))
             seconds = None if speed.per_s is None else steps / speed.per_s
             cost.work.append((seconds, runs, speed.source))
     one_task = [resources.Placement("evaluate", "one task", ({"CPU": 1.0},), tasks)]
@@ -274,7 +284,7 @@ def plan(cfg, cluster: resources.Cluster | None = None) -> list[StageCost]:
         costs.append(distill_cost(part.distill, cfg.teach, cluster, f"{name}/{scale}/distill"))
         if getattr(part, "ed", None) is not None:
             costs.append(distill_cost(part.ed, cfg.teach, cluster, f"{name}/{scale}/ed"))
-        costs.append(evaluate_cost(part.evaluate, cfg.teach, part.distill, cluster))
+        costs.append(evaluate_cost(part.evaluate, cfg.teach, part.distill, cluster, getattr(part, "ed", None)))
     return costs
 
 

@@ -45,6 +45,11 @@ UNTRAINED = ("random", "noop")  # nothing trained: each copy is an independent r
 FEW_RUNS = 5  # rliable: intervals over fewer independent runs are not findings
 
 
+def _env_steps(run: dict) -> int:
+    """The env steps one playing task took: its budget where it had one, else its episodes' lengths."""
+    return int(run["env_steps"] if "env_steps" in run else np.sum(run.get("lengths") or 0))
+
+
 def _stack(res: dict, key: str) -> np.ndarray:
     """A per-copy field of every run of an (agent, game), runs after one another: (copies, ...)."""
     parts = [np.array(r.get(key) or [], dtype=float) for r in res["runs"]]
@@ -84,8 +89,7 @@ def summarise(cfg: EvaluateConfig, trained: list[str], results: dict, data: dict
                "seeds": [r["seed"] for r in res["runs"] if r["seed"] is not None],
                "copies": returns.shape[0], "episodes": returns.shape[1], "first": float(returns[:, 0].mean()),
                "last": float(returns[:, -1].mean()), "return_mean": float(returns.mean()),
-               "env_steps": int(sum(r["env_steps"] if "env_steps" in r else np.sum(r.get("lengths") or 0)
-                                    for r in res["runs"]))}
+               "env_steps": sum(_env_steps(r) for r in res["runs"])}
         if returns.shape[1] >= 2 * k:
             ici = metrics.in_context_improvement(returns, early=k, late=k)
             row.update(early=ici["early_mean"], late=ici["late_mean"], improvement=ici["improvement"],
@@ -374,6 +378,8 @@ def report(cfg: EvaluateConfig, ws: Workspace, stage: Study, teach: TeachManifes
         started = min((r["started"] for r in played), default=None)
         ended = max((r["ended"] for r in played), default=None)
         row["played_s"] = ended - started if played else None
+        # each task's own time: what bench/stage_speeds.py makes play speeds of for `understudy plan`
+        row["tasks"] = [{"seconds": round(r["ended"] - r["started"], 3), "env_steps": _env_steps(r)} for r in played]
         run = tracking.start_run(client, stage.experiment_id, tracking.run_name(stage, f"{cfg.name} {name} on {game}"), {
             "stage": cfg.name, "agent": name, "game": game, "trained_on": ",".join(trained),
             "held_out": row["held_out"], "episodes": cfg.episodes, "copies": cfg.copies,
@@ -424,7 +430,8 @@ def report(cfg: EvaluateConfig, ws: Workspace, stage: Study, teach: TeachManifes
     tracking.log_text(client, summary, markdown_to_html(table, f"Evaluation {cfg.name}"), "results.html")
     manifest = EvaluateManifest(name=cfg.name, rows=table_rows, aggregate=aggregate, summary_run_id=summary,
                                 table=table, trained_on=trained, experiment=experiment, config_digest=digest,
-                                episodes=episodes)
+                                episodes=episodes, stages={"teacher": cfg.teacher, "imitator": cfg.imitator,
+                                                           "ed": cfg.ed})
     ws.write_stage("evaluate", cfg.name, manifest)
     return manifest
 

@@ -116,7 +116,8 @@ def test_darkroom_experiment_end_to_end_and_report(ray_session, postgres, tmp_pa
 
 def check_stage_speeds(ws):
     """bench/stage_speeds.py reads every finished distill stage's real trials back from Tune's
-    own records: one figure per trial, from the updates it made and the seconds it ran."""
+    own records (one figure per trial, from the updates it made and the seconds it ran), and
+    every evaluation's playing tasks from their own times (env steps per second per agent)."""
     import importlib.util
 
     from conftest import REPO_ROOT
@@ -132,6 +133,16 @@ def check_stage_speeds(ws):
         assert stage["model"] == {k: v for k, v in manifest["config"]["model"].items() if v is not None}
         for trial in stage["trials"].values():
             assert trial["updates"] > 0 and 0 < trial["seconds_per_update"] <= trial["seconds"]
+    evaluation = json.loads((ws / "stages" / "evaluate-darkroom_ad-evaluate.json").read_text())
+    for row in evaluation["rows"]:  # every playing task's own seconds and env steps
+        if "tasks" in row:
+            assert row["tasks"] and all(t["seconds"] > 0 for t in row["tasks"]), row["agent"]
+            assert sum(t["env_steps"] for t in row["tasks"]) == row["env_steps"], row["agent"]
+    plays = {p["agent"]: p for p in stage_speeds.evaluate_stages(str(ws))}
+    assert {"imitator", "ed", "random", "noop", "scratch", "finetune"} <= set(plays)
+    assert all(p["family"] == "darkroom" and p["env_steps_per_s"] > 0 for p in plays.values())
+    assert plays["imitator"]["model"] == stages["darkroom_ad-imitator"]["model"]
+    assert plays["ed"]["model"] == stages["darkroom_ad-ed"]["model"] and plays["random"]["model"] is None
 
 
 def check_darkroom_outputs(ws, tracking_uri):

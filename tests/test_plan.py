@@ -116,3 +116,16 @@ def test_a_speed_measured_in_a_real_distill_stage_is_preferred_for_the_same_mode
     assert math.isclose(seconds, real.gradient_updates / trials * 0.5)
     [(bench_seconds, _, bench_source)] = bench_only.work
     assert "imitator_updates.json" in bench_source and bench_seconds != seconds
+    # a real evaluation's imitator tasks, with this model, set its play speed; random's its own
+    play = {"stage": "measured-evaluate", "family": "minatar", "model": entry["model"], "tasks": 3,
+            "finished": "2026-12-07 05:00"}
+    (tmp_path / "stage_speeds.json").write_text(json.dumps({"evaluate": [
+        {**play, "agent": "imitator", "env_steps_per_s": 700.0},
+        {**play, "agent": "imitator", "model": other["model"], "env_steps_per_s": 1.0},
+        {**play, "agent": "random", "model": None, "env_steps_per_s": 50_000.0}]}))
+    assert plan.play_speed("imitator", "MinAtar/Freeway", entry["model"]).per_s == 700.0
+    assert plan.play_speed("random", "MinAtar/Freeway").per_s == 50_000.0
+    assert plan.play_speed("imitator", "MinAtar/Freeway", {"context": 3}).per_s != 700.0  # another model
+    assert plan.play_speed("noop", "MinAtar/Freeway").per_s is None
+    evaluate = plan.plan(cfg)[3]
+    assert evaluate.stage == "evaluate" and any("measured-evaluate" in source for _, _, source in evaluate.work)
