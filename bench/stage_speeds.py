@@ -43,16 +43,20 @@ def trial_seconds_per_update(trial_dir: str) -> dict | None:
     return {"seconds": round(seconds, 1), "updates": updates, "seconds_per_update": seconds / max(updates, 1)}
 
 
+def finished_manifests(workspace: str, kind: str):
+    """(path, manifest) of every finished stage of `kind` in a workspace."""
+    for path in sorted(glob.glob(os.path.join(workspace, "stages", f"{kind}-*.json"))):
+        if not path.endswith(".running.json"):
+            with open(path) as f:
+                yield path, json.load(f)
+
+
 def distill_stages(workspace: str) -> list[dict]:
     """Every finished distill stage of a workspace with its trials' measured speeds."""
     from understudy.platform.config import DistillConfig
 
     found = []
-    for path in sorted(glob.glob(os.path.join(workspace, "stages", "distill-*.json"))):
-        if path.endswith(".running.json"):
-            continue
-        with open(path) as f:
-            manifest = json.load(f)
+    for path, manifest in finished_manifests(workspace, "distill"):
         if "attention_dropout" not in manifest["config"].get("model", {}):
             # Written before 2026-12-07: its transformer ran attention unfused, another computation.
             print(f"{path}: skipped, trained before attention was fused", flush=True)
@@ -88,11 +92,7 @@ def evaluate_stages(workspace: str) -> list[dict]:
             return DistillConfig.model_validate(json.load(f)["config"]).model.model_dump(exclude_none=True)
 
     found = []
-    for path in sorted(glob.glob(os.path.join(workspace, "stages", "evaluate-*.json"))):
-        if path.endswith(".running.json"):
-            continue
-        with open(path) as f:
-            manifest = json.load(f)
+    for path, manifest in finished_manifests(workspace, "evaluate"):
         stages = manifest.get("stages") or {}
         kinds: dict[tuple, list] = {}
         for row in manifest["rows"]:
