@@ -381,15 +381,35 @@ def registered_model_name(study: str, algorithm: str) -> str:
     return f"{study}-{algorithm}"
 
 
-def _run_distill(cfg: DistillConfig, ws: Workspace, stage: Study, resume: bool) -> DistillManifest:
+def _teacher_runs(cfg: DistillConfig, ws: Workspace):
+    """(teach manifest, the run ids of the selected games); refuses games the teachers never played."""
     teach = ws.read_stage("teach", cfg.teacher)
     games = selected_games(cfg)  # only these runs are read, hashed into the data version
-    run_ids = [r.run_id for r in teach.runs if r.game in games]
     missing = [g for g in games if g not in {r.game for r in teach.runs}]
     if missing:
         raise StageFailed(f"distill.games: teach stage {cfg.teacher!r} recorded no runs of {missing}; "
                           f"it has: {sorted({r.game for r in teach.runs})}")
-    root = teach.shard_root
+    return teach, [r.run_id for r in teach.runs if r.game in games]
+
+
+def check_before_training(cfg: DistillConfig, ws: Workspace) -> None:
+    """The refusals the stage makes about its data before it trains (games, teachers that did
+    not learn, a context too short for its episodes), made now and silently: an experiment asks
+    this of every distill stage right after teach, so a refused stage stops it before hours of
+    other stages' training, not after them."""
+    import contextlib
+    import io
+
+    teach, run_ids = _teacher_runs(cfg, ws)
+    with contextlib.redirect_stdout(io.StringIO()):
+        check_teachers_learned(cfg, teach, run_ids)
+        train, _, _ = select_data(cfg, teach.shard_root, run_ids)
+        context_span(cfg, train)
+
+
+def _run_distill(cfg: DistillConfig, ws: Workspace, stage: Study, resume: bool) -> DistillManifest:
+    teach, run_ids = _teacher_runs(cfg, ws)
+    games, root = selected_games(cfg), teach.shard_root
     unlearned = check_teachers_learned(cfg, teach, run_ids)
     uncataloged = [r for r in run_ids if not shards.read_catalog(root, r)]
     if uncataloged:

@@ -74,6 +74,7 @@ def run_experiment(cfg: ExperimentConfig, ws: Workspace, stages: dict, resume: b
     started = time.perf_counter()
     parts = rotations(cfg)
     taught = _run_stage(ws, stages, "teach", cfg.teach, resume)
+    _check_distill_stages(ws, parts, resume)
     evaluations = []
     for i, part in enumerate(parts):
         if len(parts) > 1:
@@ -117,6 +118,24 @@ def run_experiment(cfg: ExperimentConfig, ws: Workspace, stages: dict, resume: b
         print(f"[experiment] per goal (late fraction of the optimum [95% CI over runs] / episodes to 0.9):\n"
               f"{table}", flush=True)
     return manifest
+
+
+def _check_distill_stages(ws: Workspace, parts: list[ExperimentConfig], resume: bool) -> None:
+    """Every distill stage still to run, checked against its data before the first one trains:
+    a stage its data refuses (a context too short for its episodes, teachers that did not
+    learn) stops the experiment now, naming the stage, not after the stages before it trained."""
+    from understudy.platform.distill import check_before_training
+    from understudy.platform.teach import StageFailed
+
+    for part in parts:
+        for stage_cfg in (part.distill, part.ed):
+            if stage_cfg is None or (resume and _finished(ws, "distill", stage_cfg)):
+                continue
+            try:
+                check_before_training(stage_cfg, ws)
+            except StageFailed as err:
+                raise StageFailed(f"distill stage {stage_cfg.name!r}, checked before any distill stage trains: "
+                                  f"{err}") from None
 
 
 def _run_stage(ws: Workspace, stages: dict, kind: str, stage_cfg, resume: bool) -> bool:

@@ -422,3 +422,24 @@ def test_minatar_teacher_cutoff_end_to_end(ray_session, tmp_path):
         assert isinstance(row[key], float), key
     assert row["data_best_late"] <= row["data_best"] and row["history_best"] >= row["data_best"]
     assert {r["agent"] for r in evaluation["rows"]} == {"imitator", "teacher", "random", "noop", "scratch"}
+
+
+def test_a_distill_stage_its_data_refuses_stops_the_experiment_before_any_training(tmp_path, capsys):
+    """ED's context (30 steps) is too short for two Dark Room episodes (20 steps each): the
+    experiment stops right after teach, naming the ED stage, before AD (which comes first and
+    is fine) has trained at all."""
+    from conftest import REPO_ROOT
+
+    from understudy.platform import cli
+
+    experiment = yaml.safe_load(open(os.path.join(REPO_ROOT, "tune_configs/experiments/darkroom_ad.yaml")))
+    experiment["scales"]["tiny"]["ed"]["model"] = {"context": 30}
+    config = tmp_path / "darkroom_ad.yaml"
+    config.write_text(yaml.safe_dump(experiment))
+    ws = tmp_path / "ws"
+    assert cli.main(["--workspace", str(ws), "experiment", str(config), "--scale", "tiny"]) == 1
+    err = capsys.readouterr().err
+    assert "distill stage 'darkroom_ad-ed', checked before any distill stage trains" in err, err
+    assert "model.context 30 steps holds 1.5 episodes" in err and "allow_short_context" in err, err
+    assert (ws / "stages" / "teach-darkroom_ad-teach.json").exists()
+    assert not list((ws / "stages").glob("distill-*")) and not list(ws.glob("ray_results/distill-*"))
