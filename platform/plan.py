@@ -332,7 +332,9 @@ def format_plan(cfg, costs: list[StageCost], cluster: resources.Cluster) -> str:
             lines.append(f"  asks: {p.count} x {_bundles(p)} ({p.what})")
         lines.append(f"  at once:              {c.here} here, {c.cluster} on the cluster")
         here, there = c.hours(c.here), c.hours(c.cluster)
-        lines.append(f"  estimated wall-clock: {_h(here, c.here)} here, {_h(there, c.cluster)} on the cluster")
+        # evaluation: uncapped episodes are counted at the game's clock, so its time is a bound
+        bound = "at most " if c.stage == "evaluate" and here is not None else ""
+        lines.append(f"  estimated wall-clock: {bound}{_h(here, c.here)} here, {bound}{_h(there, c.cluster)} on the cluster")
         for source in sorted({s for _, _, s in c.work}):
             lines.append(f"    speed: {source}")
         for note in c.notes:
@@ -348,7 +350,8 @@ def format_plan(cfg, costs: list[StageCost], cluster: resources.Cluster) -> str:
         return "never (a stage does not fit)" if never else _h(hours, 1) + (" + unmeasured parts" if unknown else "")
 
     lines.append(f"total: {total(total_here, unknown_here, never_here)} here, "
-                 f"{total(total_there, unknown_there, never_there)} on the cluster")
+                 f"{total(total_there, unknown_there, never_there)} on the cluster"
+                 + (" (evaluation at its upper bound)" if any(c.stage == "evaluate" for c in costs) else ""))
     lines.append("assumptions:")
     lines += [f"  - {a}" for a in ASSUMPTIONS]
     return "\n".join(lines)
