@@ -16,6 +16,12 @@ An evaluation's playing task (an agent on a game, one training run, all its copi
 own seconds and env steps (evaluate manifests since 2026-12-07: `rows[].tasks`); a kind's speed
 is its tasks' env steps over their seconds. Imitators' tasks are keyed by their model too.
 
+An evaluation also says how long its episodes were: the imitator and the teacher play a number
+of episodes (the baselines play the imitator's env steps), so their env steps over the episodes
+of all copies is the mean episode length on each game. Such a figure depends on what played, so
+it is keyed by the digests of the evaluation's, the teach stage's and the imitator's configs: the
+plan uses it only for this very stage run again, in place of its upper bound.
+
 Usage: python bench/stage_speeds.py WORKSPACE [WORKSPACE ...] [--out docs/bench/stage_speeds.json]
 """
 from __future__ import annotations
@@ -110,6 +116,32 @@ def evaluate_stages(workspace: str) -> list[dict]:
     return found
 
 
+def episode_steps(workspace: str) -> list[dict]:
+    """Per finished evaluation stage: the mean episode length of every agent that plays a
+    number of episodes (imitator, teacher), per game, with the digests of the configs it ran."""
+    found = []
+    for path, manifest in finished_manifests(workspace, "evaluate"):
+        stages = manifest.get("stages") or {}
+        digests = {"evaluate": manifest.get("config_digest")}
+        for role, kind in (("teacher", "teach"), ("imitator", "distill")):
+            upstream = os.path.join(workspace, "stages", f"{kind}-{stages.get(role)}.json")
+            if stages.get(role) and os.path.isfile(upstream):
+                with open(upstream) as f:
+                    digests[role] = json.load(f).get("config_digest")
+        if not all(digests.get(k) for k in ("evaluate", "teacher", "imitator")):
+            continue  # written before its digests and stages were recorded
+        lengths: dict[str, dict] = {}
+        for row in manifest["rows"]:
+            if row["agent"] in ("imitator", "teacher") and row.get("env_steps") and row.get("episodes") \
+                    and row.get("copies"):
+                lengths.setdefault(row["agent"], {})[row["game"]] = row["env_steps"] / (row["episodes"] * row["copies"])
+        if lengths:
+            found.append({"stage": manifest["name"], "workspace": os.path.abspath(workspace), "digests": digests,
+                          "finished": time.strftime("%Y-%m-%d %H:%M", time.localtime(os.path.getmtime(path))),
+                          "mean_episode_steps": lengths})
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("workspaces", nargs="+")
@@ -123,18 +155,28 @@ def main() -> None:
     for p in plays:
         print(f"{p['stage']}: {p['agent']} on {p['family']}: {p['env_steps_per_s']:.0f} env steps/s "
               f"({p['tasks']} tasks, {p['env_steps']} env steps in {p['seconds']:.0f}s)")
+    lengths = [e for ws in args.workspaces for e in episode_steps(ws)]
+    for e in lengths:
+        print(f"{e['stage']}: mean episode steps " + "; ".join(
+            f"{agent} " + ", ".join(f"{g} {n:.0f}" for g, n in sorted(games.items()))
+            for agent, games in sorted(e["mean_episode_steps"].items())))
     report = {"machine": f"{os.cpu_count()} CPUs, {_platform.machine()}, no GPU",
               "what": "seconds per gradient update in real distill trials: Tune's time_total_s / steps, "
                       "held-out evaluation, checkpoints and reports included; median over a stage's trials",
               "distill": stages,
               "evaluate_what": "env steps per second of one playing task (an agent on a game, one run, all its "
                                "copies): its env steps over its own seconds, summed over a stage's tasks",
-              "evaluate": plays}
+              "evaluate": plays,
+              "episode_steps_what": "mean episode length of the agents that play a number of episodes, per "
+                                    "evaluation stage and game; keyed by the digests of the evaluate, teach "
+                                    "and imitator configs it ran",
+              "episode_steps": lengths}
     tmp = args.out + ".tmp"
     with open(tmp, "w") as f:
         json.dump(report, f, indent=1)
     os.replace(tmp, args.out)
-    print(f"wrote {args.out} ({len(stages)} distill stages, {len(plays)} kinds of playing task)")
+    print(f"wrote {args.out} ({len(stages)} distill stages, {len(plays)} kinds of playing task, "
+          f"{len(lengths)} evaluations' episode lengths)")
 
 
 if __name__ == "__main__":

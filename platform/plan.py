@@ -34,8 +34,10 @@ ASSUMPTIONS = (
     "epochs without max_batches_per_epoch are estimated from the teachers' env steps (rows / (batch x window))",
     "device: auto is planned as the CPU on the shipped cluster (its GPU group starts with no pod, "
     "and auto takes a GPU only where one exists); device: gpu makes the autoscaler add GPU pods",
-    "evaluation: episodes without a cap are counted at the longest an episode may be (ALE: 27,000 "
-    "steps; MinAtar: its 10,000-step clock), so evaluation env steps and time are upper bounds",
+    "evaluation: episodes are as long as they were in an earlier run of this very stage (the same "
+    "evaluate, teach and imitator configs; bench/stage_speeds.py); where there was none, episodes "
+    "without a cap are counted at the longest an episode may be (ALE: 27,000 steps; MinAtar: its "
+    "10,000-step clock), and that stage's env steps and time are upper bounds",
 )
 
 
@@ -94,6 +96,20 @@ def update_speed(key: str, cfg=None) -> Speed:
                  + f": {data['seconds_per_update']:.3g}s per update, the update alone")
 
 
+def episode_steps(cfg: EvaluateConfig, teach: TeachConfig, distill: DistillConfig) -> tuple[dict, str] | None:
+    """The mean episode length per agent and game measured in an earlier run of this very
+    evaluation stage (bench/stage_speeds.py), with its source; None where it never ran."""
+    from understudy.platform.config import config_digest
+
+    digests = {"evaluate": config_digest(cfg), "teacher": config_digest(teach), "imitator": config_digest(distill)}
+    runs = [e for e in _load("stage_speeds.json").get("episode_steps", []) if e["digests"] == digests]
+    if not runs:
+        return None
+    newest = max(runs, key=lambda e: e["finished"])
+    return newest["mean_episode_steps"], (f"docs/bench/stage_speeds.json: episode lengths of the real run of "
+                                          f"{newest['stage']} ({newest['finished']})")
+
+
 def play_speed(agent: str, game: str, model: dict | None = None) -> Speed:
     """Env steps per second of one playing task: measured in a real evaluation stage for this
     agent and env family (and, for a model, the same model), else by a bench."""
@@ -135,6 +151,7 @@ class StageCost:
     # Trials of a teach or distill stage are alike and run in waves; evaluation tasks differ,
     # and a free slot takes the next one (their total over the slots).
     tasks_differ: bool = False
+    bounded: bool = False  # its env steps and time are upper bounds (episode lengths not known)
 
     def hours(self, concurrent: int) -> float | None:
         """Wall-clock: every request's work, `concurrent` at a time (None: a speed is missing or
@@ -235,10 +252,27 @@ def evaluate_cost(cfg: EvaluateConfig, teach: TeachConfig, distill: DistillConfi
     if cfg.horizon is not None:
         cost.notes.append(f"horizon {cfg.horizon}x the histories' length replaces episodes={cfg.episodes}: "
                           "not known before distill, counted as `episodes`")
+    measured = episode_steps(cfg, teach, distill)
+    lengths, lengths_source = measured if measured else ({}, None)
+    if lengths_source:
+        cost.notes.append(lengths_source)
+
+    def steps_of(agent: str, game: str) -> int:
+        """One run's env steps: its copies' episodes at the length measured for the agent that
+        plays episodes (the imitator's for the agents that play its env steps), else the bound.
+        Dark Room's episodes have one fixed length: its budget is exact."""
+        if family_of(game).per_goal:
+            return step_budget(cfg, game)
+        mean = lengths.get("teacher" if agent == "teacher" else "imitator", {}).get(game)
+        if mean is None:
+            cost.bounded = True
+            return step_budget(cfg, game)
+        return round(mean * cfg.episodes * cfg.copies)
+
     for agent in cfg.agents:
         runs = resources.runs_of(agent, imitator_runs, teacher_runs)
         for game in cfg.games:
-            steps = step_budget(cfg, game)
+            steps = steps_of(agent, game)
             cost.eval_env_steps += steps * runs
             if agent == "scratch":
                 speed = teacher_speed(teach.algorithm, game)
@@ -327,13 +361,13 @@ def format_plan(cfg, costs: list[StageCost], cluster: resources.Cluster) -> str:
         if c.gradient_updates:
             lines.append(f"  gradient updates:     {_n(c.gradient_updates)}")
         if c.eval_env_steps:
-            lines.append(f"  evaluation env steps: <= {_n(c.eval_env_steps)}")
+            lines.append(f"  evaluation env steps: {'<= ' if c.bounded else ''}{_n(c.eval_env_steps)}")
         for p in c.placements:
             lines.append(f"  asks: {p.count} x {_bundles(p)} ({p.what})")
         lines.append(f"  at once:              {c.here} here, {c.cluster} on the cluster")
         here, there = c.hours(c.here), c.hours(c.cluster)
-        # evaluation: uncapped episodes are counted at the game's clock, so its time is a bound
-        bound = "at most " if c.stage == "evaluate" and here is not None else ""
+        # uncapped episodes of unknown length are counted at the game's clock: a bound
+        bound = "at most " if c.bounded and here is not None else ""
         lines.append(f"  estimated wall-clock: {bound}{_h(here, c.here)} here, {bound}{_h(there, c.cluster)} on the cluster")
         for source in sorted({s for _, _, s in c.work}):
             lines.append(f"    speed: {source}")
@@ -351,7 +385,7 @@ def format_plan(cfg, costs: list[StageCost], cluster: resources.Cluster) -> str:
 
     lines.append(f"total: {total(total_here, unknown_here, never_here)} here, "
                  f"{total(total_there, unknown_there, never_there)} on the cluster"
-                 + (" (evaluation at its upper bound)" if any(c.stage == "evaluate" for c in costs) else ""))
+                 + (" (evaluation at its upper bound where marked)" if any(c.bounded for c in costs) else ""))
     lines.append("assumptions:")
     lines += [f"  - {a}" for a in ASSUMPTIONS]
     return "\n".join(lines)

@@ -114,17 +114,23 @@ def test_darkroom_experiment_end_to_end_and_report(ray_session, postgres, tmp_pa
         assert "experiments with results: darkroom_ad" in capsys.readouterr().err
 
 
-def check_stage_speeds(ws):
-    """bench/stage_speeds.py reads every finished distill stage's real trials back from Tune's
-    own records (one figure per trial, from the updates it made and the seconds it ran), and
-    every evaluation's playing tasks from their own times (env steps per second per agent)."""
+def _stage_speeds():
+    """bench/stage_speeds.py as a module (bench/ is not a package)."""
     import importlib.util
 
     from conftest import REPO_ROOT
 
     spec = importlib.util.spec_from_file_location("stage_speeds", os.path.join(REPO_ROOT, "bench", "stage_speeds.py"))
-    stage_speeds = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(stage_speeds)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def check_stage_speeds(ws):
+    """bench/stage_speeds.py reads every finished distill stage's real trials back from Tune's
+    own records (one figure per trial, from the updates it made and the seconds it ran), and
+    every evaluation's playing tasks from their own times (env steps per second per agent)."""
+    stage_speeds = _stage_speeds()
     stages = {s["stage"]: s for s in stage_speeds.distill_stages(str(ws))}
     assert set(stages) == {"darkroom_ad-imitator", "darkroom_ad-ed"}
     for name, stage in stages.items():
@@ -365,7 +371,7 @@ def test_leave_one_out_rotations_hold_out_each_game_of_the_suite_once():
 
 
 @pytest.mark.slow
-def test_minatar_holdout_end_to_end_and_resume(ray_session, tmp_path, capsys):
+def test_minatar_holdout_end_to_end_and_resume(ray_session, tmp_path, capsys, monkeypatch):
     """All five rotations at the tiny scale: one teacher stage over the five MinAtar games, an
     imitator per rotation that never saw its held-out game (the tiny scale leaves ED out; the
     rotations' ED stages are checked without running them), each played on that game;
@@ -394,10 +400,34 @@ def test_minatar_holdout_end_to_end_and_resume(ray_session, tmp_path, capsys):
     table = (ws / "results" / f"{name}-table.md").read_text()
     # one IQM row per agent over the five held-out games (tasks), each with its runs
     assert re.search(r"\| imitator \| held-out games \(5; 5\) \| 1 \|", table), table
+    check_episode_lengths_plan(ws, name, games, tmp_path / "bench", monkeypatch)
     capsys.readouterr()
     assert cli.main(["--workspace", str(ws), "experiment", name, "--scale", "tiny", "--resume"]) == 0
     out = capsys.readouterr().out
     assert out.count("not run again") == 6 and out.count("not played again") == 5, out
+
+
+def check_episode_lengths_plan(ws, name, games, bench, monkeypatch):
+    """bench/stage_speeds.py reads each rotation's episode lengths back (the imitator's and the
+    teacher's env steps over their episodes), keyed so that `understudy plan` of the same
+    experiment and scale finds them: then no evaluation of its plan is an upper bound."""
+    import shutil
+
+    from understudy.platform import experiment, plan
+
+    lengths = {e["stage"]: e for e in _stage_speeds().episode_steps(str(ws))}
+    assert set(lengths) == {f"{name}-no-{g.split('/')[1].lower()}-evaluate" for g in games}
+    for stage, entry in lengths.items():
+        rows = json.loads((ws / "stages" / f"evaluate-{stage}.json").read_text())["rows"]
+        for row in rows:
+            if row["agent"] in ("imitator", "teacher"):
+                assert entry["mean_episode_steps"][row["agent"]][row["game"]] == pytest.approx(
+                    row["env_steps"] / (row["episodes"] * row["copies"]))
+    shutil.copytree(plan.BENCH, bench)
+    (bench / "stage_speeds.json").write_text(json.dumps({"episode_steps": list(lengths.values())}))
+    monkeypatch.setattr(plan, "BENCH", bench)
+    evaluations = [c for c in plan.plan(experiment.load(name, "tiny")) if c.stage == "evaluate"]
+    assert len(evaluations) == 5 and not any(c.bounded for c in evaluations)
 
 
 @pytest.mark.slow

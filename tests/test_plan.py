@@ -129,3 +129,50 @@ def test_a_speed_measured_in_a_real_distill_stage_is_preferred_for_the_same_mode
     assert plan.play_speed("noop", "MinAtar/Freeway").per_s is None
     evaluate = plan.plan(cfg)[3]
     assert evaluate.stage == "evaluate" and any("measured-evaluate" in source for _, _, source in evaluate.work)
+
+
+def test_episode_lengths_measured_in_an_earlier_run_of_the_same_stage_replace_the_bound(tmp_path, monkeypatch):
+    """An evaluation whose evaluate, teach and imitator configs all ran before is planned at the
+    episode lengths it had (bench/stage_speeds.py), not at the game's 10,000-step clock: the
+    teacher at its own, the agents that play the imitator's env steps at the imitator's. A
+    record of another teach config is not used."""
+    import json
+    import shutil
+
+    from understudy.platform.config import config_digest
+
+    cfg = experiment.load("minatar_holdout", "full")
+    rotation = experiment.rotations(cfg)[2]  # Freeway held out
+    for name in ("stage_speeds.json", "imitator_updates.json", "learning_ppo_minatar_breakout.json", "eval.json"):
+        shutil.copy(plan.BENCH / name, tmp_path / name)
+    monkeypatch.setattr(plan, "BENCH", tmp_path)
+    speeds = json.loads((tmp_path / "stage_speeds.json").read_text())
+    speeds["episode_steps"] = []
+    (tmp_path / "stage_speeds.json").write_text(json.dumps(speeds))
+    cluster = resources.shipped_cluster()
+
+    def cost():
+        return plan.evaluate_cost(rotation.evaluate, cfg.teach, rotation.distill, cluster, rotation.ed)
+
+    bound = cost()
+    ev = rotation.evaluate
+    assert bound.bounded and bound.eval_env_steps % (ev.episodes * ev.copies * 10_000) == 0
+    digests = {"evaluate": config_digest(ev), "teacher": config_digest(cfg.teach),
+               "imitator": config_digest(rotation.distill)}
+    lengths = {"imitator": {"MinAtar/Freeway": 2501.0}, "teacher": {"MinAtar/Freeway": 2000.0}}
+    entry = {"stage": ev.name, "digests": digests, "finished": "2026-12-07 06:40", "mean_episode_steps": lengths}
+    elsewhere = {**entry, "digests": {**digests, "teacher": "0" * 16}, "finished": "2026-12-08 00:00",
+                 "mean_episode_steps": {"imitator": {"MinAtar/Freeway": 7.0}}}
+    speeds["episode_steps"] = [entry, elsewhere]
+    (tmp_path / "stage_speeds.json").write_text(json.dumps(speeds))
+    measured = cost()
+    assert not measured.bounded and any(ev.name in note for note in measured.notes)
+    per_run = {agent: round(n * ev.episodes * ev.copies) for agent, n in
+               (("imitator", 2501.0), ("teacher", 2000.0))}
+    runs = {agent: resources.runs_of(agent, len(rotation.distill.run_seeds), len(cfg.teach.seeds))
+            for agent in ev.agents}
+    assert measured.eval_env_steps == sum(per_run.get(a, per_run["imitator"]) * runs[a] for a in ev.agents)
+    assert measured.eval_env_steps < bound.eval_env_steps
+    text = plan.format_plan(cfg, [measured], cluster)
+    assert "at most" not in text and "<=" not in text and "upper bound where marked" not in text
+    assert "at most" in plan.format_plan(cfg, [bound], cluster)
