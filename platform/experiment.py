@@ -150,10 +150,12 @@ def _run_stage(ws: Workspace, stages: dict, kind: str, stage_cfg, resume: bool) 
 
 def _log_rotations(cfg: ExperimentConfig, ws: Workspace, evaluations: list) -> tuple[str, str]:
     """The answer over every rotation: each held-out game's rows, and per agent the IQM over
-    held-out games x training runs; logged as an evaluation summary run (what `report` shows)
-    and as metrics of the study's parent run."""
-    from understudy.platform.report import (headline_metrics, improvement_by_run, improvement_table, late_window,
-                                            log_metrics, results_table, rotations_aggregate)
+    held-out games x training runs; logged as an evaluation summary run (what `report` shows),
+    with every held-out game's return per episode in one figure, and as metrics of the study's
+    parent run."""
+    from understudy.platform import plots
+    from understudy.platform.report import (episode_curves, headline_metrics, improvement_by_run, improvement_table,
+                                            late_window, log_metrics, results_table, rotations_aggregate)
 
     k = late_window(cfg.evaluate)
     rows = [row for e in evaluations for row in e.rows]
@@ -176,6 +178,10 @@ def _log_rotations(cfg: ExperimentConfig, ws: Workspace, evaluations: list) -> t
         for run in {stage.run_id, *([ws.study.run_id] if ws.study else [])}:
             log_metrics(client, run, headline)
         tracking.log_text(client, stage.run_id, table, "results.md")
+        tracking.log_figure(client, stage.run_id, plots.returns_per_episode(
+            episode_curves(episodes), f"{cfg.name}: return per episode on each held-out game, frozen agents "
+                                      f"trained without it ({cfg.evaluate.copies} copies per run)"),
+            "returns_per_episode.png")
     return stage.run_id, table
 
 

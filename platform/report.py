@@ -488,6 +488,17 @@ def _aggregate(late_scores: dict, trained, goal_split) -> list[dict]:
     return out
 
 
+def episode_curves(episodes: list[dict]) -> dict:
+    """Per (agent, game), one row of returns per copy (every run's), from raw rows
+    (episode_rows), cut to the fewest episodes a copy played: what plots.returns_per_episode
+    draws."""
+    by_key: dict = {}
+    for r in episodes:
+        if r["episode_returns"]:
+            by_key.setdefault((r["agent"], r["game"]), []).append(r["episode_returns"])
+    return {key: np.array([c[:min(map(len, copies))] for c in copies], float) for key, copies in by_key.items()}
+
+
 def rotations_aggregate(episodes: list[dict], k: int, cut: set = frozenset()) -> list[dict]:
     """Leave-one-out rotations: per agent, the IQM of normalised late returns over held-out
     games x independent runs (rliable), from the rotations' raw rows (episode_rows). A trained

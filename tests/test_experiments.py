@@ -401,6 +401,11 @@ def test_minatar_holdout_end_to_end_and_resume(ray_session, tmp_path, capsys, mo
     # one IQM row per agent over the five held-out games (tasks), each with its runs
     assert re.search(r"\| imitator \| held-out games \(5; 5\) \| 1 \|", table), table
     check_episode_lengths_plan(ws, name, games, tmp_path / "bench", monkeypatch)
+    from understudy.platform.workspace import Workspace
+
+    summary = json.loads((stages / f"experiment-{name}.json").read_text())["summary_run_id"]
+    client = MlflowClient(Workspace.resolve(str(ws)).tracking_uri)  # one figure over the five held-out games
+    assert {"returns_per_episode.png", "results.md"} <= {a.path for a in client.list_artifacts(summary)}
     capsys.readouterr()
     assert cli.main(["--workspace", str(ws), "experiment", name, "--scale", "tiny", "--resume"]) == 0
     out = capsys.readouterr().out
