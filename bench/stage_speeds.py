@@ -120,15 +120,21 @@ def evaluate_stages(workspace: str) -> list[dict]:
 def episode_steps(workspace: str) -> list[dict]:
     """Per finished evaluation stage: the mean episode length of every agent that plays a
     number of episodes (imitator, teacher), per game, with the digests of the configs it ran."""
-    found = []
+    found, upstream_digests = [], {}  # every rotation shares one teach stage: read it once
+
+    def digest_of(path: str) -> str | None:
+        if path not in upstream_digests:
+            with open(path) as f:
+                upstream_digests[path] = json.load(f).get("config_digest")
+        return upstream_digests[path]
+
     for path, manifest in finished_manifests(workspace, "evaluate"):
         stages = manifest.get("stages") or {}
         digests = {"evaluate": manifest.get("config_digest")}
         for role, kind in (("teacher", "teach"), ("imitator", "distill")):
             upstream = os.path.join(workspace, "stages", f"{kind}-{stages.get(role)}.json")
             if stages.get(role) and os.path.isfile(upstream):
-                with open(upstream) as f:
-                    digests[role] = json.load(f).get("config_digest")
+                digests[role] = digest_of(upstream)
         if not all(digests.get(k) for k in ("evaluate", "teacher", "imitator")):
             continue  # written before its digests and stages were recorded
         lengths: dict[str, dict] = {}

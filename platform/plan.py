@@ -252,10 +252,10 @@ def evaluate_cost(cfg: EvaluateConfig, teach: TeachConfig, distill: DistillConfi
     if cfg.horizon is not None:
         cost.notes.append(f"horizon {cfg.horizon}x the histories' length replaces episodes={cfg.episodes}: "
                           "not known before distill, counted as `episodes`")
-    measured = episode_steps(cfg, teach, distill)
-    lengths, lengths_source = measured if measured else ({}, None)
-    if lengths_source:
-        cost.notes.append(lengths_source)
+    lengths: dict = {}
+    if measured := episode_steps(cfg, teach, distill):
+        lengths, source = measured
+        cost.notes.append(source)
 
     def steps_of(agent: str, game: str) -> int:
         """One run's env steps: its copies' episodes at the length measured for the agent that
