@@ -80,6 +80,7 @@ def distill_stages(workspace: str) -> list[dict]:
         found.append({"stage": manifest["name"], "workspace": os.path.abspath(workspace),
                       "algorithm": cfg.algorithm, "model": cfg.model.model_dump(exclude_none=True),
                       "batch_size": cfg.batch_size, "cpus_per_trial": cfg.cpus_per_trial,
+                      "precision": cfg.precision,
                       "finished": time.strftime("%Y-%m-%d %H:%M", time.localtime(os.path.getmtime(path))),
                       "trials": trials,
                       "seconds_per_update": statistics.median(t["seconds_per_update"] for t in trials.values())})

@@ -252,24 +252,22 @@ class History:
         return (csum[last_row[self.episode_id]] - csum + self.rewards).astype(np.float32)
 
 
-_HEAP_LIMITED = False
+def mapped_concatenate(arrays: list[np.ndarray]) -> np.ndarray:
+    """`np.concatenate(arrays)` in an anonymous memory map of its own, unmapped when the array is
+    freed. A loader's frame blocks (tens to hundreds of MB each, one after another) then never
+    enter the malloc heap, where their holes fragmented it and RSS grew with every block
+    streamed (bench/imitation.py). Everything else keeps glibc's default allocation: forcing all
+    large allocations into maps (an mmap threshold of 1 MB, as before 2026-12-07) made every
+    training update fault in its activations afresh, 1.4x slower (docs/benchmarks.md)."""
+    import mmap
 
-
-def limit_heap_growth(threshold: int = 1 << 20) -> None:
-    """Allocations of `threshold` bytes and more (frame blocks, batches, activations) get their
-    own memory maps, returned to the OS when freed. glibc's default raises that threshold as
-    big blocks are freed (up to 32 MB), after which they come from the heap, and its
-    fragmentation made RSS grow with every block streamed (measured: bench/imitation.py)."""
-    global _HEAP_LIMITED
-    if _HEAP_LIMITED:
-        return
-    _HEAP_LIMITED = True
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").mallopt(-3, threshold)  # -3: M_MMAP_THRESHOLD
-    except (OSError, AttributeError):  # not glibc: nothing to tune
-        pass
+    shape = (sum(len(a) for a in arrays), *arrays[0].shape[1:])
+    dtype = arrays[0].dtype
+    count = int(np.prod(shape))
+    if count == 0:
+        return np.concatenate(arrays)
+    out = np.frombuffer(mmap.mmap(-1, count * dtype.itemsize), dtype, count).reshape(shape)
+    return np.concatenate(arrays, out=out)
 
 
 class ShardReader:
@@ -357,7 +355,7 @@ def concat(blocks: list[History]) -> History:
     offsets = np.r_[0, np.cumsum([len(b) for b in blocks])[:-1]]
     ep_offsets = np.r_[0, np.cumsum([b.num_episodes for b in blocks])[:-1]]
     return History(
-        frames=np.concatenate([b.frames for b in blocks]),
+        frames=mapped_concatenate([b.frames for b in blocks]),
         actions=np.concatenate([b.actions for b in blocks]),
         rewards=np.concatenate([b.rewards for b in blocks]),
         episode_start=np.concatenate([b.episode_start + o for b, o in zip(blocks, offsets)]),
@@ -452,7 +450,6 @@ class Loader:
     _key_of: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
-        limit_heap_growth()
         self.reader = ShardReader(self.root)
         for k, h in enumerate(self.histories):
             self._key_of[h.run_id] = k

@@ -348,6 +348,9 @@ class DistillConfig(Strict):
     allow_unlearned: bool = False  # distil histories of teachers that did not learn (logged)
     # Where the trial (each Ray Train worker) trains (platform/resources.py): auto = a GPU when the cluster has one now.
     device: Literal["auto", "cpu", "gpu"] = "auto"
+    # The forward pass's arithmetic (algorithms.imitation.autocast): bfloat16 mixed precision is
+    # about 1.2x faster on a CPU with AVX-512 bf16 (docs/benchmarks.md), slower on one without.
+    precision: Literal["float32", "bfloat16"] = "float32"
 
     @model_validator(mode="after")
     def _games_can_be_imitated(self):
@@ -407,8 +410,11 @@ class EvaluateConfig(Strict):
     imitator: StageName  # the distill stage whose checkpoint plays
     teacher: StageName  # the teach stage whose final policy plays
     ed: StageName | None = None  # an expert-only distill stage, for the `ed` agent
-    agents: list[Literal["imitator", "ed", "teacher", "random", "noop", "finetune", "scratch"]] = \
-        ["imitator", "teacher", "random"]
+    # context_reset, reward_blind, warmup: controls of in-context learning, the imitator's own
+    # checkpoints with one input changed (platform/players.py); only for an imitator that reads
+    # across episodes (ad, ad_gru).
+    agents: list[Literal["imitator", "ed", "teacher", "random", "noop", "finetune", "scratch",
+                         "context_reset", "reward_blind", "warmup"]] = ["imitator", "teacher", "random"]
     games: list[Game] = Field(min_length=1)
     heldout_games: list[Game] = Field(default_factory=list)  # must not be in the training data
     episodes: PositiveInt = 3  # consecutive episodes per copy, memory carried across them
@@ -418,12 +424,18 @@ class EvaluateConfig(Strict):
     copies: PositiveInt = 1  # independent copies per agent and game (Dark Room: per held-out goal)
     max_episode_steps: PositiveInt | None = None
     greedy: bool = True
+    # Env seeds derive from it and each run's training seed (players.eval_seed): every agent of
+    # one training run plays the same env seeds, and runs of different seeds different ones.
     seed: int = Field(0, ge=0)
     target_return: float | None = None  # what a Decision Transformer is asked for
     window: PositiveInt = 5  # episodes in the early and late means of the metrics
     goal_split: Literal["heldout", "train", "all"] = "heldout"  # Dark Room goals to play
     finetune: FinetuneParams = FinetuneParams()
     forgetting: bool = False  # after fine-tuning on a game, replay the training games
+    # The warmup control's unscored episodes per copy on a foreign task before the scored ones
+    # (Dark Room: another goal; else random play of the game). 4 fill most of the Dark Room AD
+    # context (120 steps = 6 episodes), so the first scored episodes are read after foreign ones.
+    warmup_episodes: PositiveInt = 4
     # Where imitators play (their network's inference) (platform/resources.py): auto = a GPU when the cluster has one now.
     device: Literal["auto", "cpu", "gpu"] = "auto"
 
@@ -433,6 +445,26 @@ class EvaluateConfig(Strict):
         if missing:
             raise ValueError(f"heldout_games {missing} are not among games {self.games}")
         return self
+
+
+# Controls of in-context learning: evaluation agents that are the imitator's own checkpoints
+# with one input changed (platform/players.py).
+CONTROLS = ("context_reset", "reward_blind", "warmup")
+
+
+def _controls_read_across_episodes(agents: list[str], algorithm: str) -> None:
+    """The controls of in-context learning change what an imitator reads across episodes: an
+    imitator that reads one episode (bc, dt) has nothing for them to change."""
+    controls = [a for a in agents if a in CONTROLS]
+    if not controls:
+        return
+    from understudy.algorithms.imitation import CROSS_EPISODE
+
+    if algorithm not in CROSS_EPISODE:
+        what = ("is a control", "needs", "it") if len(controls) == 1 else ("are controls", "need", "them")
+        raise ValueError(f"evaluate.agents: {', '.join(controls)} {what[0]} of in-context learning and {what[1]} an "
+                         f"imitator that reads across episodes (distill.algorithm {' or '.join(CROSS_EPISODE)}); "
+                         f"distill.algorithm is {algorithm!r}: leave {what[2]} out")
 
 
 class PipelineConfig(Strict):
@@ -463,6 +495,7 @@ class PipelineConfig(Strict):
         missing = [g for g in self.distill.train_games if g not in self.teach.games]
         if missing:
             raise ValueError(f"distill.game(s) {missing} are not among teach.games {self.teach.games}")
+        _controls_read_across_episodes(self.evaluate.agents, self.distill.algorithm)
         return self
 
 
@@ -554,6 +587,7 @@ class ExperimentConfig(Strict):
         if "ed" in self.evaluate.agents and self.ed is None:
             raise ValueError("evaluate.agents has 'ed' but there is no `ed` section (an expert-only "
                              "imitator, e.g. ed: {data: {expert_last: 50}})")
+        _controls_read_across_episodes(self.evaluate.agents, self.distill.algorithm)
         return self
 
 

@@ -64,7 +64,7 @@ def context_span(cfg: DistillConfig, train) -> dict:
     p95, mean = float(np.percentile(steps, 95)), float(steps.mean())
     span = {"context_steps": context, "episode_steps_p95": p95, "episode_steps_mean": round(mean, 1),
             "episodes_per_context": round(context / mean, 2), "allow_short_context": cfg.allow_short_context,
-            **improvement_per_context(train, context / mean)}
+            **improvement_per_context(train, context_steps=context)}
     if context < 2 * p95:
         what = (f"model.context {context} steps holds {context / p95:.1f} episodes of 95th-percentile length "
                 f"{p95:.0f} ({context / mean:.1f} of mean length {mean:.0f}, over {len(steps)} training episodes)")
@@ -77,30 +77,60 @@ def context_span(cfg: DistillConfig, train) -> dict:
               f"{context / p95:.1f} of 95th-percentile length {p95:.0f}", flush=True)
     if "return_gain_per_context" in span:
         print(f"[distill] across one context the teacher's return rises by {span['return_gain_per_context']:+.3g} "
-              f"in these histories (its episodes' spread: {span['return_std']:.3g}); an in-context learner can "
+              f"(median over histories {span['return_gain_per_context_median']:+.3g}, each history's slope times "
+              f"the episodes of its own length a context holds) in these histories (its episodes' spread: "
+              f"{span['return_std']:.3g}); an in-context learner can "
               "only copy the improvement its windows show (data.gap spreads a window over more of the history)",
               flush=True)
     return span
 
 
-def improvement_per_context(train, episodes_per_context: float) -> dict:
-    """How much the teacher improves within one training window: per history, the least-squares
-    slope of raw return over its selected episodes (after cutoff and gap) times the episodes a
-    context holds, averaged over histories; with the spread of single episodes' returns beside
-    it. AD can only distil improvement its windows contain: a gain far below the spread means
-    a window shows almost none."""
+def improvement_per_context(train, episodes_per_context: float | None = None, *,
+                            context_steps: float | None = None) -> dict:
+    """How much the teacher improves within one training window, per history h (its selected
+    episodes, after cutoff and gap, in training order):
+
+        slope_h    = least-squares slope of raw return per selected episode
+        episodes_h = context_steps / mean steps of h's selected episodes
+        gain_h     = slope_h * episodes_h
+
+    Each history's own episode length: a game of 2,500-step episodes fits ~0.2 of them in a
+    512-step context, and scaling its slope by the episodes per context pooled over all games
+    overstated its gain many times. With gap subsampling the selected episodes are every gap-th
+    one, so slope_h is already per selected episode (gap times the per-played-episode slope) and
+    episodes_h counts selected episodes: no further factor. Returns the mean and median of gain_h
+    over histories of 3 or more episodes, the per-history values in `train`'s order (and their
+    run ids and episodes_h), and the mean spread of single episodes' returns beside them (a gain
+    far below the spread: a window shows almost none). {} without such a history.
+
+    `context_steps` is the context in env steps; the older positional `episodes_per_context`
+    (context / the mean episode length pooled over `train`) is turned back into it."""
     import numpy as np
 
-    gains, spreads = [], []
+    if (episodes_per_context is None) == (context_steps is None):
+        raise ValueError("improvement_per_context: give context_steps= (env steps), or the older "
+                         "episodes_per_context, not both or neither")
+    if context_steps is None:
+        steps = [e.steps for h in train for e in h.episodes]
+        context_steps = episodes_per_context * (float(np.mean(steps)) if steps else 0.0)
+    gains, spreads, per_episodes, run_ids = [], [], [], []
     for h in train:
         returns = np.array([e.ret for e in h.episodes], dtype=float)
         if len(returns) < 3:
             continue
-        gains.append(np.polyfit(np.arange(len(returns)), returns, 1)[0] * episodes_per_context)
+        episodes = context_steps / float(np.mean([e.steps for e in h.episodes]))
+        gains.append(float(np.polyfit(np.arange(len(returns)), returns, 1)[0]) * episodes)
         spreads.append(returns.std())
+        per_episodes.append(episodes)
+        run_ids.append(getattr(h, "run_id", None))
     if not gains:
         return {}
-    return {"return_gain_per_context": round(float(np.mean(gains)), 4), "return_std": round(float(np.mean(spreads)), 4)}
+    return {"return_gain_per_context": round(float(np.mean(gains)), 4),
+            "return_gain_per_context_median": round(float(np.median(gains)), 4),
+            "return_gain_per_context_by_history": [round(g, 4) for g in gains],
+            "episodes_per_context_by_history": [round(e, 3) for e in per_episodes],
+            "history_run_ids": run_ids,
+            "return_std": round(float(np.mean(spreads)), 4)}
 
 
 def returns_by_run(histories) -> dict[str, list[float]]:
@@ -191,10 +221,10 @@ def _train_loop(cfg: DistillConfig, context: dict, report, checkpoint, make_chec
                   cfg.block_steps, cfg.blocks_in_memory, seed=cfg.seed) if heldout else None
     for epoch in range(first_epoch, cfg.epochs + 1):
         metrics = imitation.train_epoch(model, optimizer, loader, max_batches=max_batches,
-                                          after_backward=after_backward)
+                                          after_backward=after_backward, precision=cfg.precision)
         if held is not None and rank == 0:
             held.epoch = 0  # the same held-out samples every epoch
-            metrics.update(imitation.evaluate(model, held))
+            metrics.update(imitation.evaluate(model, held, cfg.precision))
         steps += metrics.pop("batches")
         metrics.update(epoch=epoch, steps=steps, workers=world)
         with tempfile.TemporaryDirectory() as tmp:
@@ -202,6 +232,7 @@ def _train_loop(cfg: DistillConfig, context: dict, report, checkpoint, make_chec
                 imitation.save(model, tmp, {"epoch": epoch, "steps": steps, "games": sorted({h.game for h in train}),
                                             "data_version": context["data_version"],
                                             "run_ids": context["run_ids"],
+                                            "precision": cfg.precision,
                                             # what the data path did to each step: the player does it again
                                             "transforms": asdict(step_transforms(cfg))}, optimizer)
             report(metrics, checkpoint=make_checkpoint(tmp) if rank == 0 else None)

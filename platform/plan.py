@@ -68,14 +68,17 @@ def teacher_speed(algorithm: str, game: str) -> Speed:
 
 
 def update_speed(key: str, cfg=None) -> Speed:
-    """Seconds per update measured in a real distill stage of the same algorithm, model, batch
-    and CPUs (bench/stage_speeds.py: held-out evaluation and checkpoints included), else the
-    update alone measured for this stage (`key`) or for another stage with the same algorithm,
-    model and batch (bench/imitator_updates.py)."""
+    """Seconds per update measured in a real distill stage of the same algorithm, model, batch,
+    CPUs and precision (bench/stage_speeds.py: held-out evaluation and checkpoints included; a
+    stage recorded before precision was a setting trained in float32), else the update alone
+    measured for this stage (`key`) or for another stage with the same algorithm, model and
+    batch (bench/imitator_updates.py)."""
     if cfg is not None:
-        same = (cfg.algorithm, cfg.model.model_dump(exclude_none=True), cfg.batch_size, cfg.cpus_per_trial)
+        same = (cfg.algorithm, cfg.model.model_dump(exclude_none=True), cfg.batch_size, cfg.cpus_per_trial,
+                cfg.precision)
         real = [s for s in _load("stage_speeds.json").get("distill", [])
-                if (s["algorithm"], s["model"], s["batch_size"], s["cpus_per_trial"]) == same]
+                if (s["algorithm"], s["model"], s["batch_size"], s["cpus_per_trial"],
+                    s.get("precision", "float32")) == same]
         if real:
             newest = max(real, key=lambda s: s["finished"])
             return Speed(1.0 / newest["seconds_per_update"],
