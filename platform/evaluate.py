@@ -4,7 +4,10 @@ Every agent (platform.players) plays `episodes` consecutive episodes in each of 
 of every game, carrying whatever memory it has from one episode to the next; each (agent, game)
 is a Ray task. A learner from scratch gets the env steps the imitator took on that game, so it
 is scheduled when the imitator's task returns. After fine-tuning on a game, `forgetting`
-replays the fine-tuned weights on the training games. The results go to platform.report.
+replays the fine-tuned weights on the training games. The controls of in-context learning
+(context_reset, reward_blind, warmup) are the imitator's checkpoints with one input changed.
+Every agent that plays training run s plays the same env seeds (players.eval_seed), so the rows
+of one run are paired. The results go to platform.report.
 """
 from __future__ import annotations
 
@@ -17,15 +20,20 @@ from understudy.envs import family_of
 from understudy.platform import resources, storage, tracking
 from understudy.platform.config import EvaluateConfig, config_digest
 from understudy.platform.manifests import DistillManifest, EvaluateManifest, TeachManifest
-from understudy.platform.players import Agent, learn_from_scratch, play
+from understudy.platform.players import CONTROLS, Agent, eval_seed, learn_from_scratch, play
 from understudy.platform.report import report
 from understudy.platform.teach import StageFailed
 from understudy.platform.workspace import Study, Workspace
 
 
 # Agents that play the env steps the imitator played on a game (counted in the table), not a
-# number of episodes; the teacher plays episodes (it only shows what it learned).
+# number of episodes; the teacher plays episodes (it only shows what it learned). The controls
+# of in-context learning (players.CONTROLS) are not among them: they play the imitator's
+# episodes, `episodes` per copy as it does, so every episode index compares the same point of
+# the stream (the warmup control's unscored episodes come before and are not counted).
 EQUAL_STEPS = ("random", "noop", "ed", "finetune")
+# Agents that are the imitator stage's own checkpoints, one run per imitator seed.
+FROM_IMITATOR = ("imitator", "finetune", *CONTROLS)
 
 
 def _same_episodes(res: dict) -> None:
@@ -69,13 +77,15 @@ def _check_checkpoint(path: str, stage: str) -> None:
 
 def _agents(cfg: EvaluateConfig, ws: Workspace, teach: TeachManifest, distill: DistillManifest) -> dict:
     """Per agent name, per game (None: any game), the runs it plays: one Agent per independent
-    training run (imitator seeds, teacher seeds); random and no-op have one."""
-    if {"imitator", "finetune"} & set(cfg.agents):
+    training run (imitator seeds, teacher seeds). Random and no-op train nothing but play one
+    run per imitator seed, with that seed (run i pairs with imitator run i: the same env seeds,
+    players.eval_seed), so their runs are independent draws, not copies of one."""
+    if set(FROM_IMITATOR) & set(cfg.agents):
         for run in distill.imitators:
             _check_checkpoint(run.checkpoint, cfg.imitator)
     agents: dict[str, dict] = {}
     for name in cfg.agents:
-        if name in ("imitator", "finetune"):
+        if name in FROM_IMITATOR:
             runs = [Agent(name, r.checkpoint, cfg.target_return, run_seed=r.seed) for r in distill.imitators]
             agents[name] = {None: runs}
         elif name == "ed":
@@ -88,7 +98,7 @@ def _agents(cfg: EvaluateConfig, ws: Workspace, teach: TeachManifest, distill: D
             agents[name] = {None: [Agent("ed", r.checkpoint, cfg.target_return, run_seed=r.seed)
                                    for r in ed.imitators]}
         elif name in ("random", "noop"):
-            agents[name] = {None: [Agent(name)]}
+            agents[name] = {None: [Agent(name, run_seed=r.seed) for r in distill.imitators] or [Agent(name)]}
         elif name == "scratch":  # one learner per imitator seed, scheduled as the imitator finishes
             agents[name] = {None: [Agent(name, run_seed=r.seed) for r in distill.imitators]}
         elif name == "teacher":  # a teacher plays only a game it learned, from a checkpoint
@@ -155,6 +165,12 @@ def _run_evaluate(cfg: EvaluateConfig, ws: Workspace, stage: Study, experiment: 
     if "finetune" in cfg.agents and distill.algorithm not in CROSS_EPISODE:
         raise StageFailed(f"evaluate.agents: finetune fine-tunes an in-context learner ({', '.join(CROSS_EPISODE)}); "
                           f"the imitator of distill stage {cfg.imitator!r} is {distill.algorithm!r}: leave finetune out")
+    controls = [a for a in cfg.agents if a in CONTROLS]
+    if controls and distill.algorithm not in CROSS_EPISODE:
+        what = ("is a control", "needs", "it") if len(controls) == 1 else ("are controls", "need", "them")
+        raise StageFailed(f"evaluate.agents: {', '.join(controls)} {what[0]} of in-context learning and {what[1]} "
+                          f"an imitator that reads across episodes ({' or '.join(CROSS_EPISODE)}); the imitator of "
+                          f"distill stage {cfg.imitator!r} is {distill.algorithm!r}: leave {what[2]} out")
     cfg = _past_the_horizon(cfg, distill)
     agents = _agents(cfg, ws, teach, distill)
     protocol = dict(teach.protocol, terminal_on_life_loss=False)  # evaluation: whole games
@@ -165,10 +181,12 @@ def _run_evaluate(cfg: EvaluateConfig, ws: Workspace, stage: Study, experiment: 
 
     def launch(name, game, agent, env_steps=None):
         replay = tuple(g for g in trained if g != game) if name == "finetune" and cfg.forgetting else ()
-        task = resources.evaluation_task_resources(name, gpus)
+        # a control runs the imitator's network: it is placed as the imitator is
+        task = resources.evaluation_task_resources("imitator" if name in CONTROLS else name, gpus)
         pending[(name, game, agent.run_seed)] = play.options(**task).remote(
             agent, game, protocol, cfg.episodes, cfg.copies, cfg.max_episode_steps, cfg.greedy,
-            cfg.seed, cfg.goal_split, finetune, replay, progress_s, task["num_gpus"], env_steps)
+            eval_seed(cfg.seed, agent.run_seed), cfg.goal_split, finetune, replay, progress_s, task["num_gpus"],
+            env_steps, warmup_episodes=cfg.warmup_episodes)
 
     for name, by_game in agents.items():
         if name == "scratch":
@@ -221,8 +239,9 @@ def _run_evaluate(cfg: EvaluateConfig, ws: Workspace, stage: Study, experiment: 
                 steps = imitator_steps.setdefault(game, {})
                 steps[seed] = int(np.sum(value["lengths"]))
                 if len(steps) == imitator_runs[game]:
-                    # Baselines play the env steps the imitator played: a trained one those of
-                    # the imitator run with its seed, an untrained one their mean.
+                    # Baselines play the env steps the imitator played: those of the imitator
+                    # run with their run seed (random and no-op runs are paired with imitator
+                    # runs), else (ed of other seeds) their mean.
                     mean = int(np.mean(list(steps.values())))
                     for other, agent in deferred.pop(game, []):
                         launch(other, game, agent, steps.get(agent.run_seed, mean))

@@ -8,6 +8,15 @@ from scratch. Each (agent, game) is one Ray task; `play_episodes` is the loop th
   random     uniform random actions;  noop  always action 0
   finetune   the imitator, updating its weights as it plays (algorithms.policy_gradient_finetune)
   scratch    the teacher's algorithm learning the game from scratch (learn_from_scratch)
+
+Controls of in-context learning (CONTROLS): the imitator's own checkpoints, frozen, with one
+thing about what they read changed; only for imitators that read across episodes
+(imitation.CROSS_EPISODE):
+  context_reset  the context is cleared at every episode start (ContextReset)
+  reward_blind   every reward it reads is 0; the env's raw returns are still what is scored (RewardBlind)
+  warmup         its context is first filled with unscored episodes of a foreign task (foreign_env)
+
+Env seeds are paired (eval_seed): every agent that plays training run s plays the same env seeds.
 """
 from __future__ import annotations
 
@@ -18,10 +27,13 @@ import numpy as np
 import ray
 
 from understudy.platform import storage
+from understudy.platform.config import CONTROLS  # the imitator's checkpoints, with one input changed
 from understudy.platform.manifests import TeachManifest
 from understudy.platform.teach import StageFailed
 
-AGENT_KINDS = ("imitator", "ed", "teacher", "random", "noop", "finetune", "scratch")
+AGENT_KINDS = ("imitator", "ed", "teacher", "random", "noop", "finetune", "scratch", *CONTROLS)
+# Agents that play an imitator's checkpoint (make_player)
+IMITATOR_KINDS = ("imitator", "ed", "finetune", *CONTROLS)
 
 
 @dataclass(frozen=True)
@@ -31,11 +43,28 @@ class Agent:
     checkpoint: str | None = None  # imitators and teachers; a local path or a URI
     target_return: float | None = None  # Decision Transformer's return to ask for
     num_actions: int | None = None  # a teacher's action count (its checkpoint does not say)
-    run_seed: int | None = None  # the training seed of the run it plays (None: nothing was trained)
+    # The training seed of the run it plays; random and no-op play one run per imitator seed,
+    # paired with it (same env seeds, eval_seed); None: no run (seeded as run 0).
+    run_seed: int | None = None
 
     def __post_init__(self):
         if self.kind not in AGENT_KINDS:
             raise ValueError(f"agent kind {self.kind!r}; valid: {', '.join(AGENT_KINDS)}")
+
+
+def eval_seed(base: int, run_seed: int | None) -> int:
+    """The env seed of every task that plays training run `run_seed` (None: as 0) in an
+    evaluation of seed `base` (EvaluateConfig.seed):
+
+        np.random.SeedSequence([base, run_seed]).generate_state(1)[0] >> 2
+
+    A paired design: every agent of run s on a game (imitator, its controls, ed, random and
+    no-op run s, the teacher of seed s) resets its env with the same seed, so their rows
+    differ only by the agent; runs of different seeds play different env seeds. The env seeds
+    its copies from it (MinAtar and ALE: copy i with seed + i; Dark Room is deterministic);
+    the shift keeps it below 2**30, so seed + i stays an int32 for any number of copies. The
+    player's own randomness (random actions, sampling, GLA permutations) is drawn from it too."""
+    return int(np.random.SeedSequence([int(base), int(run_seed or 0)]).generate_state(1)[0]) >> 2
 
 
 def make_env(game: str, protocol: dict, copies: int, max_episode_steps, goal_split: str):
@@ -73,20 +102,93 @@ class _Stateless:
         return self.fn(obs)
 
 
+class _Control:
+    """An imitator's player (imitation.AsTrained) seen through a control: what it is given each
+    step is changed before it sees it; everything else (episodes_in_context, meta, last_logits,
+    ...) is the player's own."""
+
+    def __init__(self, player, num_env_actions: int):
+        self.player, self.n_env = player, num_env_actions
+
+    def __getattr__(self, name):
+        if name == "player":  # not set yet (a copy being built): never recurse
+            raise AttributeError(name)
+        return getattr(self.player, name)
+
+
+def clear_context(policy, rows) -> None:
+    """Empty the windows of `rows` (bool (N,)) of a cross-episode player (ad.Policy,
+    ad_gru.Policy), and a recurrent one's state: the next step is read as the first of a
+    training window, from a zero state."""
+    import torch
+
+    with torch.inference_mode():  # the players' tensors are made in it
+        rows = torch.as_tensor(np.asarray(rows, bool), device=policy.steps.length.device)
+        policy.steps.length[rows] = 0
+        if getattr(policy, "state", None) is not None:  # recurrent AD: (layers, N, d)
+            policy.state[:, rows] = 0.0
+
+
+class ContextReset(_Control):
+    """`context_reset`: the imitator sees only the current episode. At each episode start its
+    window (and recurrent AD's state) is emptied and the step's previous action and reward are
+    "none yet" and 0, exactly ContextPolicy's `reset_each_episode` (as Decision Transformer
+    plays). Why not keep the previous episode's last action and reward on that first token, as
+    an AD training window that starts at an episode start mid-history has them: they are one
+    step of the previous episode (in Dark Room its last reward says whether it ended on the
+    goal), and this control must read nothing of earlier episodes. The token it gets instead is
+    the one every training history starts with, so it is still one the model was trained on."""
+
+    def act(self, obs, prev_action, prev_reward, new_episode):
+        new = np.asarray(new_episode, bool)
+        if new.any():
+            prev_action = np.where(new, self.n_env, prev_action)  # the env's "no action yet" id
+            prev_reward = np.where(new, 0.0, prev_reward).astype(np.float32)
+            clear_context(self.player.policy, new)
+        return self.player.act(obs, prev_action, prev_reward, new_episode)
+
+
+class RewardBlind(_Control):
+    """`reward_blind`: every reward the imitator reads is 0 (in its context too: every token
+    is made from what act() is given); the env's raw rewards are still what play_episodes scores."""
+
+    def act(self, obs, prev_action, prev_reward, new_episode):
+        return self.player.act(obs, prev_action, np.zeros(len(prev_action), np.float32), new_episode)
+
+
+class _ActsRandomly(_Control):
+    """Warm-up on a game without tasks: the player reads every step (its context fills with
+    them) but uniform random actions are played, so its context holds a random-play history."""
+
+    def __init__(self, player, num_env_actions: int, seed: int):
+        super().__init__(player, num_env_actions)
+        self.rng = np.random.default_rng(seed)
+
+    def act(self, obs, prev_action, prev_reward, new_episode):
+        self.player.act(obs, prev_action, prev_reward, new_episode)
+        return self.rng.integers(self.n_env, size=len(obs))
+
+
 def make_player(agent: Agent, num_envs: int, num_actions: int, greedy: bool, seed: int,
                 game: str = "", protocol: dict | None = None, device=None):
     """(player with act(obs, prev_action, prev_reward, new_episode), frames per observation,
     the model if there is one). An imitator plays as it was trained (its checkpoint's data
-    transforms, imitation.AsTrained), on `device` (default: the GPU if there is one)."""
+    transforms, imitation.AsTrained), on `device` (default: the GPU if there is one); the
+    controls context_reset and reward_blind wrap that player; warmup is that player, which
+    play() first warms up (warm_up)."""
     if agent.kind == "random":
         rng = np.random.default_rng(seed)
         return _Stateless(lambda obs: rng.integers(num_actions, size=len(obs))), 1, None
     if agent.kind == "noop":
         return _Stateless(lambda obs: np.zeros(len(obs), np.int64)), 1, None
-    if agent.kind in ("imitator", "ed", "finetune"):
+    if agent.kind in IMITATOR_KINDS:
         from understudy.algorithms import imitation
 
         model, meta = imitation.load(agent.checkpoint)
+        if agent.kind in CONTROLS and model.spec["algorithm"] not in imitation.CROSS_EPISODE:
+            raise StageFailed(f"{agent.kind} on {game}: a control of in-context learning needs an imitator that "
+                              f"reads across episodes ({', '.join(imitation.CROSS_EPISODE)}); this one is "
+                              f"{model.spec['algorithm']!r}")
         model = model.to(device or imitation.inference_device())
         policy = imitation.policy(model, num_envs, greedy=greedy, seed=seed, target_return=agent.target_return)
         try:
@@ -94,6 +196,10 @@ def make_player(agent: Agent, num_envs: int, num_actions: int, greedy: bool, see
                                           bool((protocol or {}).get("full_action_space")), seed)
         except ValueError as err:
             raise StageFailed(f"{agent.kind} on {game}: {err}") from None
+        if agent.kind == "context_reset":
+            player = ContextReset(player, num_actions)
+        elif agent.kind == "reward_blind":
+            player = RewardBlind(player, num_actions)
         return player, meta["stack"], model
     if agent.kind == "teacher":
         from understudy.algorithms.teachers import load_teacher_policy
@@ -131,7 +237,8 @@ class Progress:
 
 
 def play_episodes(env, player, stack: int, num_actions: int, episodes: int, seed: int,
-                  on_step=None, progress=None, env_steps: int | None = None) -> list[list[dict]]:
+                  on_step=None, progress=None, env_steps: int | None = None,
+                  carry: dict | None = None) -> list[list[dict]]:
     """The player sees the newest `stack` frames of each observation (0: the whole observation,
     see model_stack). Each of the env's N copies plays `episodes` consecutive episodes with the same player,
     which sees the previous action and reward and where episodes start (so a player with
@@ -147,10 +254,17 @@ def play_episodes(env, player, stack: int, num_actions: int, episodes: int, seed
     it has taken its share (env_steps / copies; the episode that crosses it is finished), at
     least one; copies that finish early keep stepping, their extra episodes not kept. The copies
     are then cut to the same number of episodes (the fewest any copy played), so every episode
-    index is an average over all copies."""
+    index is an average over all copies.
+
+    `carry`: a player that goes on from an earlier call (the warmup control) keeps its stream:
+    the first step's previous action and reward are carry's "prev_action"/"prev_reward" when it
+    has them (else none yet and 0), and the call leaves its last step's there, with the
+    "env_steps" it took."""
     obs, _ = env.reset(seed=seed)
     n = len(obs)
     prev_action, prev_reward = np.full(n, num_actions), np.zeros(n, np.float32)
+    if carry and "prev_action" in carry:
+        prev_action, prev_reward = np.array(carry["prev_action"]), np.array(carry["prev_reward"], np.float32)
     new_episode = np.ones(n, bool)
     ret, length = np.zeros(n), np.zeros(n, int)
     in_context = np.zeros(n, int)
@@ -192,18 +306,61 @@ def play_episodes(env, player, stack: int, num_actions: int, episodes: int, seed
             progress(sum(min(len(p), episodes) for p in played), steps)
     if share is not None:
         episodes = min(len(p) for p in played)
+    if carry is not None:
+        carry.update(prev_action=prev_action, prev_reward=prev_reward, env_steps=steps)
     return [p[:episodes] for p in played]
+
+
+def foreign_env(game: str, protocol: dict, copies: int, max_episode_steps, goal_split: str):
+    """(env, source): where the warmup control fills its context before the scored episodes,
+    with as many copies as the scored env, in the same order. A game with tasks (Dark Room):
+    the same rooms with each goal rotated by one within the split (the copies of goal i play
+    goal i + 1, the last goal's the first's), a task the copy never scores on: "other_goal".
+    A game that is one task has no foreign task of its own game: the same game, played with
+    random actions (warm_up), so the context holds a history that is not the imitator's own
+    and not a learner's: "random_actions"."""
+    from understudy.envs import family_of
+
+    family = family_of(game)
+    if family.per_goal:
+        goals = np.asarray(family.goals(goal_split))
+        if len(goals) < 2:
+            raise StageFailed(f"warmup on {game}: goal_split {goal_split!r} has one goal, no other to warm up on")
+        rotated = np.repeat(np.roll(goals, -1, axis=0), copies, axis=0)
+        return family.make_vector_env(game, len(rotated), goals=rotated), "other_goal"
+    return make_env(game, protocol, copies, max_episode_steps, goal_split), "random_actions"
+
+
+def warm_up(player, game: str, protocol: dict, copies: int, max_episode_steps, goal_split: str, stack: int,
+            num_actions: int, episodes: int, seed: int, carry: dict) -> dict:
+    """The warmup control's unscored first part: `episodes` episodes per copy on the foreign
+    task (foreign_env), the player keeping its context afterwards; its env seed is drawn from
+    `seed` apart from the scored env's. `carry` then holds the stream's last step, so the
+    scored episodes continue it as one history would. What it played, reported apart from the
+    scored episodes: warmup_source, warmup_episodes, warmup_env_steps, warmup_returns."""
+    env, source = foreign_env(game, protocol, copies, max_episode_steps, goal_split)
+    warm_seed = int(np.random.SeedSequence([seed, 1]).generate_state(1)[0]) >> 2
+    playing = _ActsRandomly(player, num_actions, warm_seed) if source == "random_actions" else player
+    print(f"[evaluate] warmup on {game}: {episodes} unscored episodes per copy ({source}) first", flush=True)
+    try:
+        played = play_episodes(env, playing, stack, num_actions, episodes, warm_seed, carry=carry)
+    finally:
+        env.close()
+    return {"warmup_source": source, "warmup_episodes": episodes, "warmup_env_steps": int(carry["env_steps"]),
+            "warmup_returns": [[e["return"] for e in p] for p in played]}
 
 
 @ray.remote(num_cpus=1)
 def play(agent: Agent, game: str, protocol: dict, episodes: int, copies: int, max_episode_steps,
          greedy: bool, seed: int, goal_split: str = "heldout", finetune: dict | None = None,
          replay_games: tuple = (), progress_s: float = 30.0, gpus: float = 0,
-         env_steps: int | None = None) -> dict:
+         env_steps: int | None = None, warmup_episodes: int = 0) -> dict:
     """One agent, one game: `copies` copies each play `episodes` consecutive episodes, or with
     `env_steps` whole episodes until they have taken that many env steps together (the
-    imitator's, so baselines play equal env steps; play_episodes).
+    imitator's, so baselines play equal env steps; play_episodes). `seed`: the env seed (the
+    evaluation's eval_seed of the agent's run), recorded as "eval_seed".
     With `replay_games` (after fine-tuning), the tuned weights then play those games frozen.
+    The warmup control first plays `warmup_episodes` unscored episodes (warm_up).
     `gpus`: the GPU (share) this task was given for the model (platform/resources.py), else the CPU.
     `started`/`ended` (seconds since the epoch): when this task played, for its MLflow run."""
     import torch
@@ -229,12 +386,19 @@ def play(agent: Agent, game: str, protocol: dict, episodes: int, copies: int, ma
             learner.on_step(*player.model_step(obs, actions, rewards), done, active)
     progress = Progress(f"{agent.kind} on {game}", episodes * env.num_envs, progress_s,
                         out=lambda line: print(line, flush=True), step_total=env_steps)
+    carry, warmed = {}, {}
     try:
+        if agent.kind == "warmup":
+            if warmup_episodes < 1:
+                raise StageFailed(f"warmup on {game}: warmup_episodes is {warmup_episodes}; give at least 1")
+            warmed = warm_up(player, game, protocol, copies, max_episode_steps, goal_split, stack, num_actions,
+                             warmup_episodes, seed, carry)
         played = play_episodes(env, player, stack, num_actions, episodes, seed, on_step=on_step,
-                               progress=progress, env_steps=env_steps)
+                               progress=progress, env_steps=env_steps, carry=carry)
     finally:
         env.close()
-    out = {"returns": [[e["return"] for e in p] for p in played],
+    out = {"eval_seed": int(seed), **warmed,
+           "returns": [[e["return"] for e in p] for p in played],
            "lengths": [[e["length"] for e in p] for p in played],
            "episodes_in_context": [[e.get("episodes_in_context") for e in p] for p in played],
            "truncated": [[e["truncated"] for e in p] for p in played],

@@ -22,7 +22,7 @@ from understudy.platform.config import ConfigError, DistillConfig, EvaluateConfi
 
 # Agents that run an imitator's network while they play; the others (teacher, random, no-op)
 # act with a small CNN or no network and stay on the CPU.
-MODEL_AGENTS = ("imitator", "ed", "finetune")
+MODEL_AGENTS = ("imitator", "ed", "finetune", "context_reset", "reward_blind", "warmup")
 # A frozen imitator playing a few copies of a game uses a fraction of a GPU: four playing tasks
 # share one, so a GPU pod's 8 CPUs and its GPU are used together.
 EVAL_GPU_SHARE = 0.25
@@ -139,8 +139,9 @@ def evaluation_task_resources(agent: str, gpus: int) -> dict:
 
 
 def runs_of(agent: str, imitator_runs: int, teacher_runs: int) -> int:
-    """Training runs an agent plays as: imitator seeds, teacher seeds, or one (random, no-op)."""
-    if agent in ("imitator", "finetune", "ed"):
+    """Training runs an agent plays as: imitator seeds (the imitator, its controls, and random
+    and no-op, which play one run beside each imitator run on its env seeds), or teacher seeds."""
+    if agent in ("imitator", "finetune", "ed", "context_reset", "reward_blind", "warmup", "random", "noop"):
         return imitator_runs
     return teacher_runs if agent in ("teacher", "scratch") else 1
 

@@ -208,3 +208,31 @@ def test_the_manifest_settings_rebuild_the_teachers_rllib_config():
     assert (rllib.train_batch_size_per_learner, rllib.minibatch_size, rllib.num_epochs) == (1024, 256, 4)
     assert rllib.num_envs_per_env_runner == 8 and rllib.use_kl_loss is False
     assert rllib.env_config["reward"] == "sign"
+
+
+@pytest.mark.parametrize("algorithm", ["bc", "dt"])
+def test_controls_of_in_context_learning_need_an_imitator_that_reads_across_episodes(algorithm):
+    """context_reset, reward_blind and warmup change what the imitator reads across episodes:
+    with an imitator of one episode the config is refused, naming the agents and the algorithm."""
+    base = {"kind": "pipeline", "teach": TEACH, "distill": {"game": "Pong", "algorithm": algorithm},
+            "evaluate": {"games": ["Pong"], "agents": ["imitator", "context_reset", "warmup"]}}
+    msg = error_of(base)
+    assert "context_reset, warmup" in msg and f"'{algorithm}'" in msg and "evaluate.agents" in msg
+    experiment = {"kind": "experiment", "name": "x", "teach": TEACH, "distill": {"algorithm": algorithm},
+                  "evaluate": {"games": ["Pong"], "agents": ["reward_blind"]}}
+    assert "reward_blind" in error_of(experiment) and f"'{algorithm}'" in error_of(experiment)
+    for ok in ("ad", "ad_gru"):
+        cfg = parse_config({**base, "distill": {"game": "Pong", "algorithm": ok}})
+        assert cfg.evaluate.agents == ["imitator", "context_reset", "warmup"] and cfg.evaluate.warmup_episodes == 4
+
+
+def test_every_agent_kind_is_a_valid_evaluate_agent():
+    from typing import get_args
+
+    from understudy.platform.config import EvaluateConfig
+    from understudy.platform.players import AGENT_KINDS
+
+    assert set(get_args(get_args(EvaluateConfig.model_fields["agents"].annotation)[0])) == set(AGENT_KINDS)
+    evaluate = {"kind": "evaluate", "imitator": "d", "teacher": "t", "games": ["Pong"]}
+    assert "warmup_episodes" in error_of({**evaluate, "warmup_episodes": 0})
+    assert "'rewardblind'" in error_of({**evaluate, "agents": ["rewardblind"]})

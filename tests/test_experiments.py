@@ -156,12 +156,13 @@ def check_darkroom_outputs(ws, tracking_uri):
     assert manifest["scale"] == "tiny"
     evaluation = json.loads((ws / "stages" / "evaluate-darkroom_ad-evaluate.json").read_text())
     rows = {r["agent"]: r for r in evaluation["rows"]}
-    assert set(rows) == {"imitator", "ed", "random", "noop", "scratch", "finetune"}
+    assert set(rows) == {"imitator", "context_reset", "reward_blind", "warmup", "ed", "random", "noop", "scratch",
+                         "finetune"}
     for agent, row in rows.items():  # 16 held-out goals, 4 consecutive episodes each
-        trained = agent in ("imitator", "finetune", "scratch")
-        runs = 2 if trained else 1  # two AD seeds (ED one); untrained agents: each copy of a goal is a run
-        assert row["held_out"] and row["runs"] == runs and row["episodes"] == 4, agent
-        assert row["copies"] == (32 if trained else 16), agent
+        # two AD seeds (ED one); the controls play AD's runs; random and no-op one run beside each
+        two = agent in ("imitator", "context_reset", "reward_blind", "warmup", "finetune", "scratch", "random", "noop")
+        assert row["held_out"] and row["runs"] == (2 if two else 1) and row["episodes"] == 4, agent
+        assert row["copies"] == (32 if two else 16), agent
         assert row["data_best"] > 0 and "improvement" in row and "late_normalized" in row
     assert rows["noop"]["return_mean"] == 0.0  # the centre is never a goal
     # learners and players get the same env steps, counted: 2 runs x 16 goals x 4 episodes x 20 steps
@@ -178,6 +179,19 @@ def check_darkroom_outputs(ws, tracking_uri):
     assert len(imitator) == 16 * 2 and {r["imitator_seed"] for r in imitator} == {0, 1}
     assert all(len(r["episode_returns"]) == 4 and r["optimal_return"] > 0 and r["teacher_seed"] == 0
                for r in imitator)
+    assert all(r["arm"] == "imitator" and r["heldout"] is True and 0 <= r["task"] < 16 for r in imitator)
+    # paired: random's run beside AD seed s plays AD seed s's env seeds, and the two seeds differ
+    seeds: dict = {}
+    for r in raw:
+        if r["agent"] != "scratch":  # a learner from scratch: its run seed is its training seed
+            seeds.setdefault(r["run_seed"], set()).add(r["eval_seed"])
+    seeds.pop(None, None)
+    assert len(seeds[0]) == len(seeds[1]) == 1 and seeds[0] != seeds[1], seeds
+    assert {r["agent"] for r in raw if r["run_seed"] == 1} >= {"imitator", "context_reset", "reward_blind",
+                                                              "warmup", "random", "noop"}
+    # the controls' in-context effect is reported on the per-goal scale (paired over AD's 2 runs)
+    assert {f"imitator - {c}" for c in ("context_reset", "reward_blind", "warmup")} <= {
+        line.split(" | ")[0].lstrip("| ") for line in evaluation["table"].splitlines()}
 
     client = MlflowClient(tracking_uri)
     summary = client.get_run(evaluation["summary_run_id"])

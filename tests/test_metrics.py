@@ -205,3 +205,41 @@ def test_aggregate_validates():
 def test_ragged_returns_are_rejected_clearly():
     with pytest.raises(ValueError, match=r"returns: not numbers of one shape"):
         metrics.in_context_improvement([[1, 2], [3]], early=1, late=1)
+
+
+# --- few runs: t intervals, the mean aggregate ------------------------------------------------
+
+def test_t_interval_by_hand():
+    out = metrics.t_interval([1.0, 2.0, 6.0])  # mean 3, sd sqrt(7), se sqrt(7/3)
+    half = 4.302652729911275 * np.sqrt(7 / 3)  # t_{0.975, 2}
+    assert out["mean"] == 3.0 and out["n"] == 3 and out["sd"] == pytest.approx(np.sqrt(7))
+    assert (out["low"], out["high"]) == (pytest.approx(3 - half), pytest.approx(3 + half))
+    stats = pytest.importorskip("scipy.stats")
+    assert out["p"] == pytest.approx(stats.ttest_1samp([1.0, 2.0, 6.0], 0.0).pvalue)
+    one = metrics.t_interval([4.0])
+    assert one["mean"] == 4.0 and one["low"] is one["high"] is one["p"] is None  # one run: no spread
+    same = metrics.t_interval([2.0, 2.0, 2.0])
+    assert same["low"] == same["high"] == 2.0 and same["p"] == 0.0
+
+
+def test_paired_t_interval_cancels_what_runs_share():
+    a, b = np.array([10.0, -5.0, 30.0]), np.array([9.0, -6.5, 28.5])  # run levels shared, a ~1.3 above
+    paired = metrics.paired_t_interval(a, b)
+    assert paired["mean"] == pytest.approx(4 / 3) and paired["low"] > 0
+    assert metrics.t_interval(a)["low"] < 0  # either agent alone: the shared spread hides it
+    with pytest.raises(ValueError, match="3 and 2 runs"):
+        metrics.paired_t_interval(a, b[:2])
+
+
+def test_aggregate_with_few_runs_is_the_mean_with_a_t_interval_over_runs():
+    assert metrics.estimator_for(3) == "mean" and metrics.estimator_for(metrics.MANY_RUNS) == "iqm"
+    scores = {"A": [0.0, 1.0, 5.0], "B": [2.0, 1.0, 3.0]}  # run means 1, 1, 4
+    out = metrics.aggregate(scores, normalize=False, estimator="mean")
+    t = metrics.t_interval([1.0, 1.0, 4.0])
+    assert out["estimator"] == "mean" and out["point"] == out["mean"] == pytest.approx(2.0)
+    assert (out["ci_low"], out["ci_high"]) == (pytest.approx(t["low"]), pytest.approx(t["high"]))
+    assert "iqm" not in out
+    point, low, high = metrics.mean_over_runs_ci(np.array([scores["A"], scores["B"]]).T)
+    assert (point, low, high) == (pytest.approx(2.0), pytest.approx(t["low"]), pytest.approx(t["high"]))
+    with pytest.raises(ValueError, match="estimator='median'"):
+        metrics.aggregate(scores, normalize=False, estimator="median")
