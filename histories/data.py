@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from understudy.envs import transform_reward
+from understudy.envs import family_of, transform_reward
 from understudy.histories import shards
 
 COLUMNS = ("step", "policy_version", "frame", "action", "reward")
@@ -93,10 +93,14 @@ def index_runs(root: str, run_ids: list[str], exclude: frozenset[str] = frozense
 @dataclass(frozen=True)
 class Selection:
     """Which episodes of each history an imitator sees, applied in this order:
-    games -> cutoff -> expert_last or gap. Each is exact and checked by tests."""
+    games -> cutoff -> return cap -> expert_last or gap. Each is exact and checked by tests."""
     games: tuple[str, ...] | None = None  # keep only these games' histories
     cutoff_env_steps: int | None = None  # episodes that end within the first N recorded steps
     cutoff_policy_version: int | None = None  # episodes whose actions all came from version <= N
+    # Data that never exceeds a level: each history up to (not including) its first episode
+    # whose return exceeds this fraction of its task's optimum (per-task families: Dark Room).
+    # Can a frozen imitator then rise above the best return in its data?
+    cap_return_fraction: float | None = None
     gap: int = 1  # every k-th episode (the 1st, (k+1)-th, ...) of what the cutoff left
     expert_last: int | None = None  # only the last N episodes of what the cutoff left (ED)
 
@@ -118,12 +122,27 @@ class Selection:
                 eps = [e for e, end in zip(eps, ends) if end <= self.cutoff_env_steps]
             if self.cutoff_policy_version is not None:
                 eps = [e for e in eps if e.last_policy_version <= self.cutoff_policy_version]
+            if self.cap_return_fraction is not None:
+                cap = self.cap_return_fraction * task_optimum(h)
+                over = next((i for i, e in enumerate(eps) if e.ret > cap), len(eps))
+                eps = eps[:over]
             if self.expert_last is not None:
                 eps = eps[-self.expert_last:]
             eps = eps[::self.gap]
             if eps:
                 out.append(h.with_episodes(eps))
         return out
+
+
+def task_optimum(history: HistoryIndex) -> float:
+    """The best return possible on the task a history was recorded on (its run's `goal`), for
+    families whose games hold tasks (envs.EnvFamily.optimum); ValueError for any other."""
+    family = family_of(history.game)
+    if not family.per_goal or history.meta.get("goal") is None:
+        raise ValueError(f"run {history.run_id} ({history.game}): a return cap is a fraction of each task's "
+                         "optimum, and this game has no tasks with an optimum (valid: per-task families such "
+                         "as DarkRoom)")
+    return float(family.optimum(np.array(history.meta["goal"])))
 
 
 def split_heldout(histories: list[HistoryIndex], heldout_episodes: int):

@@ -26,6 +26,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from understudy.envs import FRAME_SHAPE
+from understudy.histories import settings
 
 # Version 2: the frame's shape is the env family's (84x84 for ALE and Dark Room, 10x10x10 for
 # MinAtar), named in the frame field's metadata and in run.json; version 1 shards (84x84, no
@@ -85,9 +86,9 @@ def filesystem(root: str) -> tuple[pafs.FileSystem, str]:
     return pafs.FileSystem.from_uri(root)
 
 
-# Object storage that stops answering (a restart, a network cut) is waited for this long before a
-# write fails; a local disk's errors (full, read-only) are final at once.
-STORAGE_RETRY_S = float(os.environ.get("UNDERSTUDY_STORAGE_RETRY_S", 300))
+# Object storage that stops answering (a restart, a network cut) is waited for
+# UNDERSTUDY_STORAGE_RETRY_S (histories.settings) before a write fails; a local disk's errors
+# (full, read-only) are final at once.
 
 
 @dataclass
@@ -103,11 +104,12 @@ _outage = _Outage()
 
 def _write_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
     """`_write_once`, retried with backoff while remote object storage does not answer (up to
-    STORAGE_RETRY_S). A retry writes a new temporary name and renames it over `path`, so a write
+    UNDERSTUDY_STORAGE_RETRY_S). A retry writes a new temporary name and renames it over `path`, so a write
     that half went through before the outage is replaced whole, never doubled."""
     if fs.type_name == "local":
         return _write_once(fs, path, data)
-    deadline, wait = time.monotonic() + STORAGE_RETRY_S, 1.0
+    retry_s = settings.STORAGE_RETRY_S.get()
+    deadline, wait = time.monotonic() + retry_s, 1.0
     while True:
         try:
             _write_once(fs, path, data)
@@ -117,7 +119,7 @@ def _write_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
             if _outage.since is None:
                 _outage.since = time.monotonic()
                 print(f"[shards] object storage unreachable writing {path} ({str(err).splitlines()[0][:160]}); "
-                      f"retrying for up to {STORAGE_RETRY_S:.0f}s, nothing is dropped", flush=True)
+                      f"retrying for up to {retry_s:.0f}s, nothing is dropped", flush=True)
             _outage.retried += 1
             time.sleep(wait)
             wait = min(2 * wait, 15.0)

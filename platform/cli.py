@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from understudy.histories import settings
 from understudy.platform import preflight
 from understudy.platform.config import ConfigError, PipelineConfig, load_config, stage_config
 from understudy.platform.workspace import StageInvalid, StageMissing, Workspace
@@ -60,7 +61,7 @@ def init_ray():
     else:
         # Ray's "Started a local Ray instance" goes to stderr at INFO: keep a failure one line.
         ray.init(include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING,
-                 num_cpus=int(os.environ.get("UNDERSTUDY_NUM_CPUS", os.cpu_count() or 2)))
+                 num_cpus=int(settings.NUM_CPUS.get()))
 
 
 def _banner(text: str) -> float:
@@ -290,6 +291,11 @@ def _config_path(path: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    try:  # environment variables first: a bad one is named before any work starts
+        settings.check_all()
+    except settings.SettingError as err:
+        print(f"understudy: setting error: {err}", file=sys.stderr)
+        return 2
     if args.command == "plan":  # nothing runs: no workspace, services or Ray
         from understudy.platform.plan import run_plan
 

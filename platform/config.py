@@ -247,6 +247,9 @@ class DataParams(Strict):
     suite: str | None = None  # e.g. "mgdt@1:train": the games of a suite split present in the data
     cutoff_env_steps: PositiveInt | None = None  # teacher cutoff: history up to this many env steps
     cutoff_policy_version: int | None = Field(None, ge=0)  # ... or up to this learner update
+    # each history up to its first episode whose return exceeds this fraction of its task's
+    # optimum (per-task families, Dark Room): data that never reaches that level
+    cap_return_fraction: float | None = Field(None, gt=0.0, le=1.0)
     gap: PositiveInt = 1  # every k-th episode (AD's "gap" subsampling)
     expert_last: PositiveInt | None = None  # only the last N episodes per history (ED)
     unified_actions: bool = False  # the 18 ALE actions, so histories of different games mix

@@ -37,8 +37,19 @@ def select_data(cfg: DistillConfig, root: str, run_ids: list[str], exclude=froze
     d = cfg.data
     selection = data.Selection(games=tuple(games), cutoff_env_steps=d.cutoff_env_steps,
                                cutoff_policy_version=d.cutoff_policy_version, gap=d.gap,
-                               expert_last=d.expert_last)
-    histories = selection.apply(data.index_runs(root, run_ids, frozenset(exclude)))
+                               expert_last=d.expert_last, cap_return_fraction=d.cap_return_fraction)
+    recorded = data.index_runs(root, run_ids, frozenset(exclude))
+    if d.cutoff_env_steps is not None and recorded:
+        longest = max(recorded, key=lambda h: h.steps)
+        if d.cutoff_env_steps >= longest.steps:  # it would cut nothing: not the experiment asked for
+            raise StageFailed(f"distill.data.cutoff_env_steps={d.cutoff_env_steps} lies beyond every history it "
+                              f"reads: the longest, run {longest.run_id} ({longest.game}), holds {longest.steps} "
+                              f"env steps; give a cutoff below {longest.steps}, or leave cutoff_env_steps out "
+                              "to train on whole histories")
+    try:
+        histories = selection.apply(recorded)
+    except ValueError as err:
+        raise StageFailed(f"distill.data.cap_return_fraction: {err}") from None
     if not histories:
         raise StageFailed(f"distill.data: no episodes left of runs {run_ids} after the selection "
                           f"{selection}; loosen the cutoff or check the games")

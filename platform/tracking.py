@@ -22,6 +22,7 @@ from dataclasses import replace
 from mlflow.tracking import MlflowClient
 from ray import tune
 
+from understudy.histories import settings
 from understudy.platform.workspace import Study, Workspace
 
 DESCRIPTION_TAG = "mlflow.note.content"  # what the MLflow UI shows as a description
@@ -448,7 +449,7 @@ class TuneToMlflow(tune.Callback):
         self._end(trial, "FAILED")
 
     def on_experiment_end(self, trials, **info):
-        deadline = time.perf_counter() + float(os.environ.get("UNDERSTUDY_MLFLOW_WAIT_S", 60))
+        deadline = time.perf_counter() + settings.MLFLOW_WAIT_S.get()
         while not self._drain() and time.perf_counter() < deadline:
             time.sleep(2)
         if self.pending or self.rejected:

@@ -44,6 +44,7 @@ class Case:
     exit_code: int
     says: tuple  # fragments the one-line message must contain
     needs_darkroom: bool = False  # a workspace with a recorded Dark Room teacher and AD imitator
+    env: tuple = ()  # (name, value) environment variables set while it runs
 
 
 CASES = [
@@ -129,6 +130,15 @@ CASES = [
          ["evaluate", "{cfg}"],
          "kind: evaluate\nimitator: dr-ad\nteacher: dr\ngames: [DarkRoom]\nheldout_games: [DarkRoom]\nagents: [random]\n",
          1, ("heldout_games", "DarkRoom", "training data", "data "), needs_darkroom=True),
+    Case("env-not-a-number", "an environment variable that should be a number", ["teach", "{cfg}"], TEACH, 2,
+         ("UNDERSTUDY_STORAGE_RETRY_S='abc'", "not a number", "valid: a number >= 0", "default 300"),
+         env=(("UNDERSTUDY_STORAGE_RETRY_S", "abc"),)),
+    Case("env-out-of-range", "an environment variable out of its range", ["teach", "{cfg}"], TEACH, 2,
+         ("UNDERSTUDY_NUM_CPUS='0'", "out of range", "a whole number >= 1"), env=(("UNDERSTUDY_NUM_CPUS", "0"),)),
+    Case("cutoff-beyond-histories", "a teacher cutoff past the end of every history it reads", ["distill", "{cfg}"],
+         DARKROOM_DISTILL.replace("name: dr-ad", "name: dr-cut") + "data: {cutoff_env_steps: 100000}\n", 1,
+         ("cutoff_env_steps=100000", "beyond every history", "the longest, run darkroom-", "200 env steps"),
+         needs_darkroom=True),
 ]
 
 
@@ -179,7 +189,16 @@ def try_case(case: Case, tmp: Path, ws: Path, capsys=None) -> tuple[int, str]:
         checkpoint = json.loads((ws / "stages" / "distill-dr-ad.json").read_text())["checkpoint"]
         torch.save(bc.ConvPolicy(5, cnn="grid", stack=1).state_dict(), os.path.join(checkpoint, "model.pt"))
     argv = [a.format(tmp=tmp, ws=ws, cfg=cfg) for a in case.argv]
-    code = cli.main(["--workspace", str(ws), *argv])
+    saved = {name: os.environ.get(name) for name, _ in case.env}
+    os.environ.update(dict(case.env))
+    try:
+        code = cli.main(["--workspace", str(ws), *argv])
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     err = capsys.readouterr().err if capsys else ""
     return code, err.strip()
 
@@ -248,7 +267,8 @@ def main() -> None:
         line = next((x for x in err.getvalue().splitlines() if x.startswith("understudy:")), "")
         shown = " ".join(case.argv).replace("{cfg}", "cfg.yaml").replace("{tmp}", "/tmp/x").replace("{ws}", "ws")
         line = line.replace(str(base), "/tmp/x")
-        rows.append(f"| `{case.id}` | {case.what} | `understudy {shown}` | {code} | {line.replace('|', '/')} |")
+        env = "".join(f"{name}={value} " for name, value in case.env)
+        rows.append(f"| `{case.id}` | {case.what} | `{env}understudy {shown}` | {code} | {line.replace('|', '/')} |")
     ray.shutdown()
     print("| case | bad input | command | exit | what the user sees (stderr) |\n|---|---|---|---|---|")
     print("\n".join(rows))
