@@ -16,7 +16,7 @@ from understudy.envs.darkroom import (EPISODE_STEPS, GRID, NUM_ACTIONS, DarkRoom
 __all__ += ["EPISODE_STEPS", "GRID", "NUM_ACTIONS", "DarkRoomEnv", "DarkRoomVectorEnv",
             "cell_index_of", "darkroom_goals", "frame_of", "optimal_return", "position_of"]
 
-from understudy.envs import families, minatar  # noqa: E402
+from understudy.envs import families, minatar, minatar_columns  # noqa: E402
 from understudy.envs.families import FAMILIES, EnvFamily, family_of  # noqa: E402
 
-__all__ += ["families", "minatar", "FAMILIES", "EnvFamily", "family_of"]
+__all__ += ["families", "minatar", "minatar_columns", "FAMILIES", "EnvFamily", "family_of"]

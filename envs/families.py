@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from understudy.envs import atari, darkroom, minatar, scores
+from understudy.envs import atari, darkroom, minatar, minatar_columns, scores
 
 
 @dataclass(frozen=True)
@@ -182,11 +182,30 @@ DARKROOM = EnvFamily(
     goals=darkroom.darkroom_goals, optimum=darkroom.optimal_return, episode_steps=darkroom.EPISODE_STEPS,
     longest_episode=darkroom.EPISODE_STEPS)
 
-FAMILIES = (DARKROOM, MINATAR, ALE)  # asked in this order: ALE's names are the catch-all
+# MinAtar Space Invaders with hidden paying columns (envs/minatar_columns.py): a task is 3
+# paying columns of 10, only rewards reveal it, as Dark Room's goal; MinAtar's observations.
+MINATAR_COLUMNS = EnvFamily(
+    name="minatar_columns", make_vector_env=minatar_columns.make_vector_env,
+    games=lambda: [minatar_columns.GAME], canonical=minatar_columns.canonical_game,
+    frame_shape=minatar.OBS_SHAPE, num_actions=lambda game: minatar.NUM_ACTIONS,
+    shared_actions=minatar.NUM_ACTIONS, reference=lambda game: None,  # per task: optimum
+    protocol=minatar_columns.protocol(), teacher=("ppo", "minatar"),
+    # A shard keeps the blind frame even of a teacher that was shown its task (reveal_task).
+    newest_frame=minatar_columns.hide_task,
+    metadata=lambda game: {"family": "minatar_columns", **minatar_columns.protocol()},
+    reference_source="each task's scripted task-aware return, measured (envs/data/minatar_columns_reference.csv)",
+    goals=minatar_columns.task_goals, optimum=minatar_columns.optimum,
+    episode_steps=None, longest_episode=minatar_columns.EPISODE_CAP)
+
+# Asked in this order: ALE's names are the catch-all; MinAtar's prefix covers the columns game.
+FAMILIES = (DARKROOM, MINATAR_COLUMNS, MINATAR, ALE)
 
 
 def family_of(game: str) -> EnvFamily:
-    """The family a game belongs to: 'DarkRoom', 'MinAtar/...', else an ALE game."""
+    """The family a game belongs to: 'DarkRoom', 'MinAtar/SpaceInvaders-columns', 'MinAtar/...',
+    else an ALE game."""
+    if MINATAR_COLUMNS.owns(game):
+        return MINATAR_COLUMNS
     if minatar.is_minatar(game):
         return MINATAR
     if DARKROOM.owns(game):
