@@ -211,6 +211,8 @@ def _train_loop(cfg: DistillConfig, context: dict, report, checkpoint, make_chec
             optimizer.load_state_dict(torch.load(os.path.join(d, "optimizer.pt"), map_location=device,
                                                  weights_only=True))
             meta = json.load(open(os.path.join(d, "model.json")))
+            if os.path.exists(os.path.join(d, "rng.pt")):  # older checkpoints: weights and optimizer only
+                torch.set_rng_state(torch.load(os.path.join(d, "rng.pt"), weights_only=True)["torch"])
         first_epoch, steps = meta["epoch"] + 1, meta["steps"]
         print(f"[distill] restored from epoch {meta['epoch']} checkpoint", flush=True)
     max_batches, after_backward = cfg.max_batches_per_epoch, None
@@ -227,7 +229,10 @@ def _train_loop(cfg: DistillConfig, context: dict, report, checkpoint, make_chec
     spec = model.sample_spec()
     loader = Loader(root, train, spec, cfg.batch_size, num_actions, step_transforms(cfg),
                     cfg.block_steps, cfg.blocks_in_memory, seed=cfg.seed + 1000 * rank,
-                    rank=rank, world=world, cycle=world > 1 or cfg.cycle_data, epoch=first_epoch - 1)
+                    rank=rank, world=world, cycle=world > 1 or cfg.cycle_data,
+                    # where the data order stood at the checkpoint: passes over the data begun (older
+                    # checkpoints: one per training epoch, which holds without cycle_data)
+                    epoch=meta.get("loader_epoch", first_epoch - 1) if checkpoint is not None else 0)
     held = Loader(root, heldout, spec, cfg.batch_size, num_actions, step_transforms(cfg),
                   cfg.block_steps, cfg.blocks_in_memory, seed=cfg.seed) if heldout else None
     for epoch in range(first_epoch, cfg.epochs + 1):
@@ -244,8 +249,12 @@ def _train_loop(cfg: DistillConfig, context: dict, report, checkpoint, make_chec
                                             "data_version": context["data_version"],
                                             "run_ids": context["run_ids"],
                                             "precision": cfg.precision,
+                                            # the data order's position: the next pass over the data
+                                            "loader_epoch": loader.epoch,
                                             # what the data path did to each step: the player does it again
                                             "transforms": asdict(step_transforms(cfg))}, optimizer)
+                # dropout's random stream: a resumed trial draws the masks an unbroken one would
+                torch.save({"torch": torch.get_rng_state()}, os.path.join(tmp, "rng.pt"))
             report(metrics, checkpoint=make_checkpoint(tmp) if rank == 0 else None)
 
 
