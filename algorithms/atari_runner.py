@@ -26,7 +26,6 @@ from understudy.algorithms.recording import recorder_for
 from understudy.envs import family_of, transform_reward
 from understudy.envs.families import ALE
 
-
 # Steps an env's buffer holds before they are moved out to that env's list of spilled runs:
 # memory stays (num_envs x CHUNK) however long an episode lasts.
 CHUNK = 128

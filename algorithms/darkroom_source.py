@@ -32,8 +32,15 @@ from typing import Iterator
 import numpy as np
 
 from understudy.envs import darkroom
-from understudy.envs.darkroom import (EPISODE_STEPS, GRID, NUM_ACTIONS, DarkRoomVectorEnv,
-                                      cell_index, frame_of, optimal_return)
+from understudy.envs.darkroom import (
+    EPISODE_STEPS,
+    GRID,
+    NUM_ACTIONS,
+    DarkRoomVectorEnv,
+    cell_index,
+    frame_of,
+    optimal_return,
+)
 from understudy.histories.shards import Episode, ShardWriter, read_catalog, write_run_metadata
 
 GAME = "DarkRoom"

@@ -21,10 +21,10 @@ import logging
 
 import numpy as np
 import torch
+from ray.rllib.algorithms.dqn import DQN
 from ray.rllib.algorithms.dqn.torch.dqn_torch_learner import DQNTorchLearner
 from ray.rllib.core.columns import Columns
 from ray.rllib.policy.sample_batch import DEFAULT_POLICY_ID, MultiAgentBatch, SampleBatch
-from ray.rllib.algorithms.dqn import DQN
 
 STACK = 4
 logger = logging.getLogger(__name__)
@@ -210,9 +210,15 @@ class DQNTeacher(DQN):
     # -- one iteration ----------------------------------------------------------------------
 
     def training_step(self) -> None:
-        from ray.rllib.utils.metrics import (ENV_RUNNER_RESULTS, ENV_RUNNER_SAMPLING_TIMER, LEARNER_RESULTS,
-                                             NUM_ENV_STEPS_SAMPLED_LIFETIME, REPLAY_BUFFER_ADD_DATA_TIMER,
-                                             REPLAY_BUFFER_RESULTS, TIMERS)
+        from ray.rllib.utils.metrics import (
+            ENV_RUNNER_RESULTS,
+            ENV_RUNNER_SAMPLING_TIMER,
+            LEARNER_RESULTS,
+            NUM_ENV_STEPS_SAMPLED_LIFETIME,
+            REPLAY_BUFFER_ADD_DATA_TIMER,
+            REPLAY_BUFFER_RESULTS,
+            TIMERS,
+        )
 
         config, buffer, metrics = self.config, self.local_replay_buffer, self.metrics
         in_process = self.env_runner_group.num_remote_env_runners() == 0 and self.learner_group.is_local
@@ -266,8 +272,13 @@ class DQNTeacher(DQN):
         """`updates` Learner updates on batches from the buffer -> the Learner's results, or
         None when `reduce` is False (the local Learner's metrics are reduced once, later, which
         RLlib's Learner allows through its `_no_metrics_reduce` argument)."""
-        from ray.rllib.utils.metrics import (LEARNER_RESULTS, LEARNER_UPDATE_TIMER, NUM_ENV_STEPS_SAMPLED_LIFETIME,
-                                             REPLAY_BUFFER_SAMPLE_TIMER, TIMERS)
+        from ray.rllib.utils.metrics import (
+            LEARNER_RESULTS,
+            LEARNER_UPDATE_TIMER,
+            NUM_ENV_STEPS_SAMPLED_LIFETIME,
+            REPLAY_BUFFER_SAMPLE_TIMER,
+            TIMERS,
+        )
 
         config, buffer, metrics = self.config, self.local_replay_buffer, self.metrics
         timesteps = {NUM_ENV_STEPS_SAMPLED_LIFETIME: sampled}  # schedules and target updates read it

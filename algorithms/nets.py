@@ -269,7 +269,8 @@ class StepWindow:
         if self.inputs is not None:
             for k, v in step.items():
                 if k not in self.inputs:
-                    self.inputs[k] = torch.zeros((self.n, self.context, *v.shape[2:]), dtype=v.dtype, device=self.device)
+                    self.inputs[k] = torch.zeros((self.n, self.context, *v.shape[2:]), dtype=v.dtype,
+                                                 device=self.device)
                 self.inputs[k][rows, position] = v[:, 0]
         self.length += 1
         return position

@@ -35,7 +35,6 @@ from understudy.algorithms import imitation
 from understudy.algorithms.imitation import CROSS_EPISODE
 from understudy.histories.data import History, make_batch
 
-
 WINDOWS_PER_PASS = 4  # windows per forward/backward pass; gradients accumulate over passes
 
 

@@ -189,9 +189,9 @@ def main():
             import subprocess
             import sys
 
-            out = subprocess.run([sys.executable, __file__, "--memory-only", "--game", args.game, "--envs", str(args.envs),
-                                  "--threads", str(args.runner_threads)], capture_output=True, text=True,
-                                 check=True).stdout
+            out = subprocess.run([sys.executable, __file__, "--memory-only", "--game", args.game,
+                                  "--envs", str(args.envs), "--threads", str(args.runner_threads)],
+                                 capture_output=True, text=True, check=True).stdout
             results["memory"] = json.loads(out.split("MEMORY ", 1)[1])
         print(json.dumps({k: v for k, v in results.items() if k != "samples_steps_per_s"}, indent=2))
         if args.out:

@@ -126,7 +126,8 @@ def main():
             # Exploring vs exploiting: how many goal copies were ever found, and the return
             # (fraction of optimal) of every episode after the first that found its goal.
             "goal_found_by_last_episode": float(found[:, -1].mean()),
-            "fraction_of_optimal_after_first_find": float((returns / opt)[after_find].mean()) if after_find.any() else 0.0,
+            "fraction_of_optimal_after_first_find": (float((returns / opt)[after_find].mean())
+                                                     if after_find.any() else 0.0),
             "mean_curve": returns.mean(0).round(3).tolist()}
         print(f"{name:>26}: first 5 episodes {first:.2f}, last 5 {last:.2f} "
               f"(optimal {optimal.mean():.2f}), slope {ici['slope']:.3f}/episode", flush=True)

@@ -284,11 +284,10 @@ class PlainDQN:
 
     def __init__(self, settings: dict, game: str, env_steps: int, seed: int = 0):
         import torch
+        from ray.rllib.algorithms.dqn import DQNConfig
 
         from understudy.algorithms.presets import DQNSettings
         from understudy.envs import family_of
-
-        from ray.rllib.algorithms.dqn import DQNConfig
 
         s = self.s = DQNSettings(**settings["settings"])
         rllib = DQNConfig()

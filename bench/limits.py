@@ -289,7 +289,7 @@ def main() -> None:
     if has_bf16():
         peak["bfloat16"] = matmul_peak("bfloat16")
     results["matmul_peak_gflops"] = peak
-    print(f"[limits] matmul peak: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items()), flush=True)
+    print("[limits] matmul peak: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items()), flush=True)
     flops = ad_update_flops(MODEL, BATCH, ACTIONS)
     results["ad_minatar_flops"] = flops
     print(f"[limits] AD update: {flops['training_flops'] / 1e9:.2f} GFLOP ({flops['tokens']} tokens; "
@@ -356,7 +356,8 @@ def main() -> None:
                   stage_mfu_before=flops["training_flops"] * med["before"] / tokens / 1e9 / peak["float32"],
                   stage_mfu_after=flops["training_flops"] * s_after / tokens / 1e9 / peak["float32"])
         print(f"[limits] stage: {med['before']:.0f} -> {s_after:.0f} tokens/s ({best_layout}), "
-              f"{ad['stage_speedup']:.2f}x; a 2-CPU trial / the plain loop {ad['trial_to_bench_ratio']:.2f}", flush=True)
+              f"{ad['stage_speedup']:.2f}x; a 2-CPU trial / the plain loop {ad['trial_to_bench_ratio']:.2f}",
+              flush=True)
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "training_limits.json")
     tmp = path + ".tmp"  # one run's figures only: nothing measured at another time is kept

@@ -83,8 +83,13 @@ def make_atari_env(game: str, protocol: AtariProtocol = AtariProtocol(), *,
     """
     import ale_py
     import gymnasium as gym
-    from gymnasium.wrappers import (AtariPreprocessing, FrameStackObservation,
-                                    RecordEpisodeStatistics, TimeLimit, TransformObservation)
+    from gymnasium.wrappers import (
+        AtariPreprocessing,
+        FrameStackObservation,
+        RecordEpisodeStatistics,
+        TimeLimit,
+        TransformObservation,
+    )
 
     gym.register_envs(ale_py)
     env = gym.make(

@@ -158,8 +158,8 @@ def random_returns(env, episodes: int, seed: int = 0) -> list[float]:
 
 
 ALE = EnvFamily(
-    name="ale", make_vector_env=_ale_vector_env, games=atari.all_games, canonical=atari.canonical_game, frame_shape=atari.FRAME_SHAPE,
-    num_actions=_ale_num_actions, shared_actions=18, reference=_ale_reference,
+    name="ale", make_vector_env=_ale_vector_env, games=atari.all_games, canonical=atari.canonical_game,
+    frame_shape=atari.FRAME_SHAPE, num_actions=_ale_num_actions, shared_actions=18, reference=_ale_reference,
     protocol=atari.AtariProtocol().as_params(), teacher=("dqn", "atari"), metadata=atari.game_metadata,
     reference_source="Atari-57 random and human scores (envs/scores.py)")
 

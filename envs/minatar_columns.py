@@ -45,6 +45,7 @@ from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
+
 from understudy.envs import minatar
 
 GAME = "MinAtar/SpaceInvaders-columns"
@@ -330,7 +331,8 @@ class PayingColumnsVectorEnv(gym.vector.VectorEnv):
 
 
 def make_vector_env(game: str = GAME, num_envs: int | None = None, *, goals=None, same_step_reset: bool = True,
-                    max_episode_steps: int | None = None, reveal_task: bool = False, **options) -> PayingColumnsVectorEnv:
+                    max_episode_steps: int | None = None, reveal_task: bool = False,
+                    **options) -> PayingColumnsVectorEnv:
     """The family's factory: `goals` (N, 3) tasks, one copy each (default: `num_envs` copies of
     the training tasks in turn). `reveal_task` shows the teacher the paying columns."""
     canonical_game(game)
@@ -414,7 +416,8 @@ def play_returns(tasks, episodes: int, seed: int, policy: str, aim=None) -> dict
         length += 1
         for i in np.flatnonzero(terminated | truncated):
             if done_count[i] < episodes:
-                returns[i, done_count[i]], kills[i, done_count[i]], lengths[i, done_count[i]] = ret[i], kil[i], length[i]
+                returns[i, done_count[i]], kills[i, done_count[i]], lengths[i, done_count[i]] = (
+                    ret[i], kil[i], length[i])
             done_count[i] += 1
             ret[i] = kil[i] = length[i] = 0
     return {"returns": returns, "kills": kills, "lengths": lengths}
@@ -436,7 +439,8 @@ def wrong_tasks(tasks, seed: int) -> np.ndarray:
 
 FIELDS = ("task", "c0", "c1", "c2", "split", "episodes", "scripted_return", "scripted_return_std",
           "scripted_kills", "scripted_length", "wrong_task_return", "wrong_task_return_std",
-          "wrong_task_kills", "every_column_return", "every_column_kills", "random_return", "random_return_std", "random_kills", "random_length",
+          "wrong_task_kills", "every_column_return", "every_column_kills",
+          "random_return", "random_return_std", "random_kills", "random_length",
           "episode_cap", "sticky_action_prob", "seed")
 
 
@@ -526,7 +530,8 @@ def _summary(rows: list[dict]) -> str:
     for split in (None, "train", "heldout"):
         s, w, r = col("scripted_return", split), col("wrong_task_return", split), col("random_return", split)
         b = col("every_column_return", split)
-        lines.append(f"{split or 'all':8s} tasks {len(s):3d}: scripted {s.mean():.2f} (tasks {s.min():.2f}..{s.max():.2f}, "
+        lines.append(f"{split or 'all':8s} tasks {len(s):3d}: scripted {s.mean():.2f} "
+                     f"(tasks {s.min():.2f}..{s.max():.2f}, "
                      f"sd {s.std():.2f}), wrong task {w.mean():.2f} (sd {w.std():.2f}), every column {b.mean():.2f} "
                      f"(sd {b.std():.2f}), random {r.mean():.2f} (sd {r.std():.2f}); scripted/random "
                      f"{s.mean() / max(r.mean(), 1e-9):.1f}x, right-wrong {s.mean() - w.mean():.2f}")
@@ -540,7 +545,8 @@ def _summary(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m understudy.envs.minatar_columns", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m understudy.envs.minatar_columns",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--reference", action="store_true", help="measure every task's reference returns into the CSV")
     parser.add_argument("--episodes", type=int, default=REFERENCE_EPISODES)
     parser.add_argument("--seed", type=int, default=REFERENCE_SEED)
@@ -553,7 +559,8 @@ def main(argv=None) -> int:
     rows = measure_reference(args.episodes, args.seed)
     write_reference(rows, args.out)
     print(_summary(rows))
-    print(f"{len(rows)} tasks x {args.episodes} episodes x 4 players in {time.perf_counter() - start:.0f}s -> {args.out}")
+    print(f"{len(rows)} tasks x {args.episodes} episodes x 4 players in {time.perf_counter() - start:.0f}s "
+          f"-> {args.out}")
     return 0
 
 

@@ -192,7 +192,8 @@ def cmd_shards(args, ws):
             if verdict and verdict.get("final_return") is not None:
                 learned += f" (final {verdict['final_return']:.4g}"
                 learned += f", normalised {verdict['normalised']:.3f})" if "normalised" in verdict else ")"
-            print(f"{run_id}\t{len(catalog)} shards\t{eps} episodes\t{sum(e['rows'] for e in catalog)} steps\t{learned}")
+            print(f"{run_id}\t{len(catalog)} shards\t{eps} episodes\t{sum(e['rows'] for e in catalog)} steps"
+                  f"\t{learned}")
         return 0
     runs = [args.run] if args.run else shards.list_runs(root)
     if args.action == "show":

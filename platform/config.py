@@ -11,8 +11,16 @@ from pathlib import Path
 from typing import Annotated, Literal, Union
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt,
-                      ValidationError, model_validator)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
 
 from understudy.algorithms.darkroom_source import QLearningConfig as _Q
 from understudy.algorithms.presets import PRESETS
@@ -439,7 +447,8 @@ class EvaluateConfig(Strict):
     # (Dark Room: another goal; else random play of the game). 4 fill most of the Dark Room AD
     # context (120 steps = 6 episodes), so the first scored episodes are read after foreign ones.
     warmup_episodes: PositiveInt = 4
-    # Where imitators play (their network's inference) (platform/resources.py): auto = a GPU when the cluster has one now.
+    # Where imitators play (their network's inference) (platform/resources.py): auto = a GPU when
+    # the cluster has one now.
     device: Literal["auto", "cpu", "gpu"] = "auto"
 
     @model_validator(mode="after")

@@ -465,8 +465,8 @@ def _run_distill(cfg: DistillConfig, ws: Workspace, stage: Study, resume: bool) 
     uncataloged = [r for r in run_ids if not shards.read_catalog(root, r)]
     if uncataloged:
         named = ", ".join(uncataloged[:3]) + (f" and {len(uncataloged) - 3} more" if len(uncataloged) > 3 else "")
-        raise StageFailed(f"distill: {len(uncataloged)} run(s) of teach stage {cfg.teacher!r} ({named}) have no catalog "
-                          f"under shard root {root} (no complete shard to read); see `understudy "
+        raise StageFailed(f"distill: {len(uncataloged)} run(s) of teach stage {cfg.teacher!r} ({named}) have no "
+                          f"catalog under shard root {root} (no complete shard to read); see `understudy "
                           "shards verify`, or re-run the teach stage")
     bad = shards.corrupted_shards(root, run_ids) if cfg.verify_shards else {}
     if bad and not cfg.skip_corrupt_shards:

@@ -25,7 +25,6 @@ from understudy.platform.report import report
 from understudy.platform.teach import StageFailed
 from understudy.platform.workspace import Study, Workspace
 
-
 # Agents that play the env steps the imitator played on a game (counted in the table), not a
 # number of episodes; the teacher plays episodes (it only shows what it learned). The controls
 # of in-context learning (players.CONTROLS) are not among them: they play the imitator's
@@ -164,7 +163,8 @@ def _run_evaluate(cfg: EvaluateConfig, ws: Workspace, stage: Study, experiment: 
 
     if "finetune" in cfg.agents and distill.algorithm not in CROSS_EPISODE:
         raise StageFailed(f"evaluate.agents: finetune fine-tunes an in-context learner ({', '.join(CROSS_EPISODE)}); "
-                          f"the imitator of distill stage {cfg.imitator!r} is {distill.algorithm!r}: leave finetune out")
+                          f"the imitator of distill stage {cfg.imitator!r} is {distill.algorithm!r}: "
+                          "leave finetune out")
     controls = [a for a in cfg.agents if a in CONTROLS]
     if controls and distill.algorithm not in CROSS_EPISODE:
         what = ("is a control", "needs", "it") if len(controls) == 1 else ("are controls", "need", "them")

@@ -154,8 +154,16 @@ def _log_rotations(cfg: ExperimentConfig, ws: Workspace, evaluations: list) -> t
     with every held-out game's return per episode in one figure, and as metrics of the study's
     parent run."""
     from understudy.platform import plots
-    from understudy.platform.report import (episode_curves, headline_metrics, improvement_by_run, improvement_table,
-                                            late_window, log_metrics, results_table, rotations_aggregate)
+    from understudy.platform.report import (
+        episode_curves,
+        headline_metrics,
+        improvement_by_run,
+        improvement_table,
+        late_window,
+        log_metrics,
+        results_table,
+        rotations_aggregate,
+    )
 
     k = late_window(cfg.evaluate)
     rows = [row for e in evaluations for row in e.rows]

@@ -388,9 +388,9 @@ def aggregate(scores_by_game: Mapping[str, list[float]], normalize: bool = True,
         (score - lo) / (hi - lo)
 
     with (lo, hi) = reference[game] when given (e.g. {"DarkRoom": (0.0, optimal_return)}),
-    else the game's family's (random, reference) scores (Atari: human; MinAtar: the authors' DQN). A game with neither raises
-    ValueError rather than being skipped: a silently smaller game set would change what the
-    aggregate means.
+    else the game's family's (random, reference) scores (Atari: human; MinAtar: the authors'
+    DQN). A game with neither raises ValueError rather than being skipped: a silently smaller
+    game set would change what the aggregate means.
     """
     from understudy.envs import family_of
     from understudy.envs import scores as atari_scores

@@ -163,7 +163,8 @@ class StageCost:
         if concurrent <= 0 or any(s is None for s, _, _ in self.work):
             return None
         if self.tasks_differ:
-            seconds = max(sum(s * n for s, n, _ in self.work) / concurrent, max((s for s, _, _ in self.work), default=0))
+            seconds = max(sum(s * n for s, n, _ in self.work) / concurrent,
+                          max((s for s, _, _ in self.work), default=0))
         else:
             seconds = sum(s * math.ceil(n / concurrent) for s, n, _ in self.work)
         return seconds / 3600
@@ -360,7 +361,8 @@ def format_plan(cfg, costs: list[StageCost], cluster: resources.Cluster) -> str:
     for c in costs:
         lines.append(f"{c.stage} {c.name!r}: {c.trials} {'tasks' if c.stage == 'evaluate' else 'trials'}")
         if c.env_steps:
-            lines.append(f"  env steps:            {_n(c.env_steps)}" + ("  (scratch baseline)" if c.stage == "evaluate" else ""))
+            lines.append(f"  env steps:            {_n(c.env_steps)}"
+                         + ("  (scratch baseline)" if c.stage == "evaluate" else ""))
         if c.gradient_updates:
             lines.append(f"  gradient updates:     {_n(c.gradient_updates)}")
         if c.eval_env_steps:
@@ -371,7 +373,8 @@ def format_plan(cfg, costs: list[StageCost], cluster: resources.Cluster) -> str:
         here, there = c.hours(c.here), c.hours(c.cluster)
         # uncapped episodes of unknown length are counted at the game's clock: a bound
         bound = "at most " if c.bounded and here is not None else ""
-        lines.append(f"  estimated wall-clock: {bound}{_h(here, c.here)} here, {bound}{_h(there, c.cluster)} on the cluster")
+        lines.append(f"  estimated wall-clock: {bound}{_h(here, c.here)} here, "
+                     f"{bound}{_h(there, c.cluster)} on the cluster")
         for source in sorted({s for _, _, s in c.work}):
             lines.append(f"    speed: {source}")
         for note in c.notes:

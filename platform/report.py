@@ -546,7 +546,8 @@ def report(cfg: EvaluateConfig, ws: Workspace, stage: Study, teach: TeachManifes
         row["played_s"] = ended - started if played else None
         # each task's own time: what bench/stage_speeds.py makes play speeds of for `understudy plan`
         row["tasks"] = [{"seconds": round(r["ended"] - r["started"], 3), "env_steps": _env_steps(r)} for r in played]
-        run = tracking.start_run(client, stage.experiment_id, tracking.run_name(stage, f"{cfg.name} {name} on {game}"), {
+        run_name = tracking.run_name(stage, f"{cfg.name} {name} on {game}")
+        run = tracking.start_run(client, stage.experiment_id, run_name, {
             "stage": cfg.name, "agent": name, "game": game, "trained_on": ",".join(trained),
             "held_out": row["held_out"], "episodes": cfg.episodes, "copies": cfg.copies,
             "max_episode_steps": cfg.max_episode_steps, "greedy": cfg.greedy, "seed": cfg.seed,
@@ -560,7 +561,8 @@ def report(cfg: EvaluateConfig, ws: Workspace, stage: Study, teach: TeachManifes
                 client.log_metric(run, key, value)
         replays = []
         for other in sorted({g for r in res["runs"] for g in r["replays"]}):
-            replay = np.concatenate([np.array(r["replays"][other], float) for r in res["runs"] if other in r["replays"]])
+            replay = np.concatenate([np.array(r["replays"][other], float)
+                                     for r in res["runs"] if other in r["replays"]])
             before = results.get(("imitator", other))
             value = float(np.mean(replay))
             client.log_metric(run, f"forgetting/{other}/return_after", value)

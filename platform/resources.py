@@ -213,8 +213,9 @@ def _pod_resources(spec: dict, start_params: dict) -> dict:
 
 def shipped_cluster(path: str | os.PathLike | None = None) -> Cluster:
     """The RayCluster in k8s/raycluster.yaml: head and worker groups at their maximum replicas."""
-    import yaml
     from pathlib import Path
+
+    import yaml
 
     path = Path(path) if path else Path(__file__).resolve().parent.parent / "k8s" / "raycluster.yaml"
     spec = yaml.safe_load(path.read_text())["spec"]

@@ -4,15 +4,14 @@ from __future__ import annotations
 import time
 
 import numpy as np
-
 from ray import tune
 
 from understudy.envs import AtariProtocol, family_of
 from understudy.envs.families import ALE
 from understudy.histories import shards
 from understudy.platform import plots, resources, storage, tracking
-from understudy.platform.manifests import TeachManifest
 from understudy.platform.config import TeachConfig, config_digest
+from understudy.platform.manifests import TeachManifest
 from understudy.platform.workspace import Study, Workspace, keep_tune_state_current
 
 STEPS_KEY = "env_runners/num_env_steps_sampled_lifetime"
@@ -256,7 +255,8 @@ def run_teach_darkroom(cfg: TeachConfig, ws: Workspace, stage: Study) -> TeachMa
             progress=lambda m: print(f"[teach] DarkRoom seed {seed}: {m}", flush=True))
         ended = time.time()
         # logged once the histories are recorded, with the time their recording started
-        mlflow_run = tracking.start_run(client, stage.experiment_id, tracking.run_name(stage, f"DarkRoom-qlearning-s{seed}"), {
+        run_name = tracking.run_name(stage, f"DarkRoom-qlearning-s{seed}")
+        mlflow_run = tracking.start_run(client, stage.experiment_id, run_name, {
             "stage": cfg.name, "algorithm": "qlearning", "game": "DarkRoom", "seed": seed,
             "goals": len(goals), "goal_split": p.goal_split, "episodes_per_goal": episodes,
             "shard_root": root, **{f"qlearning.{k}": v for k, v in asdict(qconfig).items()},

@@ -458,8 +458,8 @@ class TuneToMlflow(tune.Callback):
             with open(self.missing_file, "w") as f:
                 for what in [w for w, _ in self.pending] + self.rejected:
                     f.write(json.dumps(what) + "\n")
-            print(f"[tracking] MISSING FROM MLFLOW: {len(self.pending) + len(self.rejected)} call(s) could not be logged "
-                  f"to {self.ws.tracking_uri}; what they held is in {self.missing_file}", flush=True)
+            print(f"[tracking] MISSING FROM MLFLOW: {len(self.pending) + len(self.rejected)} call(s) could not be "
+                  f"logged to {self.ws.tracking_uri}; what they held is in {self.missing_file}", flush=True)
 
 
     def _missing_path(self) -> str:

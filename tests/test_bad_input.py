@@ -20,7 +20,8 @@ sys.path.insert(0, str(HERE))
 from conftest import REPO_ROOT  # noqa: E402
 
 TEACH = "kind: teach\nalgorithm: ppo\ngames: [Pong]\nenv_steps: 512\n"
-DARKROOM_TEACH = "kind: teach\nname: dr\nalgorithm: qlearning\ngames: [DarkRoom]\nenv_steps: 200\nenv_steps_per_iter: 20\n"
+DARKROOM_TEACH = ("kind: teach\nname: dr\nalgorithm: qlearning\ngames: [DarkRoom]\nenv_steps: 200\n"
+                  "env_steps_per_iter: 20\n")
 DARKROOM_DISTILL = textwrap.dedent("""\
     kind: distill
     name: dr-ad
@@ -128,7 +129,8 @@ CASES = [
          ("distill-dr-ad.json", "not a valid distill manifest", "checkpoint"), needs_darkroom=True),
     Case("heldout-in-training-stage", "evaluate calls a game held out that the imitator was trained on",
          ["evaluate", "{cfg}"],
-         "kind: evaluate\nimitator: dr-ad\nteacher: dr\ngames: [DarkRoom]\nheldout_games: [DarkRoom]\nagents: [random]\n",
+         "kind: evaluate\nimitator: dr-ad\nteacher: dr\ngames: [DarkRoom]\nheldout_games: [DarkRoom]\n"
+         "agents: [random]\n",
          1, ("heldout_games", "DarkRoom", "training data", "data "), needs_darkroom=True),
     Case("env-not-a-number", "an environment variable that should be a number", ["teach", "{cfg}"], TEACH, 2,
          ("UNDERSTUDY_STORAGE_RETRY_S='abc'", "not a number", "valid: a number >= 0", "default 300"),

@@ -11,9 +11,8 @@ import time
 import numpy as np
 import pyarrow as pa
 import pytest
-from mlflow.tracking import MlflowClient
-
 from conftest import REPO_ROOT
+from mlflow.tracking import MlflowClient
 from services import BIN, mlflow_server, query, ray_cluster
 
 pytestmark = pytest.mark.slow
@@ -194,9 +193,9 @@ def test_worker_node_killed_mid_teach_the_trial_resumes_on_a_new_node_without_ga
     import glob
     import signal
 
-    from understudy.histories import shards
-
     from test_teacher_recording import check_history, history
+
+    from understudy.histories import shards
 
     node_env = dict(os.environ, RAY_AUTH_MODE="disabled", OMP_NUM_THREADS="1", PATH=f"{BIN}:{os.environ['PATH']}")
     ws = tmp_path / "ws"
@@ -245,10 +244,10 @@ def test_object_storage_away_for_30s_mid_teach_on_two_nodes_loses_no_episode(tmp
     one line says storage went away and one that it came back."""
     import signal
 
-    from understudy.histories import shards
-
     from services import TcpGate, wait_until
     from test_teacher_recording import check_history, history
+
+    from understudy.histories import shards
 
     bucket = s3_server.new_bucket()
     root = f"s3://{bucket}/runs/shards"

@@ -4,9 +4,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO_ROOT
 
 from understudy.platform.config import ConfigError, PipelineConfig, load_config, parse_config
-from conftest import REPO_ROOT
 
 TEACH = {"kind": "teach", "algorithm": "ppo", "games": ["Pong"], "env_steps": 1024}
 

@@ -12,8 +12,17 @@ import torch
 
 from understudy.algorithms import ad, imitation, nets
 from understudy.platform.config import EvaluateConfig
-from understudy.platform.players import (CONTROLS, Agent, ContextReset, RewardBlind, eval_seed, foreign_env,
-                                         make_env, make_player, play)
+from understudy.platform.players import (
+    CONTROLS,
+    Agent,
+    ContextReset,
+    RewardBlind,
+    eval_seed,
+    foreign_env,
+    make_env,
+    make_player,
+    play,
+)
 from understudy.platform.teach import StageFailed
 
 

@@ -4,10 +4,10 @@ import json
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+from test_shards import STATIC, play_random
 
 from understudy.histories import shards
 from understudy.platform.workspace import Workspace
-from test_shards import STATIC, play_random
 
 pytestmark = pytest.mark.slow
 

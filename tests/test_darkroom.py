@@ -7,9 +7,17 @@ import pytest
 
 from understudy.algorithms import darkroom_source as source
 from understudy.envs import darkroom
-from understudy.envs.darkroom import (EPISODE_STEPS, GRID, DarkRoomEnv, DarkRoomVectorEnv,
-                                      cell_index_of, darkroom_goals, frame_of, optimal_return,
-                                      position_of)
+from understudy.envs.darkroom import (
+    EPISODE_STEPS,
+    GRID,
+    DarkRoomEnv,
+    DarkRoomVectorEnv,
+    cell_index_of,
+    darkroom_goals,
+    frame_of,
+    optimal_return,
+    position_of,
+)
 from understudy.histories import shards
 from understudy.histories.data import index_runs, load_history
 
@@ -141,7 +149,10 @@ def test_the_imitators_grid_encoder_reads_each_cells_coordinates():
 def test_goal_splits_are_disjoint_cover_the_grid_and_stable():
     train, held, everything = (darkroom_goals(s) for s in ("train", "heldout", "all"))
     assert len(train) == 65 and len(held) == 16 and len(everything) == 81
-    as_set = lambda a: {tuple(c) for c in a.tolist()}
+
+    def as_set(a):
+        return {tuple(c) for c in a.tolist()}
+
     assert as_set(train).isdisjoint(as_set(held))
     assert as_set(train) | as_set(held) == as_set(everything) == set(itertools.product(range(9), range(9)))
     assert np.array_equal(darkroom_goals("heldout"), held)

@@ -351,9 +351,11 @@ def test_minatar_experiment_end_to_end(ray_session, tmp_path):
                 assert row["episodes"] >= 1, (agent, game)
                 imitated = rows[("imitator", game)]["env_steps"]
                 if agent != "scratch":  # every copy stops at its share, cut to the fewest episodes
-                    assert 0.5 * imitated <= row["env_steps"] <= 1.5 * imitated, (agent, game, row["env_steps"], imitated)
+                    assert 0.5 * imitated <= row["env_steps"] <= 1.5 * imitated, (
+                        agent, game, row["env_steps"], imitated)
     # scratch learns for exactly the env steps the imitator played there
-    assert rows[("scratch", "MinAtar/SpaceInvaders")]["env_steps"] == rows[("imitator", "MinAtar/SpaceInvaders")]["env_steps"]
+    assert (rows[("scratch", "MinAtar/SpaceInvaders")]["env_steps"]
+            == rows[("imitator", "MinAtar/SpaceInvaders")]["env_steps"])
     # Space Invaders pays 1 per alien: random play scores on the family's scale, normalised
     # against (random, the authors' DQN), and the no-op cannon never fires
     assert rows[("random", "MinAtar/SpaceInvaders")]["return_mean"] > 0

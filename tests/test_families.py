@@ -76,7 +76,8 @@ def test_shared_channels_keep_what_several_booleans_encoded():
     """Freeway's five speed channels become five intensities of one channel."""
     levels = {minatar.CHANNEL_MAP["Freeway"][f"speed{k}"][1] for k in range(1, 6)}
     assert len(levels) == 5 and {minatar.CHANNEL_MAP["Freeway"][f"speed{k}"][0] for k in range(1, 6)} == {"motion"}
-    left, right = minatar.CHANNEL_MAP["SpaceInvaders"]["alien_left"], minatar.CHANNEL_MAP["SpaceInvaders"]["alien_right"]
+    left, right = (minatar.CHANNEL_MAP["SpaceInvaders"]["alien_left"],
+                   minatar.CHANNEL_MAP["SpaceInvaders"]["alien_right"])
     assert left[0] == right[0] == "motion" and left[1] != right[1]
 
 

@@ -62,7 +62,8 @@ def test_killed_env_runner_is_restarted_and_loses_no_recorded_episode(ray_sessio
         x["last_global_step"] for e in before for x in e["episodes"])
 
 
-DARKROOM_TEACH = "kind: teach\nname: dr\nalgorithm: qlearning\ngames: [DarkRoom]\nenv_steps: 400\nenv_steps_per_iter: 20\n"
+DARKROOM_TEACH = ("kind: teach\nname: dr\nalgorithm: qlearning\ngames: [DarkRoom]\nenv_steps: 400\n"
+                  "env_steps_per_iter: 20\n")
 DARKROOM_DISTILL = """kind: distill
 name: {name}
 teacher: dr

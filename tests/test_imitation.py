@@ -377,5 +377,6 @@ def test_distill_says_how_much_the_teacher_improves_within_one_context():
     assert rising["return_gain_per_context"] == pytest.approx(10.0)
     assert rising["return_std"] == pytest.approx(np.std(np.arange(100)), abs=1e-3)  # rounded to 4 places
     flat = improvement_per_context([history([1, 3] * 50), history(range(100))], 10.0)
-    assert flat["return_gain_per_context"] == pytest.approx((10.0 + 10 * np.polyfit(np.arange(100), [1, 3] * 50, 1)[0]) / 2)
+    assert flat["return_gain_per_context"] == pytest.approx(
+        (10.0 + 10 * np.polyfit(np.arange(100), [1, 3] * 50, 1)[0]) / 2)
     assert improvement_per_context([history([1, 2])], 10.0) == {}

@@ -15,7 +15,6 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-
 from conftest import REPO_ROOT
 
 K8S = os.path.join(REPO_ROOT, "k8s")

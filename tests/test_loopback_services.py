@@ -5,7 +5,6 @@ import sys
 import time
 
 import pytest
-
 from services import process_group
 
 

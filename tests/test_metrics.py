@@ -8,7 +8,6 @@ from understudy.envs import scores
 from understudy.envs.suites import resolve_suite
 from understudy.platform import metrics
 
-
 # --- reference scores -------------------------------------------------------------------------
 
 def test_every_atari57_game_has_reference_scores():

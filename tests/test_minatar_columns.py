@@ -6,6 +6,7 @@ import hashlib
 
 import numpy as np
 import pytest
+
 from understudy.envs import families, minatar, suites
 from understudy.envs import minatar_columns as mc
 from understudy.envs.families import MINATAR, MINATAR_COLUMNS, family_of

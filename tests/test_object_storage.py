@@ -6,9 +6,9 @@ import os
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
-
 from services import mlflow_server, query
 from test_shards import STATIC, play_random
+
 from understudy.histories import shards
 from understudy.platform import storage, tracking
 from understudy.platform.workspace import Workspace

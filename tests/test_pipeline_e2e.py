@@ -7,9 +7,8 @@ import os
 import numpy as np
 import pyarrow as pa
 import pytest
-from mlflow.tracking import MlflowClient
-
 from conftest import REPO_ROOT
+from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
 

@@ -107,7 +107,8 @@ def test_minatar_gla_permutes_positions_with_their_channels_as_in_training():
     from understudy.histories.data import gla_positions, permute_positions
 
     model = imitation.build("bc", 6, cnn="minatar", stack=1).eval()
-    player = imitation.as_trained(imitation.policy(model, 2, greedy=True), {"num_actions": 6, "transforms": {"gla": True}},
+    player = imitation.as_trained(imitation.policy(model, 2, greedy=True),
+                                  {"num_actions": 6, "transforms": {"gla": True}},
                                   6, 2, "MinAtar/Breakout", False, seed=3)
     assert player.pixels.shape == (2, 100)
     obs = np.random.default_rng(0).integers(0, 2, (2, 10, 10, 10), dtype=np.uint8) * 255

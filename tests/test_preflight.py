@@ -8,7 +8,6 @@ import subprocess
 import time
 
 import pytest
-
 from conftest import REPO_ROOT
 from services import BIN, free_port, moto_server
 

@@ -44,7 +44,8 @@ def test_episodes_cut_by_the_step_cap_are_not_scored_as_games():
     cfg = config(games=["Pong", "Breakout"], max_episode_steps=120)
     cut = {"returns": [[-3.0, -2.0, -3.0, -2.0]] * 2, "lengths": [[120] * 4] * 2, "truncated": [[True] * 4] * 2}
     whole = {"returns": [[2.0, 3.0, 4.0, 5.0]] * 2, "lengths": [[300] * 4] * 2, "truncated": [[False] * 4] * 2}
-    rows, aggregate = summarise(cfg, ["Breakout"], {("random", "Pong"): runs(cut), ("random", "Breakout"): runs(whole)}, {})
+    rows, aggregate = summarise(cfg, ["Breakout"],
+                                {("random", "Pong"): runs(cut), ("random", "Breakout"): runs(whole)}, {})
     pong = next(r for r in rows if r["game"] == "Pong")
     assert pong["truncated_episodes"] == 8 and "late_normalized" not in pong
     assert pong["env_steps"] == 960
@@ -200,7 +201,7 @@ def test_in_context_improvement_per_training_run_tested_against_zero_not_against
     subtracted); every agent is on the same number of runs; a single run gets no interval."""
     from understudy.platform.report import improvement_by_run, improvement_table
 
-    rising, flat = [0.0] * 5 + [1.0] * 5, [2.0] * 10
+    rising = [0.0] * 5 + [1.0] * 5
     # imitator: 6 training runs of 2 copies; one copy rises by 1, the other by 3 -> each run +2
     rows = [_row("imitator", s, c, [r * (1 if c == 0 else 3) for r in rising]) for s in range(6) for c in range(2)]
     rows += [_row("random", 0, c, [2.0] * 5 + [2.0 + (c - 3.5) / 10] * 5) for c in range(8)]  # 8 copies: 8 runs

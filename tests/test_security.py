@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO_ROOT
 
 pytestmark = pytest.mark.slow
@@ -72,10 +71,8 @@ def test_teacher_checkpoint_plays_without_unpickling_anything(ray_session, tmp_p
     import torch
     from ray.rllib.core.columns import Columns
 
-    from understudy.algorithms.teachers import (POLICY_WEIGHTS, load_teacher_module, recording_algorithm,
-                                                teacher_config)
-
     from understudy.algorithms.presets import PPOSettings
+    from understudy.algorithms.teachers import POLICY_WEIGHTS, load_teacher_module, recording_algorithm, teacher_config
 
     config = teacher_config(algorithm="ppo", game="Breakout", seed=0, env_steps=10_000, env_steps_per_iter=64,
                             protocol={"full_action_space": True}, max_episode_steps=30, record=None,
@@ -85,7 +82,8 @@ def test_teacher_checkpoint_plays_without_unpickling_anything(ray_session, tmp_p
     try:
         algo.train()
         algo.save_checkpoint(str(tmp_path))
-        learner_module = next(iter(algo.learner_group.foreach_learner(lambda l: l.module["default_policy"]))).get()
+        learner_module = next(iter(algo.learner_group.foreach_learner(
+            lambda learner: learner.module["default_policy"]))).get()
     finally:
         algo.stop()
     obs = torch.from_numpy(np.random.default_rng(0).integers(0, 255, (6, 84, 84, 4), np.uint8))

@@ -1,5 +1,4 @@
 """Selections of recorded histories that need no recording to check: the return cap."""
-import numpy as np
 import pytest
 
 from understudy.envs.darkroom import darkroom_goals, optimal_return

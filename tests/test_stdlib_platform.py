@@ -20,5 +20,6 @@ def test_stdlib_platform_wins_with_repo_root_on_sys_path():
 
 
 def test_package_imports_from_repo_root():
-    code = "import platform; platform.machine(); import understudy.platform.cli, understudy.envs, understudy.algorithms.bc"
+    code = ("import platform; platform.machine(); "
+            "import understudy.platform.cli, understudy.envs, understudy.algorithms.bc")
     subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True)

@@ -17,9 +17,11 @@ def build(algorithm, root, session, runner="vector", num_envs=4, steps_per_iter=
                 else PPOSettings(num_minibatches=2, num_epochs=1))
     config = teacher_config(
         algorithm=algorithm, game=game, seed=seed, env_steps=10_000, env_steps_per_iter=steps_per_iter,
-        protocol={} if game.startswith("MinAtar/") else {"full_action_space": True}, max_episode_steps=max_episode_steps,
+        protocol={} if game.startswith("MinAtar/") else {"full_action_space": True},
+        max_episode_steps=max_episode_steps,
         record={"root": root, "session": session, "algorithm": algorithm, "shard_rows": 10**6},
-        cnn="minatar" if game.startswith("MinAtar/") else "small", num_envs=num_envs, lr=2.5e-4, reward="sign", settings=settings, runner=runner)
+        cnn="minatar" if game.startswith("MinAtar/") else "small", num_envs=num_envs, lr=2.5e-4, reward="sign",
+        settings=settings, runner=runner)
     return recording_algorithm(config.algo_class)(config=config)
 
 
