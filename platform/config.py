@@ -44,16 +44,18 @@ Game = Annotated[str, AfterValidator(_game)]
 
 
 def _model_fits_games(games: list[str], cnn: str, stack: int | None, field: str) -> None:
-    """MinAtar observations (10x10x10, one frame each) need the MinAtar encoder, and it reads
-    nothing else; games of one distill stage share one observation shape."""
+    """MinAtar observations (10x10x10, one frame each: the MinAtar games and the task families
+    built on them) need the MinAtar encoder, and it reads nothing else; games of one distill
+    stage share one observation shape."""
+    grids = {families.family_of(g).frame_shape == (10, 10, 10) for g in games}
     kinds = {families.family_of(g).name for g in games}
-    if "minatar" in kinds and len(kinds) > 1:
+    if grids == {True, False}:
         raise ValueError(f"{field}: {games} mix MinAtar with other families; one model reads one "
                          "observation shape: train on MinAtar games only, or on none")
-    if "minatar" in kinds and cnn != "minatar":
+    if grids == {True} and cnn != "minatar":
         raise ValueError(f"model.cnn: {cnn!r} reads 84x84 frames; MinAtar games ({games[0]}) need "
                          "cnn: minatar")
-    if cnn == "minatar" and kinds and "minatar" not in kinds:
+    if cnn == "minatar" and grids == {False}:
         raise ValueError(f"model.cnn: 'minatar' reads MinAtar's 10x10x10 observations; {games[0]} is "
                          f"{'/'.join(sorted(kinds))}: valid: small, nature, grid")
     if cnn == "minatar" and stack not in (None, 1):

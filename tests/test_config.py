@@ -236,3 +236,14 @@ def test_every_agent_kind_is_a_valid_evaluate_agent():
     evaluate = {"kind": "evaluate", "imitator": "d", "teacher": "t", "games": ["Pong"]}
     assert "warmup_episodes" in error_of({**evaluate, "warmup_episodes": 0})
     assert "'rewardblind'" in error_of({**evaluate, "agents": ["rewardblind"]})
+
+
+def test_a_task_family_on_minatar_frames_needs_the_minatar_encoder():
+    from understudy.platform.config import DistillConfig
+
+    columns = "MinAtar/SpaceInvaders-columns"
+    assert DistillConfig(teacher="t", game=columns, algorithm="ad", model={"cnn": "minatar", "stack": 1})
+    with pytest.raises(ValueError, match="'small' reads 84x84 frames; MinAtar games"):
+        DistillConfig(teacher="t", game=columns, algorithm="ad", model={"cnn": "small", "stack": 1})
+    with pytest.raises(ValueError, match="mix MinAtar with other families"):
+        DistillConfig(teacher="t", games=[columns, "DarkRoom"], algorithm="ad", model={"cnn": "minatar", "stack": 1})
