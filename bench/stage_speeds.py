@@ -23,6 +23,8 @@ of all copies is the mean episode length on each game. Such a figure depends on 
 it is keyed by the digests of the evaluation's, the teach stage's and the imitator's configs: the
 plan uses it only for this very stage run again, in place of its upper bound.
 
+The figures of workspaces read before and not read again are kept in the JSON.
+
 Usage: python bench/stage_speeds.py WORKSPACE [WORKSPACE ...] [--out docs/bench/stage_speeds.json]
 """
 from __future__ import annotations
@@ -91,6 +93,7 @@ def evaluate_stages(workspace: str) -> list[dict]:
     """Per finished evaluation stage, agent and env family: env steps per second of one task."""
     from understudy.envs import family_of
     from understudy.platform.config import DistillConfig
+    from understudy.platform.resources import MODEL_AGENTS
 
     def model_of(stage: str | None) -> dict | None:
         path = os.path.join(workspace, "stages", f"distill-{stage}.json")
@@ -108,8 +111,9 @@ def evaluate_stages(workspace: str) -> list[dict]:
                 kinds.setdefault((row["agent"], family_of(row["game"]).name), []).extend(row["tasks"])
         for (agent, family), tasks in sorted(kinds.items()):
             seconds, steps = sum(t["seconds"] for t in tasks), sum(t["env_steps"] for t in tasks)
+            # agents that run an imitator's network (the controls: the imitator's own checkpoints)
             model = model_of(stages.get("ed" if agent == "ed" else "imitator")) \
-                if agent in ("imitator", "ed", "finetune") else None
+                if agent in MODEL_AGENTS else None
             found.append({"stage": manifest["name"], "workspace": os.path.abspath(workspace), "agent": agent,
                           "family": family, "model": model, "tasks": len(tasks), "env_steps": steps,
                           "seconds": round(seconds, 1),
@@ -168,6 +172,14 @@ def main() -> None:
         print(f"{e['stage']}: mean episode steps " + "; ".join(
             f"{agent} " + ", ".join(f"{g} {n:.0f}" for g, n in sorted(games.items()))
             for agent, games in sorted(e["mean_episode_steps"].items())))
+    # The figures of workspaces not read this time stay (their runs may be gone from this machine)
+    read = {os.path.abspath(ws) for ws in args.workspaces}
+    before = json.load(open(args.out)) if os.path.exists(args.out) else {}
+
+    def kept(key: str, new: list) -> list:
+        return [e for e in before.get(key, []) if e.get("workspace") not in read] + new
+
+    stages, plays, lengths = kept("distill", stages), kept("evaluate", plays), kept("episode_steps", lengths)
     report = {"machine": f"{os.cpu_count()} CPUs, {_platform.machine()}, no GPU",
               "what": "seconds per gradient update in real distill trials: Tune's time_total_s / steps, "
                       "held-out evaluation, checkpoints and reports included; median over a stage's trials",
