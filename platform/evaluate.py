@@ -58,9 +58,10 @@ def _order_and_cut(results: dict) -> None:
 def step_budget(cfg: EvaluateConfig, game: str) -> int:
     """Env steps of `episodes` full-length episodes in every copy (when no imitator sets it)."""
     family = family_of(game)
-    if family.per_goal:  # copies of every goal, episodes of the game's fixed length
-        return cfg.episodes * cfg.copies * len(family.goals(cfg.goal_split)) * family.episode_steps
-    return cfg.episodes * cfg.copies * (cfg.max_episode_steps or family.longest_episode)
+    # an episode's length: fixed (Dark Room), else at most the cap or the game's longest
+    longest = family.episode_steps or cfg.max_episode_steps or family.longest_episode
+    copies = cfg.copies * (len(family.goals(cfg.goal_split)) if family.per_goal else 1)  # per goal
+    return cfg.episodes * copies * longest
 
 
 def _check_checkpoint(path: str, stage: str) -> None:

@@ -283,3 +283,14 @@ def test_the_reference_is_measured_for_every_task():
         assert MINATAR_COLUMNS.optimum(task) == float(rows[mc.task_name(task)]["scripted_return"])
         random, best = mc.reference_returns(task)
         assert best > random >= 0
+
+
+def test_an_evaluation_budget_on_the_task_family_counts_every_task_at_its_episode_cap():
+    from understudy.platform.config import EvaluateConfig
+    from understudy.platform.evaluate import step_budget
+
+    cfg = EvaluateConfig(imitator="d", teacher="t", games=["MinAtar/SpaceInvaders-columns"], episodes=3, copies=2)
+    # 20 held-out tasks x 2 copies x 3 episodes of at most 100 steps
+    assert step_budget(cfg, "MinAtar/SpaceInvaders-columns") == 20 * 2 * 3 * 100
+    dark = EvaluateConfig(imitator="d", teacher="t", games=["DarkRoom"], episodes=3, copies=2)
+    assert step_budget(dark, "DarkRoom") == 16 * 2 * 3 * 20  # unchanged for Dark Room
