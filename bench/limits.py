@@ -105,20 +105,17 @@ def ad_update_flops(model: dict, batch: int, num_actions: int) -> dict:
 
 
 def _synthetic_batches(n: int, seed: int = 1) -> list:
-    from understudy.algorithms import imitation
-    from understudy.histories.data import History, make_batch
+    """`n` batches cut by the real batch maker from bench/imitator_updates.py's synthetic history
+    (the update's speed does not depend on the values)."""
+    from imitator_updates import synthetic_history  # bench/ is on sys.path: this script's folder
 
-    rng = np.random.default_rng(0)
-    rows = 4000
-    episode_id = np.arange(rows) // 60
-    h = History(frames=rng.integers(0, 2, (rows, *FRAME), dtype=np.uint8),
-                actions=rng.integers(0, ACTIONS, rows).astype(np.int64),
-                rewards=rng.integers(0, 2, rows).astype(np.float32),
-                episode_start=(episode_id * 60).astype(np.int64), episode_id=episode_id,
-                target=np.ones(rows, bool), history_start=np.zeros(rows, np.int64))
+    from understudy.algorithms import imitation
+    from understudy.histories.data import make_batch
+
+    h = synthetic_history(4000, FRAME, ACTIONS)
     spec = imitation.build("ad", ACTIONS, **MODEL).sample_spec()
     pick = np.random.default_rng(seed)
-    return [make_batch(h, pick.integers(0, rows - spec.length, BATCH), spec, ACTIONS) for _ in range(n)]
+    return [make_batch(h, pick.integers(0, len(h) - spec.length, BATCH), spec, ACTIONS) for _ in range(n)]
 
 
 def _old_dropout() -> None:

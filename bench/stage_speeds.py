@@ -4,9 +4,8 @@ stages. `understudy plan` prefers them over the benches that time one part alone
 (bench/imitator_updates.py, bench/eval.py).
 
 bench/imitator_updates.py times the update alone. A real distill trial also evaluates the
-held-out episodes every epoch, writes a checkpoint and reports to Tune, and its updates ran
-about 1.7x slower than the bench's on this machine (2026-12-07; traced in part to the kernel's
-memory management once the loader's blocks are resident, not closed: docs/benchmarks.md).
+held-out episodes every epoch, writes a checkpoint and reports to Tune (a 2-CPU trial runs at
+0.95x the plain loop since the loader's mmap threshold was removed: docs/benchmarks.md).
 Here each trial's seconds are Tune's own `time_total_s` (the time the trial ran, over restarts,
 never the time it stood stopped) divided by the updates it made (`steps`), from the trial's
 `progress.csv`; a stage's figure is the median over its trials, so one trial slowed by other

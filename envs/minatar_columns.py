@@ -229,15 +229,16 @@ def _unify_matrix() -> np.ndarray:
     return matrix
 
 
-class PayingColumnsVectorEnv(gym.vector.VectorEnv):
-    """One copy per task of `tasks` ((N, 3) paying columns), stepped together, with the interface
-    of the MinAtar vector env: `reset(seed)` -> (obs, info), `step(actions)` -> (obs, rewards,
-    terminated, truncated, info); obs (N, 10, 10, 10) uint8 in MinAtar's shared channels, rewards
-    the raw paid kills. Copy i is seeded seed + i, as MinAtar's are. Episodes are truncated at
-    `episode_cap` (or an earlier `max_episode_steps`). An ended episode restarts in the same step
-    (`same_step_reset`, the default, as Dark Room's: the step returns the new first observation),
-    or on the next step (NEXT_STEP, as the ALE and MinAtar runners expect: that step's action is
-    ignored). info: env_id, lives (zeros), kills (every kill of the step, paid or not)."""
+class PayingColumnsVectorEnv(minatar.MinAtarVectorEnv):
+    """One copy per task of `tasks` ((N, 3) paying columns), stepped together by MinAtar's vector
+    env (its reset, step and autoreset): `reset(seed)` -> (obs, info), `step(actions)` -> (obs,
+    rewards, terminated, truncated, info); obs (N, 10, 10, 10) uint8 in MinAtar's shared
+    channels, rewards the raw paid kills. Copy i is seeded seed + i, as MinAtar's are. Episodes
+    are truncated at `episode_cap` (or an earlier `max_episode_steps`). An ended episode restarts
+    in the same step (`same_step_reset`, the default, as Dark Room's: the step returns the new
+    first observation), or on the next step (NEXT_STEP, as the ALE and MinAtar runners expect:
+    that step's action is ignored). info: env_id, lives (zeros), kills (every kill of the step,
+    paid or not)."""
 
     def __init__(self, tasks, *, reveal_task: bool = False, same_step_reset: bool = True,
                  max_episode_steps: int | None = None, episode_cap: int = EPISODE_CAP,
@@ -280,54 +281,26 @@ class PayingColumnsVectorEnv(gym.vector.VectorEnv):
             obs[..., REVEAL_CHANNEL] = self._reveal
         return obs
 
-    def _info(self, kills) -> dict:
+    def _info(self) -> dict:
+        kills = np.array([game.kills for game in self.games], np.int64)
         return {"env_id": self._env_ids, "lives": np.zeros(self.num_envs, np.int64), "kills": kills}
 
+    def _clear_kills(self) -> None:
+        """A game's `kills` is set by its act(): a copy that does not act this step (reset, or its
+        NEXT_STEP restart) killed nothing."""
+        for game in self.games:
+            game.kills = 0
+
     def reset(self, *, seed=None, options=None):
-        for i, env in enumerate(self.envs):
-            if seed is not None:
-                env.seed(int(seed) + i)
-            env.reset()
-        self._steps[:] = 0
-        self._ended[:] = False
-        return self._obs(), self._info(np.zeros(self.num_envs, np.int64))
+        self._clear_kills()
+        return super().reset(seed=seed, options=options)
 
     def step(self, actions):
         actions = np.asarray(actions, np.int64)
         if actions.shape != (self.num_envs,):
             raise ValueError(f"actions: shape {actions.shape} is not ({self.num_envs},)")
-        rewards = np.zeros(self.num_envs, np.float32)
-        kills = np.zeros(self.num_envs, np.int64)
-        terminated = np.zeros(self.num_envs, bool)
-        truncated = np.zeros(self.num_envs, bool)
-        steps, cap = self._steps, self.max_episode_steps
-        for i, env in enumerate(self.envs):
-            if self._ended[i]:  # NEXT_STEP reset: this step starts the new episode
-                env.reset()
-                steps[i], self._ended[i] = 0, False
-                continue
-            reward, done = env.act(int(actions[i]))
-            steps[i] += 1
-            if reward:
-                rewards[i] = reward
-            kills[i] = self.games[i].kills
-            if done or steps[i] >= cap:
-                terminated[i], truncated[i] = done, not done
-                if self.same_step_reset:
-                    env.reset()
-                    steps[i] = 0
-                else:
-                    self._ended[i] = True
-        return self._obs(), rewards, terminated, truncated, self._info(kills)
-
-    def send(self, actions) -> None:
-        self._pending = self.step(actions)
-
-    def recv(self):
-        return self._pending
-
-    def close(self) -> None:
-        pass
+        self._clear_kills()
+        return super().step(actions)
 
 
 def make_vector_env(game: str = GAME, num_envs: int | None = None, *, goals=None, same_step_reset: bool = True,

@@ -203,7 +203,7 @@ def _train_loop(cfg: DistillConfig, context: dict, report, checkpoint, make_chec
     model = imitation.build(cfg.algorithm, num_actions, **cfg.model.model_dump(exclude_none=True))
     model.to(_train_device(context.get("gpus", 0), world))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    first_epoch, steps = 1, 0
+    first_epoch, steps, loader_epoch = 1, 0, 0
     if checkpoint is not None:  # a restarted or resumed trial continues where it stopped
         with checkpoint.as_directory() as d:
             device = next(model.parameters()).device
@@ -214,6 +214,9 @@ def _train_loop(cfg: DistillConfig, context: dict, report, checkpoint, make_chec
             if os.path.exists(os.path.join(d, "rng.pt")):  # older checkpoints: weights and optimizer only
                 torch.set_rng_state(torch.load(os.path.join(d, "rng.pt"), weights_only=True)["torch"])
         first_epoch, steps = meta["epoch"] + 1, meta["steps"]
+        # where the data order stood: passes over the data begun (older checkpoints: one per
+        # training epoch, which holds without cycle_data)
+        loader_epoch = meta.get("loader_epoch", meta["epoch"])
         print(f"[distill] restored from epoch {meta['epoch']} checkpoint", flush=True)
     max_batches, after_backward = cfg.max_batches_per_epoch, None
     if world > 1:
@@ -229,10 +232,7 @@ def _train_loop(cfg: DistillConfig, context: dict, report, checkpoint, make_chec
     spec = model.sample_spec()
     loader = Loader(root, train, spec, cfg.batch_size, num_actions, step_transforms(cfg),
                     cfg.block_steps, cfg.blocks_in_memory, seed=cfg.seed + 1000 * rank,
-                    rank=rank, world=world, cycle=world > 1 or cfg.cycle_data,
-                    # where the data order stood at the checkpoint: passes over the data begun (older
-                    # checkpoints: one per training epoch, which holds without cycle_data)
-                    epoch=meta.get("loader_epoch", first_epoch - 1) if checkpoint is not None else 0)
+                    rank=rank, world=world, cycle=world > 1 or cfg.cycle_data, epoch=loader_epoch)
     held = Loader(root, heldout, spec, cfg.batch_size, num_actions, step_transforms(cfg),
                   cfg.block_steps, cfg.blocks_in_memory, seed=cfg.seed) if heldout else None
     for epoch in range(first_epoch, cfg.epochs + 1):

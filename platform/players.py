@@ -339,7 +339,7 @@ def warm_up(player, game: str, protocol: dict, copies: int, max_episode_steps, g
     scored episodes continue it as one history would. What it played, reported apart from the
     scored episodes: warmup_source, warmup_episodes, warmup_env_steps, warmup_returns."""
     env, source = foreign_env(game, protocol, copies, max_episode_steps, goal_split)
-    warm_seed = int(np.random.SeedSequence([seed, 1]).generate_state(1)[0]) >> 2
+    warm_seed = eval_seed(seed, 1)  # apart from the scored env's seed, drawn the same way
     playing = _ActsRandomly(player, num_actions, warm_seed) if source == "random_actions" else player
     print(f"[evaluate] warmup on {game}: {episodes} unscored episodes per copy ({source}) first", flush=True)
     try:
