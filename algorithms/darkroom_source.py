@@ -31,6 +31,7 @@ from typing import Iterator
 
 import numpy as np
 
+from understudy.algorithms import sources
 from understudy.envs import darkroom
 from understudy.envs.darkroom import (
     EPISODE_STEPS,
@@ -162,13 +163,14 @@ def run_id_for(goal, seed: int) -> str:
 
 def record_histories(root: str, goals, episodes: int = 300, seed: int = 0,
                      config: QLearningConfig | None = None, *, shard_rows: int = 2000,
-                     goal_batch: int = 16, progress=None) -> list[str]:
+                     goal_batch: int = 16, progress=None, goal_split: str | None = None) -> list[str]:
     """Learn each goal with Q-learning for `episodes` episodes (the rest of the hyper-parameters
     from `config`) and record its whole learning history under `root`, one run per goal
     (run_id_for(goal, seed)); returns the run ids in the order of `goals`.
 
     `shard_rows` sets shard size (2000 rows = 100 episodes); goals learn `goal_batch` at a time
-    so buffered frames stay small. `progress(message)` is called now and then, if given."""
+    so buffered frames stay small. `progress(message)` is called now and then, if given.
+    `goal_split` names the split the goals came from in each run.json (default: by version 1)."""
     config = replace(config or QLearningConfig(), episodes=episodes)
     if goal_batch < 1:
         raise ValueError(f"goal_batch: {goal_batch} must be >= 1")
@@ -191,7 +193,8 @@ def record_histories(root: str, goals, episodes: int = 300, seed: int = 0,
             write_run_metadata(root, run_id, {
                 "game": GAME, "algorithm": ALGORITHM, "seed": seed, "goal": goal.tolist(),
                 "optimal_return": optimal_return(goal),
-                "goal_split": "heldout" if tuple(goal.tolist()) in darkroom.HELDOUT_GOALS_V1 else "train",
+                "goal_split": goal_split or ("heldout" if tuple(goal.tolist()) in darkroom.HELDOUT_GOALS_V1
+                                             else "train"),
                 "num_actions": NUM_ACTIONS,
                 "max_episode_steps": EPISODE_STEPS, "hyperparameters": asdict(config),
                 "protocol": darkroom.protocol()})
@@ -216,6 +219,25 @@ def record_histories(root: str, goals, episodes: int = 300, seed: int = 0,
         for writer in writers:
             writer.flush()
     return run_ids
+
+
+def _record(root, game, goals, episodes, seed, settings: dict, *, session=None, goal_split=None,
+            progress=None) -> list[str]:
+    """The registry's entry (algorithms/sources.py): run ids carry no session, so a teach stage
+    gives every session a shard root of its own."""
+    return record_histories(root, goals, episodes, seed, QLearningConfig(**settings), progress=progress,
+                            goal_split=goal_split)
+
+
+def _from_scratch(game, goals, episodes, settings: dict, seed) -> np.ndarray:
+    config = QLearningConfig(**{**settings, "episodes": episodes})
+    return np.stack([b.returns for b in q_learning(np.asarray(goals, np.int64), config, seed=seed)], 1)
+
+
+sources.register(sources.LocalSource(
+    name=ALGORITHM, description="tabular Q-learning on Dark Room goals", block="darkroom",
+    settings=QLearningConfig, families=("darkroom",), record=_record, steps_per_s=None,
+    from_scratch=_from_scratch))
 
 
 def main(argv=None) -> None:

@@ -213,6 +213,12 @@ def family_of(game: str) -> EnvFamily:
     return ALE
 
 
+def is_heldout_split(split: str) -> bool:
+    """Whether a per-task family's split holds tasks out of training: every family names its
+    held-out splits "heldout" (version 1) or "heldout_v<N>"."""
+    return split == "heldout" or split.startswith("heldout_v")
+
+
 def canonical_game(name: str) -> str:
     """Any family's game name, canonical; ValueError naming the closest valid names."""
     return family_of(name).canonical(name)

@@ -24,7 +24,9 @@ across episodes, so a context must hold several of them; Dark Room's 20-step epi
 episodes in a few-hundred-step context, and with 100 steps an AD context of ~500 steps spans
 about 5 episodes here too (MinAtar's own 10,000-step clock would put less than one).
 
-Tasks are split once, frozen (TASK_SPLIT_VERSION): 100 train, 20 held-out (HELDOUT_TASKS_V1).
+Tasks are split twice, each split frozen: version 1, 100 train and 20 held-out (HELDOUT_TASKS_V1,
+splits "train" and "heldout"); version 2, 70 train and 50 held-out (HELDOUT_TASKS_V2, splits
+"train_v2" and "heldout_v2"), for designs that need 50 held-out tasks.
 Each task's reference returns (a scripted task-aware policy; the same policy aimed at a wrong
 task, and at every column; uniform random play) were measured by `python -m understudy.envs.minatar_columns
 --reference` into envs/data/minatar_columns_reference.csv; `optimum(task)` is the scripted one.
@@ -67,7 +69,19 @@ TASK_SPLIT_VERSION = 1
 HELDOUT_TASKS_V1 = ((0, 1, 4), (0, 1, 8), (0, 3, 5), (0, 5, 6), (0, 5, 8), (0, 6, 8), (0, 6, 9),
                     (1, 2, 3), (1, 2, 6), (1, 3, 9), (1, 5, 8), (2, 3, 6), (2, 3, 7), (2, 5, 6),
                     (3, 5, 7), (3, 6, 7), (4, 5, 8), (5, 8, 9), (6, 7, 8), (6, 8, 9))
-TASK_SPLITS = ("train", "heldout", "all")
+# Task split, version 2: 50 held-out tasks for designs that need at least 50 (issue #28's Rung 1),
+# drawn once as sorted(np.random.default_rng(29).permutation(120)[:50]) over TASKS and frozen as
+# literals; every column pays in at least 11 of them. Splits "train_v2" (70) and "heldout_v2" (50).
+HELDOUT_TASKS_V2 = ((0, 1, 2), (0, 1, 8), (0, 1, 9), (0, 2, 3), (0, 2, 4), (0, 3, 4), (0, 3, 5), (0, 3, 8),
+                    (0, 3, 9), (0, 4, 5), (0, 4, 8), (0, 4, 9), (0, 5, 7), (0, 5, 8), (0, 5, 9), (0, 6, 7),
+                    (0, 7, 8), (1, 2, 4), (1, 2, 5), (1, 2, 6), (1, 3, 4), (1, 3, 6), (1, 3, 8), (1, 4, 8),
+                    (1, 5, 8), (1, 5, 9), (1, 6, 8), (2, 3, 5), (2, 3, 7), (2, 3, 9), (2, 4, 5), (2, 4, 6),
+                    (2, 4, 7), (2, 4, 8), (2, 5, 8), (2, 6, 7), (2, 6, 8), (2, 7, 8), (3, 6, 8), (3, 6, 9),
+                    (3, 7, 8), (4, 5, 6), (4, 5, 7), (4, 6, 7), (4, 7, 9), (5, 7, 8), (5, 7, 9), (5, 8, 9),
+                    (6, 7, 8), (6, 8, 9))
+HELDOUT_BY_SPLIT = {"train": HELDOUT_TASKS_V1, "heldout": HELDOUT_TASKS_V1,
+                    "train_v2": HELDOUT_TASKS_V2, "heldout_v2": HELDOUT_TASKS_V2}
+TASK_SPLITS = ("train", "heldout", "train_v2", "heldout_v2", "all")
 TASKS = tuple(itertools.combinations(range(COLUMNS), K))  # lexicographic: the order of every split
 
 REFERENCE_CSV = Path(__file__).with_name("data") / "minatar_columns_reference.csv"
@@ -109,15 +123,14 @@ def canonical_game(name: str) -> str:
 
 
 def task_goals(split: str) -> np.ndarray:
-    """(N, 3) int64 paying columns (ascending) of a split's tasks, in TASKS order: "train" (100),
-    "heldout" (20) or "all" (120). The same result on every call."""
-    held = set(HELDOUT_TASKS_V1)
+    """(N, 3) int64 paying columns (ascending) of a split's tasks, in TASKS order: "train" (100)
+    and "heldout" (20) of version 1, "train_v2" (70) and "heldout_v2" (50) of version 2, or
+    "all" (120). The same result on every call."""
     if split == "all":
         chosen = TASKS
-    elif split == "train":
-        chosen = [t for t in TASKS if t not in held]
-    elif split == "heldout":
-        chosen = [t for t in TASKS if t in held]
+    elif split in HELDOUT_BY_SPLIT:
+        held = set(HELDOUT_BY_SPLIT[split])
+        chosen = [t for t in TASKS if (t in held) == split.startswith("heldout")]
     else:
         raise ValueError(f"split: {split!r} is not a {GAME} task split; valid: {', '.join(TASK_SPLITS)}")
     return np.array(chosen, np.int64).reshape(-1, K)

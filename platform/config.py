@@ -22,6 +22,8 @@ from pydantic import (
     model_validator,
 )
 
+from understudy.algorithms import sources
+from understudy.algorithms.annealed_source import AnnealConfig as _Anneal
 from understudy.algorithms.darkroom_source import QLearningConfig as _Q
 from understudy.algorithms.presets import PRESETS
 from understudy.algorithms.presets import APPOSettings as _APPO
@@ -131,7 +133,7 @@ class DQNParams(Strict):
 class DarkRoomParams(Strict):
     """Tabular Q-learning on Dark Room goals (algorithms.darkroom_source), one history per goal;
     the defaults are QLearningConfig's."""
-    goal_split: Literal["train", "heldout", "all"] = "train"
+    goal_split: str = "train"  # the family's split of goals to record (envs/darkroom.py GOAL_SPLITS)
     learning_rate: float = Field(_Q.learning_rate, gt=0.0, le=1.0)
     discount: float = Field(_Q.discount, ge=0.0, lt=1.0)
     q_init: float = _Q.q_init
@@ -141,11 +143,34 @@ class DarkRoomParams(Strict):
     planning_sweeps: int = Field(_Q.planning_sweeps, ge=0)
 
 
+class AnnealParams(Strict):
+    """An expert played with annealed noise (algorithms.annealed_source, AD-epsilon), one history
+    per task of a per-task family; the defaults are AnnealConfig's. The episodes per history
+    come from the stage's env_steps (per task) over the family's episode length."""
+    goal_split: str = "train"  # the family's split of tasks to record
+    anneal_episodes: int = Field(_Anneal.anneal_episodes, ge=0)
+    noise_start: float = Field(_Anneal.noise_start, ge=0.0, le=1.0)
+    noise_floor: float = Field(_Anneal.noise_floor, ge=0.0, le=1.0)
+    schedule: Literal["linear"] = _Anneal.schedule
+
+
+RLLIB_TEACHERS = ("ppo", "appo", "dqn")
+
+
+def _teacher_algorithm(name: str) -> str:
+    if name in RLLIB_TEACHERS or sources.local_source(name) is not None:
+        return name
+    raise ValueError(f"{name!r} is not a teacher; valid: RLlib {', '.join(RLLIB_TEACHERS)}, or a history "
+                     f"source {', '.join(sources.names())} (algorithms/sources.py)")
+
+
 class TeachConfig(Strict):
     """Teachers: one Tune trial per (game, seed), each recording its whole learning history."""
     kind: Literal["teach"] = "teach"
     name: StageName = "teach"
-    algorithm: Literal["ppo", "appo", "dqn", "qlearning"]  # qlearning: Dark Room's source RL
+    # RLlib's ppo, appo, dqn as Tune trials, or a history source recorded in the driver
+    # (algorithms/sources.py: qlearning, Dark Room's source RL; annealed, AD-epsilon's expert)
+    algorithm: Annotated[str, AfterValidator(_teacher_algorithm)]
     games: list[Game] = Field(min_length=1)  # or give `suite`, e.g. "dev5" or "mgdt@1:train"
     suite: str | None = None
     seeds: list[Annotated[int, Field(ge=0)]] = Field(default=[0], min_length=1)
@@ -175,6 +200,7 @@ class TeachConfig(Strict):
     appo: APPOParams = APPOParams()
     dqn: DQNParams = DQNParams()
     darkroom: DarkRoomParams = DarkRoomParams()
+    annealed: AnnealParams = AnnealParams()
     shard_rows: PositiveInt = 20_000  # ~140 MB of frames buffered per env runner, ~3 MB on disk
     # Where the Learner runs (platform/resources.py): auto = a GPU Learner when the cluster has one now.
     device: Literal["auto", "cpu", "gpu"] = "auto"
@@ -231,15 +257,51 @@ class TeachConfig(Strict):
             raise ValueError(f"cnn: MinAtar's 10x10 grids need cnn: minatar (got {self.cnn!r})")
         return self
 
+    @property
+    def local_source(self) -> sources.LocalSource | None:
+        """The history source recording in the driver, or None for an RLlib teacher."""
+        return sources.local_source(self.algorithm)
+
+    @property
+    def source_block(self) -> BaseModel | None:
+        """The local source's settings block (with its goal_split)."""
+        return None if self.local_source is None else getattr(self, self.local_source.block)
+
+    @property
+    def tasks_per_game(self) -> int:
+        """Histories per game and seed: a local source records one per task of its split."""
+        if self.local_source is None:
+            return 1
+        return len(families.family_of(self.games[0]).goals(self.source_block.goal_split))
+
     @model_validator(mode="after")
-    def _darkroom_needs_qlearning(self):
-        darkroom = "DarkRoom" in self.games
-        if darkroom and (self.algorithm != "qlearning" or len(self.games) > 1):
-            raise ValueError("games: DarkRoom is learned by algorithm: qlearning, on its own "
-                             f"(got algorithm {self.algorithm!r}, games {self.games})")
-        if self.algorithm == "qlearning" and not darkroom:
-            raise ValueError(f"algorithm: qlearning is Dark Room's source algorithm; games must be "
-                             f"[DarkRoom] (got {self.games})")
+    def _local_source_fits(self):
+        source = self.local_source
+        per_task = [g for g in self.games if families.family_of(g).per_goal]
+        if source is None:
+            if per_task:
+                valid = [s for s in sources.names()
+                         if families.family_of(per_task[0]).name in sources.local_source(s).families]
+                raise ValueError(f"games: {per_task[0]} is a per-task family's game; RLlib teachers do not record "
+                                 f"its tasks yet: algorithm must be one of {', '.join(valid)} (got {self.algorithm!r})")
+            return self
+        family = families.family_of(self.games[0])
+        if len(self.games) > 1 or family.name not in source.families:
+            raise ValueError(f"games: algorithm {source.name!r} records one game of family "
+                             f"{' or '.join(source.families)} (got {self.games})")
+        block = getattr(self, source.block)
+        try:
+            family.goals(block.goal_split)
+        except ValueError as err:
+            raise ValueError(f"{source.block}.goal_split: {err}") from None
+        episode = family.episode_steps or family.longest_episode
+        if self.env_steps < episode:
+            raise ValueError(f"env_steps: {self.env_steps} per task is less than one episode of {self.games[0]} "
+                             f"({episode} steps); a history is env_steps // {episode} episodes")
+        try:  # the source's own rules on its settings
+            sources.settings_of(source, block.model_dump(), episodes=self.env_steps // episode)
+        except ValueError as err:
+            raise ValueError(f"{source.block}: {err}") from None
         return self
 
     @model_validator(mode="after")
@@ -442,7 +504,7 @@ class EvaluateConfig(Strict):
     seed: int = Field(0, ge=0)
     target_return: float | None = None  # what a Decision Transformer is asked for
     window: PositiveInt = 5  # episodes in the early and late means of the metrics
-    goal_split: Literal["heldout", "train", "all"] = "heldout"  # Dark Room goals to play
+    goal_split: str = "heldout"  # the tasks to play of a per-task family (Dark Room goals): its split
     finetune: FinetuneParams = FinetuneParams()
     forgetting: bool = False  # after fine-tuning on a game, replay the training games
     # The warmup control's unscored episodes per copy on a foreign task before the scored ones
@@ -452,6 +514,17 @@ class EvaluateConfig(Strict):
     # Where imitators play (their network's inference) (platform/resources.py): auto = a GPU when
     # the cluster has one now.
     device: Literal["auto", "cpu", "gpu"] = "auto"
+
+    @model_validator(mode="after")
+    def _split_exists(self):
+        for game in self.games:
+            family = families.family_of(game)
+            if family.per_goal:
+                try:
+                    family.goals(self.goal_split)
+                except ValueError as err:
+                    raise ValueError(f"goal_split: {err}") from None
+        return self
 
     @model_validator(mode="after")
     def _heldout_played(self):
@@ -510,6 +583,10 @@ class PipelineConfig(Strict):
         if missing:
             raise ValueError(f"distill.game(s) {missing} are not among teach.games {self.teach.games}")
         _controls_read_across_episodes(self.evaluate.agents, self.distill.algorithm)
+        source = self.teach.local_source
+        if "scratch" in self.evaluate.agents and source is not None and source.from_scratch is None:
+            raise ValueError(f"evaluate.agents: 'scratch' learns with the teacher's algorithm from scratch, but "
+                             f"teach.algorithm {source.name!r} ({source.description}) is not a learner; drop scratch")
         return self
 
 
@@ -602,6 +679,10 @@ class ExperimentConfig(Strict):
             raise ValueError("evaluate.agents has 'ed' but there is no `ed` section (an expert-only "
                              "imitator, e.g. ed: {data: {expert_last: 50}})")
         _controls_read_across_episodes(self.evaluate.agents, self.distill.algorithm)
+        source = self.teach.local_source
+        if "scratch" in self.evaluate.agents and source is not None and source.from_scratch is None:
+            raise ValueError(f"evaluate.agents: 'scratch' learns with the teacher's algorithm from scratch, but "
+                             f"teach.algorithm {source.name!r} ({source.description}) is not a learner; drop scratch")
         return self
 
 

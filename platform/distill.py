@@ -55,6 +55,11 @@ def select_data(cfg: DistillConfig, root: str, run_ids: list[str], exclude=froze
                           f"{selection}; loosen the cutoff or check the games")
     transforms = step_transforms(cfg)
     train, heldout = data.split_heldout(histories, d.heldout_episodes)
+    if not any(h.episodes for h in train):
+        longest = max(len(h.episodes) for h in histories)
+        raise StageFailed(f"distill: data.heldout_episodes {d.heldout_episodes} holds out every episode of the "
+                          f"selected histories (at most {longest} episodes each after {selection}); nothing is left "
+                          f"to train on: lower data.heldout_episodes below {longest}")
     return train, heldout, data.num_actions_of(histories, transforms)
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import ray
 
 from understudy.envs import family_of
+from understudy.envs.families import is_heldout_split
 from understudy.platform import resources, storage, tracking
 from understudy.platform.config import EvaluateConfig, config_digest
 from understudy.platform.manifests import DistillManifest, EvaluateManifest, TeachManifest
@@ -114,16 +115,16 @@ def _agents(cfg: EvaluateConfig, ws: Workspace, teach: TeachManifest, distill: D
 def _check_goals_held_out(cfg: EvaluateConfig, teach: TeachManifest, distill: DistillManifest) -> None:
     """Held-out goals (Dark Room's) must be absent from every run the imitator was trained on."""
     per_goal = [family_of(g) for g in cfg.games if family_of(g).per_goal]
-    if not per_goal or cfg.goal_split != "heldout":
+    if not per_goal or not is_heldout_split(cfg.goal_split):
         return
     read = set(distill.run_ids)
     trained = {tuple(r.goal) for r in teach.runs if r.run_id in read and r.goal is not None}
-    overlap = sorted(trained & {tuple(int(v) for v in g) for g in per_goal[0].goals("heldout")})
+    overlap = sorted(trained & {tuple(int(v) for v in g) for g in per_goal[0].goals(cfg.goal_split)})
     if overlap:
-        raise StageFailed(f"evaluate: Dark Room goals {overlap[:5]}{' ...' if len(overlap) > 5 else ''} are in "
-                          f"goal_split 'heldout' but the imitator of distill stage {distill.name!r} was trained on "
-                          f"runs of them (teach stage {teach.name!r}); teach with goal_split: train, or "
-                          "evaluate with goal_split: train")
+        raise StageFailed(f"evaluate: tasks {overlap[:5]}{' ...' if len(overlap) > 5 else ''} of {cfg.games[0]} are in "
+                          f"goal_split {cfg.goal_split!r} but the imitator of distill stage {distill.name!r} was "
+                          f"trained on runs of them (teach stage {teach.name!r}); teach on the split's training "
+                          "tasks, or evaluate on a split it was trained on")
 
 
 def _past_the_horizon(cfg: EvaluateConfig, distill: DistillManifest) -> EvaluateConfig:

@@ -195,15 +195,18 @@ def _gpus(device: str, cluster: resources.Cluster) -> int:
 
 
 def teach_cost(cfg: TeachConfig, cluster: resources.Cluster) -> StageCost:
-    if cfg.algorithm == "qlearning":
-        from understudy.envs.darkroom import darkroom_goals
-
-        goals = len(darkroom_goals(cfg.darkroom.goal_split))
-        cost = StageCost("teach", cfg.name, trials=len(cfg.seeds), env_steps=cfg.env_steps * goals * len(cfg.seeds),
-                         gradient_updates=cfg.env_steps * goals * len(cfg.seeds))
+    source = cfg.local_source
+    if source is not None:  # a history source recording in the driver (algorithms/sources.py)
+        steps = cfg.env_steps * cfg.tasks_per_game * len(cfg.seeds)
+        cost = StageCost("teach", cfg.name, trials=len(cfg.seeds), env_steps=steps,
+                         gradient_updates=steps if source.from_scratch is not None else 0)
         cost.placements = resources.teach_placements(cfg, 0)
         cost.here = cost.cluster = 1
-        cost.work = [(0.0, 1, "tabular Q-learning in the driver: seconds")]
+        if source.steps_per_s is None:
+            cost.work = [(0.0, 1, f"{source.description} in the driver: seconds")]
+        else:  # env_steps is each history's cap: episodes may end sooner, an upper bound
+            cost.work = [(steps / source.steps_per_s, 1, f"{source.description} in the driver at "
+                          f"{source.steps_per_s:,.0f} env steps/s (measured; at most)")]
         return cost
     trials = len(cfg.games) * len(cfg.seeds)
     cost = StageCost("teach", cfg.name, trials=trials, env_steps=cfg.env_steps * trials,
@@ -224,10 +227,7 @@ def distill_cost(cfg: DistillConfig, teach: TeachConfig, cluster: resources.Clus
     trials = resources.distill_trials(cfg)
     games = len(cfg.data.games or cfg.train_games)
     rows = teach.env_steps * len(teach.seeds) * games // cfg.data.gap  # the teachers' steps it reads
-    if teach.algorithm == "qlearning":
-        from understudy.envs.darkroom import darkroom_goals
-
-        rows *= len(darkroom_goals(teach.darkroom.goal_split))
+    rows *= teach.tasks_per_game  # a local source records one history per task
     # What distill's progress lines count: each worker's updates of one trial.
     updates = int(UpdatesPerTrial(rows)({"distill": cfg.model_dump()}))
     cost = StageCost("distill", cfg.name, trials=trials, gradient_updates=updates * trials)

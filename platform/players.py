@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import ray
 
+from understudy.algorithms import sources
 from understudy.platform import storage
 from understudy.platform.config import CONTROLS  # the imitator's checkpoints, with one input changed
 from understudy.platform.manifests import TeachManifest
@@ -440,19 +441,20 @@ def _learn_from_scratch(teach: TeachManifest, game: str, env_steps: int, copies:
     import torch
 
     torch.set_num_threads(1)
-    if teach.algorithm == "qlearning":  # Dark Room's tabular source, one learner per goal
-        from understudy.algorithms import darkroom_source
+    source = sources.local_source(teach.algorithm)
+    if source is not None:  # a history source of one learner per task (Dark Room's Q-learning)
         from understudy.envs import family_of
 
+        if source.from_scratch is None:
+            raise StageFailed(f"scratch: teach stage {teach.name!r} recorded with {source.name!r} "
+                              f"({source.description}), which is not a learner: there is no from-scratch run")
         family = family_of(game)
         goals = np.repeat(family.goals(goal_split), copies, axis=0)
-        episodes = max(1, env_steps // (family.episode_steps * len(goals)))
+        episodes = max(1, env_steps // ((family.episode_steps or family.longest_episode) * len(goals)))
         # The teacher's own hyper-parameters (older manifests: the defaults), on a fresh schedule.
-        known = set(darkroom_source.QLearningConfig.__dataclass_fields__)
-        config = darkroom_source.QLearningConfig(**{
-            **{k: v for k, v in teach.hyperparameters.items() if k in known}, "episodes": episodes})
-        batches = list(darkroom_source.q_learning(goals, config, seed=1000 + seed))
-        return np.stack([b.returns for b in batches], 1).tolist()  # (goals x copies, episodes)
+        known = set(source.settings.__dataclass_fields__)
+        settings = {k: v for k, v in teach.hyperparameters.items() if k in known}
+        return np.asarray(source.from_scratch(game, goals, episodes, settings, 1000 + seed)).tolist()
     from understudy.algorithms.teachers import recording_algorithm, teacher_config_from
     from understudy.histories import shards
 

@@ -14,6 +14,7 @@ import html
 import numpy as np
 
 from understudy.envs import family_of
+from understudy.envs.families import is_heldout_split
 from understudy.platform import metrics, plots, tracking
 from understudy.platform.config import EvaluateConfig
 from understudy.platform.manifests import DistillManifest, EvaluateManifest, TeachManifest
@@ -640,7 +641,7 @@ def log_metrics(client, run_id: str, values: dict[str, float]) -> None:
 
 def is_heldout(game: str, trained, goal_split: str) -> bool:
     """Never trained on: a game outside the training data, or held-out goals (Dark Room's)."""
-    return game not in trained or (family_of(game).per_goal and goal_split == "heldout")
+    return game not in trained or (family_of(game).per_goal and is_heldout_split(goal_split))
 
 
 def _aggregate(late_scores: dict, trained, goal_split) -> list[dict]:

@@ -85,8 +85,8 @@ def _bundle(cpu: float, gpu: float = 0, memory: float = 0) -> dict:
 
 def teach_placements(cfg: TeachConfig, gpus: int) -> list[Placement]:
     """One Tune trial per (game, seed): RLlib's resource request for the teacher's config."""
-    if cfg.algorithm == "qlearning":  # Dark Room's tabular source runs in the driver
-        return [Placement("teach", "Dark Room Q-learning (in the driver)", (_bundle(0),), 1)]
+    if cfg.local_source is not None:  # a history source recording in the driver (algorithms/sources.py)
+        return [Placement("teach", f"{cfg.local_source.description} (in the driver)", (_bundle(0),), 1)]
     from understudy.algorithms.teachers import teacher_config_from
     from understudy.platform.teach import teacher_settings
 

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 
 import numpy as np
 from ray import tune
 
+from understudy.algorithms import sources
 from understudy.envs import AtariProtocol, family_of
 from understudy.envs.families import ALE
 from understudy.histories import shards
@@ -101,8 +103,8 @@ def run_teach(cfg: TeachConfig, ws: Workspace, resume: bool = False) -> TeachMan
     with tracking.stage_run(ws, "teach", cfg.name, {"stage": cfg.name, "algorithm": cfg.algorithm,
                                                     "games": ",".join(cfg.games), "seeds": str(cfg.seeds),
                                                     "env_steps": cfg.env_steps}) as stage:
-        if cfg.algorithm == "qlearning":
-            return run_teach_darkroom(cfg, ws, stage)
+        if cfg.local_source is not None:
+            return run_teach_local(cfg, ws, stage)
         return _run_teach(cfg, ws, stage, resume)
 
 
@@ -228,68 +230,71 @@ def _run_teach(cfg: TeachConfig, ws: Workspace, stage: Study, resume: bool) -> T
     return manifest
 
 
-def run_teach_darkroom(cfg: TeachConfig, ws: Workspace, stage: Study) -> TeachManifest:
-    """Dark Room's source RL: Q-learning learns every goal of a split from scratch, each
-    learning history recorded through the same shard path as Atari (one run per goal and seed),
-    into a shard root of its own so the stage can be run again."""
-    from dataclasses import asdict
-
-    import numpy as np
-
-    from understudy.algorithms import darkroom_source
-    from understudy.envs.darkroom import EPISODE_STEPS, darkroom_goals, optimal_return, protocol
-
+def run_teach_local(cfg: TeachConfig, ws: Workspace, stage: Study) -> TeachManifest:
+    """A history source that records in the driver (algorithms/sources.py: Dark Room's
+    Q-learning, the annealed expert): one history per task of the configured split and seed,
+    through the same shard path as the RLlib teachers, into a shard root of its own so the stage
+    can be run again. One MLflow run per seed: the mean curve over tasks, as raw return and as a
+    fraction of each task's optimum, and its figure."""
+    source = cfg.local_source
+    game = cfg.games[0]
+    family = family_of(game)
+    block = cfg.source_block
     session = time.strftime("%Y%m%d-%H%M%S")
     root = f"{ws.shard_root}/{cfg.name}-{session}"
-    episodes = cfg.env_steps // EPISODE_STEPS
-    p = cfg.darkroom
-    qconfig = darkroom_source.QLearningConfig(
-        episodes=episodes, **p.model_dump(exclude={"goal_split"}))
-    goals = darkroom_goals(p.goal_split)
+    episode_steps = family.episode_steps or family.longest_episode
+    episodes = cfg.env_steps // episode_steps
+    settings = asdict(sources.settings_of(source, block.model_dump(), episodes=episodes))
+    goals = np.asarray(family.goals(block.goal_split))
+    optimal = np.array([family.optimum(g) for g in goals], np.float64)
+    label = game.replace("/", "_")
     client = tracking.client_for(ws)
     runs = []
     for seed in cfg.seeds:
         started, began = time.perf_counter(), time.time()
-        run_ids = darkroom_source.record_histories(
-            root, goals, episodes, seed, qconfig,
-            progress=lambda m: print(f"[teach] DarkRoom seed {seed}: {m}", flush=True))
+        run_ids = source.record(root, game, goals, episodes, seed, settings, session=session,
+                                goal_split=block.goal_split,
+                                progress=lambda m: print(f"[teach] {game} {source.name} seed {seed}: {m}", flush=True))
         ended = time.time()
         # logged once the histories are recorded, with the time their recording started
-        run_name = tracking.run_name(stage, f"DarkRoom-qlearning-s{seed}")
+        run_name = tracking.run_name(stage, f"{label}-{source.name}-s{seed}")
         mlflow_run = tracking.start_run(client, stage.experiment_id, run_name, {
-            "stage": cfg.name, "algorithm": "qlearning", "game": "DarkRoom", "seed": seed,
-            "goals": len(goals), "goal_split": p.goal_split, "episodes_per_goal": episodes,
-            "shard_root": root, **{f"qlearning.{k}": v for k, v in asdict(qconfig).items()},
-            **{f"env.{k}": v for k, v in protocol().items()}},
+            "stage": cfg.name, "algorithm": source.name, "game": game, "seed": seed,
+            "goals": len(goals), "goal_split": block.goal_split, "episodes_per_goal": episodes,
+            "shard_root": root, **{f"{source.name}.{k}": v for k, v in settings.items()},
+            **{f"env.{k}": v for k, v in family.protocol.items()}},
             parent=stage.run_id, start_time=began, source=stage.source)
-        curves = np.array([[e["return"] for e in shards.episode_returns(root, r)] for r in run_ids])
-        optimal = np.array([optimal_return(g) for g in goals])
-        tracking.log_metric_series(client, mlflow_run, "episode_return_mean", curves.mean(0))
-        tracking.log_metric_series(client, mlflow_run, "fraction_of_optimal", (curves / optimal[:, None]).mean(0))
-        fig = plots.learning_curve(np.arange(1, episodes + 1) * EPISODE_STEPS, curves.mean(0),
-                                   f"Q-learning on {len(goals)} Dark Room goals (seed {seed}): mean return")
+        curves = [np.array([e["return"] for e in shards.episode_returns(root, r)]) for r in run_ids]
+        shortest = min(len(c) for c in curves)
+        mean = np.mean([c[:shortest] for c in curves], 0)
+        fraction = np.mean([c[:shortest] / best for c, best in zip(curves, optimal)], 0)
+        tracking.log_metric_series(client, mlflow_run, "episode_return_mean", mean)
+        tracking.log_metric_series(client, mlflow_run, "fraction_of_optimal", fraction)
+        fig = plots.learning_curve(np.arange(1, shortest + 1), mean,
+                                   f"{source.name} on {len(goals)} {game} tasks (seed {seed}): mean return "
+                                   "by episode")
         tracking.log_figure(client, mlflow_run, fig, "learning_curve.png")
         client.set_tag(mlflow_run, "understudy.data_version", shards.data_version(root, run_ids))
         tracking.end_run(client, mlflow_run, "FINISHED", end_time=ended)
-        print(f"[teach] DarkRoom seed {seed}: {len(run_ids)} goals x {episodes} episodes in "
-              f"{time.perf_counter() - started:.0f}s; last-10 return {curves[:, -10:].mean():.2f} "
-              f"of optimal {optimal.mean():.2f}", flush=True)
+        print(f"[teach] {game} {source.name} seed {seed}: {len(run_ids)} tasks x {episodes} episodes in "
+              f"{time.perf_counter() - started:.0f}s; first-10 return {mean[:10].mean():.2f}, last-10 "
+              f"{mean[-10:].mean():.2f} of optimal {optimal.mean():.2f}", flush=True)
         for run_id, goal, curve, best in zip(run_ids, goals, curves, optimal):
             catalog = shards.read_catalog(root, run_id)
-            # Q-learning has no separate greedy play: its last 10 episodes against the goal's
-            # optimum (random play scores about 0 in 20 steps).
-            verdict = learning_verdict("DarkRoom", [], curve[-10:].tolist(), cfg.learned_margin,
+            # The source's last 10 episodes against the task's optimum, random play counted as 0
+            # (Dark Room's random play scores about 0 in 20 steps; minatar_columns' 0.8 of 12.9).
+            verdict = learning_verdict(game, [], curve[-10:].tolist(), cfg.learned_margin,
                                        reference=(0.0, float(best)))
-            verdict["basis"] = "last 10 training episodes"
+            verdict["basis"] = "last 10 episodes of the history"
             shards.write_run_verdict(root, run_id, verdict)
-            runs.append({"run_id": run_id, "game": "DarkRoom", "seed": seed, "goal": goal.tolist(),
+            runs.append({"run_id": run_id, "game": game, "seed": seed, "goal": np.asarray(goal).tolist(),
                          "checkpoint": None, "mlflow_run_id": mlflow_run, "verdict": verdict,
                          "final_return_mean": float(curve[-10:].mean()),
                          "recorded_episodes": len(curve), "recorded_steps": sum(e["rows"] for e in catalog),
                          "shards": len(catalog), "shard_bytes": sum(e["bytes"] for e in catalog)})
-    manifest = {"kind": "teach", "name": cfg.name, "session": session, "algorithm": "qlearning",
-                "shard_root": root, "protocol": protocol(), "max_episode_steps": EPISODE_STEPS,
-                "hyperparameters": asdict(qconfig), "runs": runs, "config_digest": config_digest(cfg)}
+    manifest = {"kind": "teach", "name": cfg.name, "session": session, "algorithm": source.name,
+                "shard_root": root, "protocol": family.protocol, "max_episode_steps": episode_steps,
+                "hyperparameters": settings, "runs": runs, "config_digest": config_digest(cfg)}
     manifest = TeachManifest.model_validate(manifest)
     ws.write_stage("teach", cfg.name, manifest)
     return manifest

@@ -62,7 +62,7 @@ CASES = [
     Case("zero-episodes", "zero evaluation episodes", ["evaluate", "{cfg}"],
          "kind: evaluate\nimitator: a\nteacher: b\ngames: [Pong]\nepisodes: 0\n", 2, ("episodes", "greater than 0")),
     Case("unknown-algorithm", "an algorithm that does not exist", ["teach", "{cfg}"],
-         TEACH.replace("ppo", "a2c"), 2, ("algorithm", "a2c", "'ppo'", "'dqn'")),
+         TEACH.replace("ppo", "a2c"), 2, ("algorithm", "a2c", "ppo", "dqn", "annealed", "qlearning")),
     Case("unknown-imitator", "an imitator algorithm that does not exist", ["distill", "{cfg}"],
          "kind: distill\nteacher: t\ngame: Pong\nalgorithm: gpt\n", 2, ("algorithm", "gpt", "'ad'", "'ad_gru'")),
     Case("malformed-yaml", "malformed YAML", ["teach", "{cfg}"],

@@ -113,8 +113,20 @@ def test_task_split_is_frozen_and_disjoint():
     assert train[:4].tolist() == [[0, 1, 2], [0, 1, 3], [0, 1, 5], [0, 1, 6]]
     assert set(np.unique(held)) == set(range(10))  # every column pays in some held-out task
     assert np.array_equal(mc.task_goals("heldout"), held)  # the same on every call
-    with pytest.raises(ValueError, match="valid: train, heldout, all"):
+    with pytest.raises(ValueError, match="valid: train, heldout, train_v2, heldout_v2, all"):
         mc.task_goals("test")
+
+
+def test_task_split_v2_is_frozen_disjoint_and_has_50_heldout_tasks():
+    train, held = mc.task_goals("train_v2"), mc.task_goals("heldout_v2")
+    assert train.shape == (70, 3) and held.shape == (50, 3)
+    assert not {tuple(t) for t in train} & {tuple(t) for t in held}
+    assert {tuple(t) for t in train} | {tuple(t) for t in held} == set(mc.TASKS)
+    # Never changes: the draw it was frozen from, and its digests.
+    drawn = sorted(np.random.default_rng(29).permutation(120)[:50])
+    assert [tuple(t) for t in held] == [mc.TASKS[i] for i in drawn]
+    assert _digest(held) == "be80757cf21884cf" and _digest(train) == "73d1277017544fc9"
+    assert np.bincount(held.ravel(), minlength=10).min() >= 11  # every column pays in 11+ held-out tasks
 
 
 def test_bad_tasks_are_refused():
