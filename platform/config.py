@@ -305,8 +305,8 @@ class TeachConfig(Strict):
         return self
 
     @model_validator(mode="after")
-    def _budget_fits(self):
-        if self.env_steps < self.env_steps_per_iter:
+    def _budget_fits(self):  # an RLlib teacher's iterations (a local source has none)
+        if self.local_source is None and self.env_steps < self.env_steps_per_iter:
             raise ValueError(f"env_steps ({self.env_steps}) is smaller than env_steps_per_iter "
                              f"({self.env_steps_per_iter}); raise env_steps or lower env_steps_per_iter")
         return self
