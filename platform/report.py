@@ -109,6 +109,8 @@ def summarise(cfg: EvaluateConfig, trained: list[str], results: dict, data: dict
                "copies": returns.shape[0], "episodes": returns.shape[1], "first": float(returns[:, 0].mean()),
                "last": float(returns[:, -1].mean()), "return_mean": float(returns.mean()),
                "env_steps": sum(_env_steps(r) for r in res["runs"])}
+        # per training run (one learner: an imitator's copies, one scratch learner, one random run)
+        row["env_steps_per_run"] = round(row["env_steps"] / max(1, len(res["runs"])))
         late_by_task[(name, game)] = _late_by_task(game, res, cfg, k)
         if returns.shape[1] >= 2 * k:
             ici = metrics.in_context_improvement(returns, early=k, late=k)
@@ -513,7 +515,17 @@ def episode_rows(cfg: EvaluateConfig, results: dict, teacher_seeds: list[int], e
                             "arm": name, "task": goal if goal is not None else game,
                             "eval_seed": run.get("eval_seed"),
                             "heldout": is_heldout(game, trained, cfg.goal_split) if trained is not None else None,
+                            "run_env_steps": _env_steps(run),
                             "episode_returns": [float(r) for r in returns]})
+            # Forgetting: the fine-tuned weights, frozen, replayed on each game they were trained on
+            for other, copies in sorted(run.get("replays", {}).items()):
+                for i, returns in enumerate(copies):
+                    out.append({"experiment": experiment, "agent": f"{name} on {game}, then frozen", "game": other,
+                                "goal": None, "optimal_return": None, "teacher_seed": None,
+                                "teacher_seeds": teacher_seeds or None, "imitator_seed": run["seed"],
+                                "run_seed": run["seed"], "copy": i, "arm": f"{name}_replay", "task": other,
+                                "eval_seed": run.get("eval_seed"), "heldout": False, "run_env_steps": None,
+                                "episode_returns": [float(r) for r in returns]})
     return out
 
 
@@ -736,7 +748,8 @@ def results_table(rows: list[dict], aggregate: list[dict] | None = None) -> str:
             ("episodes_to_0.9", "episodes to 0.9 opt."), ("reached_0.9", "share reaching 0.9"),
             ("source_episodes_to_0.9", "source: episodes to 0.9"),
             ("truncated_episodes", "cut by step cap"), ("context_episodes_late", "episodes in context (late)"),
-            ("below_random", "tasks below random"), ("env_steps", "env steps")]
+            ("below_random", "tasks below random"), ("env_steps", "env steps (all runs)"),
+            ("env_steps_per_run", "env steps per run")]
     lines = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         lines.append("| " + " | ".join(_fmt(r.get(c)) for c, _ in cols) + " |")

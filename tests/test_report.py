@@ -350,3 +350,26 @@ def test_below_random_play_is_flagged_per_row_and_counted_per_agent():
     table = results_table(rows, aggregate)
     assert "| 1 of 2: Breakout |" in table
     assert headline_metrics(rows, aggregate)["below_random/imitator/training"] == 1.0
+
+
+def test_raw_rows_carry_each_runs_env_steps_and_export_the_forgetting_replays():
+    """Env steps are reported per training run (a learner), not only summed over runs, and the
+    fine-tuned weights' replays on the old game are raw rows of their own (the forgetting figure
+    can be recomputed from the results file)."""
+    from understudy.platform.report import episode_rows
+
+    cfg = config(games=["MinAtar/SpaceInvaders"], copies=2)
+    play = {"returns": [[1.0, 2.0, 3.0, 4.0]] * 2, "lengths": [[10] * 4] * 2, "truncated": [[False] * 4] * 2,
+            "env_steps": 80}
+    tuned = runs(play, play)
+    tuned["runs"][0]["replays"] = {"MinAtar/Breakout": [[5.0, 6.0], [7.0, 8.0]]}
+    results = {("finetune", "MinAtar/SpaceInvaders"): tuned}
+    rows, _ = summarise(cfg, ["MinAtar/Breakout"], results, {})
+    assert rows[0]["env_steps"] == 160 and rows[0]["env_steps_per_run"] == 80
+    raw = episode_rows(cfg, results, [0], "x", trained=["MinAtar/Breakout"])
+    played = [r for r in raw if r["arm"] == "finetune"]
+    replayed = [r for r in raw if r["arm"] == "finetune_replay"]
+    assert len(played) == 4 and {r["run_env_steps"] for r in played} == {80}
+    assert [r["episode_returns"] for r in replayed] == [[5.0, 6.0], [7.0, 8.0]]
+    assert all(r["game"] == "MinAtar/Breakout" and r["heldout"] is False and r["run_seed"] == 0 for r in replayed)
+    assert replayed[0]["agent"] == "finetune on MinAtar/SpaceInvaders, then frozen"
