@@ -11,7 +11,7 @@ from pathlib import Path
 from understudy.platform import tracking
 from understudy.platform.config import ConfigError, ExperimentConfig, load_experiment
 from understudy.platform.manifests import ExperimentManifest
-from understudy.platform.workspace import Workspace
+from understudy.platform.workspace import Workspace, write_json_atomic
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "tune_configs" / "experiments"
 
@@ -195,18 +195,7 @@ def _log_rotations(cfg: ExperimentConfig, ws: Workspace, evaluations: list) -> t
 
 def write_results(ws: Workspace, name: str, episodes: list[dict]) -> Path:
     """`<workspace>/results/<name>.json`: the evaluation's raw rows, written atomically."""
-    import json
-    import os
-    import tempfile
-
-    folder = ws.root / "results"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.json"
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-    with os.fdopen(fd, "w") as f:
-        json.dump(episodes, f)
-    os.replace(tmp, path)
-    return path
+    return write_json_atomic(ws.root / "results" / f"{name}.json", episodes)
 
 
 def _finished(ws: Workspace, kind: str, stage_cfg) -> bool:

@@ -21,6 +21,24 @@ from pydantic import BaseModel, ValidationError
 from understudy.platform.manifests import MANIFESTS
 
 
+def write_json_atomic(path, data, **dump_args) -> Path:
+    """Write JSON to `path` through a temporary name in the same folder, then rename: a reader
+    sees the old file or the whole new one, never half of it. Mode 0644, as a plain file gets
+    (mkstemp's own is owner-only, which hid results from other readers)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, **dump_args)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 class StageMissing(RuntimeError):
     pass
 
@@ -160,13 +178,7 @@ class Workspace:
             manifest = MANIFESTS[kind].model_validate(manifest)
         if isinstance(manifest, BaseModel):
             manifest = manifest.model_dump(mode="json", exclude_none=True)  # absent = None on reading
-        path = self.stage_path(kind, name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        with os.fdopen(fd, "w") as f:
-            json.dump(manifest, f, indent=2, sort_keys=True)
-        os.replace(tmp, path)
-        return path
+        return write_json_atomic(self.stage_path(kind, name), manifest, indent=2, sort_keys=True)
 
     def interrupted(self, kind: str, name: str, config: dict) -> dict | None:
         """The `.running` marker of an interrupted stage, if it can be resumed: started with

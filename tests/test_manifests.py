@@ -96,3 +96,18 @@ def test_a_tune_state_file_cut_by_a_kill_is_restored_from_tune_s_staging_copy(tm
     assert "restored from Tune's own copy" in capsys.readouterr().out
     assert cloudpickle.loads((experiment / "basic-variant-state-s.json").read_bytes()) == state
     assert tune_state_usable("distill", str(experiment)) and capsys.readouterr().out == ""
+
+
+def test_json_is_written_whole_or_not_at_all_and_readable_by_others(tmp_path):
+    import json
+    import stat
+
+    from understudy.platform.workspace import write_json_atomic
+
+    path = write_json_atomic(tmp_path / "results" / "x.json", [{"a": 1}])
+    assert json.loads(path.read_text()) == [{"a": 1}]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644  # not mkstemp's owner-only 0600
+    with pytest.raises(TypeError):
+        write_json_atomic(path, [{"a": object()}])  # fails half-way through the dump
+    assert json.loads(path.read_text()) == [{"a": 1}]  # the old file stands
+    assert [p.name for p in path.parent.iterdir()] == ["x.json"]  # no temporary left behind
