@@ -7,6 +7,7 @@ command line or the environment, so the same file runs on a laptop and on a clus
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
@@ -375,11 +376,53 @@ class SearchDomain(Strict):
         return self
 
 
+# What a trial reports every epoch that a scheduler or searcher can steer by.
+OBJECTIVE_METRICS = ("heldout_loss", "heldout_accuracy", "train_loss", "train_accuracy")
+Metric = Annotated[str, AfterValidator(lambda m: _one_of(m, OBJECTIVE_METRICS, "metric"))]
+
+
+def _one_of(value, valid, what: str):
+    if value not in valid:
+        raise ValueError(f"{what} {value!r} is not one of {', '.join(valid)}")
+    return value
+
+
 class AshaParams(Strict):
-    metric: str = "heldout_loss"
+    metric: Metric = "heldout_loss"
     mode: Literal["min", "max"] = "min"
     grace_period: PositiveInt = 1  # epochs before a trial can be stopped
     reduction_factor: float = Field(2.0, gt=1.0)
+
+
+# What Population Based Training may change in a running trial: a perturbed trial goes on from a
+# checkpoint (of itself or of a better trial), so nothing that shapes the weights may change.
+PBT_MUTABLE = ("lr", "weight_decay", "batch_size", "model.dropout", "model.attention_dropout")
+
+
+class PbtParams(Strict):
+    """Tune's PopulationBasedTraining: every `perturbation_interval` epochs a trial in the bottom
+    `quantile_fraction` of the population by `metric` continues from a top trial's checkpoint
+    with its hyper-parameters perturbed: each key of `mutations` resampled from its domain with
+    `resample_probability`, else moved (x0.8 or x1.2 for a continuous one, a neighbour in a
+    `choice` list)."""
+    metric: Metric = "heldout_loss"
+    mode: Literal["min", "max"] = "min"
+    perturbation_interval: PositiveInt = 1  # epochs
+    quantile_fraction: float = Field(0.25, gt=0.0, le=0.5)
+    resample_probability: float = Field(0.25, ge=0.0, le=1.0)
+    synch: bool = False  # perturb only when the whole population has reached the interval
+    mutations: dict[str, SearchDomain] = Field(default_factory=dict)  # keys of PBT_MUTABLE
+
+
+class SearcherParams(Strict):
+    """How `search` points are chosen. basic: Tune's BasicVariantGenerator (grid points, random
+    draws for the other domains; `seed` seeds the draws); optuna: Tune's OptunaSearch, Optuna's
+    TPE sampler (seeded by `seed`) proposing each next point from the trials finished so far by
+    `metric`."""
+    algorithm: Literal["basic", "optuna"] = "basic"
+    seed: int | None = Field(None, ge=0)
+    metric: Metric = "heldout_loss"  # optuna only
+    mode: Literal["min", "max"] = "min"
 
 
 class DistillConfig(Strict):
@@ -411,8 +454,10 @@ class DistillConfig(Strict):
     blocks_in_memory: PositiveInt = 2
     search: dict[str, SearchDomain] = Field(default_factory=dict)  # dotted keys, e.g. model.d_model
     num_samples: PositiveInt = 1  # samples of the random domains (grids multiply it)
-    scheduler: Literal["none", "asha"] = "none"
+    searcher: SearcherParams = SearcherParams()
+    scheduler: Literal["none", "asha", "pbt"] = "none"
     asha: AshaParams = AshaParams()
+    pbt: PbtParams = PbtParams()
     max_concurrent_trials: PositiveInt | None = None
     max_failures: int = Field(2, ge=0)  # a failed trial restarts from its last checkpoint
     verify_shards: bool = True  # re-hash every shard before training on it
@@ -449,7 +494,73 @@ class DistillConfig(Strict):
         for key in self.search:
             if key not in _sweepable(DistillConfig):
                 raise ValueError(f"search.{key}: not a sweepable key; valid: {', '.join(_sweepable(DistillConfig))}")
+        self._check_sweep()
         return self
+
+    def _check_sweep(self) -> None:
+        """The searcher and scheduler options fit each other and the config: each refusal names
+        the field and what would be valid."""
+        if self.searcher.algorithm == "optuna":
+            grids = [k for k, d in self.search.items() if d.grid is not None]
+            if grids:
+                raise ValueError(f"search.{grids[0]}: grid is not a domain searcher.algorithm optuna samples; "
+                                 "valid: choice, uniform, loguniform, randint (or searcher.algorithm: basic)")
+            if not self.search:
+                raise ValueError("searcher.algorithm: optuna needs a search space; give search (e.g. "
+                                 "lr: {loguniform: [1e-4, 1e-2]})")
+            if self.seeds is not None:
+                raise ValueError("seeds: optuna proposes one point per trial and cannot repeat a point once per "
+                                 "seed; give seed (one run per point), or searcher.algorithm: basic")
+        if self.scheduler == "pbt":
+            if self.searcher.algorithm != "basic":
+                raise ValueError(f"scheduler: pbt explores by itself; valid with searcher.algorithm basic only "
+                                 f"(got {self.searcher.algorithm!r})")
+            if self.seeds is not None:
+                raise ValueError("seeds: PBT's trials copy each other's weights and settings, so they are not "
+                                 "independent runs; give num_samples (the population) and seed")
+            if not self.pbt.mutations:
+                raise ValueError(f"pbt.mutations: empty; scheduler pbt needs at least one key to perturb, "
+                                 f"valid: {', '.join(PBT_MUTABLE)}")
+            for key, domain in self.pbt.mutations.items():
+                if key not in PBT_MUTABLE:
+                    raise ValueError(f"pbt.mutations.{key}: not a key PBT can change in a running trial; valid: "
+                                     f"{', '.join(PBT_MUTABLE)} (the rest shape the weights a trial continues from)")
+                if domain.grid is not None:
+                    raise ValueError(f"pbt.mutations.{key}: grid is not a mutation domain; valid: choice, "
+                                     "uniform, loguniform, randint")
+            if self.pbt.perturbation_interval >= self.epochs:
+                raise ValueError(f"pbt.perturbation_interval: {self.pbt.perturbation_interval} epochs leaves no "
+                                 f"perturbation within epochs: {self.epochs}; valid: 1..{self.epochs - 1}")
+            if self.workers > 1:
+                raise ValueError("scheduler: pbt continues trials from Tune checkpoints; valid with workers: 1 "
+                                 f"only (got workers: {self.workers}, Ray Train's checkpoints)")
+            population = self.num_samples * len(self.run_seeds) * math.prod(
+                len(d.grid) for d in self.search.values() if d.grid is not None)
+            if population < 2:
+                raise ValueError("num_samples: scheduler pbt needs a population of at least 2 trials (num_samples "
+                                 f"x seeds x grid points); got {population}")
+        objectives = {"asha": (self.asha.metric, self.asha.mode), "pbt": (self.pbt.metric, self.pbt.mode)}
+        if self.searcher.algorithm == "optuna" and self.scheduler in objectives and \
+                objectives[self.scheduler] != (self.searcher.metric, self.searcher.mode):
+            raise ValueError(f"searcher.metric/mode {self.searcher.metric}/{self.searcher.mode} and "
+                             f"{self.scheduler}.metric/mode {'/'.join(objectives[self.scheduler])} differ; valid: "
+                             "the same objective for both")
+        metric, _ = self.objective
+        if metric.startswith("heldout_") and self.data.heldout_episodes == 0 and \
+                (self.scheduler != "none" or self.searcher.algorithm == "optuna"):
+            raise ValueError(f"data.heldout_episodes: 0 holds no episodes out, yet the sweep steers by {metric}; "
+                             "valid: heldout_episodes >= 1, or metric train_loss / train_accuracy")
+
+    @property
+    def objective(self) -> tuple[str, str]:
+        """(metric, mode) the sweep steers by and the best point is chosen by."""
+        if self.scheduler == "pbt":
+            return self.pbt.metric, self.pbt.mode
+        if self.scheduler == "asha":
+            return self.asha.metric, self.asha.mode
+        if self.searcher.algorithm == "optuna":
+            return self.searcher.metric, self.searcher.mode
+        return self.asha.metric, self.asha.mode
 
     @property
     def run_seeds(self) -> list[int]:
