@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -15,6 +16,7 @@ CNN_LAYERS = {
     "minatar": [(16, 3, 1)],  # the MinAtar paper's network, on one 10x10x10 observation
 }
 ENCODERS = (*CNN_LAYERS, "grid")
+EncoderName = Literal[ENCODERS]  # what an imitator's `cnn` may be (config validates it)
 # What one frame of each encoder's input is: (height, width, channels per frame); a model of
 # `stack` frames reads stack x channels input channels.
 FRAME_INPUT = {"nature": (84, 84, 1), "small": (84, 84, 1), "grid": (84, 84, 1), "minatar": (10, 10, 10)}

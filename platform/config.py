@@ -7,8 +7,9 @@ command line or the environment, so the same file runs on a laptop and on a clus
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
@@ -18,11 +19,13 @@ from pydantic import (
     Field,
     PositiveFloat,
     PositiveInt,
+    SerializeAsAny,
     ValidationError,
+    create_model,
     model_validator,
 )
 
-from understudy.algorithms import sources
+from understudy.algorithms import imitators, sources
 from understudy.algorithms.annealed_source import AnnealConfig as _Anneal
 from understudy.algorithms.darkroom_source import QLearningConfig as _Q
 from understudy.algorithms.presets import PRESETS
@@ -54,6 +57,8 @@ def _model_fits_games(games: list[str], cnn: str, stack: int | None, field: str)
     if grids == {True, False}:
         raise ValueError(f"{field}: {games} mix MinAtar with other families; one model reads one "
                          "observation shape: train on MinAtar games only, or on none")
+    if cnn is None:  # an imitator without one of nets' encoders reads observations its own way
+        return
     if grids == {True} and cnn != "minatar":
         raise ValueError(f"model.cnn: {cnn!r} reads 84x84 frames; MinAtar games ({games[0]}) need "
                          "cnn: minatar")
@@ -347,16 +352,50 @@ class DataParams(Strict):
 
 
 class ModelParams(Strict):
-    """Constructor arguments of the model; None keeps the model's own default."""
-    cnn: Literal["small", "nature", "grid", "minatar"] = "small"  # grid: Dark Room; minatar: MinAtar
-    stack: PositiveInt | None = None  # frames per observation (BC/DT: 4, AD: 1)
-    hidden: PositiveInt | None = None  # BC
-    context: PositiveInt | None = None  # DT/AD: steps per context window
-    d_model: PositiveInt | None = None
-    layers: PositiveInt | None = None
-    heads: PositiveInt | None = None
-    dropout: float | None = Field(None, ge=0.0, lt=1.0)  # DT/AD: residual and feed-forward paths
-    attention_dropout: float | None = Field(None, ge=0.0, lt=1.0)  # DT/AD: attention weights
+    """Constructor arguments of the imitator's model (`model:` in a distill config). Each imitator
+    has its own schema (model_params), read from its model's constructor: its parameters, typed
+    and bounded as the constructor declares them; None keeps the model's own default."""
+
+
+def _imitator(name: str) -> str:
+    imitators.get(name)  # ValueError naming the valid ones
+    return name
+
+
+@lru_cache(maxsize=None)
+def model_params(algorithm: str) -> type[ModelParams]:
+    """The `model:` schema of an imitator: one optional field per constructor parameter."""
+    fields = {}
+    for name, p in imitators.get(algorithm).parameters().items():
+        annotation = Any if p.annotation is p.empty or isinstance(p.annotation, str) else p.annotation
+        fields[name] = (annotation | None, None)
+    return create_model(f"ModelParams_{algorithm}", __base__=ModelParams, **fields)
+
+
+def _model_of(algorithm: str, given, games: list[str]) -> ModelParams:
+    """A distill config's `model:` validated against its imitator's schema; a `cnn` left out is
+    the model's own default, recorded. ValueError: one line naming each wrong key and the valid
+    ones."""
+    schema = model_params(algorithm)
+    if isinstance(given, BaseModel):
+        given = given.model_dump(exclude_none=True)
+    # None is "the model's own default"; configs and manifests older than per-imitator schemas
+    # hold every shared key, mostly None.
+    given = {k: v for k, v in dict(given or {}).items() if v is not None or k in schema.model_fields}
+    if "cnn" in schema.model_fields and given.get("cnn") is None:
+        given["cnn"] = imitators.get(algorithm).default("cnn")
+    try:
+        return schema.model_validate(given)
+    except ValidationError as err:
+        parts = []
+        for e in err.errors():
+            loc = ".".join(["model", *map(str, e["loc"])])
+            if e["type"] == "extra_forbidden":
+                parts.append(f"{loc}: unknown key for algorithm {algorithm!r}; valid keys here: "
+                             f"{', '.join(schema.model_fields)}")
+            else:
+                parts.append(f"{loc}: {e['msg']} (got {e.get('input')!r})")
+        raise ValueError("; ".join(parts)) from None
 
 
 class SearchDomain(Strict):
@@ -389,8 +428,10 @@ class DistillConfig(Strict):
     teacher: StageName  # the teach stage whose shards to read
     game: Game | None = None  # one game, or give `games`
     games: list[Game] = Field(default_factory=list)
-    algorithm: Literal["bc", "dt", "ad", "ad_gru"] = "bc"
-    model: ModelParams = ModelParams()
+    # a registered imitator (algorithms/imitators.py: bc, dt, ad, ad_gru, installed plug-ins) or
+    # a plug-in's "module:attribute" (docs/extending.md)
+    algorithm: Annotated[str, AfterValidator(_imitator)] = "bc"
+    model: SerializeAsAny[ModelParams] = ModelParams()  # the imitator's own schema (model_params)
     data: DataParams = DataParams()
     epochs: PositiveInt = 3
     batch_size: PositiveInt = 64
@@ -427,10 +468,23 @@ class DistillConfig(Strict):
     # about 1.2x faster on a CPU with AVX-512 bf16 (docs/benchmarks.md), slower on one without.
     precision: Literal["float32", "bfloat16"] = "float32"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _imitator_model(cls, data):
+        if not isinstance(data, dict):
+            return data
+        algorithm = data.get("algorithm", cls.model_fields["algorithm"].default)
+        try:
+            imitators.get(algorithm)
+        except ValueError:
+            return data  # the field says what is wrong with it
+        games = ([data["game"]] if data.get("game") else []) + list(data.get("games") or [])
+        return {**data, "model": _model_of(algorithm, data.get("model"), [str(g) for g in games])}
+
     @model_validator(mode="after")
     def _games_can_be_imitated(self):
-        _model_fits_games(([self.game] if self.game else []) + self.games, self.model.cnn, self.model.stack,
-                          "games")
+        _model_fits_games(([self.game] if self.game else []) + self.games, getattr(self.model, "cnn", None),
+                          getattr(self.model, "stack", None), "games")
         return self
 
     @model_validator(mode="after")
@@ -447,8 +501,8 @@ class DistillConfig(Strict):
             if len(set(self.seeds)) != len(self.seeds):
                 raise ValueError(f"seeds {self.seeds}: repeated seeds are not independent runs")
         for key in self.search:
-            if key not in _sweepable(DistillConfig):
-                raise ValueError(f"search.{key}: not a sweepable key; valid: {', '.join(_sweepable(DistillConfig))}")
+            if key not in _sweepable(type(self.model)):
+                raise ValueError(f"search.{key}: not a sweepable key; valid: {', '.join(_sweepable(type(self.model)))}")
         return self
 
     @property
@@ -460,11 +514,12 @@ class DistillConfig(Strict):
         return [self.game] if self.game else list(self.games)
 
 
-def _sweepable(model: type[BaseModel]) -> list[str]:
+def _sweepable(params: type[ModelParams]) -> list[str]:
+    """The keys a distill search may sweep, for an imitator of `model:` schema `params`."""
     keys = []
     for name in ("lr", "batch_size", "weight_decay", "epochs", "seed"):
         keys.append(name)
-    for section, sub in (("model", ModelParams), ("data", DataParams)):
+    for section, sub in (("model", params), ("data", DataParams)):
         keys += [f"{section}.{k}" for k in sub.model_fields if k not in ("games", "suite")]
     return keys
 
@@ -545,13 +600,12 @@ def _controls_read_across_episodes(agents: list[str], algorithm: str) -> None:
     controls = [a for a in agents if a in CONTROLS]
     if not controls:
         return
-    from understudy.algorithms.imitation import CROSS_EPISODE
-
-    if algorithm not in CROSS_EPISODE:
+    if not imitators.get(algorithm).cross_episode:
         what = ("is a control", "needs", "it") if len(controls) == 1 else ("are controls", "need", "them")
         raise ValueError(f"evaluate.agents: {', '.join(controls)} {what[0]} of in-context learning and {what[1]} an "
-                         f"imitator that reads across episodes (distill.algorithm {' or '.join(CROSS_EPISODE)}); "
-                         f"distill.algorithm is {algorithm!r}: leave {what[2]} out")
+                         f"imitator that reads across episodes (distill.algorithm "
+                         f"{' or '.join(imitators.cross_episode())}); distill.algorithm is {algorithm!r}: "
+                         f"leave {what[2]} out")
 
 
 class PipelineConfig(Strict):
