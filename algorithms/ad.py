@@ -10,14 +10,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from understudy.algorithms.encoders import EncoderName
 from understudy.algorithms.imitators import Imitator, Positive, Rate, register
-from understudy.algorithms.nets import (
-    CausalTransformer,
-    ContextPolicy,
-    EncoderName,
-    StepEmbedding,
-    masked_action_loss,
-)
+from understudy.algorithms.nets import CausalTransformer, ContextPolicy, StepEmbedding, masked_action_loss
 from understudy.histories.data import SampleSpec
 
 

@@ -9,15 +9,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from understudy.algorithms.encoders import EncoderName
 from understudy.algorithms.imitators import Imitator, Positive, register
-from understudy.algorithms.nets import (
-    EncoderName,
-    StepEmbedding,
-    StepWindow,
-    choose,
-    masked_action_loss,
-    step_inputs,
-)
+from understudy.algorithms.nets import StepEmbedding, StepWindow, choose, masked_action_loss, step_inputs
 from understudy.histories.data import SampleSpec
 
 

@@ -8,8 +8,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from understudy.algorithms.encoders import EncoderName
 from understudy.algorithms.imitators import Imitator, Positive, register
-from understudy.algorithms.nets import EncoderName, FrameEncoder, choose
+from understudy.algorithms.nets import FrameEncoder, choose
 from understudy.histories.data import SampleSpec
 
 

@@ -29,6 +29,10 @@ class EnvFamily:
     reference: Callable[[str], tuple[float, float] | None]
     protocol: dict = field(default_factory=dict)  # the family's environment settings, as logged
     teacher: tuple[str, str | None] = ("ppo", None)  # default (algorithm, preset)
+    # The observation encoder its models read with when a config names none: a name in
+    # algorithms/encoders.py (that layer is above this one; tests/test_families.py checks that
+    # it reads frame_shape).
+    encoder: str = "small"
     reference_source: str = ""
     # The one frame of an observation that a shard records (stacks are rebuilt on read).
     newest_frame: Callable = atari.newest_frame
@@ -168,7 +172,7 @@ MINATAR = EnvFamily(
     canonical=minatar.canonical_game, frame_shape=minatar.OBS_SHAPE,
     num_actions=lambda game: minatar.NUM_ACTIONS, shared_actions=minatar.NUM_ACTIONS,
     reference=lambda game: MINATAR_SCORES[minatar.game_of(game)],
-    protocol=MINATAR_PROTOCOL,
+    protocol=MINATAR_PROTOCOL, encoder="minatar",
     teacher=("ppo", "minatar"), newest_frame=lambda obs: obs,  # no stacking: the frame is the observation
     metadata=lambda game: {"family": "minatar", **MINATAR_PROTOCOL}, longest_episode=minatar.EPISODE_CLOCK,
     reference_source="random play measured here; DQN at 5M frames as published by Young & Tian (2019)")
@@ -177,7 +181,7 @@ DARKROOM = EnvFamily(
     name="darkroom", make_vector_env=_darkroom_vector_env, games=lambda: ["DarkRoom"], canonical=_darkroom_canonical,
     frame_shape=(darkroom.FRAME_SIZE, darkroom.FRAME_SIZE),
     num_actions=lambda game: darkroom.NUM_ACTIONS, shared_actions=darkroom.NUM_ACTIONS,
-    reference=lambda game: None, protocol=darkroom.protocol(), teacher=("qlearning", None),
+    reference=lambda game: None, protocol=darkroom.protocol(), teacher=("qlearning", None), encoder="grid",
     reference_source="each goal's optimal return (envs/darkroom.py optimal_return)",
     goals=darkroom.darkroom_goals, optimum=darkroom.optimal_return, episode_steps=darkroom.EPISODE_STEPS,
     longest_episode=darkroom.EPISODE_STEPS)
@@ -189,7 +193,7 @@ MINATAR_COLUMNS = EnvFamily(
     games=lambda: [minatar_columns.GAME], canonical=minatar_columns.canonical_game,
     frame_shape=minatar.OBS_SHAPE, num_actions=lambda game: minatar.NUM_ACTIONS,
     shared_actions=minatar.NUM_ACTIONS, reference=lambda game: None,  # per task: optimum
-    protocol=minatar_columns.protocol(), teacher=("ppo", "minatar"),
+    protocol=minatar_columns.protocol(), teacher=("ppo", "minatar"), encoder="minatar",
     # A shard keeps the blind frame even of a teacher that was shown its task (reveal_task).
     newest_frame=minatar_columns.hide_task,
     metadata=lambda game: {"family": "minatar_columns", **minatar_columns.protocol()},

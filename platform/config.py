@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from understudy.algorithms import imitators, sources
+from understudy.algorithms import encoders, imitators, sources
 from understudy.algorithms.annealed_source import AnnealConfig as _Anneal
 from understudy.algorithms.darkroom_source import QLearningConfig as _Q
 from understudy.algorithms.presets import PRESETS
@@ -48,25 +48,27 @@ def _game(name: str) -> str:
 Game = Annotated[str, AfterValidator(_game)]
 
 
-def _model_fits_games(games: list[str], cnn: str, stack: int | None, field: str) -> None:
-    """MinAtar observations (10x10x10, one frame each: the MinAtar games and the task families
-    built on them) need the MinAtar encoder, and it reads nothing else; games of one distill
-    stage share one observation shape."""
-    grids = {families.family_of(g).frame_shape == (10, 10, 10) for g in games}
-    kinds = {families.family_of(g).name for g in games}
-    if grids == {True, False}:
-        raise ValueError(f"{field}: {games} mix MinAtar with other families; one model reads one "
-                         "observation shape: train on MinAtar games only, or on none")
-    if cnn is None:  # an imitator without one of nets' encoders reads observations its own way
+def _model_fits_games(games: list[str], cnn: str | None, stack: int | None, field: str) -> None:
+    """The games of one distill stage share one observation shape (one model reads one), and the
+    model's encoder reads it: the encoders ask each game's family (encoders.reads), never its name."""
+    found = {}  # frame shape -> (family, first game)
+    for game in games:
+        family = families.family_of(game)
+        found.setdefault(tuple(family.frame_shape), (family, game))
+    if len(found) > 1:
+        shapes = "; ".join(f"{g} ({f.name}): {encoders.shape_text(s)}" for s, (f, g) in found.items())
+        raise ValueError(f"{field}: {games} mix observation shapes ({shapes}); one model reads one "
+                         "observation shape: train on games of one shape")
+    if cnn is None or not found:  # an imitator without one of the encoders reads observations its own way
         return
-    if grids == {True} and cnn != "minatar":
-        raise ValueError(f"model.cnn: {cnn!r} reads 84x84 frames; MinAtar games ({games[0]}) need "
-                         "cnn: minatar")
-    if cnn == "minatar" and grids == {False}:
-        raise ValueError(f"model.cnn: 'minatar' reads MinAtar's 10x10x10 observations; {games[0]} is "
-                         f"{'/'.join(sorted(kinds))}: valid: small, nature, grid")
-    if cnn == "minatar" and stack not in (None, 1):
-        raise ValueError(f"model.stack: {stack}; a MinAtar observation is one frame, valid: 1")
+    (shape, (family, game)), = found.items()
+    if not encoders.reads(cnn, shape):
+        raise ValueError(f"model.cnn: {cnn!r} reads {encoders.shape_text(encoders.ENCODERS[cnn].frame)}; "
+                         f"{game} is {family.name}, of {encoders.shape_text(shape)}: cnn: {family.encoder} (its "
+                         f"family's encoder, what a config that names none gets), or valid: "
+                         f"{', '.join(encoders.readers(shape))}")
+    if encoders.ENCODERS[cnn].one_frame and stack not in (None, 1):
+        raise ValueError(f"model.stack: {stack}; the {cnn} encoder reads one whole observation of {game}, valid: 1")
 
 
 StageName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$", min_length=1, max_length=64)]
@@ -185,7 +187,7 @@ class TeachConfig(Strict):
     preset: str | None = None
     env_steps_per_iter: PositiveInt = 256  # PPO train batch; DQN: steps per Tune report
     lr: PositiveFloat = 2.5e-4
-    cnn: Literal["small", "nature", "minatar"] = "small"
+    cnn: Literal[encoders.CNNS] = "small"  # an encoder that reads the games (algorithms/encoders.py)
     reward: Literal["sign", "clip", "raw"] = "sign"  # what the Learner sees; reports stay raw
     # "vector": ale-py's C++ vector env with batched inference (fast); "rllib": RLlib's own
     # SingleAgentEnvRunner on gymnasium wrappers (the reference).
@@ -258,8 +260,16 @@ class TeachConfig(Strict):
         if found and self.algorithm == "dqn" and not self.dqn.prioritized:
             raise ValueError("dqn: MinAtar DQN needs prioritized: true (RLlib's episode replay); the "
                              "frame replay stores 84x84 Atari frame stacks")
-        if found and self.cnn != "minatar":
-            raise ValueError(f"cnn: MinAtar's 10x10 grids need cnn: minatar (got {self.cnn!r})")
+        return self
+
+    @model_validator(mode="after")
+    def _encoder_reads_games(self):  # the RLlib teacher's encoder; a local source has none
+        for game in self.games if self.local_source is None else []:
+            family = families.family_of(game)
+            if not encoders.reads(self.cnn, family.frame_shape):
+                raise ValueError(f"cnn: {self.cnn!r} reads {encoders.shape_text(encoders.ENCODERS[self.cnn].frame)}; "
+                                 f"{game} is {family.name}, of {encoders.shape_text(family.frame_shape)}: "
+                                 f"cnn: {family.encoder}")
         return self
 
     @property
@@ -374,8 +384,8 @@ def model_params(algorithm: str) -> type[ModelParams]:
 
 def _model_of(algorithm: str, given, games: list[str]) -> ModelParams:
     """A distill config's `model:` validated against its imitator's schema; a `cnn` left out is
-    the model's own default, recorded. ValueError: one line naming each wrong key and the valid
-    ones."""
+    the encoder the games' family names (EnvFamily.encoder), else the model's own default,
+    recorded either way. ValueError: one line naming each wrong key and the valid ones."""
     schema = model_params(algorithm)
     if isinstance(given, BaseModel):
         given = given.model_dump(exclude_none=True)
@@ -383,7 +393,8 @@ def _model_of(algorithm: str, given, games: list[str]) -> ModelParams:
     # hold every shared key, mostly None.
     given = {k: v for k, v in dict(given or {}).items() if v is not None or k in schema.model_fields}
     if "cnn" in schema.model_fields and given.get("cnn") is None:
-        given["cnn"] = imitators.get(algorithm).default("cnn")
+        named = {families.family_of(g).encoder for g in games}
+        given["cnn"] = named.pop() if len(named) == 1 else imitators.get(algorithm).default("cnn")
     try:
         return schema.model_validate(given)
     except ValidationError as err:

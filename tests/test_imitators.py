@@ -179,3 +179,17 @@ def test_a_checkpoint_never_makes_a_module_import(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="int is not an Imitator"):  # named by the caller: imported, then refused
         imitation.load(str(tmp_path / "ck"), expect="canary_module_understudy:X")
     assert imported.exists()
+
+
+def test_encoders_are_declared_once_and_both_networks_read_the_declaration():
+    """An imitator's CNN (nets.FrameEncoder) and an RLlib teacher's (teachers.CNN_FILTERS) are
+    built from the one declaration in algorithms/encoders.py."""
+    from understudy.algorithms.encoders import ENCODERS
+    from understudy.algorithms.nets import FrameEncoder
+    from understudy.algorithms.teachers import CNN_FILTERS
+
+    assert CNN_FILTERS["nature"] == [[32, [8, 8], 4, "valid"], [64, [4, 4], 2, "valid"], [64, [3, 3], 1, "valid"]]
+    for name, encoder in ENCODERS.items():
+        convs = [m for m in FrameEncoder(name, 1, 8).modules() if isinstance(m, torch.nn.Conv2d)]
+        assert [(c.out_channels, c.kernel_size[0], c.stride[0]) for c in convs] == list(encoder.convs), name
+        assert [[o, [k, k], s, "valid"] for o, k, s in encoder.convs] == CNN_FILTERS.get(name, []), name
