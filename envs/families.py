@@ -49,6 +49,14 @@ class EnvFamily:
     longest_episode: int = 27_000
 
     @property
+    def takes_protocol(self) -> bool:
+        """Whether its envs follow a teach config's `protocol:` (the Atari protocol,
+        envs.AtariProtocol): its make_vector_env takes one."""
+        import inspect
+
+        return "protocol" in inspect.signature(self.make_vector_env).parameters
+
+    @property
     def per_goal(self) -> bool:
         return self.goals is not None
 
@@ -98,7 +106,7 @@ def make_play_env(game: str, copies: int, *, protocol: dict | None = None, max_e
 
         goals = np.repeat(family.goals(goal_split), copies, axis=0)
         return family.make_vector_env(game, len(goals), goals=goals)
-    options = {"protocol": protocol or {}} if family is ALE else {}
+    options = {"protocol": protocol or {}} if family.takes_protocol else {}
     return family.make_vector_env(game, copies, same_step_reset=True, max_episode_steps=max_episode_steps,
                                   **options)
 

@@ -87,13 +87,15 @@ def model_stack(game: str, stack: int) -> int:
     return stack if family_of(game).stacked else 0
 
 
-def num_actions_of(env) -> int:
+def num_actions_of(env, game: str) -> int:
+    """The actions of `game` in `env`: its action space, else (an env without one) its family's
+    count."""
     space = getattr(env, "single_action_space", None)
     if space is not None:
         return int(space.n)
-    from understudy.envs.darkroom import NUM_ACTIONS
+    from understudy.envs import family_of
 
-    return NUM_ACTIONS
+    return family_of(game).num_actions(game)
 
 
 class _Stateless:
@@ -372,7 +374,7 @@ def play(agent: Agent, game: str, protocol: dict, episodes: int, copies: int, ma
     started = time.time()
     torch.set_num_threads(1)
     env = make_env(game, protocol, copies, max_episode_steps, goal_split)
-    num_actions = num_actions_of(env)
+    num_actions = num_actions_of(env, game)
     with storage.local_copy(agent.checkpoint) as checkpoint:
         player, stack, model = make_player(replace(agent, checkpoint=checkpoint), env.num_envs,
                                            num_actions, greedy, seed, game, protocol,
@@ -413,11 +415,11 @@ def play(agent: Agent, game: str, protocol: dict, episodes: int, copies: int, ma
         env = make_env(other, protocol, copies, max_episode_steps, goal_split)
         frozen = imitation.as_trained(
             imitation.policy(model, env.num_envs, greedy=greedy, seed=seed, target_return=agent.target_return),
-            player.meta, num_actions_of(env), env.num_envs, other, bool(protocol.get("full_action_space")), seed)
+            player.meta, num_actions_of(env, other), env.num_envs, other, bool(protocol.get("full_action_space")), seed)
         try:
             # the same episodes and context rules as the untuned imitator played there
-            replay = play_episodes(env, frozen, model_stack(other, model.sample_spec().stack), num_actions_of(env),
-                                   episodes, seed)
+            replay = play_episodes(env, frozen, model_stack(other, model.sample_spec().stack),
+                                   num_actions_of(env, other), episodes, seed)
         finally:
             env.close()
         out["replays"][other] = [[e["return"] for e in p] for p in replay]
