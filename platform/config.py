@@ -8,8 +8,9 @@ command line or the environment, so the same file runs on a laptop and on a clus
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
@@ -19,11 +20,13 @@ from pydantic import (
     Field,
     PositiveFloat,
     PositiveInt,
+    SerializeAsAny,
     ValidationError,
+    create_model,
     model_validator,
 )
 
-from understudy.algorithms import sources
+from understudy.algorithms import encoders, imitators, sources
 from understudy.algorithms.annealed_source import AnnealConfig as _Anneal
 from understudy.algorithms.darkroom_source import QLearningConfig as _Q
 from understudy.algorithms.presets import PRESETS
@@ -46,23 +49,27 @@ def _game(name: str) -> str:
 Game = Annotated[str, AfterValidator(_game)]
 
 
-def _model_fits_games(games: list[str], cnn: str, stack: int | None, field: str) -> None:
-    """MinAtar observations (10x10x10, one frame each: the MinAtar games and the task families
-    built on them) need the MinAtar encoder, and it reads nothing else; games of one distill
-    stage share one observation shape."""
-    grids = {families.family_of(g).frame_shape == (10, 10, 10) for g in games}
-    kinds = {families.family_of(g).name for g in games}
-    if grids == {True, False}:
-        raise ValueError(f"{field}: {games} mix MinAtar with other families; one model reads one "
-                         "observation shape: train on MinAtar games only, or on none")
-    if grids == {True} and cnn != "minatar":
-        raise ValueError(f"model.cnn: {cnn!r} reads 84x84 frames; MinAtar games ({games[0]}) need "
-                         "cnn: minatar")
-    if cnn == "minatar" and grids == {False}:
-        raise ValueError(f"model.cnn: 'minatar' reads MinAtar's 10x10x10 observations; {games[0]} is "
-                         f"{'/'.join(sorted(kinds))}: valid: small, nature, grid")
-    if cnn == "minatar" and stack not in (None, 1):
-        raise ValueError(f"model.stack: {stack}; a MinAtar observation is one frame, valid: 1")
+def _model_fits_games(games: list[str], cnn: str | None, stack: int | None, field: str) -> None:
+    """The games of one distill stage share one observation shape (one model reads one), and the
+    model's encoder reads it: the encoders ask each game's family (encoders.reads), never its name."""
+    found = {}  # frame shape -> (family, first game)
+    for game in games:
+        family = families.family_of(game)
+        found.setdefault(tuple(family.frame_shape), (family, game))
+    if len(found) > 1:
+        shapes = "; ".join(f"{g} ({f.name}): {encoders.shape_text(s)}" for s, (f, g) in found.items())
+        raise ValueError(f"{field}: {games} mix observation shapes ({shapes}); one model reads one "
+                         "observation shape: train on games of one shape")
+    if cnn is None or not found:  # an imitator without one of the encoders reads observations its own way
+        return
+    (shape, (family, game)), = found.items()
+    if not encoders.reads(cnn, shape):
+        raise ValueError(f"model.cnn: {cnn!r} reads {encoders.shape_text(encoders.ENCODERS[cnn].frame)}; "
+                         f"{game} is {family.name}, of {encoders.shape_text(shape)}: cnn: {family.encoder} (its "
+                         f"family's encoder, what a config that names none gets), or valid: "
+                         f"{', '.join(encoders.readers(shape))}")
+    if encoders.ENCODERS[cnn].one_frame and stack not in (None, 1):
+        raise ValueError(f"model.stack: {stack}; the {cnn} encoder reads one whole observation of {game}, valid: 1")
 
 
 StageName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$", min_length=1, max_length=64)]
@@ -181,7 +188,7 @@ class TeachConfig(Strict):
     preset: str | None = None
     env_steps_per_iter: PositiveInt = 256  # PPO train batch; DQN: steps per Tune report
     lr: PositiveFloat = 2.5e-4
-    cnn: Literal["small", "nature", "minatar"] = "small"
+    cnn: Literal[encoders.CNNS] = "small"  # an encoder that reads the games (algorithms/encoders.py)
     reward: Literal["sign", "clip", "raw"] = "sign"  # what the Learner sees; reports stay raw
     # "vector": ale-py's C++ vector env with batched inference (fast); "rllib": RLlib's own
     # SingleAgentEnvRunner on gymnasium wrappers (the reference).
@@ -254,8 +261,16 @@ class TeachConfig(Strict):
         if found and self.algorithm == "dqn" and not self.dqn.prioritized:
             raise ValueError("dqn: MinAtar DQN needs prioritized: true (RLlib's episode replay); the "
                              "frame replay stores 84x84 Atari frame stacks")
-        if found and self.cnn != "minatar":
-            raise ValueError(f"cnn: MinAtar's 10x10 grids need cnn: minatar (got {self.cnn!r})")
+        return self
+
+    @model_validator(mode="after")
+    def _encoder_reads_games(self):  # the RLlib teacher's encoder; a local source has none
+        for game in self.games if self.local_source is None else []:
+            family = families.family_of(game)
+            if not encoders.reads(self.cnn, family.frame_shape):
+                raise ValueError(f"cnn: {self.cnn!r} reads {encoders.shape_text(encoders.ENCODERS[self.cnn].frame)}; "
+                                 f"{game} is {family.name}, of {encoders.shape_text(family.frame_shape)}: "
+                                 f"cnn: {family.encoder}")
         return self
 
     @property
@@ -348,16 +363,51 @@ class DataParams(Strict):
 
 
 class ModelParams(Strict):
-    """Constructor arguments of the model; None keeps the model's own default."""
-    cnn: Literal["small", "nature", "grid", "minatar"] = "small"  # grid: Dark Room; minatar: MinAtar
-    stack: PositiveInt | None = None  # frames per observation (BC/DT: 4, AD: 1)
-    hidden: PositiveInt | None = None  # BC
-    context: PositiveInt | None = None  # DT/AD: steps per context window
-    d_model: PositiveInt | None = None
-    layers: PositiveInt | None = None
-    heads: PositiveInt | None = None
-    dropout: float | None = Field(None, ge=0.0, lt=1.0)  # DT/AD: residual and feed-forward paths
-    attention_dropout: float | None = Field(None, ge=0.0, lt=1.0)  # DT/AD: attention weights
+    """Constructor arguments of the imitator's model (`model:` in a distill config). Each imitator
+    has its own schema (model_params), read from its model's constructor: its parameters, typed
+    and bounded as the constructor declares them; None keeps the model's own default."""
+
+
+def _imitator(name: str) -> str:
+    imitators.get(name)  # ValueError naming the valid ones
+    return name
+
+
+@lru_cache(maxsize=None)
+def model_params(algorithm: str) -> type[ModelParams]:
+    """The `model:` schema of an imitator: one optional field per constructor parameter."""
+    fields = {}
+    for name, p in imitators.get(algorithm).parameters().items():
+        annotation = Any if p.annotation is p.empty or isinstance(p.annotation, str) else p.annotation
+        fields[name] = (annotation | None, None)
+    return create_model(f"ModelParams_{algorithm}", __base__=ModelParams, **fields)
+
+
+def _model_of(algorithm: str, given, games: list[str]) -> ModelParams:
+    """A distill config's `model:` validated against its imitator's schema; a `cnn` left out is
+    the encoder the games' family names (EnvFamily.encoder), else the model's own default,
+    recorded either way. ValueError: one line naming each wrong key and the valid ones."""
+    schema = model_params(algorithm)
+    if isinstance(given, BaseModel):
+        given = given.model_dump(exclude_none=True)
+    # None is "the model's own default"; configs and manifests older than per-imitator schemas
+    # hold every shared key, mostly None.
+    given = {k: v for k, v in dict(given or {}).items() if v is not None or k in schema.model_fields}
+    if "cnn" in schema.model_fields and given.get("cnn") is None:
+        named = {families.family_of(g).encoder for g in games}
+        given["cnn"] = named.pop() if len(named) == 1 else imitators.get(algorithm).default("cnn")
+    try:
+        return schema.model_validate(given)
+    except ValidationError as err:
+        parts = []
+        for e in err.errors():
+            loc = ".".join(["model", *map(str, e["loc"])])
+            if e["type"] == "extra_forbidden":
+                parts.append(f"{loc}: unknown key for algorithm {algorithm!r}; valid keys here: "
+                             f"{', '.join(schema.model_fields)}")
+            else:
+                parts.append(f"{loc}: {e['msg']} (got {e.get('input')!r})")
+        raise ValueError("; ".join(parts)) from None
 
 
 class SearchDomain(Strict):
@@ -432,8 +482,10 @@ class DistillConfig(Strict):
     teacher: StageName  # the teach stage whose shards to read
     game: Game | None = None  # one game, or give `games`
     games: list[Game] = Field(default_factory=list)
-    algorithm: Literal["bc", "dt", "ad", "ad_gru"] = "bc"
-    model: ModelParams = ModelParams()
+    # a registered imitator (algorithms/imitators.py: bc, dt, ad, ad_gru, installed plug-ins) or
+    # a plug-in's "module:attribute" (docs/extending.md)
+    algorithm: Annotated[str, AfterValidator(_imitator)] = "bc"
+    model: SerializeAsAny[ModelParams] = ModelParams()  # the imitator's own schema (model_params)
     data: DataParams = DataParams()
     epochs: PositiveInt = 3
     batch_size: PositiveInt = 64
@@ -472,10 +524,23 @@ class DistillConfig(Strict):
     # about 1.2x faster on a CPU with AVX-512 bf16 (docs/benchmarks.md), slower on one without.
     precision: Literal["float32", "bfloat16"] = "float32"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _imitator_model(cls, data):
+        if not isinstance(data, dict):
+            return data
+        algorithm = data.get("algorithm", cls.model_fields["algorithm"].default)
+        try:
+            imitators.get(algorithm)
+        except ValueError:
+            return data  # the field says what is wrong with it
+        games = ([data["game"]] if data.get("game") else []) + list(data.get("games") or [])
+        return {**data, "model": _model_of(algorithm, data.get("model"), [str(g) for g in games])}
+
     @model_validator(mode="after")
     def _games_can_be_imitated(self):
-        _model_fits_games(([self.game] if self.game else []) + self.games, self.model.cnn, self.model.stack,
-                          "games")
+        _model_fits_games(([self.game] if self.game else []) + self.games, getattr(self.model, "cnn", None),
+                          getattr(self.model, "stack", None), "games")
         return self
 
     @model_validator(mode="after")
@@ -492,8 +557,8 @@ class DistillConfig(Strict):
             if len(set(self.seeds)) != len(self.seeds):
                 raise ValueError(f"seeds {self.seeds}: repeated seeds are not independent runs")
         for key in self.search:
-            if key not in _sweepable(DistillConfig):
-                raise ValueError(f"search.{key}: not a sweepable key; valid: {', '.join(_sweepable(DistillConfig))}")
+            if key not in _sweepable(type(self.model)):
+                raise ValueError(f"search.{key}: not a sweepable key; valid: {', '.join(_sweepable(type(self.model)))}")
         self._check_sweep()
         return self
 
@@ -571,11 +636,12 @@ class DistillConfig(Strict):
         return [self.game] if self.game else list(self.games)
 
 
-def _sweepable(model: type[BaseModel]) -> list[str]:
+def _sweepable(params: type[ModelParams]) -> list[str]:
+    """The keys a distill search may sweep, for an imitator of `model:` schema `params`."""
     keys = []
     for name in ("lr", "batch_size", "weight_decay", "epochs", "seed"):
         keys.append(name)
-    for section, sub in (("model", ModelParams), ("data", DataParams)):
+    for section, sub in (("model", params), ("data", DataParams)):
         keys += [f"{section}.{k}" for k in sub.model_fields if k not in ("games", "suite")]
     return keys
 
@@ -656,13 +722,12 @@ def _controls_read_across_episodes(agents: list[str], algorithm: str) -> None:
     controls = [a for a in agents if a in CONTROLS]
     if not controls:
         return
-    from understudy.algorithms.imitation import CROSS_EPISODE
-
-    if algorithm not in CROSS_EPISODE:
+    if not imitators.get(algorithm).cross_episode:
         what = ("is a control", "needs", "it") if len(controls) == 1 else ("are controls", "need", "them")
         raise ValueError(f"evaluate.agents: {', '.join(controls)} {what[0]} of in-context learning and {what[1]} an "
-                         f"imitator that reads across episodes (distill.algorithm {' or '.join(CROSS_EPISODE)}); "
-                         f"distill.algorithm is {algorithm!r}: leave {what[2]} out")
+                         f"imitator that reads across episodes (distill.algorithm "
+                         f"{' or '.join(imitators.cross_episode())}); distill.algorithm is {algorithm!r}: "
+                         f"leave {what[2]} out")
 
 
 class PipelineConfig(Strict):

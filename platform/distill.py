@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 from ray import tune
 
-from understudy.algorithms.imitation import CROSS_EPISODE  # models whose context runs across episodes
+from understudy.algorithms import imitators
 from understudy.histories import shards
 from understudy.histories.data import index_runs
 from understudy.platform import plots, resources, storage, tracking
@@ -66,16 +66,13 @@ def select_data(cfg: DistillConfig, root: str, run_ids: list[str], exclude=froze
 def context_span(cfg: DistillConfig, train) -> dict:
     """How many of its data's episodes a cross-episode context holds; refuses (StageFailed) a
     context shorter than twice the 95th-percentile episode length, unless allow_short_context.
-    {} for models whose context stays inside one episode."""
-    if cfg.algorithm not in CROSS_EPISODE:
+    {} for models whose context stays inside one episode, or that take no `context` (steps)."""
+    imitator = imitators.get(cfg.algorithm)
+    if not imitator.cross_episode or "context" not in imitator.parameters():
         return {}
-    import inspect
-
     import numpy as np
 
-    from understudy.algorithms import imitation
-
-    context = cfg.model.context or inspect.signature(imitation.MODELS[cfg.algorithm]).parameters["context"].default
+    context = cfg.model.context or imitator.default("context")
     steps = np.array([e.steps for h in train for e in h.episodes])
     p95, mean = float(np.percentile(steps, 95)), float(steps.mean())
     span = {"context_steps": context, "episode_steps_p95": p95, "episode_steps_mean": round(mean, 1),
@@ -496,8 +493,9 @@ def run_distill(cfg: DistillConfig, ws: Workspace, resume: bool = False) -> Dist
 
 
 def registered_model_name(study: str, algorithm: str) -> str:
-    """One registered model per study and algorithm; a version per trained run."""
-    return f"{study}-{algorithm}"
+    """One registered model per study and algorithm; a version per trained run. A plug-in's
+    `module:attribute` reads module.attribute (MLflow refuses ':' in a model's name)."""
+    return f"{study}-{algorithm.replace(':', '.')}"
 
 
 def _teacher_runs(cfg: DistillConfig, ws: Workspace):

@@ -65,13 +65,14 @@ def step_budget(cfg: EvaluateConfig, game: str) -> int:
     return cfg.episodes * copies * longest
 
 
-def _check_checkpoint(path: str, stage: str) -> None:
-    """Load an imitator checkpoint once here, so a wrong one is a clear error before any task."""
+def _check_checkpoint(path: str, stage: str, algorithm: str) -> None:
+    """Load an imitator checkpoint once here, so a wrong one is a clear error before any task;
+    it must hold the imitator its distill stage trained (`algorithm`)."""
     from understudy.algorithms import imitation
 
     try:
         with storage.local_copy(path) as local:
-            imitation.load(local)
+            imitation.load(local, expect=algorithm)
     except (ValueError, OSError) as err:
         raise StageFailed(f"evaluate: the checkpoint of distill stage {stage!r} cannot be used: {err}") from None
 
@@ -83,11 +84,12 @@ def _agents(cfg: EvaluateConfig, ws: Workspace, teach: TeachManifest, distill: D
     players.eval_seed), so their runs are independent draws, not copies of one."""
     if set(FROM_IMITATOR) & set(cfg.agents):
         for run in distill.imitators:
-            _check_checkpoint(run.checkpoint, cfg.imitator)
+            _check_checkpoint(run.checkpoint, cfg.imitator, distill.algorithm)
     agents: dict[str, dict] = {}
     for name in cfg.agents:
         if name in FROM_IMITATOR:
-            runs = [Agent(name, r.checkpoint, cfg.target_return, run_seed=r.seed) for r in distill.imitators]
+            runs = [Agent(name, r.checkpoint, cfg.target_return, run_seed=r.seed, algorithm=distill.algorithm)
+                    for r in distill.imitators]
             agents[name] = {None: runs}
         elif name == "ed":
             if not cfg.ed:
@@ -95,8 +97,8 @@ def _agents(cfg: EvaluateConfig, ws: Workspace, teach: TeachManifest, distill: D
                                   "distill stage (data.expert_last)")
             ed = ws.read_stage("distill", cfg.ed)
             for run in ed.imitators:
-                _check_checkpoint(run.checkpoint, cfg.ed)
-            agents[name] = {None: [Agent("ed", r.checkpoint, cfg.target_return, run_seed=r.seed)
+                _check_checkpoint(run.checkpoint, cfg.ed, ed.algorithm)
+            agents[name] = {None: [Agent("ed", r.checkpoint, cfg.target_return, run_seed=r.seed, algorithm=ed.algorithm)
                                    for r in ed.imitators]}
         elif name in ("random", "noop"):
             agents[name] = {None: [Agent(name, run_seed=r.seed) for r in distill.imitators] or [Agent(name)]}
@@ -161,17 +163,18 @@ def _run_evaluate(cfg: EvaluateConfig, ws: Workspace, stage: Study, experiment: 
         raise StageFailed(f"evaluate.heldout_games: {overlap} appear in the imitator's training data "
                           f"(distill stage {cfg.imitator!r}, data {distill.data_version}, games {trained})")
     _check_goals_held_out(cfg, teach, distill)
-    from understudy.algorithms.imitation import CROSS_EPISODE
+    from understudy.algorithms import imitators
 
-    if "finetune" in cfg.agents and distill.algorithm not in CROSS_EPISODE:
-        raise StageFailed(f"evaluate.agents: finetune fine-tunes an in-context learner ({', '.join(CROSS_EPISODE)}); "
+    in_context = imitators.cross_episode()  # the imitators the finetune agent and the controls apply to
+    if "finetune" in cfg.agents and not imitators.get(distill.algorithm).cross_episode:
+        raise StageFailed(f"evaluate.agents: finetune fine-tunes an in-context learner ({', '.join(in_context)}); "
                           f"the imitator of distill stage {cfg.imitator!r} is {distill.algorithm!r}: "
                           "leave finetune out")
     controls = [a for a in cfg.agents if a in CONTROLS]
-    if controls and distill.algorithm not in CROSS_EPISODE:
+    if controls and not imitators.get(distill.algorithm).cross_episode:
         what = ("is a control", "needs", "it") if len(controls) == 1 else ("are controls", "need", "them")
         raise StageFailed(f"evaluate.agents: {', '.join(controls)} {what[0]} of in-context learning and {what[1]} "
-                          f"an imitator that reads across episodes ({' or '.join(CROSS_EPISODE)}); the imitator of "
+                          f"an imitator that reads across episodes ({' or '.join(in_context)}); the imitator of "
                           f"distill stage {cfg.imitator!r} is {distill.algorithm!r}: leave {what[2]} out")
     cfg = _past_the_horizon(cfg, distill)
     agents = _agents(cfg, ws, teach, distill)

@@ -9,7 +9,6 @@ from ray import tune
 
 from understudy.algorithms import sources
 from understudy.envs import AtariProtocol, family_of
-from understudy.envs.families import ALE
 from understudy.histories import shards
 from understudy.platform import plots, resources, storage, tracking
 from understudy.platform.config import TeachConfig, config_digest
@@ -48,8 +47,8 @@ def teacher_settings(cfg: TeachConfig) -> dict:
             "reward": cfg.reward, "env_steps_per_iter": cfg.env_steps_per_iter,
             "num_envs": cfg.num_envs_per_runner, "num_env_runners": cfg.num_env_runners,
             "runner": cfg.runner, "env_threads": cfg.env_threads,
-            # the ALE protocol; other families follow their own (envs/families.py)
-            "protocol": cfg.protocol.model_dump() if family_of(cfg.games[0]) is ALE else {},
+            # the Atari protocol, where the family's envs take it; others follow their own (envs/families.py)
+            "protocol": cfg.protocol.model_dump() if family_of(cfg.games[0]).takes_protocol else {},
             "max_episode_steps": cfg.max_episode_steps,
             "settings": getattr(cfg, cfg.algorithm).model_dump()}
 
