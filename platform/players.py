@@ -368,6 +368,9 @@ def play(agent: Agent, game: str, protocol: dict, episodes: int, copies: int, ma
 
     started = time.time()
     torch.set_num_threads(1)
+    # torch's global random stream from this task's seed: fine-tuning draws dropout masks from
+    # it, and Ray reuses worker processes, so it would otherwise depend on the tasks before.
+    torch.manual_seed(seed)
     env = make_env(game, protocol, copies, max_episode_steps, goal_split)
     num_actions = num_actions_of(env)
     with storage.local_copy(agent.checkpoint) as checkpoint:
