@@ -59,6 +59,13 @@ def _stages(ws, kind: str) -> list[str]:
                   if not p.name.endswith(".running.json"))
 
 
+def _weights(checkpoint: str) -> dict:
+    from understudy.platform import storage
+
+    with storage.local_copy(checkpoint) as local:  # a download from object storage
+        return torch.load(os.path.join(local, "model.pt"), weights_only=True)
+
+
 def _history(root: str, run_id: str) -> dict:
     table = shards.open_run(root, run_id).to_table()
     return {c: table[c] for c in table.schema.names if c != "run_id"}  # the run id holds the session's time
@@ -81,8 +88,7 @@ def assert_same_outcome(a, b, experiment: str) -> None:
         runs_a, runs_b = _manifest(a, "distill", name)["runs"], _manifest(b, "distill", name)["runs"]
         assert [r["seed"] for r in runs_a] == [r["seed"] for r in runs_b]
         for ra, rb in zip(runs_a, runs_b):
-            wa = torch.load(os.path.join(ra["checkpoint"], "model.pt"), weights_only=True)
-            wb = torch.load(os.path.join(rb["checkpoint"], "model.pt"), weights_only=True)
+            wa, wb = _weights(ra["checkpoint"]), _weights(rb["checkpoint"])
             assert wa.keys() == wb.keys()
             differ = [k for k in wa if not torch.equal(wa[k], wb[k])]
             assert not differ, (name, ra["seed"], differ)
