@@ -71,16 +71,20 @@ def _history(root: str, run_id: str) -> dict:
     return {c: table[c] for c in table.schema.names if c != "run_id"}  # the run id holds the session's time
 
 
-def assert_same_outcome(a, b, experiment: str) -> None:
-    """Two workspaces of the same experiment and seeds hold the same outcome: the raw results
-    rows, the evaluation's rows and aggregate, every imitator's weights and every recorded
-    history, bitwise."""
-    rows_a = json.loads((a / "results" / f"{experiment}.json").read_text())
-    rows_b = json.loads((b / "results" / f"{experiment}.json").read_text())
-    assert rows_a and rows_a == rows_b
-    for name in _stages(a, "evaluate"):
+def assert_same_outcome(a, b, experiment: str | None) -> None:
+    """Two workspaces of the same experiment (or pipeline: None) and seeds hold the same
+    outcome: the raw results rows, the evaluation's rows and aggregate, every imitator's
+    weights and every recorded history, bitwise."""
+    if experiment is not None:
+        rows_a = json.loads((a / "results" / f"{experiment}.json").read_text())
+        rows_b = json.loads((b / "results" / f"{experiment}.json").read_text())
+        assert rows_a and rows_a == rows_b
+    evaluations = _stages(a, "evaluate")
+    assert evaluations and evaluations == _stages(b, "evaluate")
+    for name in evaluations:
         ea, eb = _manifest(a, "evaluate", name), _manifest(b, "evaluate", name)
         strip = lambda rows: [{k: v for k, v in r.items() if k not in VOLATILE} for r in rows]  # noqa: E731
+        assert ea["episodes"] and ea["episodes"] == eb["episodes"], name  # the raw rows of a pipeline too
         assert strip(ea["rows"]) == strip(eb["rows"]) and ea["aggregate"] == eb["aggregate"], name
     distills = _stages(a, "distill")
     assert distills and distills == _stages(b, "distill")
@@ -234,6 +238,22 @@ def test_minatar_experiment_run_twice_gives_the_same_rows_weights_and_histories(
     for ws in (tmp_path / "a", tmp_path / "b"):
         _experiment(ws, "minatar_teacher_cutoff")
     assert_same_outcome(tmp_path / "a", tmp_path / "b", "minatar_teacher_cutoff")
+    assert_recorded(tmp_path / "b")
+
+
+@pytest.mark.slow
+def test_smoke_pipeline_run_twice_gives_the_same_rows_weights_and_histories(ray_session, tmp_path):
+    """The smallest real pipeline: two PPO teachers on ALE Breakout and Pong as parallel Tune
+    trials (ale-py's vector env stepping half its envs while the policy acts on the other
+    half), a BC imitator, imitator, teacher and random play on both games: twice."""
+    from conftest import REPO_ROOT
+
+    from understudy.platform import cli
+
+    for ws in (tmp_path / "a", tmp_path / "b"):
+        assert cli.main(["--workspace", str(ws), "pipeline",
+                         os.path.join(REPO_ROOT, "tune_configs/pipelines/smoke.yaml")]) == 0
+    assert_same_outcome(tmp_path / "a", tmp_path / "b", None)
     assert_recorded(tmp_path / "b")
 
 
