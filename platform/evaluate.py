@@ -178,8 +178,8 @@ class PlayedTasks:
     def save(self, task: tuple, result: dict) -> None:
         name = hashlib.sha256(json.dumps(task).encode()).hexdigest()[:16]
         fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".tmp-")
-        with os.fdopen(fd, "w") as f:
-            json.dump({"task": list(task), "result": result}, f)
+        with os.fdopen(fd, "w") as f:  # numpy values as the Python numbers they hold (JSON has no others)
+            json.dump({"task": list(task), "result": result}, f, default=lambda v: np.asarray(v).tolist())
         os.replace(tmp, self.folder / f"{name}.json")
 
     def done(self) -> None:
