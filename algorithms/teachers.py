@@ -193,8 +193,10 @@ def _resync_recorder(env_runner) -> None:
         env_runner.recorder.sync_from_catalog()
 
 
-def recording_algorithm(algo_class):
-    """`algo_class` (PPO, APPO, DQN) whose checkpoints also pin the recorded history.
+def recording_algorithm(algo_class, extra_results=None):
+    """`algo_class` (PPO, APPO, DQN) whose checkpoints also pin the recorded history; with
+    `extra_results` (a function returning a dict), what it returns, measured in the trial's
+    process, is added to every training result.
 
     Saving a checkpoint first flushes every env runner's finished episodes to shards, then
     notes which shards exist. Restoring from it takes every shard written after that out of
@@ -204,6 +206,10 @@ def recording_algorithm(algo_class):
     and are dropped whole on restore."""
 
     class Teacher(algo_class):
+        def step(self):
+            result = super().step()
+            return {**result, **extra_results()} if extra_results else result
+
         def _recorded_run(self):
             record = self.config.env_config.get("record")
             if not record:

@@ -103,12 +103,12 @@ def cmd_distill(cfg, ws, resume: bool = False):
     return manifest
 
 
-def cmd_evaluate(cfg, ws, experiment: str | None = None):
+def cmd_evaluate(cfg, ws, experiment: str | None = None, resume: bool = False):
     from understudy.platform.evaluate import run_evaluate
 
     t = _banner(f"evaluate: {', '.join(cfg.agents)} on {', '.join(cfg.games)}, "
                 f"{cfg.episodes} consecutive episodes x {cfg.copies} copies")
-    manifest = run_evaluate(cfg, ws, experiment=experiment)
+    manifest = run_evaluate(cfg, ws, experiment=experiment, resume=resume)
     print(manifest.table)
     _done("evaluate", t)
     return manifest
@@ -286,9 +286,9 @@ def parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=f"run the {name} stage (a {name} or pipeline YAML)",
                            parents=[where])
         s.add_argument("config")
-        if name in ("teach", "distill"):
-            s.add_argument("--resume", action="store_true",
-                           help="continue this config's interrupted run from its last checkpoints")
+        s.add_argument("--resume", action="store_true",
+                       help="continue this config's interrupted run from its last checkpoints (evaluate: "
+                            "play only the tasks it had not finished)")
     for name in ("pipeline", "demo"):
         s = sub.add_parser(name, help="run teach, distill and evaluate end to end", parents=[where])
         s.add_argument("config", nargs="?" if name == "demo" else None,
@@ -299,7 +299,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--scale", help="which of the file's scales to apply (default: its own `scale`, "
                                    "usually demo)")
     s.add_argument("--resume", action="store_true",
-                   help="continue its interrupted teach and distill stages from their checkpoints")
+                   help="skip its finished stages, continue interrupted ones from their checkpoints (an "
+                        "evaluation from its finished tasks)")
     s = sub.add_parser("plan", help="what a ready experiment or pipeline will cost, before it runs: env "
                                     "steps, trials, updates, placements, estimated wall-clock")
     s.add_argument("config", help="a name in tune_configs/experiments/, or a path to an experiment or pipeline YAML")
@@ -407,12 +408,14 @@ def main(argv: list[str] | None = None) -> int:
         # One MLflow parent run for this invocation; every stage's run is nested under it.
         with tracking.study(ws, name, description, f"understudy {args.command} {args.config}".strip(),
                             params) as ws:
-            if args.command in ("teach", "distill"):
+            if getattr(args, "resume", False):
+                # the runs the interrupted invocation left RUNNING are not running any more
+                tracking.tolerant(ws, "ending the runs an interrupted invocation left running",
+                                  lambda: tracking.close_interrupted_runs(ws))
+            if args.command in STAGES:
                 STAGES[args.command](cfg, ws, resume=args.resume)
             elif args.command == "experiment":
                 cmd_experiment(cfg, ws, resume=args.resume)
-            elif args.command in STAGES:
-                STAGES[args.command](cfg, ws)
             else:
                 cmd_pipeline(cfg, ws)
     except (StageMissing, StageInvalid) as err:

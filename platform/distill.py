@@ -17,7 +17,7 @@ from ray import tune
 from understudy.algorithms import imitators
 from understudy.histories import shards
 from understudy.histories.data import index_runs
-from understudy.platform import plots, resources, storage, tracking
+from understudy.platform import plots, reproducibility, resources, storage, tracking
 from understudy.platform.config import DistillConfig, config_digest
 from understudy.platform.manifests import DistillManifest
 from understudy.platform.teach import StageFailed
@@ -246,7 +246,9 @@ def _train_loop(cfg: DistillConfig, context: dict, report, checkpoint, make_chec
             held.epoch = 0  # the same held-out samples every epoch
             metrics.update(imitation.evaluate(model, held, cfg.precision))
         steps += metrics.pop("batches")
-        metrics.update(epoch=epoch, steps=steps, workers=world, lr=optimizer.param_groups[0]["lr"])
+        # the threads this trial trained with, measured here (platform/reproducibility.py)
+        metrics.update(epoch=epoch, steps=steps, workers=world, lr=optimizer.param_groups[0]["lr"],
+                       threads=reproducibility.threads())
         with tempfile.TemporaryDirectory() as tmp:
             if rank == 0:
                 imitation.save(model, tmp, {"epoch": epoch, "steps": steps, "games": sorted({h.game for h in train}),
@@ -487,9 +489,11 @@ def check_teachers_learned(cfg: DistillConfig, teach, run_ids: list[str]) -> lis
 def run_distill(cfg: DistillConfig, ws: Workspace, resume: bool = False) -> DistillManifest:
     """Train the imitators as Tune trials: one MLflow run for the stage, a run per trial nested
     under it, each trained model registered (registered_model_name)."""
+    repro = reproducibility.record(seeds={"training": cfg.run_seeds})
     with tracking.stage_run(ws, "distill", cfg.name, {"stage": cfg.name, "algorithm": cfg.algorithm,
-                                                      "teacher_stage": cfg.teacher}) as stage:
-        return _run_distill(cfg, ws, stage, resume)
+                                                      "teacher_stage": cfg.teacher,
+                                                      **reproducibility.params(repro)}) as stage:
+        return _run_distill(cfg, ws, stage, resume, repro)
 
 
 def registered_model_name(study: str, algorithm: str) -> str:
@@ -524,7 +528,7 @@ def check_before_training(cfg: DistillConfig, ws: Workspace) -> None:
         context_span(cfg, train)
 
 
-def _run_distill(cfg: DistillConfig, ws: Workspace, stage: Study, resume: bool) -> DistillManifest:
+def _run_distill(cfg: DistillConfig, ws: Workspace, stage: Study, resume: bool, repro: dict) -> DistillManifest:
     teach, run_ids = _teacher_runs(cfg, ws)
     games, root = selected_games(cfg), teach.shard_root
     unlearned = check_teachers_learned(cfg, teach, run_ids)
@@ -638,6 +642,7 @@ def _run_distill(cfg: DistillConfig, ws: Workspace, stage: Study, resume: bool) 
         trials.append({"checkpoint": checkpoint, "mlflow_run_id": mlflow_run[0],
                        "seed": result.config["distill"]["seed"], "point": _point(result.config["distill"], cfg),
                        "epochs": result.metrics.get("epoch"), "workers": result.metrics.get("workers"),
+                       "threads": result.metrics.get("threads"),
                        **{k: result.metrics.get(k) for k in ("heldout_accuracy", "heldout_loss", "train_loss")}})
     metric, mode = cfg.objective
     metric = metric if any(t.get(metric) is not None for t in trials) else "train_loss"
@@ -657,6 +662,11 @@ def _run_distill(cfg: DistillConfig, ws: Workspace, stage: Study, resume: bool) 
                 "data_returns": data_returns(train), "context_span": span,
                 "split_returns": returns_by_run(train),
                 "history_returns": returns_by_run(index_runs(root, run_ids, frozenset(bad)))}
+    workers = {"trials": reproducibility.worker_threads([t["threads"] for t in trials])}
+    repro["threads"].update(workers)
+    manifest["reproducibility"] = repro
+    to_mlflow.after_fit("the trials' thread counts", lambda: tracking.log_params(
+        client, stage.run_id, reproducibility.params({"threads": workers})))
     to_mlflow.report_missing(manifest, "distill", "the trained models are in their checkpoints "
                              "(this stage's manifest)")
     manifest = DistillManifest.model_validate(manifest)

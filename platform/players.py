@@ -27,7 +27,7 @@ import numpy as np
 import ray
 
 from understudy.algorithms import sources
-from understudy.platform import storage
+from understudy.platform import reproducibility, storage
 from understudy.platform.config import CONTROLS  # the imitator's checkpoints, with one input changed
 from understudy.platform.manifests import TeachManifest
 from understudy.platform.teach import StageFailed
@@ -373,6 +373,9 @@ def play(agent: Agent, game: str, protocol: dict, episodes: int, copies: int, ma
 
     started = time.time()
     torch.set_num_threads(1)
+    # torch's global random stream from this task's seed: fine-tuning draws dropout masks from
+    # it, and Ray reuses worker processes, so it would otherwise depend on the tasks before.
+    torch.manual_seed(seed)
     env = make_env(game, protocol, copies, max_episode_steps, goal_split)
     num_actions = num_actions_of(env, game)
     with storage.local_copy(agent.checkpoint) as checkpoint:
@@ -408,7 +411,8 @@ def play(agent: Agent, game: str, protocol: dict, episodes: int, copies: int, ma
            "lengths": [[e["length"] for e in p] for p in played],
            "episodes_in_context": [[e.get("episodes_in_context") for e in p] for p in played],
            "truncated": [[e["truncated"] for e in p] for p in played],
-           "gradient_steps": learner.steps_trained if on_step else 0, "replays": {}, "started": started}
+           "gradient_steps": learner.steps_trained if on_step else 0, "replays": {}, "started": started,
+           "threads": reproducibility.threads()}  # what this task played with (platform/reproducibility.py)
     for other in replay_games:  # forgetting: the tuned weights, frozen, back on earlier games
         from understudy.algorithms import imitation
 
@@ -436,7 +440,7 @@ def learn_from_scratch(teach: TeachManifest, game: str, env_steps: int, copies: 
     teacher had envs); `started`/`ended`, when it learned."""
     started = time.time()
     returns = _learn_from_scratch(teach, game, env_steps, copies, max_episode_steps, seed, goal_split)
-    return {"returns": returns, "started": started, "ended": time.time()}
+    return {"returns": returns, "started": started, "ended": time.time(), "threads": reproducibility.threads()}
 
 
 def _learn_from_scratch(teach: TeachManifest, game: str, env_steps: int, copies: int, max_episode_steps,
