@@ -10,14 +10,16 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from understudy.algorithms.encoders import EncoderName
+from understudy.algorithms.imitators import Imitator, Positive, Rate, register
 from understudy.algorithms.nets import CausalTransformer, ContextPolicy, StepEmbedding, masked_action_loss
 from understudy.histories.data import SampleSpec
 
 
 class AlgorithmDistillation(nn.Module):
-    def __init__(self, num_actions: int, cnn: str = "small", stack: int = 1, context: int = 256,
-                 d_model: int = 128, layers: int = 4, heads: int = 4, dropout: float = 0.1,
-                 attention_dropout: float = 0.0):
+    def __init__(self, num_actions: int, cnn: EncoderName = "small", stack: Positive = 1, context: Positive = 256,
+                 d_model: Positive = 128, layers: Positive = 4, heads: Positive = 4, dropout: Rate = 0.1,
+                 attention_dropout: Rate = 0.0):
         super().__init__()
         self.embed = StepEmbedding(cnn, stack, num_actions, d_model)
         self.transformer = CausalTransformer(d_model, layers, heads, context, dropout, attention_dropout)
@@ -47,5 +49,9 @@ class Policy(ContextPolicy):
     episodes they belong to (how the window advances: nets.ContextPolicy)."""
 
     def __init__(self, model: AlgorithmDistillation, num_envs: int, greedy: bool = False, seed: int = 0,
-                 **play):
-        super().__init__(model, num_envs, model.spec["context"], False, greedy, seed, **play)
+                 cache: bool = True, **play):
+        super().__init__(model, num_envs, model.spec["context"], False, greedy, seed, cache=cache, **play)
+
+
+register("ad", Imitator(AlgorithmDistillation, Policy, cross_episode=True,
+                        description="Algorithm Distillation: a causal transformer across episodes of a history"))

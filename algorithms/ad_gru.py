@@ -9,13 +9,15 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from understudy.algorithms.encoders import EncoderName
+from understudy.algorithms.imitators import Imitator, Positive, register
 from understudy.algorithms.nets import StepEmbedding, StepWindow, choose, masked_action_loss, step_inputs
 from understudy.histories.data import SampleSpec
 
 
 class RecurrentAD(nn.Module):
-    def __init__(self, num_actions: int, cnn: str = "small", stack: int = 1, context: int = 256,
-                 d_model: int = 128, layers: int = 1):
+    def __init__(self, num_actions: int, cnn: EncoderName = "small", stack: Positive = 1, context: Positive = 256,
+                 d_model: Positive = 128, layers: Positive = 1):
         super().__init__()
         self.embed = StepEmbedding(cnn, stack, num_actions, d_model)
         self.gru = nn.GRU(d_model, d_model, layers, batch_first=True)
@@ -88,3 +90,7 @@ class Policy:
         out, self.state = self.model.gru(token[:, None], self.state)
         self.last_logits = self.model.head(out[:, 0]).float().cpu()
         return choose(self.last_logits, self.greedy, self.gen, self.legal)
+
+
+register("ad_gru", Imitator(RecurrentAD, Policy, cross_episode=True,
+                            description="recurrent AD: the same tokens through a GRU whose state runs across episodes"))

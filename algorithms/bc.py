@@ -8,12 +8,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from understudy.algorithms.encoders import EncoderName
+from understudy.algorithms.imitators import Imitator, Positive, register
 from understudy.algorithms.nets import FrameEncoder, choose
 from understudy.histories.data import SampleSpec
 
 
 class ConvPolicy(nn.Module):
-    def __init__(self, num_actions: int, cnn: str = "small", stack: int = 4, hidden: int = 256):
+    def __init__(self, num_actions: int, cnn: EncoderName = "small", stack: Positive = 4, hidden: Positive = 256):
         super().__init__()
         self.encoder = FrameEncoder(cnn, stack, hidden)
         self.head = nn.Linear(hidden, num_actions)
@@ -46,3 +48,6 @@ class Policy:
     def act(self, obs, prev_action=None, prev_reward=None, new_episode=None):
         device = next(self.model.parameters()).device
         return choose(self.model(torch.as_tensor(obs, device=device)), self.greedy, self.gen, self.legal)
+
+
+register("bc", Imitator(ConvPolicy, Policy, description="behaviour cloning: a CNN on a frame stack, no memory"))

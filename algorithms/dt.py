@@ -11,15 +11,16 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from understudy.algorithms.encoders import EncoderName
+from understudy.algorithms.imitators import Imitator, Positive, PositiveFloat, Rate, register
 from understudy.algorithms.nets import CausalTransformer, ContextPolicy, StepEmbedding, masked_action_loss
 from understudy.histories.data import SampleSpec
 
 
 class DecisionTransformer(nn.Module):
-    def __init__(self, num_actions: int, cnn: str = "small", stack: int = 4, context: int = 32,
-                 d_model: int = 128, layers: int = 2, heads: int = 4, max_timestep: int = 4096,
-                 rtg_scale: float = 100.0, dropout: float = 0.1,
-                 attention_dropout: float = 0.0):
+    def __init__(self, num_actions: int, cnn: EncoderName = "small", stack: Positive = 4, context: Positive = 32,
+                 d_model: Positive = 128, layers: Positive = 2, heads: Positive = 4, max_timestep: Positive = 4096,
+                 rtg_scale: PositiveFloat = 100.0, dropout: Rate = 0.1, attention_dropout: Rate = 0.0):
         super().__init__()
         self.embed = StepEmbedding(cnn, stack, num_actions, d_model)
         self.rtg = nn.Linear(1, d_model)
@@ -52,9 +53,11 @@ class DecisionTransformer(nn.Module):
 class Policy(ContextPolicy):
     """Asks for `target_return` at the start of every episode; the context resets each episode."""
 
-    def __init__(self, model: DecisionTransformer, num_envs: int, target_return: float,
-                 greedy: bool = True, seed: int = 0, **play):
-        super().__init__(model, num_envs, model.spec["context"], True, greedy, seed, **play)
+    def __init__(self, model: DecisionTransformer, num_envs: int, target_return: float | None,
+                 greedy: bool = True, seed: int = 0, cache: bool = True, **play):
+        if target_return is None:
+            raise ValueError("a Decision Transformer needs target_return to play")
+        super().__init__(model, num_envs, model.spec["context"], True, greedy, seed, cache=cache, **play)
         self.target = float(target_return)
         self.rtg = np.full(num_envs, self.target, np.float32)
         self.t = np.zeros(num_envs, np.int64)
@@ -65,3 +68,7 @@ class Policy(ContextPolicy):
         self.t = np.where(new, 0, self.t + 1)
         return {"rtg": self.rtg.astype(np.float32),
                 "timestep": np.minimum(self.t, self.model.spec["max_timestep"] - 1)}
+
+
+register("dt", Imitator(DecisionTransformer, Policy,
+                        description="Decision Transformer: return-conditioned, its context within one episode"))

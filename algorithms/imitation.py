@@ -1,8 +1,9 @@
 """What every imitator shares: building one by name, the training loop, held-out evaluation,
 checkpoints that load without executing code, and the policy that plays with a frozen one.
 
-Each model (bc.py, dt.py, ad.py, ad_gru.py) is an nn.Module with `spec` (its constructor
-arguments), `sample_spec()` (what a training sample is, see histories.data.SampleSpec) and
+Each imitator (bc.py, dt.py, ad.py, ad_gru.py, or a plug-in) registers its model and player in
+algorithms/imitators.py; its model is an nn.Module with `spec` (its constructor arguments),
+`sample_spec()` (what a training sample is, see histories.data.SampleSpec) and
 `loss(batch) -> (loss, {"accuracy", "targets"})`.
 """
 from __future__ import annotations
@@ -14,21 +15,24 @@ import time
 import numpy as np
 import torch
 
-from understudy.algorithms import ad, ad_gru, bc, dt
+from understudy.algorithms import imitators
 from understudy.envs import family_of
 from understudy.histories.data import StepTransforms
 
-MODELS = {"bc": bc.ConvPolicy, "dt": dt.DecisionTransformer, "ad": ad.AlgorithmDistillation,
-          "ad_gru": ad_gru.RecurrentAD}
 
-
-CROSS_EPISODE = ("ad", "ad_gru")  # models whose context runs across episodes (in-context learners)
+def __getattr__(name: str):
+    """MODELS (name -> model class) and CROSS_EPISODE (the in-context learners' names), read
+    from the registry when asked, so they include every imitator registered or installed."""
+    if name == "MODELS":
+        return {n: imitators.get(n).model for n in imitators.names()}
+    if name == "CROSS_EPISODE":
+        return imitators.cross_episode()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build(algorithm: str, num_actions: int, **params) -> torch.nn.Module:
-    if algorithm not in MODELS:
-        raise ValueError(f"algorithm {algorithm!r}; valid: {', '.join(MODELS)}")
-    return MODELS[algorithm](num_actions, **{k: v for k, v in params.items() if v is not None})
+    """The registered imitator's model; a parameter given as None keeps the model's default."""
+    return imitators.get(algorithm).build(num_actions, **params)
 
 
 def to_torch(batch: dict, device: torch.device | None = None) -> dict:
@@ -118,18 +122,23 @@ def save(model, directory: str, extra: dict, optimizer=None) -> None:
 
 def load(directory: str, expect: str | None = None):
     """(model, meta) from a checkpoint folder. Loads weights only: a checkpoint cannot execute
-    code. `expect` names the algorithm the caller needs; another one is a clear error."""
+    code. `expect` names the algorithm the caller needs (another one is a clear error); a
+    plug-in named `module:attribute` is imported only when the caller names it here, never
+    because a checkpoint does (imitators.known)."""
     meta_path = os.path.join(directory, "model.json")
     if not os.path.isfile(meta_path):
         raise ValueError(f"{directory}: not an imitator checkpoint (no model.json)")
     with open(meta_path) as f:
         meta = json.load(f)
     algorithm = meta.get("algorithm")
-    if algorithm not in MODELS or (expect and algorithm != expect):
-        want = expect or ", ".join(MODELS)
-        raise ValueError(f"{directory}: checkpoint is for algorithm {algorithm!r}, expected {want}")
-    params = {k: meta[k] for k in _constructor_args(algorithm) if k in meta}
-    model = build(algorithm, meta["num_actions"], **params)
+    imitator = imitators.get(expect) if expect else imitators.known(algorithm)
+    if imitator is None or (expect and algorithm != expect):
+        want = expect or ", ".join(imitators.names())
+        hint = ("" if expect or not isinstance(algorithm, str) or ":" not in algorithm else
+                "; a plug-in named module:attribute is imported only when the caller expects it (load(expect=...))")
+        raise ValueError(f"{directory}: checkpoint is for algorithm {algorithm!r}, expected {want}{hint}")
+    params = {k: meta[k] for k in imitator.parameters() if k in meta}
+    model = imitator.build(meta["num_actions"], **params)
     state = torch.load(os.path.join(directory, "model.pt"), map_location="cpu", weights_only=True)
     try:
         model.load_state_dict(state)
@@ -140,27 +149,13 @@ def load(directory: str, expect: str | None = None):
     return model, meta
 
 
-def _constructor_args(algorithm: str) -> list[str]:
-    import inspect
-
-    return [p for p in inspect.signature(MODELS[algorithm]).parameters if p != "num_actions"]
-
-
 def policy(model, num_envs: int, greedy: bool = True, seed: int = 0, target_return: float | None = None,
            cache: bool = True):
     """The frozen model as a player of N envs: `act(obs, prev_action, prev_reward, new_episode)`.
     Transformers play with a key/value cache unless `cache=False` (a full forward pass over
     the window every step: same actions, far slower); all on the model's device."""
-    algorithm = model.spec["algorithm"]
-    if algorithm == "bc":
-        return bc.Policy(model, num_envs, greedy, seed)
-    if algorithm == "dt":
-        if target_return is None:
-            raise ValueError("a Decision Transformer needs target_return to play")
-        return dt.Policy(model, num_envs, target_return, greedy, seed, cache=cache)
-    if algorithm == "ad":
-        return ad.Policy(model, num_envs, greedy, seed, cache=cache)
-    return ad_gru.Policy(model, num_envs, greedy, seed)
+    return imitators.get(model.spec["algorithm"]).player(model, num_envs, greedy, seed, target_return=target_return,
+                                                         cache=cache)
 
 
 class AsTrained:

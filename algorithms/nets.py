@@ -8,16 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# (out_channels, kernel, stride) per conv layer; same shapes as the teachers' encoders.
-CNN_LAYERS = {
-    "nature": [(32, 8, 4), (64, 4, 2), (64, 3, 1)],
-    "small": [(16, 8, 4), (32, 4, 2), (32, 3, 2)],
-    "minatar": [(16, 3, 1)],  # the MinAtar paper's network, on one 10x10x10 observation
-}
-ENCODERS = (*CNN_LAYERS, "grid")
-# What one frame of each encoder's input is: (height, width, channels per frame); a model of
-# `stack` frames reads stack x channels input channels.
-FRAME_INPUT = {"nature": (84, 84, 1), "small": (84, 84, 1), "grid": (84, 84, 1), "minatar": (10, 10, 10)}
+from understudy.algorithms.encoders import ENCODERS
 
 
 class FrameEncoder(nn.Module):
@@ -36,11 +27,12 @@ class FrameEncoder(nn.Module):
         if kind == "grid":
             self.net = nn.Sequential(nn.Linear(2, out), nn.ReLU())
             return
-        height, width, per_frame = FRAME_INPUT[kind]
-        if kind == "minatar" and stack != 1:
-            raise ValueError(f"stack: {stack}; a MinAtar observation is one frame, valid: 1")
+        encoder = ENCODERS[kind]
+        height, width, per_frame = encoder.frame
+        if encoder.one_frame and stack != 1:
+            raise ValueError(f"stack: {stack}; the {kind} encoder reads one whole observation, valid: 1")
         layers, channels = [], stack * per_frame
-        for c, kernel, stride in CNN_LAYERS[kind]:
+        for c, kernel, stride in encoder.convs:
             layers += [nn.Conv2d(channels, c, kernel, stride), nn.ReLU()]
             channels = c
         conv = nn.Sequential(*layers, nn.Flatten())

@@ -31,8 +31,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from understudy.algorithms import imitation
-from understudy.algorithms.imitation import CROSS_EPISODE
+from understudy.algorithms import imitation, imitators
 from understudy.histories.data import History, make_batch
 
 WINDOWS_PER_PASS = 4  # windows per forward/backward pass; gradients accumulate over passes
@@ -44,9 +43,9 @@ class PolicyGradientFinetune:
         """`newest_frame`: the frame of an observation that a history keeps (the game's
         family's: the newest of a stack, or MinAtar's whole observation). AD and recurrent AD
         only: their context runs across episodes, as the copy's stream here does."""
-        if model.spec["algorithm"] not in CROSS_EPISODE:
+        if not imitators.get(model.spec["algorithm"]).cross_episode:
             raise ValueError(f"fine-tuning by policy gradient needs a cross-episode imitator "
-                             f"({', '.join(CROSS_EPISODE)}); this one is {model.spec['algorithm']!r}")
+                             f"({', '.join(imitators.cross_episode())}); this one is {model.spec['algorithm']!r}")
         self.model, self.player, self.updates, self.advantage_clip = model, player, updates, advantage_clip
         self.newest_frame = newest_frame
         self.optimizer = torch.optim.Adam(model.parameters(), lr=lr)

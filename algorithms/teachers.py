@@ -27,6 +27,7 @@ from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 from ray.rllib.utils.metrics import WEIGHTS_SEQ_NO
 from ray.tune.registry import register_env
 
+from understudy.algorithms.encoders import CNNS, conv_filters
 from understudy.algorithms.presets import SETTINGS
 from understudy.algorithms.recording import recorder_for, run_id_for
 from understudy.envs import AtariProtocol, make_atari_env, newest_frame, transform_reward
@@ -34,15 +35,8 @@ from understudy.envs import AtariProtocol, make_atari_env, newest_frame, transfo
 ENV_NAME = "understudy_atari"
 ALGORITHMS = ("ppo", "appo", "dqn")
 
-# (out_channels, [kernel, kernel], stride); "nature" is the DQN paper's network.
-# "valid" padding, as in the DQN paper: 84 -> 20 -> 9 -> 7 (RLlib's default "same" padding
-# costs about twice the compute for no benefit here).
-CNN_FILTERS = {
-    "nature": [[32, [8, 8], 4, "valid"], [64, [4, 4], 2, "valid"], [64, [3, 3], 1, "valid"]],
-    "small": [[16, [8, 8], 4, "valid"], [32, [4, 4], 2, "valid"], [32, [3, 3], 2, "valid"]],
-    # The MinAtar paper's network: one 3x3 conv of 16 channels on the 10x10 grid (-> 8x8x16).
-    "minatar": [[16, [3, 3], 1, "valid"]],
-}
+# RLlib's conv_filters of each CNN encoder, from its one declaration (algorithms/encoders.py).
+CNN_FILTERS = {name: conv_filters(name) for name in CNNS}
 CNN_HEADS = {"nature": [256], "small": [256], "minatar": [128]}  # hidden units after the CNN
 
 
@@ -199,8 +193,10 @@ def _resync_recorder(env_runner) -> None:
         env_runner.recorder.sync_from_catalog()
 
 
-def recording_algorithm(algo_class):
-    """`algo_class` (PPO, APPO, DQN) whose checkpoints also pin the recorded history.
+def recording_algorithm(algo_class, extra_results=None):
+    """`algo_class` (PPO, APPO, DQN) whose checkpoints also pin the recorded history; with
+    `extra_results` (a function returning a dict), what it returns, measured in the trial's
+    process, is added to every training result.
 
     Saving a checkpoint first flushes every env runner's finished episodes to shards, then
     notes which shards exist. Restoring from it takes every shard written after that out of
@@ -210,6 +206,10 @@ def recording_algorithm(algo_class):
     and are dropped whole on restore."""
 
     class Teacher(algo_class):
+        def step(self):
+            result = super().step()
+            return {**result, **extra_results()} if extra_results else result
+
         def _recorded_run(self):
             record = self.config.env_config.get("record")
             if not record:

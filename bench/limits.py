@@ -40,7 +40,6 @@ import numpy as np
 MODEL = {"cnn": "minatar", "stack": 1, "context": 512, "d_model": 64, "layers": 3, "heads": 4}
 BATCH, ACTIONS, FRAME = 8, 6, (10, 10, 10)
 # conv layers of each encoder: (out channels, kernel, stride) and its input (height, width, channels)
-ENCODER_INPUT = {"minatar": (10, 10, 10), "nature": (84, 84, 1), "small": (84, 84, 1)}
 
 
 def matmul_peak(dtype: str, sizes=(1024, 2048), repeats: int = 5) -> float:
@@ -71,14 +70,14 @@ def has_bf16() -> bool:
 def encoder_flops(cnn: str, stack: int, d_model: int) -> float:
     """Forward FLOPs of one frame through the encoder (algorithms.nets.FrameEncoder): each conv's
     multiply-adds (2 per) and the linear layer to d_model."""
-    from understudy.algorithms.nets import CNN_LAYERS
+    from understudy.algorithms.encoders import ENCODERS
 
     if cnn == "grid":
         return 2 * 2 * d_model
-    height, width, channels = ENCODER_INPUT[cnn]
+    height, width, channels = ENCODERS[cnn].frame
     channels *= stack
     flops = 0.0
-    for out, kernel, stride in CNN_LAYERS[cnn]:
+    for out, kernel, stride in ENCODERS[cnn].convs:
         height, width = (height - kernel) // stride + 1, (width - kernel) // stride + 1
         flops += 2 * height * width * out * channels * kernel * kernel
         channels = out

@@ -29,6 +29,10 @@ class EnvFamily:
     reference: Callable[[str], tuple[float, float] | None]
     protocol: dict = field(default_factory=dict)  # the family's environment settings, as logged
     teacher: tuple[str, str | None] = ("ppo", None)  # default (algorithm, preset)
+    # The observation encoder its models read with when a config names none: a name in
+    # algorithms/encoders.py (that layer is above this one; tests/test_families.py checks that
+    # it reads frame_shape).
+    encoder: str = "small"
     reference_source: str = ""
     # The one frame of an observation that a shard records (stacks are rebuilt on read).
     newest_frame: Callable = atari.newest_frame
@@ -43,6 +47,14 @@ class EnvFamily:
     # The most steps an episode can last under the protocol (ALE: 108,000 frames at frame skip
     # 4; MinAtar: its clock): budgets that must cover whole episodes are sized by it.
     longest_episode: int = 27_000
+
+    @property
+    def takes_protocol(self) -> bool:
+        """Whether its envs follow a teach config's `protocol:` (the Atari protocol,
+        envs.AtariProtocol): its make_vector_env takes one."""
+        import inspect
+
+        return "protocol" in inspect.signature(self.make_vector_env).parameters
 
     @property
     def per_goal(self) -> bool:
@@ -94,7 +106,7 @@ def make_play_env(game: str, copies: int, *, protocol: dict | None = None, max_e
 
         goals = np.repeat(family.goals(goal_split), copies, axis=0)
         return family.make_vector_env(game, len(goals), goals=goals)
-    options = {"protocol": protocol or {}} if family is ALE else {}
+    options = {"protocol": protocol or {}} if family.takes_protocol else {}
     return family.make_vector_env(game, copies, same_step_reset=True, max_episode_steps=max_episode_steps,
                                   **options)
 
@@ -168,7 +180,7 @@ MINATAR = EnvFamily(
     canonical=minatar.canonical_game, frame_shape=minatar.OBS_SHAPE,
     num_actions=lambda game: minatar.NUM_ACTIONS, shared_actions=minatar.NUM_ACTIONS,
     reference=lambda game: MINATAR_SCORES[minatar.game_of(game)],
-    protocol=MINATAR_PROTOCOL,
+    protocol=MINATAR_PROTOCOL, encoder="minatar",
     teacher=("ppo", "minatar"), newest_frame=lambda obs: obs,  # no stacking: the frame is the observation
     metadata=lambda game: {"family": "minatar", **MINATAR_PROTOCOL}, longest_episode=minatar.EPISODE_CLOCK,
     reference_source="random play measured here; DQN at 5M frames as published by Young & Tian (2019)")
@@ -177,7 +189,7 @@ DARKROOM = EnvFamily(
     name="darkroom", make_vector_env=_darkroom_vector_env, games=lambda: ["DarkRoom"], canonical=_darkroom_canonical,
     frame_shape=(darkroom.FRAME_SIZE, darkroom.FRAME_SIZE),
     num_actions=lambda game: darkroom.NUM_ACTIONS, shared_actions=darkroom.NUM_ACTIONS,
-    reference=lambda game: None, protocol=darkroom.protocol(), teacher=("qlearning", None),
+    reference=lambda game: None, protocol=darkroom.protocol(), teacher=("qlearning", None), encoder="grid",
     reference_source="each goal's optimal return (envs/darkroom.py optimal_return)",
     goals=darkroom.darkroom_goals, optimum=darkroom.optimal_return, episode_steps=darkroom.EPISODE_STEPS,
     longest_episode=darkroom.EPISODE_STEPS)
@@ -189,7 +201,7 @@ MINATAR_COLUMNS = EnvFamily(
     games=lambda: [minatar_columns.GAME], canonical=minatar_columns.canonical_game,
     frame_shape=minatar.OBS_SHAPE, num_actions=lambda game: minatar.NUM_ACTIONS,
     shared_actions=minatar.NUM_ACTIONS, reference=lambda game: None,  # per task: optimum
-    protocol=minatar_columns.protocol(), teacher=("ppo", "minatar"),
+    protocol=minatar_columns.protocol(), teacher=("ppo", "minatar"), encoder="minatar",
     # A shard keeps the blind frame even of a teacher that was shown its task (reveal_task).
     newest_frame=minatar_columns.hide_task,
     metadata=lambda game: {"family": "minatar_columns", **minatar_columns.protocol()},

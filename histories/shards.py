@@ -428,24 +428,22 @@ def open_runs(root: str, run_ids: list[str]) -> pads.Dataset:
 
 
 def ray_dataset(root: str, run_ids: list[str], columns: list[str] | None = None):
-    """The same shards as a Ray Data dataset: one read task per cataloged shard."""
+    """The same shards as a Ray Data dataset, read by Ray Data's file-based reader
+    (`ray.data.read_datasource` over the cataloged Arrow IPC files: one read task per shard at
+    most, one block per record batch), only `columns` decompressed."""
     import ray.data
+
+    from understudy.histories.arrow_datasource import ArrowIPCDatasource
 
     paths = [p for run_id in run_ids for p in shard_paths(root, run_id)]
     if not paths:
         raise ShardError(f"runs {run_ids} under {root!r} have no cataloged shards")
-
-    def read(batch):
-        fs, _ = filesystem(root)
-        tables = []
-        for path in batch["path"]:
-            with fs.open_input_file(str(path)) as f:
-                table = pa.ipc.open_file(f).read_all()
-            tables.append(table.select(columns) if columns else table)
-        return pa.concat_tables(tables)
-
-    return ray.data.from_items([{"path": p} for p in paths]).map_batches(
-        read, batch_size=1, batch_format="pyarrow")
+    shapes = {run_frame_shape(root, run_id) for run_id in run_ids}
+    if len(shapes) > 1 and (columns is None or "frame" in columns):
+        raise ShardError(f"runs {run_ids} under {root!r} have different frame shapes {sorted(shapes)}; "
+                         "read runs of one env family together, or leave out the frame column")
+    fs, _ = filesystem(root)
+    return ray.data.read_datasource(ArrowIPCDatasource(paths, columns=columns, filesystem=fs))
 
 
 def data_version(root: str, run_ids: list[str], exclude: set[str] = frozenset()) -> str:

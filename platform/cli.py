@@ -103,12 +103,12 @@ def cmd_distill(cfg, ws, resume: bool = False):
     return manifest
 
 
-def cmd_evaluate(cfg, ws, experiment: str | None = None):
+def cmd_evaluate(cfg, ws, experiment: str | None = None, resume: bool = False):
     from understudy.platform.evaluate import run_evaluate
 
     t = _banner(f"evaluate: {', '.join(cfg.agents)} on {', '.join(cfg.games)}, "
                 f"{cfg.episodes} consecutive episodes x {cfg.copies} copies")
-    manifest = run_evaluate(cfg, ws, experiment=experiment)
+    manifest = run_evaluate(cfg, ws, experiment=experiment, resume=resume)
     print(manifest.table)
     _done("evaluate", t)
     return manifest
@@ -174,10 +174,9 @@ def cmd_report(args, ws) -> int:
     return 0
 
 
-def cmd_shards(args, ws):
+def cmd_shards(args, ws, root: str, stage_runs: list[str] | None = None):
     from understudy.histories import shards
 
-    root = args.root or ws.shard_root
     if not shards.list_runs(root):
         print(f"understudy: no recorded runs under shard root {root} (a run is a folder with "
               "run.json and a catalog/); give --root or --shard-root where `teach` wrote", file=sys.stderr)
@@ -195,7 +194,9 @@ def cmd_shards(args, ws):
             print(f"{run_id}\t{len(catalog)} shards\t{eps} episodes\t{sum(e['rows'] for e in catalog)} steps"
                   f"\t{learned}")
         return 0
-    runs = [args.run] if args.run else shards.list_runs(root)
+    runs = [args.run] if args.run else stage_runs or shards.list_runs(root)
+    if args.action == "export":
+        return cmd_export(args, root, runs)
     if args.action == "show":
         for run_id in runs:
             print(summarise_run(root, run_id))
@@ -208,6 +209,36 @@ def cmd_shards(args, ws):
         for p in problems:
             print(f"  {p}")
     return 1 if bad else 0
+
+
+def cmd_export(args, root: str, runs: list[str]) -> int:
+    """`shards export`: runs as Parquet with an episode index, a Minari dataset and a dataset
+    card (histories/export.py). Exit 2 for a request that cannot be made, 1 for bad shards."""
+    from understudy.histories import export, shards
+
+    if not args.out:
+        print("understudy: shards export needs --out, the new folder to write the export to", file=sys.stderr)
+        return 2
+    unknown = sorted(set(runs) - set(shards.list_runs(root)))
+    if unknown:
+        print(f"understudy: run {unknown[0]!r} is not under shard root {root} (`understudy shards ls` lists them)",
+              file=sys.stderr)
+        return 2
+    try:
+        summary = export.export_history(root, runs, args.out,
+                                         args.format.split(",") if args.format else export.EXPORT_FORMATS,
+                                         args.minari_id)
+    except export.ExportError as err:
+        print(f"understudy: {err}", file=sys.stderr)
+        return 2
+    except shards.ShardError as err:
+        print(f"understudy: {err}", file=sys.stderr)
+        return 1
+    print(f"exported {len(summary.runs)} run(s), {summary.episodes} episodes, {summary.steps} steps "
+          f"({', '.join(summary.formats)}) to {summary.out}; the dataset card is {summary.out}/README.md")
+    if summary.minari_id:
+        print(f"  Minari: MINARI_DATASETS_PATH={summary.out}/minari, minari.load_dataset({summary.minari_id!r})")
+    return 0
 
 
 def summarise_run(root: str, run_id: str, bins: int = 10) -> str:
@@ -255,9 +286,9 @@ def parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=f"run the {name} stage (a {name} or pipeline YAML)",
                            parents=[where])
         s.add_argument("config")
-        if name in ("teach", "distill"):
-            s.add_argument("--resume", action="store_true",
-                           help="continue this config's interrupted run from its last checkpoints")
+        s.add_argument("--resume", action="store_true",
+                       help="continue this config's interrupted run from its last checkpoints (evaluate: "
+                            "play only the tasks it had not finished)")
     for name in ("pipeline", "demo"):
         s = sub.add_parser(name, help="run teach, distill and evaluate end to end", parents=[where])
         s.add_argument("config", nargs="?" if name == "demo" else None,
@@ -268,7 +299,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--scale", help="which of the file's scales to apply (default: its own `scale`, "
                                    "usually demo)")
     s.add_argument("--resume", action="store_true",
-                   help="continue its interrupted teach and distill stages from their checkpoints")
+                   help="skip its finished stages, continue interrupted ones from their checkpoints (an "
+                        "evaluation from its finished tasks)")
     s = sub.add_parser("plan", help="what a ready experiment or pipeline will cost, before it runs: env "
                                     "steps, trials, updates, placements, estimated wall-clock")
     s.add_argument("config", help="a name in tune_configs/experiments/, or a path to an experiment or pipeline YAML")
@@ -276,11 +308,15 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("report", parents=[where],
                        help="print an experiment's latest results table from MLflow")
     s.add_argument("experiment", help="the experiment's name (e.g. darkroom_ad)")
-    s = sub.add_parser("shards", help="list, summarise or verify recorded learning histories",
+    s = sub.add_parser("shards", help="list, summarise, verify or export recorded learning histories",
                        parents=[where])
-    s.add_argument("action", choices=["ls", "show", "verify"])
+    s.add_argument("action", choices=["ls", "show", "verify", "export"])
     s.add_argument("run", nargs="?", help="a run id (default: every run)")
     s.add_argument("--root", help="shard root (default: the workspace's)")
+    s.add_argument("--stage", help="a finished teach stage's name: its shard root and runs (instead of --root)")
+    s.add_argument("--out", help="export: the new folder to write (never an existing one)")
+    s.add_argument("--format", help="export: comma-separated formats, parquet and/or minari (default: both)")
+    s.add_argument("--minari-id", help="export: the Minari dataset id (default: <out folder name>-v0)")
     return p
 
 
@@ -310,9 +346,17 @@ def main(argv: list[str] | None = None) -> int:
                                                              "shard_root", "storage")))
     try:
         if args.command == "shards":
-            root = args.root or ws.shard_root
+            stage_runs = None
+            if args.stage:
+                if args.root:
+                    print("understudy: give --stage or --root, not both", file=sys.stderr)
+                    return 2
+                teach = ws.read_stage("teach", args.stage)
+                root, stage_runs = teach.shard_root, [r.run_id for r in teach.runs]
+            else:
+                root = args.root or ws.shard_root
             preflight.check_object_storage({root: "--root" if args.root else "--shard-root"})
-            return cmd_shards(args, ws)
+            return cmd_shards(args, ws, root, stage_runs)
         if args.command == "report":
             preflight.check_tracking_uri(ws.tracking_uri)
             return cmd_report(args, ws)
@@ -330,6 +374,9 @@ def main(argv: list[str] | None = None) -> int:
         preflight.check_all(ws, os.environ.get("RAY_ADDRESS"))
     except ConfigError as err:
         print(f"understudy: config error: {err}", file=sys.stderr)
+        return 2
+    except (StageMissing, StageInvalid) as err:  # shards --stage
+        print(f"understudy: {err}", file=sys.stderr)
         return 2
     except preflight.PreflightError as err:
         print(f"understudy: {err}", file=sys.stderr)
@@ -361,12 +408,14 @@ def main(argv: list[str] | None = None) -> int:
         # One MLflow parent run for this invocation; every stage's run is nested under it.
         with tracking.study(ws, name, description, f"understudy {args.command} {args.config}".strip(),
                             params) as ws:
-            if args.command in ("teach", "distill"):
+            if getattr(args, "resume", False):
+                # the runs the interrupted invocation left RUNNING are not running any more
+                tracking.tolerant(ws, "ending the runs an interrupted invocation left running",
+                                  lambda: tracking.close_interrupted_runs(ws))
+            if args.command in STAGES:
                 STAGES[args.command](cfg, ws, resume=args.resume)
             elif args.command == "experiment":
                 cmd_experiment(cfg, ws, resume=args.resume)
-            elif args.command in STAGES:
-                STAGES[args.command](cfg, ws)
             else:
                 cmd_pipeline(cfg, ws)
     except (StageMissing, StageInvalid) as err:

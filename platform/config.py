@@ -7,8 +7,10 @@ command line or the environment, so the same file runs on a laptop and on a clus
 """
 from __future__ import annotations
 
+import math
+from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
@@ -18,11 +20,13 @@ from pydantic import (
     Field,
     PositiveFloat,
     PositiveInt,
+    SerializeAsAny,
     ValidationError,
+    create_model,
     model_validator,
 )
 
-from understudy.algorithms import sources
+from understudy.algorithms import encoders, imitators, sources
 from understudy.algorithms.annealed_source import AnnealConfig as _Anneal
 from understudy.algorithms.darkroom_source import QLearningConfig as _Q
 from understudy.algorithms.presets import PRESETS
@@ -45,23 +49,27 @@ def _game(name: str) -> str:
 Game = Annotated[str, AfterValidator(_game)]
 
 
-def _model_fits_games(games: list[str], cnn: str, stack: int | None, field: str) -> None:
-    """MinAtar observations (10x10x10, one frame each: the MinAtar games and the task families
-    built on them) need the MinAtar encoder, and it reads nothing else; games of one distill
-    stage share one observation shape."""
-    grids = {families.family_of(g).frame_shape == (10, 10, 10) for g in games}
-    kinds = {families.family_of(g).name for g in games}
-    if grids == {True, False}:
-        raise ValueError(f"{field}: {games} mix MinAtar with other families; one model reads one "
-                         "observation shape: train on MinAtar games only, or on none")
-    if grids == {True} and cnn != "minatar":
-        raise ValueError(f"model.cnn: {cnn!r} reads 84x84 frames; MinAtar games ({games[0]}) need "
-                         "cnn: minatar")
-    if cnn == "minatar" and grids == {False}:
-        raise ValueError(f"model.cnn: 'minatar' reads MinAtar's 10x10x10 observations; {games[0]} is "
-                         f"{'/'.join(sorted(kinds))}: valid: small, nature, grid")
-    if cnn == "minatar" and stack not in (None, 1):
-        raise ValueError(f"model.stack: {stack}; a MinAtar observation is one frame, valid: 1")
+def _model_fits_games(games: list[str], cnn: str | None, stack: int | None, field: str) -> None:
+    """The games of one distill stage share one observation shape (one model reads one), and the
+    model's encoder reads it: the encoders ask each game's family (encoders.reads), never its name."""
+    found = {}  # frame shape -> (family, first game)
+    for game in games:
+        family = families.family_of(game)
+        found.setdefault(tuple(family.frame_shape), (family, game))
+    if len(found) > 1:
+        shapes = "; ".join(f"{g} ({f.name}): {encoders.shape_text(s)}" for s, (f, g) in found.items())
+        raise ValueError(f"{field}: {games} mix observation shapes ({shapes}); one model reads one "
+                         "observation shape: train on games of one shape")
+    if cnn is None or not found:  # an imitator without one of the encoders reads observations its own way
+        return
+    (shape, (family, game)), = found.items()
+    if not encoders.reads(cnn, shape):
+        raise ValueError(f"model.cnn: {cnn!r} reads {encoders.shape_text(encoders.ENCODERS[cnn].frame)}; "
+                         f"{game} is {family.name}, of {encoders.shape_text(shape)}: cnn: {family.encoder} (its "
+                         f"family's encoder, what a config that names none gets), or valid: "
+                         f"{', '.join(encoders.readers(shape))}")
+    if encoders.ENCODERS[cnn].one_frame and stack not in (None, 1):
+        raise ValueError(f"model.stack: {stack}; the {cnn} encoder reads one whole observation of {game}, valid: 1")
 
 
 StageName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$", min_length=1, max_length=64)]
@@ -180,7 +188,7 @@ class TeachConfig(Strict):
     preset: str | None = None
     env_steps_per_iter: PositiveInt = 256  # PPO train batch; DQN: steps per Tune report
     lr: PositiveFloat = 2.5e-4
-    cnn: Literal["small", "nature", "minatar"] = "small"
+    cnn: Literal[encoders.CNNS] = "small"  # an encoder that reads the games (algorithms/encoders.py)
     reward: Literal["sign", "clip", "raw"] = "sign"  # what the Learner sees; reports stay raw
     # "vector": ale-py's C++ vector env with batched inference (fast); "rllib": RLlib's own
     # SingleAgentEnvRunner on gymnasium wrappers (the reference).
@@ -253,8 +261,16 @@ class TeachConfig(Strict):
         if found and self.algorithm == "dqn" and not self.dqn.prioritized:
             raise ValueError("dqn: MinAtar DQN needs prioritized: true (RLlib's episode replay); the "
                              "frame replay stores 84x84 Atari frame stacks")
-        if found and self.cnn != "minatar":
-            raise ValueError(f"cnn: MinAtar's 10x10 grids need cnn: minatar (got {self.cnn!r})")
+        return self
+
+    @model_validator(mode="after")
+    def _encoder_reads_games(self):  # the RLlib teacher's encoder; a local source has none
+        for game in self.games if self.local_source is None else []:
+            family = families.family_of(game)
+            if not encoders.reads(self.cnn, family.frame_shape):
+                raise ValueError(f"cnn: {self.cnn!r} reads {encoders.shape_text(encoders.ENCODERS[self.cnn].frame)}; "
+                                 f"{game} is {family.name}, of {encoders.shape_text(family.frame_shape)}: "
+                                 f"cnn: {family.encoder}")
         return self
 
     @property
@@ -347,16 +363,51 @@ class DataParams(Strict):
 
 
 class ModelParams(Strict):
-    """Constructor arguments of the model; None keeps the model's own default."""
-    cnn: Literal["small", "nature", "grid", "minatar"] = "small"  # grid: Dark Room; minatar: MinAtar
-    stack: PositiveInt | None = None  # frames per observation (BC/DT: 4, AD: 1)
-    hidden: PositiveInt | None = None  # BC
-    context: PositiveInt | None = None  # DT/AD: steps per context window
-    d_model: PositiveInt | None = None
-    layers: PositiveInt | None = None
-    heads: PositiveInt | None = None
-    dropout: float | None = Field(None, ge=0.0, lt=1.0)  # DT/AD: residual and feed-forward paths
-    attention_dropout: float | None = Field(None, ge=0.0, lt=1.0)  # DT/AD: attention weights
+    """Constructor arguments of the imitator's model (`model:` in a distill config). Each imitator
+    has its own schema (model_params), read from its model's constructor: its parameters, typed
+    and bounded as the constructor declares them; None keeps the model's own default."""
+
+
+def _imitator(name: str) -> str:
+    imitators.get(name)  # ValueError naming the valid ones
+    return name
+
+
+@lru_cache(maxsize=None)
+def model_params(algorithm: str) -> type[ModelParams]:
+    """The `model:` schema of an imitator: one optional field per constructor parameter."""
+    fields = {}
+    for name, p in imitators.get(algorithm).parameters().items():
+        annotation = Any if p.annotation is p.empty or isinstance(p.annotation, str) else p.annotation
+        fields[name] = (annotation | None, None)
+    return create_model(f"ModelParams_{algorithm}", __base__=ModelParams, **fields)
+
+
+def _model_of(algorithm: str, given, games: list[str]) -> ModelParams:
+    """A distill config's `model:` validated against its imitator's schema; a `cnn` left out is
+    the encoder the games' family names (EnvFamily.encoder), else the model's own default,
+    recorded either way. ValueError: one line naming each wrong key and the valid ones."""
+    schema = model_params(algorithm)
+    if isinstance(given, BaseModel):
+        given = given.model_dump(exclude_none=True)
+    # None is "the model's own default"; configs and manifests older than per-imitator schemas
+    # hold every shared key, mostly None.
+    given = {k: v for k, v in dict(given or {}).items() if v is not None or k in schema.model_fields}
+    if "cnn" in schema.model_fields and given.get("cnn") is None:
+        named = {families.family_of(g).encoder for g in games}
+        given["cnn"] = named.pop() if len(named) == 1 else imitators.get(algorithm).default("cnn")
+    try:
+        return schema.model_validate(given)
+    except ValidationError as err:
+        parts = []
+        for e in err.errors():
+            loc = ".".join(["model", *map(str, e["loc"])])
+            if e["type"] == "extra_forbidden":
+                parts.append(f"{loc}: unknown key for algorithm {algorithm!r}; valid keys here: "
+                             f"{', '.join(schema.model_fields)}")
+            else:
+                parts.append(f"{loc}: {e['msg']} (got {e.get('input')!r})")
+        raise ValueError("; ".join(parts)) from None
 
 
 class SearchDomain(Strict):
@@ -375,11 +426,53 @@ class SearchDomain(Strict):
         return self
 
 
+# What a trial reports every epoch that a scheduler or searcher can steer by.
+OBJECTIVE_METRICS = ("heldout_loss", "heldout_accuracy", "train_loss", "train_accuracy")
+Metric = Annotated[str, AfterValidator(lambda m: _one_of(m, OBJECTIVE_METRICS, "metric"))]
+
+
+def _one_of(value, valid, what: str):
+    if value not in valid:
+        raise ValueError(f"{what} {value!r} is not one of {', '.join(valid)}")
+    return value
+
+
 class AshaParams(Strict):
-    metric: str = "heldout_loss"
+    metric: Metric = "heldout_loss"
     mode: Literal["min", "max"] = "min"
     grace_period: PositiveInt = 1  # epochs before a trial can be stopped
     reduction_factor: float = Field(2.0, gt=1.0)
+
+
+# What Population Based Training may change in a running trial: a perturbed trial goes on from a
+# checkpoint (of itself or of a better trial), so nothing that shapes the weights may change.
+PBT_MUTABLE = ("lr", "weight_decay", "batch_size", "model.dropout", "model.attention_dropout")
+
+
+class PbtParams(Strict):
+    """Tune's PopulationBasedTraining: every `perturbation_interval` epochs a trial in the bottom
+    `quantile_fraction` of the population by `metric` continues from a top trial's checkpoint
+    with its hyper-parameters perturbed: each key of `mutations` resampled from its domain with
+    `resample_probability`, else moved (x0.8 or x1.2 for a continuous one, a neighbour in a
+    `choice` list)."""
+    metric: Metric = "heldout_loss"
+    mode: Literal["min", "max"] = "min"
+    perturbation_interval: PositiveInt = 1  # epochs
+    quantile_fraction: float = Field(0.25, gt=0.0, le=0.5)
+    resample_probability: float = Field(0.25, ge=0.0, le=1.0)
+    synch: bool = False  # perturb only when the whole population has reached the interval
+    mutations: dict[str, SearchDomain] = Field(default_factory=dict)  # keys of PBT_MUTABLE
+
+
+class SearcherParams(Strict):
+    """How `search` points are chosen. basic: Tune's BasicVariantGenerator (grid points, random
+    draws for the other domains; `seed` seeds the draws); optuna: Tune's OptunaSearch, Optuna's
+    TPE sampler (seeded by `seed`) proposing each next point from the trials finished so far by
+    `metric`."""
+    algorithm: Literal["basic", "optuna"] = "basic"
+    seed: int | None = Field(None, ge=0)
+    metric: Metric = "heldout_loss"  # optuna only
+    mode: Literal["min", "max"] = "min"
 
 
 class DistillConfig(Strict):
@@ -389,8 +482,10 @@ class DistillConfig(Strict):
     teacher: StageName  # the teach stage whose shards to read
     game: Game | None = None  # one game, or give `games`
     games: list[Game] = Field(default_factory=list)
-    algorithm: Literal["bc", "dt", "ad", "ad_gru"] = "bc"
-    model: ModelParams = ModelParams()
+    # a registered imitator (algorithms/imitators.py: bc, dt, ad, ad_gru, installed plug-ins) or
+    # a plug-in's "module:attribute" (docs/extending.md)
+    algorithm: Annotated[str, AfterValidator(_imitator)] = "bc"
+    model: SerializeAsAny[ModelParams] = ModelParams()  # the imitator's own schema (model_params)
     data: DataParams = DataParams()
     epochs: PositiveInt = 3
     batch_size: PositiveInt = 64
@@ -411,8 +506,10 @@ class DistillConfig(Strict):
     blocks_in_memory: PositiveInt = 2
     search: dict[str, SearchDomain] = Field(default_factory=dict)  # dotted keys, e.g. model.d_model
     num_samples: PositiveInt = 1  # samples of the random domains (grids multiply it)
-    scheduler: Literal["none", "asha"] = "none"
+    searcher: SearcherParams = SearcherParams()
+    scheduler: Literal["none", "asha", "pbt"] = "none"
     asha: AshaParams = AshaParams()
+    pbt: PbtParams = PbtParams()
     max_concurrent_trials: PositiveInt | None = None
     max_failures: int = Field(2, ge=0)  # a failed trial restarts from its last checkpoint
     verify_shards: bool = True  # re-hash every shard before training on it
@@ -427,10 +524,23 @@ class DistillConfig(Strict):
     # about 1.2x faster on a CPU with AVX-512 bf16 (docs/benchmarks.md), slower on one without.
     precision: Literal["float32", "bfloat16"] = "float32"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _imitator_model(cls, data):
+        if not isinstance(data, dict):
+            return data
+        algorithm = data.get("algorithm", cls.model_fields["algorithm"].default)
+        try:
+            imitators.get(algorithm)
+        except ValueError:
+            return data  # the field says what is wrong with it
+        games = ([data["game"]] if data.get("game") else []) + list(data.get("games") or [])
+        return {**data, "model": _model_of(algorithm, data.get("model"), [str(g) for g in games])}
+
     @model_validator(mode="after")
     def _games_can_be_imitated(self):
-        _model_fits_games(([self.game] if self.game else []) + self.games, self.model.cnn, self.model.stack,
-                          "games")
+        _model_fits_games(([self.game] if self.game else []) + self.games, getattr(self.model, "cnn", None),
+                          getattr(self.model, "stack", None), "games")
         return self
 
     @model_validator(mode="after")
@@ -447,9 +557,75 @@ class DistillConfig(Strict):
             if len(set(self.seeds)) != len(self.seeds):
                 raise ValueError(f"seeds {self.seeds}: repeated seeds are not independent runs")
         for key in self.search:
-            if key not in _sweepable(DistillConfig):
-                raise ValueError(f"search.{key}: not a sweepable key; valid: {', '.join(_sweepable(DistillConfig))}")
+            if key not in _sweepable(type(self.model)):
+                raise ValueError(f"search.{key}: not a sweepable key; valid: {', '.join(_sweepable(type(self.model)))}")
+        self._check_sweep()
         return self
+
+    def _check_sweep(self) -> None:
+        """The searcher and scheduler options fit each other and the config: each refusal names
+        the field and what would be valid."""
+        if self.searcher.algorithm == "optuna":
+            grids = [k for k, d in self.search.items() if d.grid is not None]
+            if grids:
+                raise ValueError(f"search.{grids[0]}: grid is not a domain searcher.algorithm optuna samples; "
+                                 "valid: choice, uniform, loguniform, randint (or searcher.algorithm: basic)")
+            if not self.search:
+                raise ValueError("searcher.algorithm: optuna needs a search space; give search (e.g. "
+                                 "lr: {loguniform: [1e-4, 1e-2]})")
+            if self.seeds is not None:
+                raise ValueError("seeds: optuna proposes one point per trial and cannot repeat a point once per "
+                                 "seed; give seed (one run per point), or searcher.algorithm: basic")
+        if self.scheduler == "pbt":
+            if self.searcher.algorithm != "basic":
+                raise ValueError(f"scheduler: pbt explores by itself; valid with searcher.algorithm basic only "
+                                 f"(got {self.searcher.algorithm!r})")
+            if self.seeds is not None:
+                raise ValueError("seeds: PBT's trials copy each other's weights and settings, so they are not "
+                                 "independent runs; give num_samples (the population) and seed")
+            if not self.pbt.mutations:
+                raise ValueError(f"pbt.mutations: empty; scheduler pbt needs at least one key to perturb, "
+                                 f"valid: {', '.join(PBT_MUTABLE)}")
+            for key, domain in self.pbt.mutations.items():
+                if key not in PBT_MUTABLE:
+                    raise ValueError(f"pbt.mutations.{key}: not a key PBT can change in a running trial; valid: "
+                                     f"{', '.join(PBT_MUTABLE)} (the rest shape the weights a trial continues from)")
+                if domain.grid is not None:
+                    raise ValueError(f"pbt.mutations.{key}: grid is not a mutation domain; valid: choice, "
+                                     "uniform, loguniform, randint")
+            if self.pbt.perturbation_interval >= self.epochs:
+                raise ValueError(f"pbt.perturbation_interval: {self.pbt.perturbation_interval} epochs leaves no "
+                                 f"perturbation within epochs: {self.epochs}; valid: 1..{self.epochs - 1}")
+            if self.workers > 1:
+                raise ValueError("scheduler: pbt continues trials from Tune checkpoints; valid with workers: 1 "
+                                 f"only (got workers: {self.workers}, Ray Train's checkpoints)")
+            population = self.num_samples * len(self.run_seeds) * math.prod(
+                len(d.grid) for d in self.search.values() if d.grid is not None)
+            if population < 2:
+                raise ValueError("num_samples: scheduler pbt needs a population of at least 2 trials (num_samples "
+                                 f"x seeds x grid points); got {population}")
+        objectives = {"asha": (self.asha.metric, self.asha.mode), "pbt": (self.pbt.metric, self.pbt.mode)}
+        if self.searcher.algorithm == "optuna" and self.scheduler in objectives and \
+                objectives[self.scheduler] != (self.searcher.metric, self.searcher.mode):
+            raise ValueError(f"searcher.metric/mode {self.searcher.metric}/{self.searcher.mode} and "
+                             f"{self.scheduler}.metric/mode {'/'.join(objectives[self.scheduler])} differ; valid: "
+                             "the same objective for both")
+        metric, _ = self.objective
+        if metric.startswith("heldout_") and self.data.heldout_episodes == 0 and \
+                (self.scheduler != "none" or self.searcher.algorithm == "optuna"):
+            raise ValueError(f"data.heldout_episodes: 0 holds no episodes out, yet the sweep steers by {metric}; "
+                             "valid: heldout_episodes >= 1, or metric train_loss / train_accuracy")
+
+    @property
+    def objective(self) -> tuple[str, str]:
+        """(metric, mode) the sweep steers by and the best point is chosen by."""
+        if self.scheduler == "pbt":
+            return self.pbt.metric, self.pbt.mode
+        if self.scheduler == "asha":
+            return self.asha.metric, self.asha.mode
+        if self.searcher.algorithm == "optuna":
+            return self.searcher.metric, self.searcher.mode
+        return self.asha.metric, self.asha.mode
 
     @property
     def run_seeds(self) -> list[int]:
@@ -460,11 +636,12 @@ class DistillConfig(Strict):
         return [self.game] if self.game else list(self.games)
 
 
-def _sweepable(model: type[BaseModel]) -> list[str]:
+def _sweepable(params: type[ModelParams]) -> list[str]:
+    """The keys a distill search may sweep, for an imitator of `model:` schema `params`."""
     keys = []
     for name in ("lr", "batch_size", "weight_decay", "epochs", "seed"):
         keys.append(name)
-    for section, sub in (("model", ModelParams), ("data", DataParams)):
+    for section, sub in (("model", params), ("data", DataParams)):
         keys += [f"{section}.{k}" for k in sub.model_fields if k not in ("games", "suite")]
     return keys
 
@@ -545,13 +722,12 @@ def _controls_read_across_episodes(agents: list[str], algorithm: str) -> None:
     controls = [a for a in agents if a in CONTROLS]
     if not controls:
         return
-    from understudy.algorithms.imitation import CROSS_EPISODE
-
-    if algorithm not in CROSS_EPISODE:
+    if not imitators.get(algorithm).cross_episode:
         what = ("is a control", "needs", "it") if len(controls) == 1 else ("are controls", "need", "them")
         raise ValueError(f"evaluate.agents: {', '.join(controls)} {what[0]} of in-context learning and {what[1]} an "
-                         f"imitator that reads across episodes (distill.algorithm {' or '.join(CROSS_EPISODE)}); "
-                         f"distill.algorithm is {algorithm!r}: leave {what[2]} out")
+                         f"imitator that reads across episodes (distill.algorithm "
+                         f"{' or '.join(imitators.cross_episode())}); distill.algorithm is {algorithm!r}: "
+                         f"leave {what[2]} out")
 
 
 class PipelineConfig(Strict):

@@ -14,17 +14,17 @@ from dataclasses import asdict, dataclass, field
 
 from ray import tune
 
-from understudy.algorithms.imitation import CROSS_EPISODE  # models whose context runs across episodes
+from understudy.algorithms import imitators
 from understudy.histories import shards
 from understudy.histories.data import index_runs
-from understudy.platform import plots, resources, storage, tracking
+from understudy.platform import plots, reproducibility, resources, storage, tracking
 from understudy.platform.config import DistillConfig, config_digest
 from understudy.platform.manifests import DistillManifest
 from understudy.platform.teach import StageFailed
 from understudy.platform.workspace import Study, Workspace, keep_tune_state_current
 
 METRICS = ("train_loss", "train_accuracy", "heldout_loss", "heldout_accuracy", "samples_per_s",
-           "data_wait_s", "train_targets")
+           "data_wait_s", "train_targets", "lr")  # lr: the one trained with (PBT perturbs it)
 
 
 # ---- the data a trial sees ---------------------------------------------------------------------
@@ -66,16 +66,13 @@ def select_data(cfg: DistillConfig, root: str, run_ids: list[str], exclude=froze
 def context_span(cfg: DistillConfig, train) -> dict:
     """How many of its data's episodes a cross-episode context holds; refuses (StageFailed) a
     context shorter than twice the 95th-percentile episode length, unless allow_short_context.
-    {} for models whose context stays inside one episode."""
-    if cfg.algorithm not in CROSS_EPISODE:
+    {} for models whose context stays inside one episode, or that take no `context` (steps)."""
+    imitator = imitators.get(cfg.algorithm)
+    if not imitator.cross_episode or "context" not in imitator.parameters():
         return {}
-    import inspect
-
     import numpy as np
 
-    from understudy.algorithms import imitation
-
-    context = cfg.model.context or inspect.signature(imitation.MODELS[cfg.algorithm]).parameters["context"].default
+    context = cfg.model.context or imitator.default("context")
     steps = np.array([e.steps for h in train for e in h.episodes])
     p95, mean = float(np.percentile(steps, 95)), float(steps.mean())
     span = {"context_steps": context, "episode_steps_p95": p95, "episode_steps_mean": round(mean, 1),
@@ -215,6 +212,8 @@ def _train_loop(cfg: DistillConfig, context: dict, report, checkpoint, make_chec
             model.load_state_dict(torch.load(os.path.join(d, "model.pt"), map_location=device, weights_only=True))
             optimizer.load_state_dict(torch.load(os.path.join(d, "optimizer.pt"), map_location=device,
                                                  weights_only=True))
+            for group in optimizer.param_groups:  # the config's: PBT may have perturbed them
+                group.update(lr=cfg.lr, weight_decay=cfg.weight_decay)
             meta = json.load(open(os.path.join(d, "model.json")))
             if os.path.exists(os.path.join(d, "rng.pt")):  # older checkpoints: weights and optimizer only
                 torch.set_rng_state(torch.load(os.path.join(d, "rng.pt"), weights_only=True)["torch"])
@@ -247,7 +246,9 @@ def _train_loop(cfg: DistillConfig, context: dict, report, checkpoint, make_chec
             held.epoch = 0  # the same held-out samples every epoch
             metrics.update(imitation.evaluate(model, held, cfg.precision))
         steps += metrics.pop("batches")
-        metrics.update(epoch=epoch, steps=steps, workers=world)
+        # the threads this trial trained with, measured here (platform/reproducibility.py)
+        metrics.update(epoch=epoch, steps=steps, workers=world, lr=optimizer.param_groups[0]["lr"],
+                       threads=reproducibility.threads())
         with tempfile.TemporaryDirectory() as tmp:
             if rank == 0:
                 imitation.save(model, tmp, {"epoch": epoch, "steps": steps, "games": sorted({h.game for h in train}),
@@ -370,10 +371,70 @@ def param_space(cfg: DistillConfig, context: dict) -> dict:
             distill[node] = {**distill[node], path[0]: _domain(spec)}
         else:
             distill[node] = _domain(spec)
-    distill["search"] = {}
+    # The trial trains one point: what chose it (search space, searcher) is not its config.
+    distill["search"], distill["searcher"] = {}, type(cfg.searcher)().model_dump()
     if cfg.seeds is not None:
         distill["seed"] = tune.grid_search(list(cfg.seeds))
     return {"distill": distill, "context": context}
+
+
+def pbt_mutations(cfg: DistillConfig) -> dict:
+    """PBT's hyperparam_mutations, nested as the trial config is ({"distill": {...}}): a `choice`
+    as a plain list (PBT moves to a neighbour in it; a Categorical domain it would multiply), the
+    other domains as Tune domains (PBT multiplies by 0.8 or 1.2, or resamples)."""
+    distill: dict = {}
+    for key, spec in cfg.pbt.mutations.items():
+        node, *path = key.split(".")
+        domain = list(spec.choice) if spec.choice is not None else _domain(spec)
+        if path:
+            distill.setdefault(node, {})[path[0]] = domain
+        else:
+            distill[node] = domain
+    return {"distill": distill}
+
+
+@dataclass
+class KeepInDomains:
+    """PBT's custom_explore_fn: a value moved by x1.2 or x0.8 is clipped back into its mutation
+    domain's bounds (a dropout may not reach 1, a learning rate not leave the range given)."""
+    bounds: dict  # dotted key -> (low, high)
+
+    def __call__(self, config: dict) -> dict:
+        for key, (low, high) in self.bounds.items():
+            node, *path = key.split(".")
+            holder = config["distill"][node] if path else config["distill"]
+            name = path[0] if path else node
+            value = min(max(holder[name], low), high)
+            holder[name] = type(holder[name])(value)
+        return config
+
+
+def sweep_components(cfg: DistillConfig):
+    """(search_alg, scheduler) for tune.TuneConfig, as the config's `searcher` and `scheduler` say
+    (None: Tune's default, BasicVariantGenerator unseeded / FIFO)."""
+    from ray.tune.search import BasicVariantGenerator
+
+    search_alg = None
+    if cfg.searcher.algorithm == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        search_alg = OptunaSearch(metric=cfg.searcher.metric, mode=cfg.searcher.mode, seed=cfg.searcher.seed)
+    elif cfg.searcher.seed is not None:
+        search_alg = BasicVariantGenerator(random_state=cfg.searcher.seed)
+    scheduler = None
+    if cfg.scheduler == "asha":
+        scheduler = tune.schedulers.ASHAScheduler(
+            time_attr="training_iteration", metric=cfg.asha.metric, mode=cfg.asha.mode,
+            max_t=cfg.epochs, grace_period=cfg.asha.grace_period, reduction_factor=cfg.asha.reduction_factor)
+    elif cfg.scheduler == "pbt":
+        scheduler = tune.schedulers.PopulationBasedTraining(
+            time_attr="training_iteration", metric=cfg.pbt.metric, mode=cfg.pbt.mode,
+            perturbation_interval=cfg.pbt.perturbation_interval, hyperparam_mutations=pbt_mutations(cfg),
+            quantile_fraction=cfg.pbt.quantile_fraction, resample_probability=cfg.pbt.resample_probability,
+            synch=cfg.pbt.synch, custom_explore_fn=KeepInDomains(
+                {k: tuple(d.uniform or d.loguniform) for k, d in cfg.pbt.mutations.items() if d.uniform or d.loguniform}
+                | {k: (d.randint[0], d.randint[1] - 1) for k, d in cfg.pbt.mutations.items() if d.randint}))
+    return search_alg, scheduler
 
 
 def _point(trial_config: dict, cfg: DistillConfig) -> tuple:
@@ -386,12 +447,13 @@ def _point(trial_config: dict, cfg: DistillConfig) -> tuple:
     return tuple(values)
 
 
-def choose_runs(trials: list[dict], metric: str, mode: str) -> list[dict]:
+def choose_runs(trials: list[dict], metric: str, mode: str, by_point: bool = True) -> list[dict]:
     """The trials of the best searched point, one per seed: the point whose seeds have the best
-    mean `metric` (never the best single seed, which would pick a lucky run)."""
+    mean `metric` (never the best single seed, which would pick a lucky run). Without `by_point`
+    (PBT, whose trials copy each other's weights and settings) the single best trial."""
     groups: dict[tuple, list[dict]] = {}
-    for t in trials:
-        groups.setdefault(t["point"], []).append(t)
+    for i, t in enumerate(trials):
+        groups.setdefault(t["point"] if by_point else i, []).append(t)
 
     def score(group):
         values = [t[metric] for t in group if t.get(metric) is not None]
@@ -427,14 +489,17 @@ def check_teachers_learned(cfg: DistillConfig, teach, run_ids: list[str]) -> lis
 def run_distill(cfg: DistillConfig, ws: Workspace, resume: bool = False) -> DistillManifest:
     """Train the imitators as Tune trials: one MLflow run for the stage, a run per trial nested
     under it, each trained model registered (registered_model_name)."""
+    repro = reproducibility.record(seeds={"training": cfg.run_seeds})
     with tracking.stage_run(ws, "distill", cfg.name, {"stage": cfg.name, "algorithm": cfg.algorithm,
-                                                      "teacher_stage": cfg.teacher}) as stage:
-        return _run_distill(cfg, ws, stage, resume)
+                                                      "teacher_stage": cfg.teacher,
+                                                      **reproducibility.params(repro)}) as stage:
+        return _run_distill(cfg, ws, stage, resume, repro)
 
 
 def registered_model_name(study: str, algorithm: str) -> str:
-    """One registered model per study and algorithm; a version per trained run."""
-    return f"{study}-{algorithm}"
+    """One registered model per study and algorithm; a version per trained run. A plug-in's
+    `module:attribute` reads module.attribute (MLflow refuses ':' in a model's name)."""
+    return f"{study}-{algorithm.replace(':', '.')}"
 
 
 def _teacher_runs(cfg: DistillConfig, ws: Workspace):
@@ -463,7 +528,7 @@ def check_before_training(cfg: DistillConfig, ws: Workspace) -> None:
         context_span(cfg, train)
 
 
-def _run_distill(cfg: DistillConfig, ws: Workspace, stage: Study, resume: bool) -> DistillManifest:
+def _run_distill(cfg: DistillConfig, ws: Workspace, stage: Study, resume: bool, repro: dict) -> DistillManifest:
     teach, run_ids = _teacher_runs(cfg, ws)
     games, root = selected_games(cfg), teach.shard_root
     unlearned = check_teachers_learned(cfg, teach, run_ids)
@@ -525,11 +590,7 @@ def _run_distill(cfg: DistillConfig, ws: Workspace, stage: Study, resume: bool) 
         experiment=experiment, datasets=[dataset], total=UpdatesPerTrial(sum(h.steps for h in train)),
         name_of=lambda t: f"{cfg.name}-{cfg.algorithm}-{'+'.join(games)}-{t.trial_id}")
     trainable = tune.with_resources(train_imitator, resources.distill_trial_resources(cfg, context["gpus"]))
-    scheduler = None
-    if cfg.scheduler == "asha":
-        scheduler = tune.schedulers.ASHAScheduler(
-            time_attr="training_iteration", metric=cfg.asha.metric, mode=cfg.asha.mode,
-            max_t=cfg.epochs, grace_period=cfg.asha.grace_period, reduction_factor=cfg.asha.reduction_factor)
+    search_alg, scheduler = sweep_components(cfg)
     space = param_space(cfg, context)
     keep_tune_state_current()
     if resume and tune.Tuner.can_restore(experiment_path):
@@ -540,11 +601,12 @@ def _run_distill(cfg: DistillConfig, ws: Workspace, stage: Study, resume: bool) 
         ws.write_stage("distill", cfg.name + ".running", {"experiment": experiment_path, "config": started_with})
         tuner = tune.Tuner(
             trainable, param_space=space,
-            tune_config=tune.TuneConfig(num_samples=cfg.num_samples, scheduler=scheduler,
+            tune_config=tune.TuneConfig(num_samples=cfg.num_samples, scheduler=scheduler, search_alg=search_alg,
                                         max_concurrent_trials=cfg.max_concurrent_trials),
             run_config=tune.RunConfig(
                 name=experiment, storage_path=ws.ray_results, callbacks=[to_mlflow], verbose=0,
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                # PBT: a trial exploits another's latest checkpoint, which must outlive its next saves.
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=4 if cfg.scheduler == "pbt" else 2),
                 failure_config=tune.FailureConfig(max_failures=cfg.max_failures)))
     grid = tuner.fit()
     errors = [str(r.error).splitlines()[0] for r in grid if r.error]
@@ -580,10 +642,11 @@ def _run_distill(cfg: DistillConfig, ws: Workspace, stage: Study, resume: bool) 
         trials.append({"checkpoint": checkpoint, "mlflow_run_id": mlflow_run[0],
                        "seed": result.config["distill"]["seed"], "point": _point(result.config["distill"], cfg),
                        "epochs": result.metrics.get("epoch"), "workers": result.metrics.get("workers"),
+                       "threads": result.metrics.get("threads"),
                        **{k: result.metrics.get(k) for k in ("heldout_accuracy", "heldout_loss", "train_loss")}})
-    metric, mode = (cfg.asha.metric, cfg.asha.mode)
+    metric, mode = cfg.objective
     metric = metric if any(t.get(metric) is not None for t in trials) else "train_loss"
-    runs = choose_runs(trials, metric, mode)
+    runs = choose_runs(trials, metric, mode, by_point=cfg.scheduler != "pbt")
     best = runs[0]
     for t in trials:
         t["point"] = dict(t["point"])
@@ -599,6 +662,11 @@ def _run_distill(cfg: DistillConfig, ws: Workspace, stage: Study, resume: bool) 
                 "data_returns": data_returns(train), "context_span": span,
                 "split_returns": returns_by_run(train),
                 "history_returns": returns_by_run(index_runs(root, run_ids, frozenset(bad)))}
+    workers = {"trials": reproducibility.worker_threads([t["threads"] for t in trials])}
+    repro["threads"].update(workers)
+    manifest["reproducibility"] = repro
+    to_mlflow.after_fit("the trials' thread counts", lambda: tracking.log_params(
+        client, stage.run_id, reproducibility.params({"threads": workers})))
     to_mlflow.report_missing(manifest, "distill", "the trained models are in their checkpoints "
                              "(this stage's manifest)")
     manifest = DistillManifest.model_validate(manifest)

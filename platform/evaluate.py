@@ -11,6 +11,11 @@ of one run are paired. The results go to platform.report.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
+import tempfile
 import time
 
 import numpy as np
@@ -18,7 +23,7 @@ import ray
 
 from understudy.envs import family_of
 from understudy.envs.families import is_heldout_split
-from understudy.platform import resources, storage, tracking
+from understudy.platform import reproducibility, resources, storage, tracking
 from understudy.platform.config import EvaluateConfig, config_digest
 from understudy.platform.manifests import DistillManifest, EvaluateManifest, TeachManifest
 from understudy.platform.players import CONTROLS, Agent, eval_seed, learn_from_scratch, play
@@ -65,13 +70,14 @@ def step_budget(cfg: EvaluateConfig, game: str) -> int:
     return cfg.episodes * copies * longest
 
 
-def _check_checkpoint(path: str, stage: str) -> None:
-    """Load an imitator checkpoint once here, so a wrong one is a clear error before any task."""
+def _check_checkpoint(path: str, stage: str, algorithm: str) -> None:
+    """Load an imitator checkpoint once here, so a wrong one is a clear error before any task;
+    it must hold the imitator its distill stage trained (`algorithm`)."""
     from understudy.algorithms import imitation
 
     try:
         with storage.local_copy(path) as local:
-            imitation.load(local)
+            imitation.load(local, expect=algorithm)
     except (ValueError, OSError) as err:
         raise StageFailed(f"evaluate: the checkpoint of distill stage {stage!r} cannot be used: {err}") from None
 
@@ -83,11 +89,12 @@ def _agents(cfg: EvaluateConfig, ws: Workspace, teach: TeachManifest, distill: D
     players.eval_seed), so their runs are independent draws, not copies of one."""
     if set(FROM_IMITATOR) & set(cfg.agents):
         for run in distill.imitators:
-            _check_checkpoint(run.checkpoint, cfg.imitator)
+            _check_checkpoint(run.checkpoint, cfg.imitator, distill.algorithm)
     agents: dict[str, dict] = {}
     for name in cfg.agents:
         if name in FROM_IMITATOR:
-            runs = [Agent(name, r.checkpoint, cfg.target_return, run_seed=r.seed) for r in distill.imitators]
+            runs = [Agent(name, r.checkpoint, cfg.target_return, run_seed=r.seed, algorithm=distill.algorithm)
+                    for r in distill.imitators]
             agents[name] = {None: runs}
         elif name == "ed":
             if not cfg.ed:
@@ -95,8 +102,8 @@ def _agents(cfg: EvaluateConfig, ws: Workspace, teach: TeachManifest, distill: D
                                   "distill stage (data.expert_last)")
             ed = ws.read_stage("distill", cfg.ed)
             for run in ed.imitators:
-                _check_checkpoint(run.checkpoint, cfg.ed)
-            agents[name] = {None: [Agent("ed", r.checkpoint, cfg.target_return, run_seed=r.seed)
+                _check_checkpoint(run.checkpoint, cfg.ed, ed.algorithm)
+            agents[name] = {None: [Agent("ed", r.checkpoint, cfg.target_return, run_seed=r.seed, algorithm=ed.algorithm)
                                    for r in ed.imitators]}
         elif name in ("random", "noop"):
             agents[name] = {None: [Agent(name, run_seed=r.seed) for r in distill.imitators] or [Agent(name)]}
@@ -141,17 +148,72 @@ def _past_the_horizon(cfg: EvaluateConfig, distill: DistillManifest) -> Evaluate
     return cfg.model_copy(update={"episodes": episodes})
 
 
+class PlayedTasks:
+    """The results of an evaluation's finished tasks (one agent run on one game), kept in the
+    workspace until the stage has written its manifest, so that `--resume` after a kill plays
+    only the tasks that had not finished: `stages/evaluate-<name>.running.json` names what they
+    depend on (`key`: the config and the manifests of the stages it plays), and
+    `stages/evaluate-<name>.tasks/` holds one JSON file per task, written atomically. Every
+    task is a function of its seeds (players.eval_seed), so a task played again gives the rows
+    it gave before, and the ones read back are those an unbroken evaluation would have."""
+
+    def __init__(self, ws: Workspace, name: str, key: str, resume: bool):
+        self.marker = ws.stage_path("evaluate", name).with_suffix(".running.json")
+        self.folder = ws.stage_path("evaluate", name).with_suffix(".tasks")
+        self.saved: dict[tuple, dict] = {}
+        if resume and not self.marker.exists():
+            raise StageFailed(f"--resume: no interrupted evaluate stage named {name!r} in {ws.root}")
+        if resume and json.loads(self.marker.read_text()).get("key") == key:
+            for path in sorted(self.folder.glob("*.json")):
+                task = json.loads(path.read_text())
+                self.saved[tuple(task["task"])] = task["result"]
+            print(f"[evaluate] --resume: {len(self.saved)} task(s) that finished before the interruption are read "
+                  f"back from {self.folder}, not played again", flush=True)
+        else:
+            if resume:
+                print(f"[evaluate] --resume: the interrupted evaluation {name!r} played another config or other "
+                      "checkpoints; starting it afresh", flush=True)
+            shutil.rmtree(self.folder, ignore_errors=True)
+            ws.write_stage("evaluate", name + ".running", {"key": key})
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def save(self, task: tuple, result: dict) -> None:
+        name = hashlib.sha256(json.dumps(task).encode()).hexdigest()[:16]
+        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".tmp-")
+        with os.fdopen(fd, "w") as f:  # numpy values as the Python numbers they hold (JSON has no others)
+            json.dump({"task": list(task), "result": result}, f, default=lambda v: np.asarray(v).tolist())
+        os.replace(tmp, self.folder / f"{name}.json")
+
+    def done(self) -> None:
+        """The stage's manifest is written: nothing is left to resume."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self.marker.unlink(missing_ok=True)
+
+
+def tasks_key(digest: str, cfg: EvaluateConfig, ws: Workspace) -> str:
+    """What an evaluation's task results depend on: its config (`digest`) and the manifests of
+    the stages whose histories and checkpoints it plays (another run of any of them: other results)."""
+    stages = (("teach", cfg.teacher), ("distill", cfg.imitator), ("distill", cfg.ed))
+    parts = [digest] + [ws.stage_path(kind, name).read_text() for kind, name in stages
+                        if name and ws.stage_path(kind, name).exists()]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
 def run_evaluate(cfg: EvaluateConfig, ws: Workspace, experiment: str | None = None,
-                 progress_s: float = 30.0) -> EvaluateManifest:
+                 progress_s: float = 30.0, resume: bool = False) -> EvaluateManifest:
     """Play every agent; one MLflow run for the stage (the summary, which `report` finds), a
-    run per agent and game nested under it, with the times its tasks really played."""
+    run per agent and game nested under it, with the times its tasks really played. With
+    `resume`, the tasks an interrupted run of this evaluation finished are read back
+    (PlayedTasks), the others played."""
     tags = {"understudy.summary": "true", **({"understudy.experiment": experiment} if experiment else {})}
-    with tracking.stage_run(ws, "evaluate", cfg.name, {"stage": cfg.name}, tags) as stage:
-        return _run_evaluate(cfg, ws, stage, experiment, progress_s)
+    repro = reproducibility.record(seeds={"evaluation": cfg.seed})  # the env seeds are added as they are drawn
+    with tracking.stage_run(ws, "evaluate", cfg.name, {"stage": cfg.name, **reproducibility.params(repro)},
+                            tags) as stage:
+        return _run_evaluate(cfg, ws, stage, experiment, progress_s, repro, resume)
 
 
 def _run_evaluate(cfg: EvaluateConfig, ws: Workspace, stage: Study, experiment: str | None,
-                  progress_s: float) -> EvaluateManifest:
+                  progress_s: float, repro: dict | None = None, resume: bool = False) -> EvaluateManifest:
     digest = config_digest(cfg)  # of the config as given (before the horizon sets episodes)
     teach = ws.read_stage("teach", cfg.teacher)
     distill = ws.read_stage("distill", cfg.imitator)
@@ -161,20 +223,23 @@ def _run_evaluate(cfg: EvaluateConfig, ws: Workspace, stage: Study, experiment: 
         raise StageFailed(f"evaluate.heldout_games: {overlap} appear in the imitator's training data "
                           f"(distill stage {cfg.imitator!r}, data {distill.data_version}, games {trained})")
     _check_goals_held_out(cfg, teach, distill)
-    from understudy.algorithms.imitation import CROSS_EPISODE
+    from understudy.algorithms import imitators
 
-    if "finetune" in cfg.agents and distill.algorithm not in CROSS_EPISODE:
-        raise StageFailed(f"evaluate.agents: finetune fine-tunes an in-context learner ({', '.join(CROSS_EPISODE)}); "
+    in_context = imitators.cross_episode()  # the imitators the finetune agent and the controls apply to
+    if "finetune" in cfg.agents and not imitators.get(distill.algorithm).cross_episode:
+        raise StageFailed(f"evaluate.agents: finetune fine-tunes an in-context learner ({', '.join(in_context)}); "
                           f"the imitator of distill stage {cfg.imitator!r} is {distill.algorithm!r}: "
                           "leave finetune out")
     controls = [a for a in cfg.agents if a in CONTROLS]
-    if controls and distill.algorithm not in CROSS_EPISODE:
+    if controls and not imitators.get(distill.algorithm).cross_episode:
         what = ("is a control", "needs", "it") if len(controls) == 1 else ("are controls", "need", "them")
         raise StageFailed(f"evaluate.agents: {', '.join(controls)} {what[0]} of in-context learning and {what[1]} "
-                          f"an imitator that reads across episodes ({' or '.join(CROSS_EPISODE)}); the imitator of "
+                          f"an imitator that reads across episodes ({' or '.join(in_context)}); the imitator of "
                           f"distill stage {cfg.imitator!r} is {distill.algorithm!r}: leave {what[2]} out")
     cfg = _past_the_horizon(cfg, distill)
     agents = _agents(cfg, ws, teach, distill)
+    played = PlayedTasks(ws, cfg.name, tasks_key(digest, cfg, ws), resume)
+    repro = repro or reproducibility.record(seeds={"evaluation": cfg.seed})
     protocol = dict(teach.protocol, terminal_on_life_loss=False)  # evaluation: whole games
     started = time.perf_counter()
     finetune = cfg.finetune.model_dump()
@@ -185,10 +250,14 @@ def _run_evaluate(cfg: EvaluateConfig, ws: Workspace, stage: Study, experiment: 
         replay = tuple(g for g in trained if g != game) if name == "finetune" and cfg.forgetting else ()
         # a control runs the imitator's network: it is placed as the imitator is
         task = resources.evaluation_task_resources("imitator" if name in CONTROLS else name, gpus)
-        pending[(name, game, agent.run_seed)] = play.options(**task).remote(
+        submit((name, game, agent.run_seed), lambda: play.options(**task).remote(
             agent, game, protocol, cfg.episodes, cfg.copies, cfg.max_episode_steps, cfg.greedy,
             eval_seed(cfg.seed, agent.run_seed), cfg.goal_split, finetune, replay, progress_s, task["num_gpus"],
-            env_steps, warmup_episodes=cfg.warmup_episodes)
+            env_steps, warmup_episodes=cfg.warmup_episodes))
+
+    def submit(key, start):
+        """A task's result read back from an interrupted run of this evaluation, else the task started."""
+        pending[key] = ray.put(played.saved.pop(key)) if key in played.saved else start()
 
     for name, by_game in agents.items():
         if name == "scratch":
@@ -207,13 +276,14 @@ def _run_evaluate(cfg: EvaluateConfig, ws: Workspace, stage: Study, experiment: 
 
     def from_scratch(game, steps, seed):
         budget[(game, seed)] = steps
-        return learn_from_scratch.remote(teach, game, steps, cfg.copies, cfg.max_episode_steps,
-                                         seed, cfg.goal_split)
+        submit(("scratch", game, seed), lambda: learn_from_scratch.remote(
+            teach, game, steps, cfg.copies, cfg.max_episode_steps, seed, cfg.goal_split))
 
     scratch_seeds = [a.run_seed for a in agents.get("scratch", {}).get(None, [])]
     if scratch_seeds and "imitator" not in agents:
-        pending.update({("scratch", g, s): from_scratch(g, step_budget(cfg, g), s)
-                        for g in cfg.games for s in scratch_seeds})
+        for g in cfg.games:
+            for s in scratch_seeds:
+                from_scratch(g, step_budget(cfg, g), s)
     total = (len(pending) + sum(len(v) for v in deferred.values())
              + (len(cfg.games) * len(scratch_seeds) if "imitator" in agents else 0))
     results: dict[tuple, dict] = {}
@@ -222,11 +292,12 @@ def _run_evaluate(cfg: EvaluateConfig, ws: Workspace, stage: Study, experiment: 
         done, _ = ray.wait(list(pending.values()), num_returns=1)
         for key in [k for k, f in pending.items() if f in done]:
             value = ray.get(pending.pop(key))
+            played.save(key, value)
             name, game, seed = key
             if name == "scratch":
                 value = {"returns": [r[:cfg.episodes] for r in value["returns"]], "lengths": [],
                          "env_steps": budget[(game, seed)], "gradient_steps": 0, "replays": {},
-                         "started": value["started"], "ended": value["ended"]}
+                         "started": value["started"], "ended": value["ended"], "threads": value.get("threads")}
             results.setdefault((name, game), {"runs": []})["runs"].append({**value, "seed": seed})
             done_tasks += 1
             r = np.array(value["returns"], float)
@@ -236,7 +307,7 @@ def _run_evaluate(cfg: EvaluateConfig, ws: Workspace, stage: Study, experiment: 
                       f"{r.shape[0]} copies ({time.perf_counter() - started:.0f}s)", flush=True)
             if name == "imitator" and seed in scratch_seeds:
                 # A learner from scratch gets the env steps this imitator run took on that game.
-                pending[("scratch", game, seed)] = from_scratch(game, int(np.sum(value["lengths"])), seed)
+                from_scratch(game, int(np.sum(value["lengths"])), seed)
             if name == "imitator":
                 steps = imitator_steps.setdefault(game, {})
                 steps[seed] = int(np.sum(value["lengths"]))
@@ -251,4 +322,14 @@ def _run_evaluate(cfg: EvaluateConfig, ws: Workspace, stage: Study, experiment: 
         raise StageFailed(f"evaluate: baselines {sorted({n for v in deferred.values() for n, _ in v})} on "
                           f"{sorted(deferred)} never started: not every imitator run of those games finished")
     _order_and_cut(results)
-    return report(cfg, ws, stage, teach, distill, trained, results, experiment, digest)
+    # every run's env seed (players.eval_seed), and the threads its tasks played with
+    runs = [run for res in results.values() for run in res["runs"]]
+    repro["seeds"]["env_seeds"] = {str(s): eval_seed(cfg.seed, s) for s in sorted(
+        {r["seed"] for r in runs}, key=lambda s: (s is None, s))}
+    tasks: dict[str, list] = {}  # play or learn_from_scratch -> the threads each of its tasks reported
+    for (name, _), res in results.items():
+        tasks.setdefault("scratch" if name == "scratch" else "play", []).extend(r.get("threads") for r in res["runs"])
+    repro["threads"].update({kind: reproducibility.worker_threads(reported) for kind, reported in tasks.items()})
+    manifest = report(cfg, ws, stage, teach, distill, trained, results, experiment, digest, repro)
+    played.done()
+    return manifest

@@ -70,7 +70,8 @@ def rotations(cfg: ExperimentConfig) -> list[ExperimentConfig]:
 def run_experiment(cfg: ExperimentConfig, ws: Workspace, stages: dict, resume: bool = False) -> ExperimentManifest:
     """Run every stage in order with the CLI's stage runners (`stages`: name -> fn(cfg, ws, ...)),
     then tag the evaluation with the experiment's name so `report` finds it. With `--resume`,
-    a stage that finished earlier with the same config is not run again (evaluations too)."""
+    a stage that finished earlier with the same config is not run again (evaluations too), and
+    an interrupted one continues (an evaluation from the tasks it had finished)."""
     started = time.perf_counter()
     parts = rotations(cfg)
     taught = _run_stage(ws, stages, "teach", cfg.teach, resume)
@@ -90,7 +91,9 @@ def run_experiment(cfg: ExperimentConfig, ws: Workspace, stages: dict, resume: b
                   "config; its results are read back, not played again", flush=True)
             evaluations.append(ws.read_stage("evaluate", part.evaluate.name))
             continue
-        evaluations.append(stages["evaluate"](part.evaluate, ws, experiment=cfg.name))
+        # an evaluation interrupted with these stages' outputs plays only the tasks it had not finished
+        evaluations.append(stages["evaluate"](part.evaluate, ws, experiment=cfg.name,
+                                              resume=resume and _interrupted(ws, "evaluate", part.evaluate.name)))
     episodes = [row for e in evaluations for row in e.episodes]
     if len(evaluations) == 1:
         summary_run_id, table = evaluations[0].summary_run_id, evaluations[0].table

@@ -17,8 +17,19 @@ class _Manifest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+class Reproducibility(_Manifest):
+    """What the stage's result depends on besides its config and data (platform/reproducibility.py):
+    the seeds it drew from, library versions, the CPU's kernels, and the thread counts of the
+    driver and of the workers that did the work (`threads`: where -> their threads)."""
+    seeds: dict[str, Any] = {}
+    versions: dict[str, str | None] = {}
+    cpu: dict[str, Any] = {}
+    threads: dict[str, Any] = {}
+
+
 class _StageManifest(_Manifest):
     config_digest: str | None = None  # platform.config.config_digest of the config it ran
+    reproducibility: Reproducibility | None = None  # None: written before it was recorded
 
 
 class MlflowMissing(_Manifest):
@@ -67,6 +78,7 @@ class DistillTrial(_Manifest):
     point: dict[str, Any] = {}  # the searched values of this trial (without its seed)
     epochs: int | None = None
     workers: int | None = None
+    threads: dict[str, Any] | None = None  # the trial's thread counts, measured in it
     heldout_accuracy: float | None = None
     heldout_loss: float | None = None
     train_loss: float | None = None

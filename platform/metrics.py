@@ -9,7 +9,10 @@ interquartile mean with a stratified bootstrap (Agarwal et al. 2021, "Deep RL at
 Statistical Precipice") only where runs are many (MANY_RUNS per task).
 
 Plain functions on plain arrays: numpy, and scipy.stats for Student-t, chi-square and normal
-quantiles (scipy is a dependency of mlflow and MinAtar, both pinned).
+quantiles (scipy is a dependency of mlflow and MinAtar, both pinned). `iqm` and
+`stratified_bootstrap_ci` are rliable's estimators, vectorised over resamples (rliable calls the
+statistic once per resample through arch); tests/test_rliable.py checks them against rliable
+1.2.0 on the same scores: equal points, interval endpoints within 4 Monte-Carlo standard errors.
 """
 from __future__ import annotations
 

@@ -131,11 +131,15 @@ def play_speed(agent: str, game: str, model: dict | None = None) -> Speed:
             return Speed(data["cached_steps_per_s"],
                          f"docs/bench/eval.json: AD (context {data['context']}, d_model {data['d_model']}, "
                          f"{data['layers']} layers) at {data['envs']} envs, the largest imitator")
-    if family == "ale":
-        data = _load("collection.json")
-        if data.get("median_steps_per_s", {}).get("raw8"):
-            return Speed(data["median_steps_per_s"]["raw8"], "docs/bench/collection.json: raw ALE stepping, 8 envs")
+    name, key, what = STEPPING.get(family, (None, None, None))
+    data = _load(name) if name else {}
+    if data.get("median_steps_per_s", {}).get(key):
+        return Speed(data["median_steps_per_s"][key], f"docs/bench/{name}: {what}")
     return Speed(None, f"{agent} on {family}: not measured")
+
+
+# Env stepping alone, per env family (bench/collection.py): the speed of an agent with no model.
+STEPPING = {"ale": ("collection.json", "raw8", "raw ALE stepping, 8 envs")}
 
 
 @dataclass

@@ -11,7 +11,7 @@ from scratch. Each (agent, game) is one Ray task; `play_episodes` is the loop th
 
 Controls of in-context learning (CONTROLS): the imitator's own checkpoints, frozen, with one
 thing about what they read changed; only for imitators that read across episodes
-(imitation.CROSS_EPISODE):
+(algorithms/imitators.py: Imitator.cross_episode):
   context_reset  the context is cleared at every episode start (ContextReset)
   reward_blind   every reward it reads is 0; the env's raw returns are still what is scored (RewardBlind)
   warmup         its context is first filled with unscored episodes of a foreign task (foreign_env)
@@ -27,7 +27,7 @@ import numpy as np
 import ray
 
 from understudy.algorithms import sources
-from understudy.platform import storage
+from understudy.platform import reproducibility, storage
 from understudy.platform.config import CONTROLS  # the imitator's checkpoints, with one input changed
 from understudy.platform.manifests import TeachManifest
 from understudy.platform.teach import StageFailed
@@ -47,6 +47,9 @@ class Agent:
     # The training seed of the run it plays; random and no-op play one run per imitator seed,
     # paired with it (same env seeds, eval_seed); None: no run (seeded as run 0).
     run_seed: int | None = None
+    # The imitator its checkpoint holds, as its distill stage named it (a plug-in is imported by
+    # this name, never by the checkpoint's); None: only a registered or installed one loads.
+    algorithm: str | None = None
 
     def __post_init__(self):
         if self.kind not in AGENT_KINDS:
@@ -84,13 +87,15 @@ def model_stack(game: str, stack: int) -> int:
     return stack if family_of(game).stacked else 0
 
 
-def num_actions_of(env) -> int:
+def num_actions_of(env, game: str) -> int:
+    """The actions of `game` in `env`: its action space, else (an env without one) its family's
+    count."""
     space = getattr(env, "single_action_space", None)
     if space is not None:
         return int(space.n)
-    from understudy.envs.darkroom import NUM_ACTIONS
+    from understudy.envs import family_of
 
-    return NUM_ACTIONS
+    return family_of(game).num_actions(game)
 
 
 class _Stateless:
@@ -183,12 +188,12 @@ def make_player(agent: Agent, num_envs: int, num_actions: int, greedy: bool, see
     if agent.kind == "noop":
         return _Stateless(lambda obs: np.zeros(len(obs), np.int64)), 1, None
     if agent.kind in IMITATOR_KINDS:
-        from understudy.algorithms import imitation
+        from understudy.algorithms import imitation, imitators
 
-        model, meta = imitation.load(agent.checkpoint)
-        if agent.kind in CONTROLS and model.spec["algorithm"] not in imitation.CROSS_EPISODE:
+        model, meta = imitation.load(agent.checkpoint, expect=agent.algorithm)
+        if agent.kind in CONTROLS and not imitators.get(model.spec["algorithm"]).cross_episode:
             raise StageFailed(f"{agent.kind} on {game}: a control of in-context learning needs an imitator that "
-                              f"reads across episodes ({', '.join(imitation.CROSS_EPISODE)}); this one is "
+                              f"reads across episodes ({', '.join(imitators.cross_episode())}); this one is "
                               f"{model.spec['algorithm']!r}")
         model = model.to(device or imitation.inference_device())
         policy = imitation.policy(model, num_envs, greedy=greedy, seed=seed, target_return=agent.target_return)
@@ -201,7 +206,7 @@ def make_player(agent: Agent, num_envs: int, num_actions: int, greedy: bool, see
             player = ContextReset(player, num_actions)
         elif agent.kind == "reward_blind":
             player = RewardBlind(player, num_actions)
-        return player, meta["stack"], model
+        return player, model.sample_spec().stack, model
     if agent.kind == "teacher":
         from understudy.algorithms.teachers import load_teacher_policy
 
@@ -368,8 +373,11 @@ def play(agent: Agent, game: str, protocol: dict, episodes: int, copies: int, ma
 
     started = time.time()
     torch.set_num_threads(1)
+    # torch's global random stream from this task's seed: fine-tuning draws dropout masks from
+    # it, and Ray reuses worker processes, so it would otherwise depend on the tasks before.
+    torch.manual_seed(seed)
     env = make_env(game, protocol, copies, max_episode_steps, goal_split)
-    num_actions = num_actions_of(env)
+    num_actions = num_actions_of(env, game)
     with storage.local_copy(agent.checkpoint) as checkpoint:
         player, stack, model = make_player(replace(agent, checkpoint=checkpoint), env.num_envs,
                                            num_actions, greedy, seed, game, protocol,
@@ -403,18 +411,19 @@ def play(agent: Agent, game: str, protocol: dict, episodes: int, copies: int, ma
            "lengths": [[e["length"] for e in p] for p in played],
            "episodes_in_context": [[e.get("episodes_in_context") for e in p] for p in played],
            "truncated": [[e["truncated"] for e in p] for p in played],
-           "gradient_steps": learner.steps_trained if on_step else 0, "replays": {}, "started": started}
+           "gradient_steps": learner.steps_trained if on_step else 0, "replays": {}, "started": started,
+           "threads": reproducibility.threads()}  # what this task played with (platform/reproducibility.py)
     for other in replay_games:  # forgetting: the tuned weights, frozen, back on earlier games
         from understudy.algorithms import imitation
 
         env = make_env(other, protocol, copies, max_episode_steps, goal_split)
         frozen = imitation.as_trained(
             imitation.policy(model, env.num_envs, greedy=greedy, seed=seed, target_return=agent.target_return),
-            player.meta, num_actions_of(env), env.num_envs, other, bool(protocol.get("full_action_space")), seed)
+            player.meta, num_actions_of(env, other), env.num_envs, other, bool(protocol.get("full_action_space")), seed)
         try:
             # the same episodes and context rules as the untuned imitator played there
-            replay = play_episodes(env, frozen, model_stack(other, player.meta["stack"]), num_actions_of(env),
-                                   episodes, seed)
+            replay = play_episodes(env, frozen, model_stack(other, model.sample_spec().stack),
+                                   num_actions_of(env, other), episodes, seed)
         finally:
             env.close()
         out["replays"][other] = [[e["return"] for e in p] for p in replay]
@@ -431,7 +440,7 @@ def learn_from_scratch(teach: TeachManifest, game: str, env_steps: int, copies: 
     teacher had envs); `started`/`ended`, when it learned."""
     started = time.time()
     returns = _learn_from_scratch(teach, game, env_steps, copies, max_episode_steps, seed, goal_split)
-    return {"returns": returns, "started": started, "ended": time.time()}
+    return {"returns": returns, "started": started, "ended": time.time(), "threads": reproducibility.threads()}
 
 
 def _learn_from_scratch(teach: TeachManifest, game: str, env_steps: int, copies: int, max_episode_steps,

@@ -18,6 +18,7 @@ from understudy.envs.families import is_heldout_split
 from understudy.platform import metrics, plots, tracking
 from understudy.platform.config import EvaluateConfig
 from understudy.platform.manifests import DistillManifest, EvaluateManifest, TeachManifest
+from understudy.platform.reproducibility import params as params_of
 from understudy.platform.workspace import Study, Workspace
 
 
@@ -531,7 +532,7 @@ def episode_rows(cfg: EvaluateConfig, results: dict, teacher_seeds: list[int], e
 
 def report(cfg: EvaluateConfig, ws: Workspace, stage: Study, teach: TeachManifest,
            distill: DistillManifest, trained: list[str], results: dict, experiment: str | None,
-           digest: str | None = None) -> EvaluateManifest:
+           digest: str | None = None, reproducibility: dict | None = None) -> EvaluateManifest:
     """The summary of an evaluation's results, logged to MLflow (a run per agent and game nested
     under the stage's run, which gets the plot and tables; the aggregate on the study's parent
     run) and written as the stage's manifest."""
@@ -599,7 +600,11 @@ def report(cfg: EvaluateConfig, ws: Workspace, stage: Study, teach: TeachManifes
         "imitator_stage": cfg.imitator, "teacher_stage": cfg.teacher,
         "ed_stage": cfg.ed or "", "trained_on": ",".join(trained), "games": ",".join(cfg.games),
         "agents": ",".join(cfg.agents), "episodes": cfg.episodes, "copies": cfg.copies,
-        "data_version": distill.data_version})
+        "data_version": distill.data_version,
+        # what was known only once the tasks had played: their env seeds and threads
+        **(params_of({"seeds": {"env_seeds": reproducibility["seeds"]["env_seeds"]},
+                      "threads": {k: v for k, v in reproducibility["threads"].items() if k != "driver"}})
+           if reproducibility else {})})
     headline = headline_metrics(rows, aggregate)
     for run in {summary, *([ws.study.run_id] if ws.study else [])}:  # and on the study's parent run
         log_metrics(client, run, headline)
@@ -613,7 +618,7 @@ def report(cfg: EvaluateConfig, ws: Workspace, stage: Study, teach: TeachManifes
     manifest = EvaluateManifest(name=cfg.name, rows=table_rows, aggregate=aggregate, summary_run_id=summary,
                                 table=table, trained_on=trained, experiment=experiment, config_digest=digest,
                                 episodes=episodes, stages={"teacher": cfg.teacher, "imitator": cfg.imitator,
-                                                           "ed": cfg.ed})
+                                                           "ed": cfg.ed}, reproducibility=reproducibility)
     ws.write_stage("evaluate", cfg.name, manifest)
     return manifest
 

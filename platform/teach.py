@@ -9,14 +9,14 @@ from ray import tune
 
 from understudy.algorithms import sources
 from understudy.envs import AtariProtocol, family_of
-from understudy.envs.families import ALE
 from understudy.histories import shards
-from understudy.platform import plots, resources, storage, tracking
+from understudy.platform import plots, reproducibility, resources, storage, tracking
 from understudy.platform.config import TeachConfig, config_digest
 from understudy.platform.manifests import TeachManifest
 from understudy.platform.workspace import Study, Workspace, keep_tune_state_current
 
 STEPS_KEY = "env_runners/num_env_steps_sampled_lifetime"
+THREADS_KEY = "understudy_threads"  # a teacher trial's thread counts (teachers.recording_algorithm)
 
 
 class StageFailed(RuntimeError):
@@ -48,8 +48,8 @@ def teacher_settings(cfg: TeachConfig) -> dict:
             "reward": cfg.reward, "env_steps_per_iter": cfg.env_steps_per_iter,
             "num_envs": cfg.num_envs_per_runner, "num_env_runners": cfg.num_env_runners,
             "runner": cfg.runner, "env_threads": cfg.env_threads,
-            # the ALE protocol; other families follow their own (envs/families.py)
-            "protocol": cfg.protocol.model_dump() if family_of(cfg.games[0]) is ALE else {},
+            # the Atari protocol, where the family's envs take it; others follow their own (envs/families.py)
+            "protocol": cfg.protocol.model_dump() if family_of(cfg.games[0]).takes_protocol else {},
             "max_episode_steps": cfg.max_episode_steps,
             "settings": getattr(cfg, cfg.algorithm).model_dump()}
 
@@ -100,15 +100,18 @@ def run_teach(cfg: TeachConfig, ws: Workspace, resume: bool = False) -> TeachMan
     """Run the teachers; with `resume`, continue this config's interrupted run from its last
     checkpoints (the history recorded after them is rewound, see recording_algorithm). One
     MLflow run for the stage; a run per teacher nested under it."""
+    # RLlib seeds a trial's torch, numpy and envs from its seed; a history source its tasks
+    repro = reproducibility.record(seeds={"teachers": list(cfg.seeds)})
     with tracking.stage_run(ws, "teach", cfg.name, {"stage": cfg.name, "algorithm": cfg.algorithm,
                                                     "games": ",".join(cfg.games), "seeds": str(cfg.seeds),
-                                                    "env_steps": cfg.env_steps}) as stage:
+                                                    "env_steps": cfg.env_steps,
+                                                    **reproducibility.params(repro)}) as stage:
         if cfg.local_source is not None:
-            return run_teach_local(cfg, ws, stage)
-        return _run_teach(cfg, ws, stage, resume)
+            return run_teach_local(cfg, ws, stage, repro)
+        return _run_teach(cfg, ws, stage, resume, repro)
 
 
-def _run_teach(cfg: TeachConfig, ws: Workspace, stage: Study, resume: bool) -> TeachManifest:
+def _run_teach(cfg: TeachConfig, ws: Workspace, stage: Study, resume: bool, repro: dict) -> TeachManifest:
     from understudy.algorithms.teachers import recording_algorithm, run_id_for, teacher_config_from
 
     running = ws.stage_path("teach", cfg.name).with_suffix(".running.json")
@@ -153,7 +156,7 @@ def _run_teach(cfg: TeachConfig, ws: Workspace, stage: Study, resume: bool) -> T
                  "env_steps_per_s": tracking.env_steps_per_s},
         step_key=STEPS_KEY, total=cfg.env_steps, experiment=f"teach-{cfg.name}-{session}",
         name_of=lambda t: "{}-{}-s{}".format(identity(t.config)[0], cfg.algorithm, identity(t.config)[1]))
-    trainable = recording_algorithm(config.algo_class)
+    trainable = recording_algorithm(config.algo_class, extra_results=lambda: {THREADS_KEY: reproducibility.threads()})
     experiment = f"teach-{cfg.name}-{session}"
     keep_tune_state_current()
     run_config = tune.RunConfig(
@@ -218,10 +221,16 @@ def _run_teach(cfg: TeachConfig, ws: Workspace, stage: Study, resume: bool) -> T
                      "checkpoint": checkpoint, "mlflow_run_id": mlflow_run[0],
                      "final_return_mean": result.metrics.get("env_runners", {}).get("episode_return_mean"),
                      "greedy_curve": curve, "verdict": verdict, **summary})
+    # the threads of the trial processes, where the teachers sampled and learned
+    workers = {"trials": reproducibility.worker_threads([r.metrics.get(THREADS_KEY) for r in grid])}
+    repro["threads"].update(workers)
+    to_mlflow.after_fit("the trials' thread counts", lambda: tracking.log_params(
+        client, stage.run_id, reproducibility.params({"threads": workers})))
     manifest = {"kind": "teach", "name": cfg.name, "session": session, "algorithm": cfg.algorithm,
                 "shard_root": ws.shard_root, "protocol": protocol,
                 "max_episode_steps": cfg.max_episode_steps, "hyperparameters": settings,
-                "env_steps": cfg.env_steps, "runs": runs, "config_digest": config_digest(cfg)}
+                "env_steps": cfg.env_steps, "runs": runs, "config_digest": config_digest(cfg),
+                "reproducibility": repro}
     to_mlflow.report_missing(manifest, "teach", "the histories are in the shards, the teachers in "
                              "their checkpoints (this stage's manifest)")
     manifest = TeachManifest.model_validate(manifest)
@@ -230,7 +239,7 @@ def _run_teach(cfg: TeachConfig, ws: Workspace, stage: Study, resume: bool) -> T
     return manifest
 
 
-def run_teach_local(cfg: TeachConfig, ws: Workspace, stage: Study) -> TeachManifest:
+def run_teach_local(cfg: TeachConfig, ws: Workspace, stage: Study, repro: dict) -> TeachManifest:
     """A history source that records in the driver (algorithms/sources.py: Dark Room's
     Q-learning, the annealed expert): one history per task of the configured split and seed,
     through the same shard path as the RLlib teachers, into a shard root of its own so the stage
@@ -294,7 +303,8 @@ def run_teach_local(cfg: TeachConfig, ws: Workspace, stage: Study) -> TeachManif
                          "shards": len(catalog), "shard_bytes": sum(e["bytes"] for e in catalog)})
     manifest = {"kind": "teach", "name": cfg.name, "session": session, "algorithm": source.name,
                 "shard_root": root, "protocol": family.protocol, "max_episode_steps": episode_steps,
-                "hyperparameters": settings, "runs": runs, "config_digest": config_digest(cfg)}
+                "hyperparameters": settings, "runs": runs, "config_digest": config_digest(cfg),
+                "reproducibility": repro}  # recorded here, in the driver: its threads are the record's
     manifest = TeachManifest.model_validate(manifest)
     ws.write_stage("teach", cfg.name, manifest)
     return manifest

@@ -27,6 +27,7 @@ from understudy.platform.workspace import Study, Workspace
 
 DESCRIPTION_TAG = "mlflow.note.content"  # what the MLflow UI shows as a description
 PARENT_TAG = "mlflow.parentRunId"
+WORKSPACE_TAG = "understudy.workspace"  # on an invocation's parent run: the workspace it ran in
 
 
 def client_for(ws: Workspace) -> MlflowClient:
@@ -109,8 +110,46 @@ def open_study(ws: Workspace, name: str, description: str, command: str, params:
     exp = experiment_id(client, ws, name, description)
     session = time.strftime("%Y%m%d-%H%M%S")
     run = start_run(client, exp, f"{command} {name} @{session}", params,
-                    {"understudy.study": name, "understudy.command": command}, source=command)
+                    {"understudy.study": name, "understudy.command": command, WORKSPACE_TAG: str(ws.root)},
+                    source=command)
     return replace(ws, study=Study(name, exp, run, session, command))
+
+
+def close_interrupted_runs(ws: Workspace) -> list[str]:
+    """`--resume` says the invocation before it was interrupted: every run its tree left RUNNING
+    in the study (its parent run, stage runs, trials and agents under them) is ended as KILLED,
+    so that MLflow shows no run as running that is not. A run is of an interrupted invocation
+    when the top of its chain of parents is a parent run of this workspace (WORKSPACE_TAG) other
+    than this invocation's. A trial the resumed stage continues is set RUNNING again by its
+    callback and ends FINISHED, in its own run (TuneToMlflow._start). Returns the runs ended."""
+    client = client_for(ws)
+    running = client.search_runs([ws.study.experiment_id], "attributes.status = 'RUNNING'", max_results=50000)
+
+    from mlflow.exceptions import MlflowException
+
+    def top_of(run):
+        for _ in range(10):  # parent run > stage > trial or agent: a few levels at most
+            if PARENT_TAG not in run.data.tags:
+                break
+            try:
+                run = client.get_run(run.data.tags[PARENT_TAG])
+            except MlflowException as err:
+                if is_outage(err):
+                    raise
+                break  # a deleted parent: not known to be this workspace's
+        return run
+
+    ended = []
+    for run in running:
+        top = top_of(run)
+        if top.info.run_id == ws.study.run_id or top.data.tags.get(WORKSPACE_TAG) != str(ws.root):
+            continue
+        end_run(client, run.info.run_id, "KILLED")
+        ended.append(run.info.run_id)
+    if ended:
+        print(f"[mlflow] --resume: {len(ended)} run(s) an interrupted invocation left RUNNING are ended as KILLED",
+              flush=True)
+    return ended
 
 
 def run_url(ws: Workspace) -> str:

@@ -244,7 +244,21 @@ def test_a_task_family_on_minatar_frames_needs_the_minatar_encoder():
 
     columns = "MinAtar/SpaceInvaders-columns"
     assert DistillConfig(teacher="t", game=columns, algorithm="ad", model={"cnn": "minatar", "stack": 1})
-    with pytest.raises(ValueError, match="'small' reads 84x84 frames; MinAtar games"):
+    with pytest.raises(ValueError, match="'small' reads 84x84 frames; MinAtar/SpaceInvaders-columns is "
+                                         "minatar_columns, of 10x10x10 observations: cnn: minatar"):
         DistillConfig(teacher="t", game=columns, algorithm="ad", model={"cnn": "small", "stack": 1})
-    with pytest.raises(ValueError, match="mix MinAtar with other families"):
+    with pytest.raises(ValueError, match=r"mix observation shapes \(MinAtar/SpaceInvaders-columns \(minatar_columns\)"):
         DistillConfig(teacher="t", games=[columns, "DarkRoom"], algorithm="ad", model={"cnn": "minatar", "stack": 1})
+
+
+@pytest.mark.parametrize("game,encoder", [("Pong", "small"), ("MinAtar/Breakout", "minatar"), ("DarkRoom", "grid"),
+                                          ("MinAtar/SpaceInvaders-columns", "minatar")])
+def test_a_model_that_names_no_encoder_reads_with_its_family_s(game, encoder):
+    """`model.cnn` left out is the encoder the games' family names (EnvFamily.encoder), recorded
+    in the config; a teacher's encoder must read the family's observations, and is named."""
+    from understudy.platform.config import DistillConfig
+
+    for algorithm in ("bc", "ad"):
+        assert DistillConfig(teacher="t", game=game, algorithm=algorithm).model.cnn == encoder
+    assert "cnn: minatar" in error_of({**TEACH, "games": ["MinAtar/Breakout"]})
+    assert "Pong is ale, of 84x84 frames: cnn: small" in error_of({**TEACH, "cnn": "minatar"})

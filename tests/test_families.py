@@ -142,3 +142,16 @@ def test_stages_ask_the_family_not_the_game_name():
     assert not offenders, offenders
     assert DARKROOM.per_goal and not ALE.per_goal and not MINATAR.per_goal
     assert DARKROOM.episode_steps == 20 and DARKROOM.optimum(DARKROOM.goals("heldout")[0]) > 0
+
+
+def test_each_family_names_an_encoder_that_reads_its_observations():
+    """EnvFamily.encoder is what a model reads the family with when a config names none: one of
+    the encoders declared once in algorithms/encoders.py, reading the family's frames."""
+    from understudy.algorithms import encoders
+    from understudy.envs import FAMILIES
+
+    for family in FAMILIES:
+        assert encoders.reads(family.encoder, family.frame_shape), family.name
+        assert family.encoder in encoders.readers(family.frame_shape)
+    assert encoders.readers(MINATAR.frame_shape) == ["minatar"]
+    assert set(encoders.readers(ALE.frame_shape)) == {"nature", "small", "grid"}

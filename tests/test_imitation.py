@@ -12,7 +12,7 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from understudy.algorithms import imitation
+from understudy.algorithms import imitation, imitators
 from understudy.histories import data, shards
 
 pytestmark = pytest.mark.slow
@@ -175,16 +175,23 @@ def test_step_transforms(teacher):
     assert len({a for a, _ in pairs}) == len(pairs)
 
 
-@pytest.mark.parametrize("algorithm,params", [
-    ("bc", {}), ("dt", {"context": 16, "d_model": 32, "layers": 1}),
-    ("ad", {"context": 48, "d_model": 32, "layers": 1}), ("ad_gru", {"context": 48, "d_model": 32})])
-def test_a_tiny_model_fits_a_fixed_batch(teacher, algorithm, params):
+def tiny(algorithm: str) -> dict:
+    """Small sizes of an imitator's own parameters (those it takes): a context that spans
+    episodes of these 30-step histories for an in-context learner, one episode's part for others."""
+    imitator = imitators.get(algorithm)
+    small = {"context": 48 if imitator.cross_episode else 16, "d_model": 32, "layers": 1}
+    return {k: v for k, v in small.items() if k in imitator.parameters()}
+
+
+@pytest.mark.parametrize("algorithm", imitators.names())  # every registered imitator
+def test_a_tiny_model_fits_a_fixed_batch(teacher, algorithm):
     _, root, run_ids = teacher
     torch.manual_seed(0)
-    model = imitation.build(algorithm, 18, **params)
-    # An early teacher acts almost at random: keep the batch small enough to be memorised.
+    model = imitation.build(algorithm, 18, **tiny(algorithm))
+    # An early teacher acts almost at random: keep the batch small enough to be memorised
+    # (windows of many steps: a few of them).
     loader = data.Loader(root, data.index_runs(root, run_ids), model.sample_spec(),
-                         batch_size=16 if algorithm == "bc" else 2, num_actions=18)
+                         batch_size=16 if model.sample_spec().length == 1 else 2, num_actions=18)
     batch = imitation.to_torch(next(iter(loader)))
     optimizer = torch.optim.Adam(model.parameters(), 1e-3)
     model.train()

@@ -63,3 +63,22 @@ def test_a_restored_trial_ends_with_the_weights_of_an_unbroken_one(recorded):
     with first[-1].as_directory() as d:
         meta = json.loads(open(f"{d}/model.json").read())
     assert meta["loader_epoch"] > 1  # several passes in one epoch: the epoch count would not do
+
+
+def test_a_replayed_finetune_task_plays_the_rows_of_the_first_whatever_ran_before_it(recorded):
+    """The fine-tuning arm of evaluation: a `play` task of the finetune agent replayed after a
+    kill (Ray retries it, or `--resume` plays it again) must give the rows it gave the first
+    time. Its updates draw dropout masks from torch's global random stream, and Ray reuses
+    worker processes, so that stream is whatever the tasks before left: the task seeds it."""
+    from understudy.platform.players import Agent, play
+
+    imitator = _train(recorded, epochs=1)[-1]  # dropout 0.1: the updates draw masks
+    with imitator.as_directory() as checkpoint:
+        played = []
+        for before in (1, 2):  # two workers whose earlier tasks left different random streams
+            torch.manual_seed(before)
+            played.append(play._function(Agent("finetune", checkpoint), "DarkRoom", {}, 8, 1, None, False, 123,
+                                         "heldout", {"lr": 1e-3, "updates": 1, "advantage_clip": 3.0}))
+    assert played[0]["gradient_steps"] > 0  # the weights really were updated, with dropout on
+    assert played[0]["returns"] == played[1]["returns"]
+    assert played[0]["gradient_steps"] == played[1]["gradient_steps"]
