@@ -393,8 +393,8 @@ def improvement_table(rows: list[dict], k: int) -> str:
     control's paired effect."""
     if not rows:
         return ""
-    lines = ["| agent | game | runs | late - early (raw) | 95% t CI | p (t) | p (sign-flip) | "
-             "MDE, 80% power: raw (normalised) | if the data were copied: raw (normalised) |",
+    lines = ["| agent | game | runs | late - early (raw; per-task families: fraction of optimum) | 95% t CI | "
+             "p (t) | p (sign-flip) | MDE, 80% power: raw (normalised) | if the data were copied: raw (normalised) |",
              "|---|---|---:|---:|---|---:|---:|---:|---:|"]
     few = False
     for r in rows:
@@ -408,8 +408,8 @@ def improvement_table(rows: list[dict], k: int) -> str:
                      f"{_raw_and_normalised(r, 'mde')} | {copied} |")
     controls = [r for r in rows if "control_of" in r]
     if controls:
-        lines += ["", "| comparison | game | paired runs | difference of late - early (raw) | 95% paired t CI | "
-                  "p (t) | p (sign-flip) | MDE, 80% power: raw (normalised) |",
+        lines += ["", "| comparison | game | paired runs | difference of late - early (raw; per-task: fraction "
+                  "of optimum) | 95% paired t CI | p (t) | p (sign-flip) | MDE, 80% power: raw (normalised) |",
                   "|---|---|---:|---:|---|---:|---:|---:|"]
         for r in controls:
             star = "" if r["effect_pairs"] >= FEW_RUNS else "*"
