@@ -122,11 +122,9 @@ def main() -> None:
     results.update(machine=f"{os.cpu_count()} CPUs, {_platform.machine()}, no GPU" if not torch.cuda.is_available()
                    else torch.cuda.get_device_name(), torch=torch.__version__, threads=torch.get_num_threads(),
                    date=time.strftime("%Y-%m-%d %H:%M"), max_frames=args.max_frames)
-    os.makedirs(args.out, exist_ok=True)
-    tmp = out_path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(results, f, indent=1)
-    os.replace(tmp, out_path)
+    from understudy.platform.workspace import write_json_atomic
+
+    write_json_atomic(out_path, results, indent=1)
     print(f"wrote {out_path}")
 
 

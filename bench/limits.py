@@ -354,12 +354,10 @@ def main() -> None:
         print(f"[limits] stage: {med['before']:.0f} -> {s_after:.0f} tokens/s ({best_layout}), "
               f"{ad['stage_speedup']:.2f}x; a 2-CPU trial / the plain loop {ad['trial_to_bench_ratio']:.2f}",
               flush=True)
-    os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "training_limits.json")
-    tmp = path + ".tmp"  # one run's figures only: nothing measured at another time is kept
-    with open(tmp, "w") as f:
-        json.dump(results, f, indent=1)
-    os.replace(tmp, path)
+    from understudy.platform.workspace import write_json_atomic
+
+    write_json_atomic(path, results, indent=1)  # one run's figures only: nothing measured at another time is kept
     print(f"wrote {path}")
 
 

@@ -185,10 +185,9 @@ def main() -> None:
     path = os.path.join(args.out, "training_limits.json")
     results = json.load(open(path)) if os.path.exists(path) else {}
     results["play_minatar"] = play  # its own run: the other sections keep theirs, each with its date
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(results, f, indent=1)
-    os.replace(tmp, path)
+    from understudy.platform.workspace import write_json_atomic
+
+    write_json_atomic(path, results, indent=1)
     print(f"wrote {path}")
 
 

@@ -333,10 +333,9 @@ def frames_of(table: pa.Table) -> np.ndarray:
     return data[arr.offset * size:(arr.offset + len(arr)) * size].reshape(len(arr), *shape)
 
 
-def read_block(reader: ShardReader, history: HistoryIndex, episodes: list[EpisodeRef],
-               transforms: StepTransforms, history_key: int, targets: int) -> History:
-    """Consecutive episodes of one history in memory; the last `targets` episodes are training
-    targets, the ones before them context only."""
+def read_episodes(reader: ShardReader, history: HistoryIndex, episodes: list[EpisodeRef]) -> pa.Table:
+    """The rows of `episodes` of one history, in the order given, every column: one read per
+    shard; checked against the catalog (each episode's steps count from 0)."""
     by_shard: dict[str, list[int]] = {}
     for i, e in enumerate(episodes):
         by_shard.setdefault(e.shard, []).append(i)
@@ -348,10 +347,19 @@ def read_block(reader: ShardReader, history: HistoryIndex, episodes: list[Episod
             pieces[i] = table.slice(at, episodes[i].steps)
             at += episodes[i].steps
     table = pa.concat_tables(pieces)
-    steps = np.array([e.steps for e in episodes])
-    if not (table["step"].to_numpy() == np.concatenate([np.arange(n) for n in steps])).all():
+    expected = np.concatenate([np.arange(e.steps) for e in episodes])
+    if len(table) != len(expected) or not (table["step"].to_numpy() == expected).all():
         raise shards.ShardError(f"run {history.run_id}: catalog and shard rows disagree; "
                                 "run `understudy shards verify`")
+    return table
+
+
+def read_block(reader: ShardReader, history: HistoryIndex, episodes: list[EpisodeRef],
+               transforms: StepTransforms, history_key: int, targets: int) -> History:
+    """Consecutive episodes of one history in memory; the last `targets` episodes are training
+    targets, the ones before them context only."""
+    table = read_episodes(reader, history, episodes)
+    steps = np.array([e.steps for e in episodes])
     frames = frames_of(table)
     actions = table["action"].to_numpy().astype(np.int64)
     table_map = _action_map(history, transforms, history_key)

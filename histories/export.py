@@ -233,7 +233,7 @@ def _write(root, histories, runs_info, tmp: Path, target: Path, formats, minari_
         first_id, row = len(episode_rows), 0
         try:
             for block in _blocks(list(h.episodes), block_rows):
-                table = _read_episodes(reader, h, block)
+                table = data.read_episodes(reader, h, block)
                 ids = np.arange(len(episode_rows), len(episode_rows) + len(block))
                 ends = np.cumsum([e.steps for e in block]) - 1
                 terminated = table["terminated"].to_numpy()[ends]
@@ -314,25 +314,6 @@ def _blocks(episodes, block_rows: int):
         rows += e.steps
     if block:
         yield block
-
-
-def _read_episodes(reader: data.ShardReader, h: data.HistoryIndex, episodes) -> pa.Table:
-    """The rows of `episodes`, in the order given, every column; checked against the catalog."""
-    by_shard: dict[str, list[int]] = {}
-    for i, e in enumerate(episodes):
-        by_shard.setdefault(e.shard, []).append(i)
-    pieces: list = [None] * len(episodes)
-    for path, members in by_shard.items():
-        table = reader.read(path, [(episodes[i].row, episodes[i].row + episodes[i].steps) for i in members])
-        at = 0
-        for i in members:
-            pieces[i] = table.slice(at, episodes[i].steps)
-            at += episodes[i].steps
-    table = pa.concat_tables(pieces)
-    expected = np.concatenate([np.arange(e.steps) for e in episodes])
-    if len(table) != len(expected) or not (table["step"].to_numpy() == expected).all():
-        raise shards.ShardError(f"run {h.run_id}: catalog and shard rows disagree; run `understudy shards verify`")
-    return table
 
 
 # ---- Minari ------------------------------------------------------------------------------------
