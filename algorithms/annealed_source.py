@@ -124,15 +124,32 @@ def task_label(task) -> str:
     return "-".join(str(int(v)) for v in task)
 
 
-def run_id_for(game: str, task, seed: int, session: str) -> str:
+def run_id_for(game: str, task, seed: int, session: str, algorithm: str = ALGORITHM) -> str:
     """'annealed-DarkRoom-t2-6-s0-<session>', 'annealed-MinAtar_SpaceInvaders-columns-t0-1-4-s0-<session>'."""
-    return f"{ALGORITHM}-{game.replace('/', '_')}-t{task_label(task)}-s{seed}-{session}"
+    return f"{algorithm}-{game.replace('/', '_')}-t{task_label(task)}-s{seed}-{session}"
 
 
 def _shard_rows(frame_shape, shard_bytes: int, episode_steps: int) -> int:
     """Rows per shard so that a writer buffers about `shard_bytes` of raw frames (Dark Room's
     84x84 frames are 7x MinAtar's), at least one longest episode."""
     return max(episode_steps, int(shard_bytes) // int(np.prod(frame_shape)))
+
+
+class AnnealedPlayer:
+    """The annealed expert as a TaskPlayer: EXPERTS[family] on every copy, eps(e) by the schedule,
+    nothing learned from the returns."""
+
+    def __init__(self, expert: Callable, tasks, config: AnnealConfig):
+        self.expert, self.tasks, self.config = expert, tasks, config
+
+    def actions(self, obs, env) -> np.ndarray:
+        return self.expert(obs, env, self.tasks)
+
+    def epsilon(self, copy: int, episode: int) -> float:
+        return self.config.epsilon(episode)
+
+    def episode_ended(self, copy: int, episode: int, episode_return: float) -> None:
+        pass
 
 
 def annealed_histories(game: str, tasks, config: AnnealConfig = AnnealConfig(), seed: int = 0,
@@ -149,16 +166,34 @@ def annealed_histories(game: str, tasks, config: AnnealConfig = AnnealConfig(), 
     "steps" (per episode)}. `progress(line)` gets a line with totals every `progress_every_s`
     seconds and at the end (None: silent). Refuses runs that already have shards. `goal_split`
     names the family's split the tasks came from in each run.json (default: by version 1)."""
+    family = per_task_family(game)
+    expert = EXPERTS[family.name]
+    return play_task_histories(
+        game, tasks, AnnealedPlayer(expert, np.asarray(tasks, np.int64), config), episodes=config.episodes,
+        seed=seed, root=root, session=session, algorithm=ALGORITHM,
+        run_meta={"expert": expert.__name__, "hyperparameters": asdict(config)}, shard_bytes=shard_bytes,
+        progress=progress, progress_every_s=progress_every_s, goal_split=goal_split)
+
+
+def play_task_histories(game: str, tasks, player, *, episodes: int, seed: int, root: str,
+                        session: str | None, algorithm: str, run_meta: dict, shard_bytes: int = 2 << 20,
+                        progress: Callable[[str], None] | None = print, progress_every_s: float = 30.0,
+                        goal_split: str | None = None) -> list[dict]:
+    """Record one history per task, `episodes` consecutive episodes each, played by `player`
+    (a TaskPlayer: `actions(obs, env)` for every copy, `epsilon(copy, episode)`, the chance that
+    a step's action is replaced by a uniformly random one, and `episode_ended(copy, episode,
+    return)`, where a player that learns from rewards learns). The loop, the noise streams, the
+    shards and run.json (`run_meta` added) are the same for every per-task source; run ids are
+    run_id_for(..., algorithm)."""
     if not root:
         raise ValueError("root: give a shard root (a local path or a pyarrow.fs URI)")
     family = per_task_family(game)
     game = family.canonical(game)
-    expert = EXPERTS[family.name]
     tasks = np.asarray(tasks, np.int64)
     if tasks.ndim != 2 or len(tasks) == 0:
         raise ValueError(f"tasks: shape {tasks.shape} is not (N >= 1, task size) tasks of {game}")
     session = session or time.strftime("%Y%m%d-%H%M%S")
-    run_ids = [run_id_for(game, t, seed, session) for t in tasks]
+    run_ids = [run_id_for(game, t, seed, session, algorithm) for t in tasks]
     if len(set(run_ids)) != len(run_ids):
         raise ValueError(f"tasks: {tasks.tolist()} repeat a task; each task is one history")
     for run_id in run_ids:  # appending would splice two histories into one
@@ -176,14 +211,14 @@ def annealed_histories(game: str, tasks, config: AnnealConfig = AnnealConfig(), 
     writers = []
     for task, run_id in zip(tasks, run_ids):
         write_run_metadata(root, run_id, {
-            "game": game, "algorithm": ALGORITHM, "expert": expert.__name__, "seed": int(seed),
+            "game": game, "algorithm": algorithm, "seed": int(seed), **run_meta,
             "goal": task.tolist(), "optimal_return": float(family.optimum(task)),
             "goal_split": goal_split or ("heldout" if tuple(task.tolist()) in heldout else "train"),
-            "hyperparameters": asdict(config), "num_actions": num_actions, "env_family": family.name,
+            "num_actions": num_actions, "env_family": family.name,
             "frame_shape": list(frame_shape), "max_episode_steps": family.longest_episode,
             "session": session, "protocol": family.protocol, **family.metadata(game)})
         writers.append(ShardWriter(root=root, run_id=run_id, env_runner=0,
-                                   static={"game": game, "algorithm": ALGORITHM, "seed": int(seed)},
+                                   static={"game": game, "algorithm": algorithm, "seed": int(seed)},
                                    max_rows=_shard_rows(frame_shape, shard_bytes, block)))
 
     rngs = [np.random.default_rng([int(seed), *(int(v) for v in task)]) for task in tasks]
@@ -197,10 +232,10 @@ def annealed_histories(game: str, tasks, config: AnnealConfig = AnnealConfig(), 
     episode = np.zeros(n, np.int64)  # episodes each copy has completed
     t = np.zeros(n, np.int64)  # step within the open episode
     global_step = np.zeros(n, np.int64)
-    eps = np.full(n, config.epsilon(0))
+    eps = np.array([player.epsilon(i, 0) for i in range(n)], np.float64)
     returns = [[] for _ in range(n)]
     lengths = [[] for _ in range(n)]
-    total = n * config.episodes
+    total = n * episodes
 
     def draw(i):
         noise_u[i] = rngs[i].random(block)
@@ -211,8 +246,8 @@ def annealed_histories(game: str, tasks, config: AnnealConfig = AnnealConfig(), 
     obs, _ = env.reset(seed=int(seed))
     started = last_report = time.perf_counter()
     steps_taken = 0
-    while (episode < config.episodes).any():
-        active = episode < config.episodes
+    while (episode < episodes).any():
+        active = episode < episodes
         if t.max() >= buf_frames.shape[1]:  # an episode longer than the block: grow the buffers
             grow = buf_frames.shape[1]
             buf_frames = np.concatenate([buf_frames, np.zeros_like(buf_frames)], axis=1)
@@ -222,7 +257,7 @@ def annealed_histories(game: str, tasks, config: AnnealConfig = AnnealConfig(), 
             for i in np.flatnonzero(t >= grow):
                 noise_u[i, grow:] = rngs[i].random(grow)
                 noise_a[i, grow:] = rngs[i].integers(num_actions, size=grow)
-        expert_actions = np.asarray(expert(obs, env, tasks), np.int64)
+        expert_actions = np.asarray(player.actions(obs, env), np.int64)
         explore = (noise_u[rows, t] < eps) & active
         actions = np.where(explore, noise_a[rows, t], expert_actions)
         buf_frames[rows, t] = family.newest_frame(obs)
@@ -251,28 +286,30 @@ def annealed_histories(game: str, tasks, config: AnnealConfig = AnnealConfig(), 
             returns[i].append(ret)
             lengths[i].append(steps)
             global_step[i] += steps
+            player.episode_ended(int(i), int(episode[i]), ret)
             episode[i] += 1
             t[i] = -1
-            eps[i] = config.epsilon(int(episode[i]))
-            if episode[i] < config.episodes:
+            eps[i] = player.epsilon(int(i), int(episode[i]))
+            if episode[i] < episodes:
                 draw(i)
         t += 1
         if progress and time.perf_counter() - last_report >= progress_every_s:
             last_report = time.perf_counter()
-            progress(_progress_line(game, returns, total, steps_taken, last_report - started))
+            progress(_progress_line(algorithm, game, returns, total, steps_taken, last_report - started))
     env.close()
     for writer in writers:
         writer.flush()
     if progress:
-        progress(_progress_line(game, returns, total, steps_taken, time.perf_counter() - started) + " (done)")
+        progress(_progress_line(algorithm, game, returns, total, steps_taken, time.perf_counter() - started)
+                 + " (done)")
     return [{"run_id": run_id, "goal": task.tolist(), "returns": r, "steps": s}
             for run_id, task, r, s in zip(run_ids, tasks, returns, lengths)]
 
 
-def _progress_line(game, returns, total, steps, seconds) -> str:
+def _progress_line(algorithm, game, returns, total, steps, seconds) -> str:
     done = sum(len(r) for r in returns)
     recent = [r[-1] for r in returns if r]
-    return (f"[annealed] {game}: episodes {done}/{total}, env steps {steps} "
+    return (f"[{algorithm}] {game}: episodes {done}/{total}, env steps {steps} "
             f"({steps / max(seconds, 1e-9):.0f}/s), {seconds:.0f}s; mean of last returns "
             f"{np.mean(recent) if recent else float('nan'):.2f}")
 

@@ -17,7 +17,8 @@ from typing import Callable
 
 # Modules that register a built-in source when imported (imported on first lookup, so that
 # importing this registry stays cheap and cycle-free).
-BUILTIN = ("understudy.algorithms.darkroom_source", "understudy.algorithms.annealed_source")
+BUILTIN = ("understudy.algorithms.darkroom_source", "understudy.algorithms.annealed_source",
+           "understudy.algorithms.thompson_source")
 
 
 @dataclass(frozen=True)

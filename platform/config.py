@@ -33,6 +33,7 @@ from understudy.algorithms.presets import PRESETS
 from understudy.algorithms.presets import APPOSettings as _APPO
 from understudy.algorithms.presets import DQNSettings as _DQN
 from understudy.algorithms.presets import PPOSettings as _PPO
+from understudy.algorithms.thompson_source import ThompsonConfig as _Thompson
 from understudy.envs import families
 
 
@@ -162,6 +163,17 @@ class AnnealParams(Strict):
     schedule: Literal["linear"] = _Anneal.schedule
 
 
+class ThompsonParams(Strict):
+    """A learner that finds each minatar_columns task's paying columns by Thompson sampling on
+    episode returns (algorithms.thompson_source), one history per task; the defaults are
+    ThompsonConfig's. The episodes per history come from the stage's env_steps (per task)."""
+    goal_split: str = "train"  # the family's split of tasks to record
+    prior_mean: float = _Thompson.prior_mean
+    prior_std: float = Field(_Thompson.prior_std, gt=0.0)
+    return_noise_std: float = Field(_Thompson.return_noise_std, gt=0.0)
+    action_noise: float = Field(_Thompson.action_noise, ge=0.0, le=1.0)
+
+
 RLLIB_TEACHERS = ("ppo", "appo", "dqn")
 
 
@@ -177,7 +189,8 @@ class TeachConfig(Strict):
     kind: Literal["teach"] = "teach"
     name: StageName = "teach"
     # RLlib's ppo, appo, dqn as Tune trials, or a history source recorded in the driver
-    # (algorithms/sources.py: qlearning, Dark Room's source RL; annealed, AD-epsilon's expert)
+    # (algorithms/sources.py: qlearning, Dark Room's source RL; annealed, AD-epsilon's expert;
+    # thompson, a column-finding learner on minatar_columns)
     algorithm: Annotated[str, AfterValidator(_teacher_algorithm)]
     games: list[Game] = Field(min_length=1)  # or give `suite`, e.g. "dev5" or "mgdt@1:train"
     suite: str | None = None
@@ -209,6 +222,7 @@ class TeachConfig(Strict):
     dqn: DQNParams = DQNParams()
     darkroom: DarkRoomParams = DarkRoomParams()
     annealed: AnnealParams = AnnealParams()
+    thompson: ThompsonParams = ThompsonParams()
     shard_rows: PositiveInt = 20_000  # ~140 MB of frames buffered per env runner, ~3 MB on disk
     # Where the Learner runs (platform/resources.py): auto = a GPU Learner when the cluster has one now.
     device: Literal["auto", "cpu", "gpu"] = "auto"
