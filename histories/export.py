@@ -380,7 +380,7 @@ def dataset_card(summary: ExportSummary) -> str:
     licence and the two Parquet configs), then what the data is, its fields, how to read it,
     where it came from and under what terms."""
     try:
-        version = importlib.metadata.version("understudy")
+        version = importlib.metadata.version("understudy-icrl")
     except importlib.metadata.PackageNotFoundError:
         version = "unknown"
     name = Path(summary.out).name

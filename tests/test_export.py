@@ -5,11 +5,13 @@ real sources, both fast: Dark Room Q-learning (84x84 frames, Q-values, epsilon) 
 source on MinAtar/SpaceInvaders-columns (10x10x10 frames, no policy outputs)."""
 import json
 import os
+import tomllib
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import REPO_ROOT
 
 from understudy.algorithms.annealed_source import AnnealConfig, annealed_histories
 from understudy.algorithms.darkroom_source import record_histories
@@ -151,6 +153,9 @@ def test_dataset_card_and_provenance_beside_the_data(recorded, tmp_path):
     for name in export.steps_schema((84, 84)).names + export.EPISODE_SCHEMA.names:
         assert f"| `{name}` |" in card
     assert summary.data_version in card and "GNU GPL" in card and "(10, 10, 10)" in card
+    # the version of the installed distribution (understudy-icrl), not "unknown"
+    with open(os.path.join(REPO_ROOT, "pyproject.toml"), "rb") as f:
+        assert f"by understudy {tomllib.load(f)['project']['version']} " in card
     shapes = {tuple(e["frame_shape"]) for e in pq.read_table(out / "episodes.parquet").to_pylist()}
     assert shapes == {(84, 84), (10, 10, 10)}
 
