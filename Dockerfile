@@ -14,16 +14,28 @@ RUN apt-get update && apt-get install -y --no-install-recommends wget \
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 RUN pip install --no-cache-dir torch==2.13.0 --index-url ${TORCH_INDEX}
 
+# The project is installed as a package (understudy-icrl), not run from a checkout: what
+# pyproject.toml maps into it is copied in, the package data included (the ready experiments
+# and pipelines, the benchmarks' speeds `understudy plan` reads, the RayCluster it plans for),
+# then the copied sources are removed, so `understudy experiment NAME` and `understudy plan NAME`
+# find everything through the installed package from any directory. tests/test_wheel.py builds
+# the wheel from exactly what these COPY lines bring in, installs it alone and runs both.
 WORKDIR /app
-COPY pyproject.toml README.md runtime_env.yaml ./
+COPY pyproject.toml README.md LICENSE runtime_env.yaml ./
 COPY platform platform
 COPY algorithms algorithms
 COPY histories histories
 COPY envs envs
 COPY tune_configs tune_configs
+COPY docs/bench docs/bench
+COPY k8s/raycluster.yaml k8s/raycluster.yaml
 # psycopg (3): the MLflow server's PostgreSQL backend store; SQLAlchemy 2.1 opens postgresql://
 # URIs with it (psycopg2 would need postgresql+psycopg2://).
-RUN pip install --no-cache-dir . "psycopg[binary]==3.3.9"
+RUN pip install --no-cache-dir . "psycopg[binary]==3.3.9" \
+    && rm -rf build ./*.egg-info platform algorithms histories envs tune_configs docs k8s
+# A ready experiment by bare name, from another directory: an image that could not find its
+# experiments or speeds is not built.
+RUN cd / && understudy plan minatar_breakout_to_spaceinvaders --scale full > /dev/null
 
 # The image has no .git: the commit it was built from is the code version MLflow records.
 ARG GIT_COMMIT=unknown

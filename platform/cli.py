@@ -12,14 +12,12 @@ import logging
 import os
 import sys
 import time
-from pathlib import Path
 
 from understudy.histories import settings
 from understudy.platform import preflight
 from understudy.platform.config import ConfigError, PipelineConfig, load_config, stage_config
 from understudy.platform.workspace import StageInvalid, StageMissing, Workspace
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = "tune_configs/pipelines/demo.yaml"
 REQUIRED_MODULES = ["torch", "ray.rllib", "ray.tune", "ale_py", "cv2", "pyarrow", "mlflow", "gymnasium"]
 
@@ -321,9 +319,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _config_path(path: str) -> str:
-    if not Path(path).exists() and (REPO_ROOT / path).exists():
-        return str(REPO_ROOT / path)
-    return path
+    """The user's own file, else the shipped config a `tune_configs/...` path names."""
+    from understudy.platform.shipped import config_path
+
+    return str(config_path(path))
 
 
 def main(argv: list[str] | None = None) -> int:

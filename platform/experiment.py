@@ -8,17 +8,20 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from understudy.platform import tracking
+from understudy.platform import shipped, tracking
 from understudy.platform.config import ConfigError, ExperimentConfig, load_experiment
 from understudy.platform.manifests import ExperimentManifest
 from understudy.platform.workspace import Workspace, write_json_atomic
 
-EXPERIMENTS = Path(__file__).resolve().parent.parent / "tune_configs" / "experiments"
+# The ready experiments shipped with the package (platform/shipped.py): tune_configs/experiments/
+# in a checkout, inside site-packages when installed from a wheel.
+EXPERIMENTS = shipped.folder(shipped.CONFIGS) / "experiments"
 
 
 def experiment_path(name_or_path: str) -> Path:
-    """A path to an experiment file, or the name of one in tune_configs/experiments/."""
-    path = Path(name_or_path)
+    """A path to an experiment file (a user's own, or `tune_configs/...` as shipped), or the
+    bare name of a ready one in tune_configs/experiments/."""
+    path = shipped.config_path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         return path
     candidate = EXPERIMENTS / f"{name_or_path}.yaml"

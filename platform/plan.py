@@ -13,13 +13,12 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from understudy.envs import family_of
-from understudy.platform import resources
+from understudy.platform import resources, shipped
 from understudy.platform.config import DistillConfig, EvaluateConfig, TeachConfig
 
-BENCH = Path(__file__).resolve().parent.parent / "docs" / "bench"
+BENCH = shipped.folder(shipped.BENCH_RESULTS)  # docs/bench/, shipped with the package
 THIS_MACHINE_CPUS = 2  # where the docs/bench figures were measured (their "machine" fields)
 
 ASSUMPTIONS = (

@@ -212,12 +212,15 @@ def _pod_resources(spec: dict, start_params: dict) -> dict:
 
 
 def shipped_cluster(path: str | os.PathLike | None = None) -> Cluster:
-    """The RayCluster in k8s/raycluster.yaml: head and worker groups at their maximum replicas."""
+    """The RayCluster in k8s/raycluster.yaml (shipped with the package): head and worker groups
+    at their maximum replicas."""
     from pathlib import Path
 
     import yaml
 
-    path = Path(path) if path else Path(__file__).resolve().parent.parent / "k8s" / "raycluster.yaml"
+    from understudy.platform import shipped
+
+    path = Path(path) if path else shipped.folder(shipped.K8S) / "raycluster.yaml"
     spec = yaml.safe_load(path.read_text())["spec"]
     head = spec["headGroupSpec"]
     groups = [NodeGroup("head", _pod_resources(head, head.get("rayStartParams", {})), 1, 1)]

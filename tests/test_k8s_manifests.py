@@ -218,19 +218,16 @@ def test_images_are_built_from_the_repo_dockerfile():
     assert ours == {f"understudy:{version}", f"understudy:{version}-gpu"}
 
 
-def test_rayjob_entrypoint_is_a_valid_understudy_command_on_a_config_in_the_repo():
+def test_rayjob_entrypoint_is_a_valid_understudy_command_on_a_ready_experiment():
+    from understudy.platform import experiment
     from understudy.platform.cli import parser
-    from understudy.platform.config import load_experiment
 
     argv = shlex.split(of_kind("RayJob")[0]["spec"]["entrypoint"])
     assert argv[0] in project()["scripts"]
     args = parser().parse_args(argv[1:])
-    assert args.command == "experiment"  # the example runs a ready experiment
-    assert args.config.startswith(IMAGE_ROOT + "/")
-    in_repo = os.path.join(REPO_ROOT, os.path.relpath(args.config, IMAGE_ROOT))
-    assert os.path.isfile(in_repo), args.config
-    assert os.path.dirname(os.path.relpath(args.config, IMAGE_ROOT)) == "tune_configs/experiments"
-    load_experiment(in_repo, args.scale)  # a config that validates at that scale, not just a file
+    assert args.command == "experiment"  # the example runs a ready experiment, by its bare name:
+    assert args.config in experiment.available()  # the image has no source tree, only the package
+    experiment.load(args.config, args.scale)  # a config that validates at that scale, not just a file
 
 
 def test_mlflow_server_and_settings_agree_on_names_and_storage():
