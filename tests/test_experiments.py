@@ -4,6 +4,7 @@ evaluation agent as Ray tasks -> MLflow), then `understudy report` prints it bac
 import json
 import os
 import re
+import sys
 
 import pytest
 import yaml
@@ -289,7 +290,12 @@ def check_darkroom_study(ws, tracking_uri, printed, monkeypatch):
     files = {str(p.relative_to(local)) for p in __import__("pathlib").Path(local).rglob("*") if p.is_file()}
     assert not [f for f in files if f.endswith((".pkl", ".pickle", ".cloudpickle"))], files
     assert {"MLmodel", "data/checkpoint/model.pt", "data/checkpoint/model.json"} <= files
+    # it carries understudy's own code, and no requirement names a PyPI `understudy` (tests/test_wheel.py)
+    assert "code/understudy/platform/imitator_model.py" in files
+    requirements = open(os.path.join(local, "requirements.txt")).read().split()
+    assert not [r for r in requirements if re.match(r"understudy\b", r)], requirements
     torch.load(os.path.join(local, "data", "checkpoint", "model.pt"), weights_only=True)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # load_model puts the model's code/ first on it
     loaded = mlflow.pyfunc.load_model(f"models:/darkroom_ad-ad/{version.version}").get_raw_model()
     trained, _ = imitation.load(trials[version.run_id][0]["checkpoint"])
     assert loaded.state_dict().keys() == trained.state_dict().keys()

@@ -3,6 +3,7 @@ the streaming loader's windows and selections, the models, and Tune sweeps into 
 import glob
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -274,6 +275,7 @@ def test_a_two_trial_asha_sweep_reaches_mlflow_with_models(teacher, tmp_path, mo
     assert sorted(v.run_id for v in versions) == sorted(t.mlflow_run_id for t in manifest.trials)
     (best,) = [v for v in versions if v.run_id == manifest.mlflow_run_id]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", ws.tracking_uri)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # load_model puts the model's code/ first on it
     model = mlflow.pyfunc.load_model(f"models:/understudy-distill-ad/{best.version}").get_raw_model()
     assert model.spec["algorithm"] == "ad"
     # our own checkpoint loads weights only, and refuses to pass for another model
@@ -348,7 +350,7 @@ def test_a_trial_with_two_workers_trains_data_parallel_with_ray_train(teacher, t
     assert meta["epoch"] == 2
 
 
-def test_the_registered_pyfunc_model_predicts_what_the_network_computes(tmp_path):
+def test_the_registered_pyfunc_model_predicts_what_the_network_computes(tmp_path, monkeypatch):
     """`mlflow.pyfunc.load_model(...).predict(batch)` on a saved imitator: the logits the torch
     module gives for the same training-format batch, loaded without unpickling."""
     import mlflow.pyfunc
@@ -364,6 +366,7 @@ def test_the_registered_pyfunc_model_predicts_what_the_network_computes(tmp_path
     batch = {"obs": rng.integers(0, 2, (2, 8, 10, 10, 10)).astype(np.uint8) * 255,
              "prev_action": rng.integers(0, 7, (2, 8)), "prev_reward": rng.random((2, 8)).astype(np.float32),
              "new_episode": np.zeros((2, 8), bool)}
+    monkeypatch.setattr(sys, "path", list(sys.path))  # load_model puts the model's code/ first on it
     loaded = mlflow.pyfunc.load_model(str(tmp_path / "mlflow-model"))
     with torch.no_grad():
         expected = model({k: torch.as_tensor(v) for k, v in batch.items()}).numpy()

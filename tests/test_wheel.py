@@ -3,13 +3,15 @@
 The wheel is built from exactly what the Dockerfile copies into the image, installed on its own
 (`--no-deps`) into a fresh virtual environment, and run from another directory: `plan` on a
 ready experiment by its bare name (the README's `tune_configs/...` paths checked there too),
-then a tiny ready experiment end to end.
+then a tiny ready experiment end to end. The imitator that experiment registers in MLflow is
+then loaded and run in a second fresh environment built from the model's own logged
+requirements, with understudy's code coming only from what the model carries.
 
 No network: the dependencies (torch, Ray, MLflow...) are this test environment's own, made
 importable through a .pth file naming a folder of links to this environment's site-packages
 entries, understudy's own install left out. A plain path entry, unlike the site-packages folder
-itself, runs no .pth file in it (the editable install's finder is one), so the fresh
-environment cannot reach the checkout.
+itself, runs no .pth file in it (the editable install's finder is one), so neither fresh
+environment can reach the checkout.
 """
 import json
 import os
@@ -24,6 +26,7 @@ import venv
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import REPO_ROOT
 
@@ -162,6 +165,76 @@ def test_a_tiny_ready_experiment_runs_from_the_installed_wheel(experiment_run):
     workspace, proc = experiment_run
     assert "=== experiment done" in proc.stdout + proc.stderr
     assert (workspace / "mlflow.db").is_file()
+
+
+def test_a_registered_imitator_predicts_in_an_environment_built_from_its_logged_requirements(installed,
+                                                                                            experiment_run):
+    """The registered model names no PyPI `understudy`: it carries understudy's code, and an
+    environment with only its logged requirements (no understudy installed) loads it and
+    predicts what the checkpoint's network computes."""
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    from understudy.algorithms import imitation
+
+    workspace, _ = experiment_run
+    tracking_uri = f"sqlite:///{workspace}/mlflow.db"
+    client = MlflowClient(tracking_uri)
+    registered = client.search_registered_models()
+    assert registered
+    version = max(registered[0].latest_versions, key=lambda v: int(v.version))
+    uri = f"models:/{registered[0].name}/{version.version}"
+    local = Path(client.get_model_version_download_uri(registered[0].name, version.version).removeprefix("file://"))
+
+    requirements = (local / "requirements.txt").read_text().split()
+    assert not [r for r in requirements if re.match(r"understudy\b", r)], requirements
+    assert (local / "code" / "understudy" / "platform" / "imitator_model.py").is_file()
+
+    env = installed["tmp"] / "model-env"
+    python = fresh_env(env, installed["dependencies"])
+    done = pip_into(python, "install", "--no-index", "-r", str(local / "requirements.txt"))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    meta = json.loads((local / "data" / "checkpoint" / "model.json").read_text())
+    assert meta["algorithm"] == "ad" and meta["cnn"] == "grid"  # Dark Room frames: 84x84, one per step
+    rng = np.random.default_rng(0)
+    steps = meta["context"]
+    batch = {"obs": rng.integers(0, 2, (2, steps, 84, 84, meta["stack"])).astype(np.uint8) * 255,
+             "prev_action": rng.integers(0, meta["num_actions"], (2, steps)),
+             "prev_reward": rng.random((2, steps)).astype(np.float32),
+             "new_episode": np.zeros((2, steps), bool)}
+    np.savez(installed["tmp"] / "batch.npz", **batch)
+    script = f"""
+import json, importlib.metadata as m, sys
+import numpy as np, mlflow
+mlflow.set_tracking_uri({tracking_uri!r})
+model = mlflow.pyfunc.load_model({uri!r})
+batch = dict(np.load({str(installed['tmp'] / 'batch.npz')!r}))
+np.save({str(installed['tmp'] / 'logits.npy')!r}, model.predict(batch))
+try:
+    installed = m.version("understudy-icrl")
+except m.PackageNotFoundError:
+    installed = None
+print(json.dumps({{"code": sys.modules["understudy.platform.imitator_model"].__file__, "installed": installed}}))
+"""
+    found = json.loads(run([python, "-c", script], installed["cwd"], env / "bin").stdout.strip().splitlines()[-1])
+    assert found["installed"] is None  # nothing but the model brought understudy
+    assert f"{os.sep}code{os.sep}understudy{os.sep}platform{os.sep}imitator_model.py" in found["code"], found
+    assert not found["code"].startswith(str(Path(REPO_ROOT).resolve()))
+
+    model, _ = imitation.load(str(local / "data" / "checkpoint"))
+    with torch.no_grad():
+        expected = model({k: torch.as_tensor(v) for k, v in batch.items()}).numpy()
+    np.testing.assert_allclose(np.load(installed["tmp"] / "logits.npy"), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_pyproject_ships_the_model_code_and_the_data_packages_and_nothing_else():
+    """The packages pyproject.toml maps are the code a logged model carries (imitator_model)
+    plus the data packages platform/shipped.py reads: a new one has to be placed in one of them."""
+    from understudy.platform import imitator_model, shipped
+
+    packages = tomllib.loads((Path(REPO_ROOT) / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    assert set(packages) == {*imitator_model.CODE_PACKAGES, shipped.CONFIGS, shipped.BENCH_RESULTS, shipped.K8S}
 
 
 def test_a_users_own_config_wins_and_readme_paths_find_the_shipped_ones_from_anywhere(tmp_path, monkeypatch):
