@@ -342,6 +342,19 @@ class TeachConfig(Strict):
         return self
 
 
+def teacher_settings(cfg: TeachConfig) -> dict:
+    """The teacher's complete settings: every argument of `teacher_config` except the game,
+    seed, budget and recording. The manifest records them; the `scratch` baseline replays them."""
+    return {"algorithm": cfg.algorithm, "preset": cfg.preset, "lr": cfg.lr, "cnn": cfg.cnn,
+            "reward": cfg.reward, "env_steps_per_iter": cfg.env_steps_per_iter,
+            "num_envs": cfg.num_envs_per_runner, "num_env_runners": cfg.num_env_runners,
+            "runner": cfg.runner, "env_threads": cfg.env_threads,
+            # the Atari protocol, where the family's envs take it; others follow their own (envs/families.py)
+            "protocol": cfg.protocol.model_dump() if families.family_of(cfg.games[0]).takes_protocol else {},
+            "max_episode_steps": cfg.max_episode_steps,
+            "settings": getattr(cfg, cfg.algorithm).model_dump()}
+
+
 class DataParams(Strict):
     """Which parts of the recorded histories an imitator sees (histories.data.Selection and
     StepTransforms), applied in the order listed."""
