@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 from understudy.algorithms import encoders, imitators
-from understudy.envs import FAMILIES
+from understudy.envs import families
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILY_OBJECTS = {"ALE", "MINATAR", "MINATAR_COLUMNS", "DARKROOM"}  # envs/families.py
@@ -52,7 +52,7 @@ def branches(path: Path, names: set[str]) -> list[tuple[str, str]]:
 
 
 def names() -> set[str]:
-    return set(imitators.names()) | {f.name for f in FAMILIES} | set(encoders.ENCODERS)
+    return set(imitators.names()) | {f.name for f in families.registered()} | set(encoders.ENCODERS)
 
 
 def test_platform_never_branches_on_an_imitator_family_or_encoder_name():
