@@ -113,7 +113,8 @@ def per_task_family(game: str) -> EnvFamily:
     """The family of `game` if its games hold tasks (the source needs a task per history)."""
     family = family_of(game)
     if not family.per_goal or family.name not in EXPERTS:
-        valid = [f"{f.name} ({', '.join(f.games())})" for f in registered() if f.per_goal and f.name in EXPERTS]
+        valid = [f"{f.name} ({', '.join(f.games())})" for f in sorted(registered(), key=lambda f: f.name)
+                 if f.per_goal and f.name in EXPERTS]
         raise ValueError(f"game {game!r} is in family {family.name!r}, which has no tasks to anneal an expert "
                          f"on; valid families: {'; '.join(valid)}")
     family.canonical(game)  # a misspelt game of a per-task family: its own error
