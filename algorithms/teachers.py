@@ -30,10 +30,11 @@ from ray.tune.registry import register_env
 from understudy.algorithms.encoders import CNNS, conv_filters
 from understudy.algorithms.presets import SETTINGS
 from understudy.algorithms.recording import recorder_for, run_id_for
+from understudy.algorithms.teacher_kinds import names as teacher_kinds
 from understudy.envs import AtariProtocol, make_atari_env, newest_frame, transform_reward
 
 ENV_NAME = "understudy_atari"
-ALGORITHMS = ("ppo", "appo", "dqn")
+ALGORITHMS = teacher_kinds()  # each built below (teacher_config); what each learns: teacher_kinds.py
 
 # RLlib's conv_filters of each CNN encoder, from its one declaration (algorithms/encoders.py).
 CNN_FILTERS = {name: conv_filters(name) for name in CNNS}
