@@ -245,7 +245,8 @@ def register(family: EnvFamily, *, precedence: int = 0, catch_all: bool = False)
     last and answers for every name no other family claims, so a misspelt name gets its closest
     valid games. A second family under a taken name is refused (two modules would fight)."""
     known = _FAMILIES.get(family.name)
-    if known is not None and known[2] is not family or _is_catch_all(family) and not catch_all:
+    taken = known[2] if known is not None else next((f for f in _CATCH_ALL if f.name == family.name), None)
+    if taken is not None and taken is not family or _is_catch_all(family) and not catch_all:
         raise ValueError(f"env family {family.name!r} is already registered; choose another name")
     if catch_all:
         if _CATCH_ALL and _CATCH_ALL[0] is not family:
@@ -296,14 +297,18 @@ def _load_plugins() -> None:
     _PLUGINS_LOADED.append(True)  # first: a plug-in that asks for a family while it loads finds the rest
     from importlib.metadata import entry_points
 
-    for ep in entry_points(group=ENTRY_POINTS):
-        try:
-            found = ep.load()
-        except Exception as err:  # noqa: BLE001 (whatever the plug-in's import raises)
-            raise ValueError(f"env family entry point {ep.name} = {ep.value} cannot be loaded: {err}") from err
-        register(_as_family(found, f"entry point {ep.value}"))
-    for place in filter(None, (p.strip() for p in os.environ.get(PLACES, "").split(","))):
-        load(place)
+    try:
+        for ep in entry_points(group=ENTRY_POINTS):
+            try:
+                found = ep.load()
+            except Exception as err:  # noqa: BLE001 (whatever the plug-in's import raises)
+                raise ValueError(f"env family entry point {ep.name} = {ep.value} cannot be loaded: {err}") from err
+            register(_as_family(found, f"entry point {ep.value}"))
+        for place in filter(None, (p.strip() for p in os.environ.get(PLACES, "").split(","))):
+            load(place)
+    except ValueError:
+        _PLUGINS_LOADED.clear()  # every later lookup says so too, not only the first
+        raise
 
 
 def registered() -> tuple[EnvFamily, ...]:

@@ -173,6 +173,8 @@ def test_families_are_asked_the_more_specific_first_and_ale_last():
     assert family_of("MinAtar/Breakot") is MINATAR and family_of("Breakot") is ALE
     with pytest.raises(ValueError, match="already registered"):
         families.register(dataclasses.replace(DARKROOM, games=lambda: ["Other"]))
+    with pytest.raises(ValueError, match="'ale' is already registered"):  # the catch-all's name too
+        families.register(dataclasses.replace(DARKROOM, name="ale"))
     with pytest.raises(ValueError, match="already the catch-all"):
         families.register(dataclasses.replace(DARKROOM, name="other"), catch_all=True)
     assert families.register(DARKROOM) is DARKROOM  # the same family again: nothing changes
@@ -223,6 +225,11 @@ def test_a_family_named_in_the_environment_by_its_place(outside, monkeypatch):
         families.load("understudy_plugin_example.family:Catch")
     with pytest.raises(ValueError, match="module 'no_such_module' cannot be imported"):
         families.load("no_such_module:X")
+    monkeypatch.setattr(families, "_PLUGINS_LOADED", [])
+    monkeypatch.setenv(families.PLACES, f"{CATCH_PLACE},understudy_plugin_example.family:Catch")
+    for _ in range(2):  # a broken place is said at every lookup, not only the first
+        with pytest.raises(ValueError, match="Catch is not an EnvFamily"):
+            family_of("Pong")
 
 
 def test_a_gymnasium_family_plays_as_every_family_does(outside):
