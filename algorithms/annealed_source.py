@@ -43,7 +43,7 @@ import numpy as np
 
 from understudy.algorithms import sources
 from understudy.envs import darkroom, minatar_columns
-from understudy.envs.families import FAMILIES, EnvFamily, family_of
+from understudy.envs.families import EnvFamily, family_of, registered
 from understudy.histories.shards import Episode, ShardWriter, read_catalog, write_run_metadata
 
 ALGORITHM = "annealed"
@@ -113,7 +113,8 @@ def per_task_family(game: str) -> EnvFamily:
     """The family of `game` if its games hold tasks (the source needs a task per history)."""
     family = family_of(game)
     if not family.per_goal or family.name not in EXPERTS:
-        valid = [f"{f.name} ({', '.join(f.games())})" for f in FAMILIES if f.per_goal and f.name in EXPERTS]
+        valid = [f"{f.name} ({', '.join(f.games())})" for f in sorted(registered(), key=lambda f: f.name)
+                 if f.per_goal and f.name in EXPERTS]
         raise ValueError(f"game {game!r} is in family {family.name!r}, which has no tasks to anneal an expert "
                          f"on; valid families: {'; '.join(valid)}")
     family.canonical(game)  # a misspelt game of a per-task family: its own error

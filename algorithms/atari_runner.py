@@ -22,6 +22,7 @@ from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 from ray.rllib.utils.metrics import WEIGHTS_SEQ_NO
 
+from understudy.algorithms import rllib_compat
 from understudy.algorithms.recording import recorder_for
 from understudy.envs import family_of, transform_reward
 from understudy.envs.families import ALE
@@ -116,7 +117,7 @@ class AtariVectorEnvRunner(SingleAgentEnvRunner):
     # new episode. Per batch, every column is written for all envs at once; Python runs per
     # env only when an episode starts or ends, or a buffer fills.
 
-    def _sample(self, *, num_timesteps=None, num_episodes=None, explore: bool,
+    def _sample(self, *, num_timesteps=None, num_episodes=None, explore: bool,  # RLlib's private hook: rllib_compat
                 random_actions: bool = False, force_reset: bool = False):
         if num_timesteps is None and num_episodes is None:
             num_episodes = self.num_envs
@@ -167,7 +168,7 @@ class AtariVectorEnvRunner(SingleAgentEnvRunner):
             t_global = (self.num_env_steps_sampled_lifetime // runners + ts) * runners
             actions, logp, outputs, epsilon = self._act(obs, explore, random_actions, t_global)
             for name, value in (("action", actions), ("logp", logp), ("outputs", outputs),
-                                ("epsilon", epsilon), ("version", self._weights_seq_no)):
+                                ("epsilon", epsilon), ("version", rllib_compat.weights_seq_no(self))):
                 self._pending[name][ids] = value
             self.env.send(actions)
             self._batch = self.env.recv()
@@ -179,8 +180,8 @@ class AtariVectorEnvRunner(SingleAgentEnvRunner):
         # only the newest window's worth of this call's episodes can be in it.
         window = math.ceil(self.config.metrics_num_episodes_for_smoothing / runners)
         for length, ret, sec in finished[-window:]:
-            self._log_episode_metrics(length, ret, sec)
-        self._increase_sampled_metrics(ts, episodes_done)
+            rllib_compat.log_episode_metrics(self, length, ret, sec)
+        rllib_compat.increase_sampled_metrics(self, ts, episodes_done)
         return done_chunks
 
     def _emit(self, env: int, terminated: bool, truncated: bool) -> SingleAgentEpisode:
@@ -218,7 +219,7 @@ class AtariVectorEnvRunner(SingleAgentEnvRunner):
     def _reset_all(self) -> None:
         if self.recorder is not None:
             self.recorder.drop_open()  # unfinished episodes are dropped whole
-        obs, info = self.env.reset(seed=self._seed if self._needs_initial_reset else None)
+        obs, info = self.env.reset(seed=rllib_compat.env_seed(self) if self._needs_initial_reset else None)
         n = len(obs)
         zeros = np.zeros(n, bool)
         # The reset batch is handled like any received batch with nothing pending.

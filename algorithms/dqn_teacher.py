@@ -24,7 +24,8 @@ import torch
 from ray.rllib.algorithms.dqn import DQN
 from ray.rllib.algorithms.dqn.torch.dqn_torch_learner import DQNTorchLearner
 from ray.rllib.core.columns import Columns
-from ray.rllib.policy.sample_batch import DEFAULT_POLICY_ID, MultiAgentBatch, SampleBatch
+
+from understudy.algorithms import rllib_compat
 
 STACK = 4
 logger = logging.getLogger(__name__)
@@ -122,7 +123,7 @@ class FrameReplayBuffer:
         ok &= (self.gen[self.stack[nxt]] == self.stack_gen[nxt]).all(-1)
         return ok
 
-    def sample(self, num_items: int, n_step: int = 1, gamma: float = 0.99, **_) -> MultiAgentBatch:
+    def sample(self, num_items: int, n_step: int = 1, gamma: float = 0.99, **_):
         """A train batch for the RLlib DQN Learner: `num_items` uniform transitions, n-step
         returns cut at episode ends (the loss discounts by gamma ** n_step per sample)."""
         idx = np.empty(0, np.int64)
@@ -151,7 +152,7 @@ class FrameReplayBuffer:
                  Columns.ACTIONS: self.action[idx], Columns.REWARDS: ret,
                  Columns.TERMINATEDS: done, "n_step": steps,
                  "weights": np.ones(num_items, np.float32)}
-        return MultiAgentBatch({DEFAULT_POLICY_ID: SampleBatch(batch)}, env_steps=num_items)
+        return rllib_compat.train_batch(batch, env_steps=num_items)
 
     def _stacks(self, idx: np.ndarray) -> np.ndarray:
         """(B, 84, 84, 4) uint8, the layout the env runner acts on."""
@@ -201,7 +202,7 @@ class DQNTeacher(DQN):
         self.batches_owed = 0.0  # fraction of a batch carried from one sample call to the next
         super().setup(config)
 
-    def _create_local_replay_buffer_if_necessary(self, config):
+    def _create_local_replay_buffer_if_necessary(self, config):  # RLlib's private hook: rllib_compat
         # RLlib's DQN on the new API stack validates that its buffer is an EpisodeReplayBuffer
         # type, so the config names that type; the teacher replays frames instead.
         buffer = config["replay_buffer_config"]
@@ -261,17 +262,13 @@ class DQNTeacher(DQN):
 
     def _sample(self, with_metrics: bool):
         """(episodes, env runner metrics or None), as RLlib's DQN samples."""
-        from ray.rllib.execution.rollout_ops import synchronous_parallel_sample
-
-        out = synchronous_parallel_sample(
-            worker_set=self.env_runner_group, concat=True, sample_timeout_s=self.config.sample_timeout_s,
-            _uses_new_env_runners=True, _return_metrics=with_metrics)
+        out = rllib_compat.sample_episodes(self.env_runner_group, self.config.sample_timeout_s, with_metrics)
         return out if with_metrics else (out, None)
 
     def _learn(self, updates: int, sampled: int, reduce: bool):
         """`updates` Learner updates on batches from the buffer -> the Learner's results, or
         None when `reduce` is False (the local Learner's metrics are reduced once, later, which
-        RLlib's Learner allows through its `_no_metrics_reduce` argument)."""
+        RLlib's Learner allows through a private argument: rllib_compat.update_learners)."""
         from ray.rllib.utils.metrics import (
             LEARNER_RESULTS,
             LEARNER_UPDATE_TIMER,
@@ -282,13 +279,12 @@ class DQNTeacher(DQN):
 
         config, buffer, metrics = self.config, self.local_replay_buffer, self.metrics
         timesteps = {NUM_ENV_STEPS_SAMPLED_LIFETIME: sampled}  # schedules and target updates read it
-        later = {} if reduce else {"_no_metrics_reduce": True}
         learner_results = None
         for _ in range(updates):
             with metrics.log_time((TIMERS, REPLAY_BUFFER_SAMPLE_TIMER)):
                 batch = buffer.sample(config.total_train_batch_size, n_step=config.n_step, gamma=config.gamma)
             with metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER)):
-                learner_results = self.learner_group.update(batch=batch, timesteps=timesteps, **later)
+                learner_results = rllib_compat.update_learners(self.learner_group, batch, timesteps, reduce)
             if reduce:
                 learner_results = [_without_td_errors(result) for result in learner_results]
                 metrics.aggregate(learner_results, key=LEARNER_RESULTS)
@@ -303,7 +299,8 @@ class DQNTeacher(DQN):
                 # The env runner's module reads the Learner's parameters themselves, updated in
                 # place by the optimizer: only the weights' version number (which the recorder
                 # writes as each step's policy version) needs to follow.
-                group.local_env_runner._weights_seq_no = self._local_learner()._weights_seq_no
+                rllib_compat.set_weights_seq_no(group.local_env_runner,
+                                                rllib_compat.weights_seq_no(self._local_learner()))
             else:
                 policies = None if learner_results is None else set(learner_results[0].keys()) - {ALL_MODULES}
                 group.sync_weights(from_worker_or_learner_group=self.learner_group, policies=policies,
@@ -318,7 +315,7 @@ class DQNTeacher(DQN):
         single-process DQN loop does, with no copy per update. False (and nothing changed)
         if they differ."""
         runner = self.env_runner_group.local_env_runner
-        if getattr(runner, "_shares_learner_weights", False):
+        if getattr(runner, "understudy_shares_learner_weights", False):
             return True
         from ray.rllib.core.rl_module.rl_module import DEFAULT_MODULE_ID
 
@@ -331,7 +328,7 @@ class DQNTeacher(DQN):
         with torch.no_grad():
             for name, p in target.items():
                 p.data = source[name].data
-        runner._shares_learner_weights = True
+        runner.understudy_shares_learner_weights = True
         return True
 
 
@@ -359,7 +356,7 @@ class DQNTeacherLearner(DQNTorchLearner):
     """
 
     def configure_optimizers_for_module(self, module_id, config=None):
-        params = self.get_parameters(self._module[module_id])
+        params = self.get_parameters(rllib_compat.learner_module(self, module_id))
         eps = self.config.learner_config_dict.get("adam_epsilon", 1e-8)  # 1e-8: torch's default
         self.register_optimizer(module_id=module_id, optimizer=torch.optim.Adam(params, eps=eps, fused=True),
                                 params=params, lr_or_lr_schedule=config.lr)

@@ -27,13 +27,15 @@ from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 from ray.rllib.utils.metrics import WEIGHTS_SEQ_NO
 from ray.tune.registry import register_env
 
+from understudy.algorithms import rllib_compat
 from understudy.algorithms.encoders import CNNS, conv_filters
 from understudy.algorithms.presets import SETTINGS
 from understudy.algorithms.recording import recorder_for, run_id_for
+from understudy.algorithms.teacher_kinds import names as teacher_kinds
 from understudy.envs import AtariProtocol, make_atari_env, newest_frame, transform_reward
 
 ENV_NAME = "understudy_atari"
-ALGORITHMS = ("ppo", "appo", "dqn")
+ALGORITHMS = teacher_kinds()  # each built below (teacher_config); what each learns: teacher_kinds.py
 
 # RLlib's conv_filters of each CNN encoder, from its one declaration (algorithms/encoders.py).
 CNN_FILTERS = {name: conv_filters(name) for name in CNNS}
@@ -97,7 +99,7 @@ PixelDefaultAPPOTorchRLModule = _pixel_module(DefaultAPPOTorchRLModule)
 
 
 class PixelDefaultDQNTorchRLModule(_pixel_module(DefaultDQNTorchRLModule)):
-    def _forward_train(self, batch):
+    def _forward_train(self, batch):  # RLlib's hook, private by name: rllib_compat
         # RLlib's double-Q pass runs the online net on obs and next obs as one batch with
         # gradients on, so the backward pass covers twice the samples the loss needs: the
         # next-obs values only choose the bootstrap action. Same values, half the backward.
@@ -142,7 +144,7 @@ class RecordingEnvRunner(SingleAgentEnvRunner):
         # The raw score of each step (the chunk holds what the Learner sees).
         rewards = [info["raw_reward"] for info in chunk.get_infos(slice(1, n + 1))]
         versions = (chunk.get_extra_model_outputs(WEIGHTS_SEQ_NO, slice(0, n))
-                    if not random_actions else np.full(n, self._weights_seq_no))
+                    if not random_actions else np.full(n, rllib_compat.weights_seq_no(self)))
         outputs = None
         if not random_actions:
             try:
@@ -163,10 +165,10 @@ class RecordingEnvRunner(SingleAgentEnvRunner):
         # the raw score, which RecordEpisodeStatistics put in each episode's last info. RLlib
         # logs the finished episodes in this order.
         self._raw_returns = iter([float(eps.get_infos(-1)["episode"]["r"])
-                                  for eps in self._done_episodes_for_metrics])
+                                  for eps in rllib_compat.done_episodes_for_metrics(self)])
         return super().get_metrics()
 
-    def _log_episode_metrics(self, length, ret, sec):
+    def _log_episode_metrics(self, length, ret, sec):  # RLlib's private hook: rllib_compat
         super()._log_episode_metrics(length, next(getattr(self, "_raw_returns", iter(())), ret), sec)
 
     def stop(self):

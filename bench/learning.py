@@ -45,8 +45,7 @@ def _threads(n: int) -> None:
 
 def load_teach(config: str):
     """(teach config, the teacher's complete settings, its game, the results' name)."""
-    from understudy.platform.config import load_config
-    from understudy.platform.teach import teacher_settings
+    from understudy.platform.config import load_config, teacher_settings
 
     cfg = load_config(REPO / config, expect=("teach",))
     game = cfg.games[0]

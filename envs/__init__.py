@@ -33,6 +33,6 @@ __all__ += ["EPISODE_STEPS", "GRID", "NUM_ACTIONS", "DarkRoomEnv", "DarkRoomVect
             "cell_index_of", "darkroom_goals", "frame_of", "optimal_return", "position_of"]
 
 from understudy.envs import families, minatar, minatar_columns  # noqa: E402
-from understudy.envs.families import FAMILIES, EnvFamily, family_of  # noqa: E402
+from understudy.envs.families import EnvFamily, family_of  # noqa: E402
 
-__all__ += ["families", "minatar", "minatar_columns", "FAMILIES", "EnvFamily", "family_of"]
+__all__ += ["families", "minatar", "minatar_columns", "EnvFamily", "family_of"]

@@ -2,10 +2,19 @@
 named, what an observation and an action are, how to make a vector env, what random and
 reference play score, which protocol they follow, and which teacher learns them. Stages,
 evaluation and metrics ask `family_of(game)` instead of testing game names.
+
+Families register themselves (`register`): the built-in ones below, and a user's own from outside
+the package, found through the entry point group `understudy.env_families` of an installed
+package or a `module:attribute` in the environment variable UNDERSTUDY_ENV_FAMILIES
+(docs/extending.md). `family_of` asks them in order of precedence, the more specific first, and
+ALE, whose games are any name ale-py has a ROM for, answers last for every name no other family
+claims.
 Pure Python: no Ray here.
 """
 from __future__ import annotations
 
+import importlib
+import os
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -47,6 +56,10 @@ class EnvFamily:
     # The most steps an episode can last under the protocol (ALE: 108,000 frames at frame skip
     # 4; MinAtar: its clock): budgets that must cover whole episodes are sized by it.
     longest_episode: int = 27_000
+    # Whether a name is meant as one of its games, spelt right or not (MinAtar: any name with its
+    # "MinAtar/" prefix), so that a misspelt one is refused with this family's closest names
+    # instead of another's. None: the names `canonical` accepts.
+    claims: Callable[[str], bool] | None = None
 
     @property
     def takes_protocol(self) -> bool:
@@ -77,6 +90,10 @@ class EnvFamily:
             return True
         except ValueError:
             return False
+
+    def claimed(self, game: str) -> bool:
+        """Whether `game` is meant as one of this family's games (`claims`, else `owns`)."""
+        return self.claims(game) if self.claims is not None else self.owns(game)
 
 
 def _ale_reference(game: str):
@@ -183,6 +200,7 @@ MINATAR = EnvFamily(
     protocol=MINATAR_PROTOCOL, encoder="minatar",
     teacher=("ppo", "minatar"), newest_frame=lambda obs: obs,  # no stacking: the frame is the observation
     metadata=lambda game: {"family": "minatar", **MINATAR_PROTOCOL}, longest_episode=minatar.EPISODE_CLOCK,
+    claims=minatar.is_minatar,
     reference_source="random play measured here; DQN at 5M frames as published by Young & Tian (2019)")
 
 DARKROOM = EnvFamily(
@@ -209,20 +227,113 @@ MINATAR_COLUMNS = EnvFamily(
     goals=minatar_columns.task_goals, optimum=minatar_columns.optimum,
     episode_steps=None, longest_episode=minatar_columns.EPISODE_CAP)
 
-# Asked in this order: ALE's names are the catch-all; MinAtar's prefix covers the columns game.
-FAMILIES = (DARKROOM, MINATAR_COLUMNS, MINATAR, ALE)
+# ---- the registry -----------------------------------------------------------------------------
+
+ENTRY_POINTS = "understudy.env_families"  # installed packages name their EnvFamily objects in this group
+PLACES = "UNDERSTUDY_ENV_FAMILIES"  # or this variable names them: "module:attribute[,module:attribute]"
+
+_FAMILIES: dict[str, tuple[int, int, EnvFamily]] = {}  # name -> (precedence, registration order, family)
+_CATCH_ALL: list[EnvFamily] = []  # at most one: the family of every name no other family claims
+_PLUGINS_LOADED: list[bool] = []
+
+
+def register(family: EnvFamily, *, precedence: int = 0, catch_all: bool = False) -> EnvFamily:
+    """Add an env family. `family_of` asks the families whether a game is theirs
+    (`EnvFamily.claimed`) in order of `precedence`, highest first, and in the order they were
+    registered among equals: a family whose names lie inside another's (MinAtar's columns game
+    inside MinAtar's prefix) takes a higher precedence. The `catch_all` family (ALE) is asked
+    last and answers for every name no other family claims, so a misspelt name gets its closest
+    valid games. A second family under a taken name is refused (two modules would fight)."""
+    known = _FAMILIES.get(family.name)
+    taken = known[2] if known is not None else next((f for f in _CATCH_ALL if f.name == family.name), None)
+    if taken is not None and taken is not family or _is_catch_all(family) and not catch_all:
+        raise ValueError(f"env family {family.name!r} is already registered; choose another name")
+    if catch_all:
+        if _CATCH_ALL and _CATCH_ALL[0] is not family:
+            raise ValueError(f"env family {family.name!r}: {_CATCH_ALL[0].name!r} is already the catch-all")
+        _CATCH_ALL[:] = [family]
+        _FAMILIES.pop(family.name, None)
+    elif known is None:
+        _FAMILIES[family.name] = (precedence, len(_FAMILIES), family)
+    return family
+
+
+def _is_catch_all(family: EnvFamily) -> bool:
+    return bool(_CATCH_ALL) and family is _CATCH_ALL[0]
+
+
+def load(place: str) -> EnvFamily:
+    """Import the EnvFamily at `module:attribute` and register it (precedence 0); ValueError
+    saying what is wrong with the place."""
+    module, _, attribute = place.partition(":")
+    if not module or not attribute:
+        raise ValueError(f"{place!r}: an env family is named as 'module:attribute'")
+    try:
+        obj = importlib.import_module(module)
+    except ImportError as err:
+        raise ValueError(f"env family {place!r}: module {module!r} cannot be imported ({err}); is its "
+                         "package installed?") from None
+    for part in attribute.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"env family {place!r}: module {module!r} has no attribute {attribute!r}")
+        obj = getattr(obj, part)
+    return register(_as_family(obj, place))
+
+
+def _as_family(obj, where: str) -> EnvFamily:
+    if not isinstance(obj, EnvFamily):
+        what = obj.__name__ if isinstance(obj, type) else f"a {type(obj).__name__}"
+        raise ValueError(f"env family {where}: {what} is not an EnvFamily "
+                         "(understudy.envs.families.EnvFamily)")
+    return obj
+
+
+def _load_plugins() -> None:
+    """Register the families installed packages declare (entry points) and those the
+    environment names (PLACES), once per process. Installed packages and the environment are
+    the user's own: a game name read from data never makes code run."""
+    if _PLUGINS_LOADED:
+        return
+    _PLUGINS_LOADED.append(True)  # first: a plug-in that asks for a family while it loads finds the rest
+    from importlib.metadata import entry_points
+
+    try:
+        for ep in entry_points(group=ENTRY_POINTS):
+            try:
+                found = ep.load()
+            except Exception as err:  # noqa: BLE001 (whatever the plug-in's import raises)
+                raise ValueError(f"env family entry point {ep.name} = {ep.value} cannot be loaded: {err}") from err
+            register(_as_family(found, f"entry point {ep.value}"))
+        for place in filter(None, (p.strip() for p in os.environ.get(PLACES, "").split(","))):
+            load(place)
+    except ValueError:
+        _PLUGINS_LOADED.clear()  # every later lookup says so too, not only the first
+        raise
+
+
+def registered() -> tuple[EnvFamily, ...]:
+    """Every family, in the order `family_of` asks them (the catch-all last)."""
+    _load_plugins()
+    ordered = sorted(_FAMILIES.values(), key=lambda entry: (-entry[0], entry[1]))
+    return tuple(family for _, _, family in ordered) + tuple(_CATCH_ALL)
 
 
 def family_of(game: str) -> EnvFamily:
-    """The family a game belongs to: 'DarkRoom', 'MinAtar/SpaceInvaders-columns', 'MinAtar/...',
-    else an ALE game."""
-    if MINATAR_COLUMNS.owns(game):
-        return MINATAR_COLUMNS
-    if minatar.is_minatar(game):
-        return MINATAR
-    if DARKROOM.owns(game):
-        return DARKROOM
-    return ALE
+    """The family a game belongs to: the first registered family that claims it
+    ('DarkRoom', 'MinAtar/SpaceInvaders-columns', 'MinAtar/...', a plug-in's), else the
+    catch-all's (an ALE game)."""
+    for family in registered():
+        if _is_catch_all(family) or family.claimed(game):
+            return family
+    raise ValueError(f"{game!r} is no registered env family's game, and no family is the catch-all")
+
+
+# MinAtar's columns game has MinAtar's prefix: asked before MinAtar, which claims every name with
+# it. ALE's names are the catch-all.
+register(DARKROOM)
+register(MINATAR_COLUMNS, precedence=20)
+register(MINATAR, precedence=10)
+register(ALE, catch_all=True)
 
 
 def is_heldout_split(split: str) -> bool:

@@ -2,7 +2,9 @@
 writes), so `shards.ray_dataset` reads through Ray Data's standard path (`read_datasource`:
 path resolution, one read task per file, retries, any `pyarrow.fs` filesystem) instead of a
 hand-built `from_items` + `map_batches`. Ray Data has no Arrow IPC reader of its own; this is
-the extension its ORC reader shows: a `FileBasedDatasource` on a random-access file.
+the extension its ORC reader shows: a `FileBasedDatasource` on a random-access file. Its two
+methods are Ray Data's private hooks, listed (and checked against the installed Ray) in
+algorithms/rllib_compat.py with every private Ray name the project uses.
 Imported only where Ray Data is wanted (it imports Ray)."""
 from __future__ import annotations
 

@@ -13,6 +13,7 @@ import os
 import sys
 import time
 
+from understudy.algorithms import rllib_compat
 from understudy.histories import settings
 from understudy.platform import preflight
 from understudy.platform.config import ConfigError, PipelineConfig, load_config, stage_config
@@ -41,10 +42,8 @@ def keep_credentials_out_of_ray() -> None:
     secret would land in the cluster's log files and metadata. Trials do not need it passed:
     on a local Ray they inherit this process's environment, on a cluster the pods get it from
     their own Secret (k8s/secrets.yaml). tests/test_security.py greps Ray's logs for it."""
-    from ray.tune.execution import class_cache
-
-    secrets = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN"}
-    class_cache.ENV_VARS_TO_PROPAGATE = set(class_cache.ENV_VARS_TO_PROPAGATE) - secrets
+    rllib_compat.keep_out_of_trials({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN",
+                                     "AWS_SESSION_TOKEN"})
 
 
 def init_ray():

@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from understudy.algorithms import encoders, imitators, sources
+from understudy.algorithms import encoders, imitators, sources, teacher_kinds
 from understudy.algorithms.annealed_source import AnnealConfig as _Anneal
 from understudy.algorithms.darkroom_source import QLearningConfig as _Q
 from understudy.algorithms.presets import PRESETS
@@ -174,13 +174,11 @@ class ThompsonParams(Strict):
     action_noise: float = Field(_Thompson.action_noise, ge=0.0, le=1.0)
 
 
-RLLIB_TEACHERS = ("ppo", "appo", "dqn")
-
-
 def _teacher_algorithm(name: str) -> str:
-    if name in RLLIB_TEACHERS or sources.local_source(name) is not None:
+    if teacher_kinds.get(name) is not None or sources.local_source(name) is not None:
         return name
-    raise ValueError(f"{name!r} is not a teacher; valid: RLlib {', '.join(RLLIB_TEACHERS)}, or a history "
+    raise ValueError(f"{name!r} is not a teacher; valid: RLlib {', '.join(teacher_kinds.names())} "
+                     "(algorithms/teacher_kinds.py), or a history "
                      f"source {', '.join(sources.names())} (algorithms/sources.py)")
 
 
@@ -188,7 +186,8 @@ class TeachConfig(Strict):
     """Teachers: one Tune trial per (game, seed), each recording its whole learning history."""
     kind: Literal["teach"] = "teach"
     name: StageName = "teach"
-    # RLlib's ppo, appo, dqn as Tune trials, or a history source recorded in the driver
+    # An RLlib teacher kind as Tune trials (algorithms/teacher_kinds.py: ppo, appo, dqn), or a
+    # history source recorded in the driver
     # (algorithms/sources.py: qlearning, Dark Room's source RL; annealed, AD-epsilon's expert;
     # thompson, a column-finding learner on minatar_columns)
     algorithm: Annotated[str, AfterValidator(_teacher_algorithm)]
@@ -242,7 +241,7 @@ class TeachConfig(Strict):
                                  f"{', '.join(sorted(known)) or 'none (this algorithm has no presets)'}")
             preset = known[name]
             merged = {**preset, **data}
-            for block in ("ppo", "appo", "dqn"):  # the config's block refines the preset's
+            for block in teacher_kinds.names():  # the config's block refines the preset's
                 if isinstance(preset.get(block), dict) and isinstance(data.get(block), dict):
                     merged[block] = {**preset[block], **data[block]}
             data = merged
@@ -264,17 +263,23 @@ class TeachConfig(Strict):
         return data
 
     @model_validator(mode="after")
-    def _minatar_teachers(self):
-        found = [g for g in self.games if families.family_of(g) is families.MINATAR]
-        if found and len(found) < len(self.games):
-            raise ValueError(f"games: MinAtar and other families cannot share a teach stage (their frames "
+    def _teacher_kind_learns_games(self):
+        """What the RLlib teacher kind learns, on which runner and with which settings is the
+        kind's to say (algorithms/teacher_kinds.py). Games of per-task families are left to
+        _local_source_fits: RLlib teachers do not record tasks."""
+        kind = teacher_kinds.get(self.algorithm)
+        found = {}  # family name -> family, of the games a teacher learns as a whole
+        for game in self.games:
+            family = families.family_of(game)
+            if not family.per_goal:
+                found.setdefault(family.name, family)
+        if len({tuple(f.frame_shape) for f in found.values()}) > 1:
+            raise ValueError(f"games: {' and '.join(found)} games cannot share a teach stage (their frames "
                              f"differ); got {self.games}")
-        if found and (self.runner != "vector" or self.algorithm not in ("ppo", "dqn")):
-            raise ValueError(f"games: MinAtar teachers are algorithm ppo or dqn on runner: vector "
-                             f"(got algorithm {self.algorithm!r}, runner {self.runner!r})")
-        if found and self.algorithm == "dqn" and not self.dqn.prioritized:
-            raise ValueError("dqn: MinAtar DQN needs prioritized: true (RLlib's episode replay); the "
-                             "frame replay stores 84x84 Atari frame stacks")
+        for family in found.values() if kind is not None else []:
+            refused = teacher_kinds.refusal(kind, family, self.runner, getattr(self, kind.name))
+            if refused is not None:
+                raise ValueError(f"{refused[0]}: {refused[1]}")
         return self
 
     @model_validator(mode="after")
@@ -340,6 +345,19 @@ class TeachConfig(Strict):
             raise ValueError(f"env_steps ({self.env_steps}) is smaller than env_steps_per_iter "
                              f"({self.env_steps_per_iter}); raise env_steps or lower env_steps_per_iter")
         return self
+
+
+def teacher_settings(cfg: TeachConfig) -> dict:
+    """The teacher's complete settings: every argument of `teacher_config` except the game,
+    seed, budget and recording. The manifest records them; the `scratch` baseline replays them."""
+    return {"algorithm": cfg.algorithm, "preset": cfg.preset, "lr": cfg.lr, "cnn": cfg.cnn,
+            "reward": cfg.reward, "env_steps_per_iter": cfg.env_steps_per_iter,
+            "num_envs": cfg.num_envs_per_runner, "num_env_runners": cfg.num_env_runners,
+            "runner": cfg.runner, "env_threads": cfg.env_threads,
+            # the Atari protocol, where the family's envs take it; others follow their own (envs/families.py)
+            "protocol": cfg.protocol.model_dump() if families.family_of(cfg.games[0]).takes_protocol else {},
+            "max_episode_steps": cfg.max_episode_steps,
+            "settings": getattr(cfg, cfg.algorithm).model_dump()}
 
 
 class DataParams(Strict):
@@ -909,7 +927,7 @@ def load_experiment(path: str | Path, scale: str | None = None) -> "ExperimentCo
         # A scale that names a preset takes the preset's settings whole: the base's values of
         # those fields and its algorithm block (sized for the demo) do not carry over.
         algorithm = teach.get("algorithm", data["teach"].get("algorithm"))
-        dropped = set(PRESETS.get(algorithm, {}).get(teach["preset"], {})) | {"ppo", "appo", "dqn"}
+        dropped = set(PRESETS.get(algorithm, {}).get(teach["preset"], {})) | set(teacher_kinds.names())
         data = {**data, "teach": {k: v for k, v in data["teach"].items() if k not in dropped}}
     data = merge(data, override)
     data["scale"] = scale

@@ -14,6 +14,7 @@ import json
 import math
 from dataclasses import dataclass, field
 
+from understudy.algorithms import teacher_kinds
 from understudy.envs import family_of
 from understudy.platform import resources, shipped
 from understudy.platform.config import DistillConfig, EvaluateConfig, TeachConfig
@@ -53,11 +54,11 @@ class Speed:
 
 def teacher_speed(algorithm: str, game: str) -> Speed:
     """Env steps per second of one teacher trial (one CPU), from bench/learning.py's
-    interleaved wall-clock runs; Dark Room's tabular source from its demo run."""
+    interleaved wall-clock runs: the file the teacher kind names for the game's family
+    (algorithms/teacher_kinds.py)."""
     family = family_of(game).name
-    files = {("ppo", "ale"): "learning_ppo_breakout.json", ("dqn", "ale"): "learning_dqn_breakout.json",
-             ("ppo", "minatar"): "learning_ppo_minatar_breakout.json"}
-    name = files.get((algorithm, family))
+    kind = teacher_kinds.get(algorithm)
+    name = kind.speeds.get(family) if kind is not None else None
     data = _load(name) if name else {}
     if data.get("teacher_wall_s") and data.get("speed_env_steps", {}).get("teacher"):
         steps = data["speed_env_steps"]["teacher"]
@@ -174,16 +175,9 @@ class StageCost:
 
 
 def _teacher_updates(cfg: TeachConfig) -> int:
-    """Gradient updates of one teacher trial."""
-    if cfg.algorithm == "ppo":
-        iterations = math.ceil(cfg.env_steps / cfg.env_steps_per_iter)
-        return iterations * cfg.ppo.num_epochs * cfg.ppo.num_minibatches
-    if cfg.algorithm == "dqn":
-        trained = max(0, cfg.env_steps - cfg.dqn.learning_starts)
-        return int(trained * cfg.dqn.training_intensity / cfg.dqn.batch_size)
-    if cfg.algorithm == "appo":
-        return math.ceil(cfg.env_steps / cfg.env_steps_per_iter) * cfg.appo.circular_buffer_iterations_per_batch
-    return cfg.env_steps  # tabular Q-learning: one update per step (plus its planning sweeps)
+    """Gradient updates of one RLlib teacher trial: its kind's count (algorithms/teacher_kinds.py)."""
+    kind = teacher_kinds.get(cfg.algorithm)
+    return kind.updates(getattr(cfg, kind.name), cfg.env_steps, cfg.env_steps_per_iter)
 
 
 def _this_machine() -> resources.Cluster:

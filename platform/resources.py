@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from understudy.platform.config import ConfigError, DistillConfig, EvaluateConfig, TeachConfig
+from understudy.platform.config import ConfigError, DistillConfig, EvaluateConfig, TeachConfig, teacher_settings
 
 # Agents that run an imitator's network while they play; the others (teacher, random, no-op)
 # act with a small CNN or no network and stay on the CPU.
@@ -88,7 +88,6 @@ def teach_placements(cfg: TeachConfig, gpus: int) -> list[Placement]:
     if cfg.local_source is not None:  # a history source recording in the driver (algorithms/sources.py)
         return [Placement("teach", f"{cfg.local_source.description} (in the driver)", (_bundle(0),), 1)]
     from understudy.algorithms.teachers import teacher_config_from
-    from understudy.platform.teach import teacher_settings
 
     config = teacher_config_from(teacher_settings(cfg), game=cfg.games[0], seed=cfg.seeds[0],
                                  env_steps=cfg.env_steps, record=None, num_gpus_per_learner=gpus)

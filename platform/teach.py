@@ -11,7 +11,7 @@ from understudy.algorithms import sources
 from understudy.envs import AtariProtocol, family_of
 from understudy.histories import shards
 from understudy.platform import plots, reproducibility, resources, storage, tracking
-from understudy.platform.config import TeachConfig, config_digest
+from understudy.platform.config import TeachConfig, config_digest, teacher_settings
 from understudy.platform.manifests import TeachManifest
 from understudy.platform.workspace import Study, Workspace, keep_tune_state_current
 
@@ -39,19 +39,6 @@ def verdict_line(verdict: dict | None) -> str:
     return (f"learned: {verdict['learned']} (final return {verdict['final_return']:.4g} by "
             f"{verdict['basis']}; random {verdict['random_score']:.4g}, normalised "
             f"{verdict['normalised']:.3f}, needs >= {verdict['margin']:g})")
-
-
-def teacher_settings(cfg: TeachConfig) -> dict:
-    """The teacher's complete settings: every argument of `teacher_config` except the game,
-    seed, budget and recording. The manifest records them; the `scratch` baseline replays them."""
-    return {"algorithm": cfg.algorithm, "preset": cfg.preset, "lr": cfg.lr, "cnn": cfg.cnn,
-            "reward": cfg.reward, "env_steps_per_iter": cfg.env_steps_per_iter,
-            "num_envs": cfg.num_envs_per_runner, "num_env_runners": cfg.num_env_runners,
-            "runner": cfg.runner, "env_threads": cfg.env_threads,
-            # the Atari protocol, where the family's envs take it; others follow their own (envs/families.py)
-            "protocol": cfg.protocol.model_dump() if family_of(cfg.games[0]).takes_protocol else {},
-            "max_episode_steps": cfg.max_episode_steps,
-            "settings": getattr(cfg, cfg.algorithm).model_dump()}
 
 
 GREEDY_KEY = "evaluation/env_runners/episode_return_mean"

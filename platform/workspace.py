@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
+from understudy.algorithms import rllib_compat
 from understudy.platform.manifests import MANIFESTS
 
 
@@ -83,12 +84,13 @@ def repair_tune_state(experiment_path: str, temp_root: str | None = None) -> lis
     root = temp_root or os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()
     experiment = os.path.basename(experiment_path.rstrip("/"))
     unrepaired = []
-    for path in sorted(glob.glob(os.path.join(experiment_path, "experiment_state-*.json"))
-                       + glob.glob(os.path.join(experiment_path, "basic-variant-state-*.json"))):
+    # Tune's own file names and staging folders: rllib_compat checks them against the installed Tune
+    staging = [part.format(experiment=experiment) for part in rllib_compat.TUNE_STAGING]
+    for path in sorted(p for pattern in rllib_compat.TUNE_STATE_FILES
+                       for p in glob.glob(os.path.join(experiment_path, pattern))):
         if readable(path):
             continue
-        copies = glob.glob(os.path.join(root, "ray", "session_*", "artifacts", "*", experiment,
-                                        "driver_artifacts", os.path.basename(path)))
+        copies = glob.glob(os.path.join(root, *staging, os.path.basename(path)))
         good = [c for c in sorted(copies, key=os.path.getmtime, reverse=True) if readable(c)]
         if not good:
             unrepaired.append(path)

@@ -201,7 +201,7 @@ def test_full_scales_take_the_presets_whole():
 def test_the_manifest_settings_rebuild_the_teachers_rllib_config():
     """What teach records is all `teacher_config` needs: the scratch baseline replays it."""
     from understudy.algorithms.teachers import teacher_config_from
-    from understudy.platform.teach import teacher_settings
+    from understudy.platform.config import teacher_settings
 
     cfg = parse_config({**TEACH, "preset": "atari"})
     rllib = teacher_config_from(teacher_settings(cfg), game="Pong", seed=3, env_steps=10_000, record=None)

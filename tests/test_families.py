@@ -1,5 +1,9 @@
 """The env families (ALE, MinAtar, Dark Room) behind one interface, and MinAtar's one
 observation space for all five games. Real ale-py and minatar games, tiny scale."""
+import dataclasses
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -148,10 +152,99 @@ def test_each_family_names_an_encoder_that_reads_its_observations():
     """EnvFamily.encoder is what a model reads the family with when a config names none: one of
     the encoders declared once in algorithms/encoders.py, reading the family's frames."""
     from understudy.algorithms import encoders
-    from understudy.envs import FAMILIES
 
-    for family in FAMILIES:
+    for family in families.registered():
         assert encoders.reads(family.encoder, family.frame_shape), family.name
         assert family.encoder in encoders.readers(family.frame_shape)
     assert encoders.readers(MINATAR.frame_shape) == ["minatar"]
     assert set(encoders.readers(ALE.frame_shape)) == {"nature", "small", "grid"}
+
+
+# ---- the registry, and a family from outside the package ----------------------------------------
+
+PLUGIN = Path(__file__).resolve().parent / "plugin_pkg"
+CATCH_PLACE = "understudy_plugin_example.family:CATCH"
+
+
+def test_families_are_asked_the_more_specific_first_and_ale_last():
+    order = [f.name for f in families.registered()]
+    assert order[:3] == ["minatar_columns", "minatar", "darkroom"] and order[-1] == "ale"
+    # MinAtar claims every name with its prefix: a misspelt one gets MinAtar's names, not ALE's
+    assert family_of("MinAtar/Breakot") is MINATAR and family_of("Breakot") is ALE
+    with pytest.raises(ValueError, match="already registered"):
+        families.register(dataclasses.replace(DARKROOM, games=lambda: ["Other"]))
+    with pytest.raises(ValueError, match="'ale' is already registered"):  # the catch-all's name too
+        families.register(dataclasses.replace(DARKROOM, name="ale"))
+    with pytest.raises(ValueError, match="already the catch-all"):
+        families.register(dataclasses.replace(DARKROOM, name="other"), catch_all=True)
+    assert families.register(DARKROOM) is DARKROOM  # the same family again: nothing changes
+    assert [f.name for f in families.registered()] == order
+
+
+@pytest.fixture
+def outside(tmp_path, monkeypatch):
+    """tests/plugin_pkg importable and declared by an installed distribution's entry point, as
+    pip would install it, with the registry and the imported modules restored afterwards."""
+    dist = tmp_path / "understudy_plugin_example-0.1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: understudy-plugin-example\nVersion: 0.1.0\n")
+    (dist / "entry_points.txt").write_text(f"[{families.ENTRY_POINTS}]\ncatch = {CATCH_PLACE}\n")
+    monkeypatch.syspath_prepend(str(PLUGIN))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(families, "_FAMILIES", dict(families._FAMILIES))
+    monkeypatch.setattr(families, "_PLUGINS_LOADED", [])
+    yield tmp_path
+    for name in [m for m in sys.modules if m.startswith("understudy_plugin_example")]:
+        del sys.modules[name]
+
+
+def test_a_family_from_an_installed_package_is_found_and_validated_like_a_builtin(outside):
+    from understudy.platform.config import ConfigError, parse_config
+
+    catch = family_of("catch")
+    assert catch.name == "catch" and catch.protocol == {"catch.size": 10}
+    assert families.canonical_game("CATCH") == "Catch" and catch.frame_shape == (10, 10, 10)
+    assert [f.name for f in families.registered()][-2:] == ["catch", "ale"]  # asked before the catch-all
+    teach = parse_config({"kind": "teach", "algorithm": "ppo", "games": ["catch"], "env_steps": 512, "cnn": "minatar"})
+    assert teach.games == ["Catch"]
+    with pytest.raises(ConfigError, match="Catch is catch, of 10x10x10 observations: cnn: minatar"):
+        parse_config({"kind": "teach", "algorithm": "ppo", "games": ["Catch"], "env_steps": 512})
+    distill = parse_config({"kind": "distill", "teacher": "t", "game": "Catch", "algorithm": "bc"})
+    assert distill.model.cnn == "minatar"  # the family's encoder
+    evaluate = parse_config({"kind": "evaluate", "teacher": "t", "imitator": "i", "games": ["Catch"]})
+    assert evaluate.games == ["Catch"]
+
+
+def test_a_family_named_in_the_environment_by_its_place(outside, monkeypatch):
+    (outside / "understudy_plugin_example-0.1.0.dist-info" / "entry_points.txt").unlink()
+    monkeypatch.setenv(families.PLACES, CATCH_PLACE)
+    assert family_of("Catch").name == "catch"
+    with pytest.raises(ValueError, match="has no attribute 'NOPE'"):
+        families.load("understudy_plugin_example.family:NOPE")
+    with pytest.raises(ValueError, match="Catch is not an EnvFamily"):
+        families.load("understudy_plugin_example.family:Catch")
+    with pytest.raises(ValueError, match="module 'no_such_module' cannot be imported"):
+        families.load("no_such_module:X")
+    monkeypatch.setattr(families, "_PLUGINS_LOADED", [])
+    monkeypatch.setenv(families.PLACES, f"{CATCH_PLACE},understudy_plugin_example.family:Catch")
+    for _ in range(2):  # a broken place is said at every lookup, not only the first
+        with pytest.raises(ValueError, match="Catch is not an EnvFamily"):
+            family_of("Pong")
+
+
+def test_a_gymnasium_family_plays_as_every_family_does(outside):
+    """The Gymnasium adapter: raw scores, the family's frames, a new episode on the step after
+    one ends (its action ignored), or at once for evaluation's envs."""
+    catch = family_of("Catch")
+    env = catch.make_vector_env("Catch", 3)
+    obs, info = env.reset(seed=0)
+    assert obs.shape == (3, 10, 10, 10) and obs.dtype == np.uint8 and list(info["env_id"]) == [0, 1, 2]
+    for _ in range(9):
+        env.send(np.ones(3, np.int64))
+        obs, reward, terminated, truncated, _ = env.recv()
+    assert terminated.all() and set(reward) <= {-1.0, 1.0}
+    obs, reward, terminated, _, _ = env.step(np.zeros(3, np.int64))  # ignored: new episodes start
+    assert not terminated.any() and not reward.any() and obs[:, 0, :, 1].any(-1).all()  # the ball on the top row
+    returns = families.random_returns(families.make_play_env("Catch", 8), 200)
+    random, best = catch.reference("Catch")
+    assert len(returns) == 200 and random - 0.2 < np.mean(returns) < random + 0.2 and best == 1.0

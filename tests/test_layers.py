@@ -10,20 +10,23 @@ ROOT = Path(__file__).resolve().parent.parent
 ORDER = ["envs", "histories", "algorithms", "platform"]
 
 
-def understudy_imports(path: Path) -> set[str]:
-    """The layers a file imports from (top-level and inside functions alike)."""
-    found = set()
+def imported_names(path: Path) -> list[list[str]]:
+    """Each project name a file imports, split at its dots (top-level and inside functions alike):
+    ["understudy", "envs", "families", "family_of"]."""
+    found = []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         names = []
         if isinstance(node, ast.ImportFrom) and node.module:
             names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
         elif isinstance(node, ast.Import):
             names = [a.name for a in node.names]
-        for name in names:
-            parts = name.split(".")
-            if parts[0] == "understudy" and len(parts) > 1:
-                found.add(parts[1])
+        found += [name.split(".") for name in names if name.split(".")[0] == "understudy"]
     return found
+
+
+def understudy_imports(path: Path) -> set[str]:
+    """The layers a file imports from."""
+    return {parts[1] for parts in imported_names(path) if len(parts) > 1}
 
 
 @pytest.mark.parametrize("layer", ORDER)
@@ -57,3 +60,37 @@ def test_nothing_reads_outside_the_repository():
         if "../shared" in text or '"..", "shared"' in text:
             offenders.append(str(path.relative_to(ROOT)))
     assert not offenders
+
+
+def module_imports(path: Path) -> set[str]:
+    """The project's modules a file imports ("platform.teach")."""
+    return {f"{parts[1]}.{parts[2]}" for parts in imported_names(path)
+            if len(parts) > 2 and (ROOT / parts[1] / f"{parts[2]}.py").is_file()}
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Each cycle of `graph` (module -> the modules it imports), once, from its smallest module."""
+    cycles = []
+
+    def walk(start, node, path):
+        for nxt in sorted(graph.get(node, ())):
+            if nxt == start:
+                cycles.append(path)
+            elif nxt not in path and nxt > start:
+                walk(start, nxt, path + [nxt])
+
+    for start in sorted(graph):
+        walk(start, start, [start])
+    return cycles
+
+
+def test_no_import_cycles():
+    """No module imports one that imports it back, even inside a function (platform/resources.py
+    and platform/teach.py once did)."""
+    graph = {f"{layer}.{p.stem}": module_imports(p) - {f"{layer}.{p.stem}"}
+             for layer in ORDER for p in sorted((ROOT / layer).glob("*.py"))}
+    assert not import_cycles(graph)
+
+
+def test_the_check_sees_an_import_cycle():
+    assert import_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]

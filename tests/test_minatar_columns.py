@@ -259,7 +259,7 @@ def test_registered_as_its_own_per_task_family():
     for name in ("MinAtar/SpaceInvaders-columns", "minatar/space_invaders_columns"):
         assert family_of(name) is MINATAR_COLUMNS
         assert families.canonical_game(name) == mc.GAME
-    assert MINATAR_COLUMNS.games() == [mc.GAME] and MINATAR_COLUMNS in families.FAMILIES
+    assert MINATAR_COLUMNS.games() == [mc.GAME] and MINATAR_COLUMNS in families.registered()
     assert MINATAR_COLUMNS.per_goal and not MINATAR_COLUMNS.stacked
     assert MINATAR_COLUMNS.episode_steps is None and MINATAR_COLUMNS.longest_episode == mc.EPISODE_CAP
     assert MINATAR_COLUMNS.frame_shape == minatar.OBS_SHAPE and MINATAR_COLUMNS.shared_actions == 6

@@ -1,13 +1,14 @@
-"""platform/ asks the registries what an imitator, an env family or an encoder does and never
-branches on its name: no comparison or membership test against an imitator's, a family's or an
-encoder's name, no identity test against a family object, no import of one family's own module.
+"""platform/ asks the registries what an imitator, an env family, an encoder or an RLlib teacher
+kind does and never branches on its name: no comparison or membership test against an
+imitator's, a family's, an encoder's or a teacher kind's name, no identity test against a family
+object, no import of one family's own module.
 The branches still there are listed in KNOWN with why; one fixed must leave the list, and a new
 one fails (tests/test_sources.py holds the same for history sources)."""
 import ast
 from pathlib import Path
 
-from understudy.algorithms import encoders, imitators
-from understudy.envs import FAMILIES
+from understudy.algorithms import encoders, imitators, teacher_kinds
+from understudy.envs import families
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILY_OBJECTS = {"ALE", "MINATAR", "MINATAR_COLUMNS", "DARKROOM"}  # envs/families.py
@@ -15,11 +16,7 @@ FAMILY_MODULES = {"understudy.envs.atari", "understudy.envs.darkroom", "understu
                   "understudy.envs.minatar_columns"}
 
 # (file, the branch's source) -> why it is still there
-KNOWN = {
-    ("config.py", "families.family_of(g) is families.MINATAR"):
-        "TeachConfig._minatar_teachers: what RLlib teachers support on MinAtar (runner, algorithms, DQN's "
-        "replay): the teacher-kind side, still by name",
-}
+KNOWN: dict[tuple[str, str], str] = {}
 
 
 def _strings(node) -> list[str]:
@@ -52,10 +49,11 @@ def branches(path: Path, names: set[str]) -> list[tuple[str, str]]:
 
 
 def names() -> set[str]:
-    return set(imitators.names()) | {f.name for f in FAMILIES} | set(encoders.ENCODERS)
+    return (set(imitators.names()) | {f.name for f in families.registered()} | set(encoders.ENCODERS)
+            | set(teacher_kinds.names()))
 
 
-def test_platform_never_branches_on_an_imitator_family_or_encoder_name():
+def test_platform_never_branches_on_an_imitator_family_encoder_or_teacher_kind_name():
     found = [b for p in sorted((ROOT / "platform").glob("*.py")) for b in branches(p, names())]
     new = [f"{f}: {src}" for f, src in found if (f, src) not in KNOWN]
     assert not new, f"branches on a name in platform/ (ask the registry instead): {new}"
@@ -71,7 +69,8 @@ def test_the_check_sees_each_kind_of_branch(tmp_path):
                    "if family.name != \"darkroom\": pass\n"
                    "if family is ALE: pass\n"
                    "if 'small' == cnn: pass\n"
+                   "if cfg.algorithm == \"dqn\": pass\n"
                    "if kind in AGENT_KINDS or x == 'teacher': pass\n")
     assert [src for _, src in branches(bad, names())] == [
         "from understudy.envs.darkroom import NUM_ACTIONS", "cfg.algorithm == 'ad'", "algorithm in ('bc', 'dt')",
-        'family.name != "darkroom"', "family is ALE", "'small' == cnn"]
+        'family.name != "darkroom"', "family is ALE", "'small' == cnn", 'cfg.algorithm == "dqn"']

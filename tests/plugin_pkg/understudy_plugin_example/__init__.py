@@ -1,1 +1,2 @@
-"""An example of a user's own package that adds an imitator to understudy (docs/extending.md)."""
+"""An example of a user's own package that adds an imitator and an env family to understudy
+(docs/extending.md)."""
