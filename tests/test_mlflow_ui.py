@@ -1,15 +1,18 @@
 """What a person sees of a study in MLflow's UI, checked through a real `mlflow server`
-(PostgreSQL backend store, proxied artifacts): studies open in the training-runs view and
-registered imitators have signatures."""
+(PostgreSQL backend store, proxied artifacts): studies open in the training-runs view,
+registered imitators have signatures, and evaluations carry GIFs of episodes."""
+import base64
 import glob
+import io
 import os
 
 import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from PIL import Image
 
-from understudy.platform import tracking
+from understudy.platform import episode_gifs, tracking
 from understudy.platform.workspace import Workspace
 
 
@@ -101,4 +104,74 @@ def test_behaviour_cloning_declares_its_frame_stacks():
     assert example.shape == (1, 84, 84, 4)
     assert [s.shape for s in signature.inputs.inputs] == [(-1, 84, 84, 4)]
     assert [s.shape for s in signature.outputs.inputs] == [(-1, 18)]
+
+
+def frames_of(text: str) -> list[Image.Image]:
+    gif = Image.open(io.BytesIO(base64.b64decode(text)))
+    frames = []
+    for i in range(gif.n_frames):
+        gif.seek(i)
+        frames.append(gif.convert("RGB").copy())
+    return frames
+
+
+def duration_ms(text: str) -> int:
+    gif = Image.open(io.BytesIO(base64.b64decode(text)))
+    total = 0
+    for i in range(gif.n_frames):
+        gif.seek(i)
+        total += gif.info["duration"]
+    return total
+
+
+def test_a_clip_keeps_the_first_and_last_episode_of_copy_0_within_its_frame_cap():
+    """Dark Room through the players' own loop: three 20-step episodes per copy; the clip holds
+    copy 0's first and third, each at most MAX_FRAMES frames, the agent's lit cell moving."""
+    from understudy.envs.darkroom import NUM_ACTIONS, DarkRoomFrames, darkroom_goals
+    from understudy.platform.players import _Stateless, play_episodes
+
+    rng = np.random.default_rng(0)
+    player = _Stateless(lambda obs: rng.integers(NUM_ACTIONS, size=len(obs)))
+    clip = episode_gifs.EpisodeClip(max_frames=8)
+    played = play_episodes(DarkRoomFrames(darkroom_goals("heldout")[:2]), player, 1, NUM_ACTIONS, 3, 0, clip=clip)
+    assert [len(p) for p in played] == [3, 3]
+    # 20 steps kept within 8 frames: every 4th (20 -> 10 -> 5)
+    assert len(clip.first) == len(clip.last) == 5 and clip.first_stride == clip.last_stride == 4
+    gifs = clip.gifs(stacked=True)
+    first, last = frames_of(gifs["first"]), frames_of(gifs["last"])
+    # (a GIF merges a frame into the one before when they are the same: a step that stayed put)
+    assert 1 < len(first) <= 5 and 1 <= len(last) <= 5 and first[0].size == (84, 84)
+    assert len({f.tobytes() for f in first}) > 1  # it moves
+    assert duration_ms(gifs["first"]) == 5 * 4 * episode_gifs.FRAME_MS  # each frame shown for the steps it stands for
+
+
+def test_minatar_frames_are_coloured_and_enlarged():
+    obs = np.zeros((10, 10, 4), bool)
+    obs[2, 3, 0] = obs[7, 7, 3] = True
+    picture = episode_gifs.image(obs, stacked=False)
+    assert picture.shape == (60, 60, 3)
+    assert picture[0, 0].sum() == 0
+    assert picture[2 * 6, 3 * 6].sum() > 0 and picture[7 * 6, 7 * 6].sum() > 0
+    assert not np.array_equal(picture[2 * 6, 3 * 6], picture[7 * 6, 7 * 6])
+
+
+def test_an_evaluation_task_logs_gifs_of_its_first_and_last_episode(ray_session, ws, server):
+    """A real evaluation task (players.play, a Ray task) on Dark Room returns its GIFs, and
+    they reach the agent's run as MLflow artifacts that open as animations."""
+    import ray
+
+    from understudy.platform.players import Agent, play
+
+    result = ray.get(play.remote(Agent("random", run_seed=0), "DarkRoom", {}, 2, 1, None, False, 7,
+                                 goal_split="heldout"))
+    assert set(result["gifs"]) == {"first", "last"}
+    client = MlflowClient(server.uri)
+    run = client.create_run(client.create_experiment("ui-gifs")).info.run_id
+    assert episode_gifs.log_gifs(client, run, result["gifs"]) == ["episodes/first_episode.gif",
+                                                                 "episodes/last_episode.gif"]
+    assert {a.path for a in client.list_artifacts(run, "episodes")} == {"episodes/first_episode.gif",
+                                                                        "episodes/last_episode.gif"}
+    local = client.download_artifacts(run, "episodes/last_episode.gif", str(ws.root))
+    with Image.open(local) as gif:
+        assert gif.format == "GIF" and 1 < gif.n_frames <= episode_gifs.MAX_FRAMES
 
