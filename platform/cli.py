@@ -1,4 +1,6 @@
-"""`understudy`: one subcommand per stage, and `demo` / `pipeline` to run them all.
+"""`understudy`: one subcommand per stage, `pipeline` to run them all, `experiment` for a ready
+experiment, and `demo`: a short Atari teach-and-record stage, then Dark Room's in-context
+learning curve (platform/demo.py).
 
 Configs are validated before Ray starts, and so are the places a run needs (preflight.py): the
 Ray cluster (RAY_ADDRESS), an MLflow tracking server, object storage and its credentials.
@@ -19,7 +21,7 @@ from understudy.platform import preflight
 from understudy.platform.config import ConfigError, PipelineConfig, load_config, stage_config
 from understudy.platform.workspace import StageInvalid, StageMissing, Workspace
 
-DEMO_CONFIG = "tune_configs/pipelines/demo.yaml"
+DEMO_CONFIG = "tune_configs/demo.yaml"
 REQUIRED_MODULES = ["torch", "ray.rllib", "ray.tune", "ale_py", "cv2", "pyarrow", "mlflow", "gymnasium"]
 
 
@@ -131,10 +133,31 @@ def cmd_experiment(cfg, ws, resume: bool = False):
     manifest = run_experiment(cfg, ws, STAGES, resume=resume)
     print(f"\nExperiment {cfg.name!r} ({cfg.scale}) finished in {manifest.seconds:.0f}s.\n")
     print(manifest.table)
-    print(f"\nAgain, from MLflow: understudy report {cfg.name}\n"
-          f"In MLflow, this run of study {cfg.name!r} and every run nested under it:\n  {tracking_url(ws)}")
+    study = ws.study.name if ws.study else cfg.name  # the demo runs an experiment inside its own study
+    again = f"Again, from MLflow: understudy report {cfg.name}\n" if study == cfg.name else ""
+    print(f"\n{again}In MLflow, this run of study {study!r} and every run nested under it:\n  {tracking_url(ws)}")
     _done("experiment", t)
     return manifest
+
+
+def cmd_demo(cfg, ws):
+    """The demo (platform/demo.py): Atari teach-and-record, a Dark Room experiment, its curve."""
+    from understudy.platform.demo import run_demo
+
+    t = _banner(f"demo: {cfg.description.strip()}")
+    result = run_demo(cfg, ws, STAGES, cmd_experiment)
+    print(f"\nDemo finished in {result['seconds']:.0f}s. The in-context learning curve: {result['title']}; "
+          "each cell the mean return as a fraction of the goal's optimum\n")
+    print(result["text"])
+    print()
+    for line in result["verdict"]:
+        print(f"  {line}")
+    print(f"  {'This is' if result['shows_the_finding'] else 'This is NOT'} the finding the README describes.")
+    print(f"\nThe curve as a picture: {result['png']} (and in MLflow, on the parent run: in_context_curve.png,"
+          " and the metrics curve/<agent> in its chart view)")
+    print(f"In MLflow, this run of study {cfg.name!r} and every run nested under it:\n  {tracking_url(ws)}")
+    _done("demo", t)
+    return result
 
 
 def tracking_url(ws) -> str:
@@ -151,6 +174,10 @@ def study_of(command: str, cfg, config: str) -> tuple[str, str, dict]:
     if command == "experiment":
         return cfg.name, cfg.description.strip() or f"Experiment {cfg.name}", {
             "experiment": cfg.name, "scale": cfg.scale, "config": config}
+    if command == "demo" and cfg.kind == "demo":
+        return cfg.name, cfg.description.strip() or "The demo", {
+            "config": config, "experiment": cfg.experiment, "scale": cfg.scale,
+            "atari_games": ",".join(cfg.atari.games), "atari_env_steps": cfg.atari.env_steps}
     if command in STAGES:
         return (tracking.lone_study(command),
                 f"Lone `understudy {command}` runs: one parent run per invocation, its stage run nested under it.",
@@ -286,8 +313,10 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--resume", action="store_true",
                        help="continue this config's interrupted run from its last checkpoints (evaluate: "
                             "play only the tasks it had not finished)")
-    for name in ("pipeline", "demo"):
-        s = sub.add_parser(name, help="run teach, distill and evaluate end to end", parents=[where])
+    for name, text in (("pipeline", "run teach, distill and evaluate end to end"),
+                       ("demo", "the demo: a short Atari teach-and-record stage, then frozen AD learning in "
+                                "context on held-out Dark Room goals while ED stays flat (or a pipeline file)")):
+        s = sub.add_parser(name, help=text, parents=[where])
         s.add_argument("config", nargs="?" if name == "demo" else None,
                        default=DEMO_CONFIG if name == "demo" else None)
     s = sub.add_parser("experiment", parents=[where],
@@ -368,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in STAGES:
             cfg = stage_config(path, args.command)
         elif path is not None:
-            cfg = load_config(path, expect=("pipeline",))
+            cfg = load_config(path, expect=("demo", "pipeline") if args.command == "demo" else ("pipeline",))
         preflight.check_all(ws, os.environ.get("RAY_ADDRESS"))
     except ConfigError as err:
         print(f"understudy: config error: {err}", file=sys.stderr)
@@ -414,6 +443,8 @@ def main(argv: list[str] | None = None) -> int:
                 STAGES[args.command](cfg, ws, resume=args.resume)
             elif args.command == "experiment":
                 cmd_experiment(cfg, ws, resume=args.resume)
+            elif cfg.kind == "demo":
+                cmd_demo(cfg, ws)
             else:
                 cmd_pipeline(cfg, ws)
     except (StageMissing, StageInvalid) as err:

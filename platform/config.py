@@ -894,6 +894,31 @@ class ExperimentConfig(Strict):
         return self
 
 
+class DemoConfig(Strict):
+    """`understudy demo`: a short real Atari teach-and-record stage (the Atari path: ALE, RLlib,
+    the recording EnvRunner, shards), then a ready experiment at one of its scales (Dark Room,
+    where the answer is known), whose in-context learning curve the demo ends with."""
+    kind: Literal["demo"] = "demo"
+    name: StageName = "demo"
+    description: str = ""
+    atari: TeachConfig
+    experiment: str  # a ready experiment's name, or a path to an experiment file
+    scale: str = "demo"  # which of the experiment's scales
+    # The agents the curve compares (each must play in the experiment's evaluation)
+    curve_agents: list[str] = Field(default_factory=lambda: ["imitator", "ed", "random"], min_length=1)
+
+    @model_validator(mode="after")
+    def _experiment_exists(self):
+        from understudy.platform import experiment
+
+        cfg = experiment.load(self.experiment, self.scale)  # ConfigError: a ValueError, named
+        missing = [a for a in self.curve_agents if a not in cfg.evaluate.agents]
+        if missing:
+            raise ValueError(f"curve_agents: {missing} do not play in experiment {cfg.name!r} at scale "
+                             f"{self.scale!r} (its agents: {', '.join(cfg.evaluate.agents)})")
+        return self
+
+
 def config_digest(cfg: BaseModel) -> str:
     """A stage config's fingerprint: its manifest records it, so `experiment --resume` knows a
     finished stage ran this very config."""
@@ -935,8 +960,8 @@ def load_experiment(path: str | Path, scale: str | None = None) -> "ExperimentCo
 
 
 KINDS = {"teach": TeachConfig, "distill": DistillConfig, "evaluate": EvaluateConfig,
-         "pipeline": PipelineConfig, "experiment": ExperimentConfig}
-AnyConfig = Union[TeachConfig, DistillConfig, EvaluateConfig, PipelineConfig, ExperimentConfig]
+         "pipeline": PipelineConfig, "experiment": ExperimentConfig, "demo": DemoConfig}
+AnyConfig = Union[TeachConfig, DistillConfig, EvaluateConfig, PipelineConfig, ExperimentConfig, DemoConfig]
 
 
 def _format_error(err: ValidationError, model: type[BaseModel], source: str) -> str:

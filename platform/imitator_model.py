@@ -81,19 +81,92 @@ def copy_code(dest: str) -> str:
     return root
 
 
+class _Reads(dict):
+    """A batch that remembers which of its inputs the model read."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.read: set[str] = set()
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key, default=None):
+        return self[key] if key in self else default
+
+
+def example_input(model):
+    """One batch of what the model reads, as training feeds it (histories.data.make_batch), with
+    a window of 2 steps: an array of frame stacks for a model of single steps (BC), else a dict.
+    None for a model whose frames are not known (a plug-in encoder)."""
+    import numpy as np
+
+    from understudy.algorithms.encoders import ENCODERS
+
+    spec, encoder = model.sample_spec(), ENCODERS.get(getattr(model, "spec", {}).get("cnn"))
+    if encoder is None:
+        return None
+    height, width, per_frame = encoder.frame
+    frame = (height, width, per_frame * spec.stack)
+    if spec.kind == "step":
+        return np.zeros((1, *frame), np.uint8)
+    window = (1, 2)
+    batch = {"obs": np.zeros((*window, *frame), np.uint8),
+             "prev_action": np.full(window, model.spec["num_actions"], np.int64),  # none yet
+             "prev_reward": np.zeros(window, np.float32), "new_episode": np.ones(window, bool),
+             "timestep": np.zeros(window, np.int64), "rtg": np.zeros(window, np.float32)}
+    return batch
+
+
+def signature(model):
+    """(signature, input example) of the model for MLflow: its inputs as tensors of any batch
+    size (and any window length up to its context), found by running it on example_input and
+    keeping only the inputs it read; the output is its action logits. (None, None) where no
+    example can be made."""
+    import numpy as np
+    import torch
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    example = example_input(model)
+    if example is None:
+        return None, None
+    windowed = isinstance(example, dict)
+    batch = _Reads({k: torch.as_tensor(v) for k, v in example.items()}) if windowed else torch.as_tensor(example)
+    with torch.no_grad():
+        out = model(batch)
+    variable = 2 if windowed else 1  # batch (and window) dimensions: any size
+
+    def spec(array, name=None):
+        array = np.asarray(array)
+        return TensorSpec(array.dtype, (-1,) * variable + array.shape[variable:], name)
+
+    if windowed:
+        example = {k: v for k, v in example.items() if k in batch.read}
+    inputs = [spec(v, k) for k, v in example.items()] if windowed else [spec(example)]
+    return ModelSignature(Schema(inputs), Schema([spec(out.numpy())])), example
+
+
 def save(checkpoint_dir: str, path: str) -> None:
     """An MLflow model folder at `path` holding the checkpoint's weights and metadata, the
-    project's code (code/understudy) and its requirements."""
+    project's code (code/understudy), its requirements, and its signature (the inputs the
+    network reads and its logits) where it can be found."""
     import os
     import shutil
     import tempfile
 
     import mlflow.pyfunc
 
+    try:
+        described, example = signature(_load_pyfunc(checkpoint_dir).get_raw_model())
+    except ValueError:  # a plug-in imported only where a caller names it: saved without a signature
+        described = example = None
     with tempfile.TemporaryDirectory() as tmp:
         data = os.path.join(tmp, "checkpoint")
         os.makedirs(data)
         for name in CHECKPOINT_FILES:
             shutil.copy(os.path.join(checkpoint_dir, name), data)
         mlflow.pyfunc.save_model(path, loader_module=__name__, data_path=data,
+                                 signature=described, input_example=example,
                                  code_paths=[copy_code(tmp)], pip_requirements=requirements())

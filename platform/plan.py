@@ -395,14 +395,21 @@ def format_plan(cfg, costs: list[StageCost], cluster: resources.Cluster) -> str:
 
 
 def run_plan(name: str, scale: str | None) -> str:
-    """The plan of a ready experiment (its name, or a path to an experiment file) at `scale`, or
-    of a pipeline file; ConfigError (one line) for a name, file or scale that does not exist."""
+    """The plan of a ready experiment (its name, or a path to an experiment file) at `scale`, of
+    a pipeline file, or of a demo file (its Atari stage and its experiment); ConfigError (one
+    line) for a name, file or scale that does not exist."""
     from understudy.platform import experiment
     from understudy.platform.config import ConfigError, load_config, read_yaml
 
     path = experiment.experiment_path(name)
     data = read_yaml(path, "experiment or pipeline file")
     kind = data.get("kind") if isinstance(data, dict) else None
+    if kind == "demo":  # its Atari teach stage, then its experiment at the demo's scale (or --scale)
+        cfg = load_config(path, expect=("demo",))
+        cluster = resources.shipped_cluster()
+        exp = experiment.load(cfg.experiment, scale or cfg.scale)
+        return format_plan(cfg.model_copy(update={"scale": exp.scale}),
+                           [teach_cost(cfg.atari, cluster), *plan(exp, cluster)], cluster)
     if kind == "pipeline":
         if scale not in (None, "demo"):
             raise ConfigError(f"{path}: a pipeline has no scales (got --scale {scale}); plan it without --scale")

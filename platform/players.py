@@ -29,6 +29,7 @@ import ray
 from understudy.algorithms import sources
 from understudy.platform import reproducibility, storage
 from understudy.platform.config import CONTROLS  # the imitator's checkpoints, with one input changed
+from understudy.platform.episode_gifs import EpisodeClip
 from understudy.platform.manifests import TeachManifest
 from understudy.platform.teach import StageFailed
 
@@ -244,7 +245,7 @@ class Progress:
 
 def play_episodes(env, player, stack: int, num_actions: int, episodes: int, seed: int,
                   on_step=None, progress=None, env_steps: int | None = None,
-                  carry: dict | None = None) -> list[list[dict]]:
+                  carry: dict | None = None, clip=None) -> list[list[dict]]:
     """The player sees the newest `stack` frames of each observation (0: the whole observation,
     see model_stack). Each of the env's N copies plays `episodes` consecutive episodes with the same player,
     which sees the previous action and reward and where episodes start (so a player with
@@ -265,7 +266,10 @@ def play_episodes(env, player, stack: int, num_actions: int, episodes: int, seed
     `carry`: a player that goes on from an earlier call (the warmup control) keeps its stream:
     the first step's previous action and reward are carry's "prev_action"/"prev_reward" when it
     has them (else none yet and 0), and the call leaves its last step's there, with the
-    "env_steps" it took."""
+    "env_steps" it took.
+
+    `clip` (episode_gifs.EpisodeClip) is shown copy 0's observations and the ends of its
+    episodes, up to its last one that counts."""
     obs, _ = env.reset(seed=seed)
     n = len(obs)
     prev_action, prev_reward = np.full(n, num_actions), np.zeros(n, np.float32)
@@ -286,6 +290,9 @@ def play_episodes(env, player, stack: int, num_actions: int, episodes: int, seed
         return len(played[i]) >= 1 and used[i] >= share
 
     while not all(finished(i) for i in range(n)):
+        recording = clip is not None and not finished(0)
+        if recording:
+            clip.frame(obs[0])
         actions = np.asarray(player.act(obs[..., -stack:] if stack else obs, prev_action, prev_reward,
                                         new_episode))
         if counts is not None and new_episode.any():
@@ -306,6 +313,8 @@ def play_episodes(env, player, stack: int, num_actions: int, episodes: int, seed
                 episode["episodes_in_context"] = int(in_context[i])
             played[i].append(episode)
             used[i] += int(length[i])
+            if i == 0 and recording:
+                clip.end()
         ret[done], length[done] = 0.0, 0
         obs, prev_action, prev_reward, new_episode = next_obs, actions, rewards.astype(np.float32), done
         if progress is not None:
@@ -396,6 +405,7 @@ def play(agent: Agent, game: str, protocol: dict, episodes: int, copies: int, ma
     progress = Progress(f"{agent.kind} on {game}", episodes * env.num_envs, progress_s,
                         out=lambda line: print(line, flush=True), step_total=env_steps)
     carry, warmed = {}, {}
+    clip = EpisodeClip()  # copy 0's first and last episode, to watch (episode_gifs.py)
     try:
         if agent.kind == "warmup":
             if warmup_episodes < 1:
@@ -403,10 +413,12 @@ def play(agent: Agent, game: str, protocol: dict, episodes: int, copies: int, ma
             warmed = warm_up(player, game, protocol, copies, max_episode_steps, goal_split, stack, num_actions,
                              warmup_episodes, seed, carry)
         played = play_episodes(env, player, stack, num_actions, episodes, seed, on_step=on_step,
-                               progress=progress, env_steps=env_steps, carry=carry)
+                               progress=progress, env_steps=env_steps, carry=carry, clip=clip)
     finally:
         env.close()
-    out = {"eval_seed": int(seed), **warmed,
+    from understudy.envs import family_of
+
+    out = {"eval_seed": int(seed), **warmed, "gifs": clip.gifs(family_of(game).stacked),
            "returns": [[e["return"] for e in p] for p in played],
            "lengths": [[e["length"] for e in p] for p in played],
            "episodes_in_context": [[e.get("episodes_in_context") for e in p] for p in played],

@@ -94,3 +94,30 @@ def returns_per_episode(curves: dict, title: str, horizon: float | None = None):
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def fraction_of_optimum(curves: dict, title: str, marks: dict | None = None, horizon: float | None = None):
+    """Per label, (rows, episodes) of returns as fractions of each task's optimum: the mean per
+    episode with a 95% band (normal approximation over rows); the optimum and `marks`
+    ({label: level}) as horizontal lines, `horizon` (the training histories' length) as a
+    vertical one."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for i, (label, curve) in enumerate(curves.items()):
+        curve = np.asarray(curve, float)
+        mean = curve.mean(0)
+        half = 1.96 * curve.std(0) / np.sqrt(len(curve))
+        x = np.arange(1, len(mean) + 1)
+        ax.plot(x, mean, color=f"C{i}", label=label)
+        ax.fill_between(x, mean - half, mean + half, color=f"C{i}", alpha=0.2)
+    ax.axhline(1.0, color="k", lw=1, ls="--", label="optimum")
+    for label, level in (marks or {}).items():
+        ax.axhline(level, color="grey", lw=1, ls=":", label=label)
+    if horizon:
+        ax.axvline(horizon, color="grey", lw=1, ls="-.", label="training histories' length")
+    ax.set_ylim(-0.02, 1.05)
+    ax.set_xlabel("episode on a held-out task (consecutive; weights frozen, context carried)")
+    ax.set_ylabel("return / the task's optimum")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    return fig

@@ -17,6 +17,7 @@ from understudy.envs import family_of
 from understudy.envs.families import is_heldout_split
 from understudy.platform import metrics, plots, tracking
 from understudy.platform.config import EvaluateConfig
+from understudy.platform.episode_gifs import log_gifs
 from understudy.platform.manifests import DistillManifest, EvaluateManifest, TeachManifest
 from understudy.platform.reproducibility import params as params_of
 from understudy.platform.workspace import Study, Workspace
@@ -570,6 +571,9 @@ def report(cfg: EvaluateConfig, ws: Workspace, stage: Study, teach: TeachManifes
             "gradient_steps": sum(r["gradient_steps"] for r in res["runs"])}, tags,
             parent=stage.run_id, start_time=started, source=stage.source)
         tracking.log_metric_series(client, run, "episode_return", _stack(res, "returns").mean(0))
+        gifs = next((r["gifs"] for r in res["runs"] if r.get("gifs")), None)  # the first run's (seed order)
+        if gifs:
+            log_gifs(client, run, gifs)
         for key, value in row.items():
             if isinstance(value, float):
                 client.log_metric(run, key, value)

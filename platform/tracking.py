@@ -28,6 +28,10 @@ from understudy.platform.workspace import Study, Workspace
 DESCRIPTION_TAG = "mlflow.note.content"  # what the MLflow UI shows as a description
 PARENT_TAG = "mlflow.parentRunId"
 WORKSPACE_TAG = "understudy.workspace"  # on an invocation's parent run: the workspace it ran in
+# Which view MLflow 3's UI opens an experiment in. Without it the UI guesses, and a study opens
+# in the GenAI view (traces, "Detect issues"); this value is its training-runs view, the one
+# MLflow's own UI sets when a user picks "machine learning" for an experiment.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 
 
 def client_for(ws: Workspace) -> MlflowClient:
@@ -45,12 +49,14 @@ def experiment_id(client: MlflowClient, ws: Workspace, name: str, description: s
     if exp is not None:
         if description and exp.tags.get(DESCRIPTION_TAG) != description:
             client.set_experiment_tag(exp.experiment_id, DESCRIPTION_TAG, description)
+        if EXPERIMENT_KIND_TAG not in exp.tags:  # a study made before the tag; a kind chosen in the UI stays
+            client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return exp.experiment_id
     # An explicit artifact location: the default would be ./mlruns under whatever the cwd is.
     # With a tracking server, the server's artifact destination is the right default.
     root = ws.artifact_root
-    return client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None,
-                                    tags={DESCRIPTION_TAG: description} if description else None)
+    tags = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, **({DESCRIPTION_TAG: description} if description else {})}
+    return client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None, tags=tags)
 
 
 @functools.cache
