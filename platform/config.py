@@ -909,9 +909,13 @@ class DemoConfig(Strict):
 
     @model_validator(mode="after")
     def _experiment_exists(self):
-        from understudy.platform import experiment
+        from understudy.platform import shipped
 
-        cfg = experiment.load(self.experiment, self.scale)  # ConfigError: a ValueError, named
+        path = shipped.experiment_file(self.experiment)
+        if path is None:
+            raise ValueError(f"experiment {self.experiment!r}: no such file or ready experiment "
+                             "(tune_configs/experiments/)")
+        cfg = load_experiment(path, self.scale)  # ConfigError: a ValueError, named
         missing = [a for a in self.curve_agents if a not in cfg.evaluate.agents]
         if missing:
             raise ValueError(f"curve_agents: {missing} do not play in experiment {cfg.name!r} at scale "

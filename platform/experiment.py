@@ -21,14 +21,11 @@ EXPERIMENTS = shipped.folder(shipped.CONFIGS) / "experiments"
 def experiment_path(name_or_path: str) -> Path:
     """A path to an experiment file (a user's own, or `tune_configs/...` as shipped), or the
     bare name of a ready one in tune_configs/experiments/."""
-    path = shipped.config_path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        return path
-    candidate = EXPERIMENTS / f"{name_or_path}.yaml"
-    if not candidate.exists():
+    path = shipped.experiment_file(name_or_path)
+    if path is None:
         raise ConfigError(f"experiment {name_or_path!r}: no such file or ready experiment; "
                           f"ready ones: {', '.join(available())}")
-    return candidate
+    return path
 
 
 def available() -> list[str]:
