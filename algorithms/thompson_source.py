@@ -67,7 +67,8 @@ class ThompsonColumnsPlayer:
     """A TaskPlayer (annealed_source.play_task_histories) that finds each copy's paying columns by
     Thompson sampling on episode returns. It never reads `tasks`: only the returns it is told."""
 
-    def __init__(self, num_tasks: int, config: ThompsonConfig, seed: int, streams: list):
+    def __init__(self, num_tasks: int, config: ThompsonConfig, streams: list):
+        """`streams`: one numpy Generator per copy, the source of its belief draws."""
         self.config = config
         self.rngs = streams
         columns = minatar_columns.COLUMNS
@@ -117,7 +118,7 @@ def thompson_histories(tasks, config: ThompsonConfig = ThompsonConfig(), seed: i
                          f"minatar_columns only ({minatar_columns.GAME})")
     tasks = minatar_columns.check_tasks(tasks)
     streams = [np.random.default_rng([int(seed), *(int(v) for v in task), 1]) for task in tasks]
-    player = ThompsonColumnsPlayer(len(tasks), config, seed, streams)
+    player = ThompsonColumnsPlayer(len(tasks), config, streams)
     # The aims are known only as they are chosen: run.json, written before play, gets them after.
     summaries = play_task_histories(
         game, tasks, player, episodes=config.episodes, seed=seed, root=root, session=session,

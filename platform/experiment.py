@@ -15,7 +15,7 @@ from understudy.platform.workspace import Workspace, write_json_atomic
 
 # The ready experiments shipped with the package (platform/shipped.py): tune_configs/experiments/
 # in a checkout, inside site-packages when installed from a wheel.
-EXPERIMENTS = shipped.folder(shipped.CONFIGS) / "experiments"
+EXPERIMENTS = shipped.experiments_folder()
 
 
 def experiment_path(name_or_path: str) -> Path:

@@ -68,6 +68,16 @@ def returns_by_agent(results: dict[str, dict[str, list[float]]], title: str):
     return fig
 
 
+def _mean_with_band(ax, rows: np.ndarray, color: str, label: str, **style) -> None:
+    """(rows, episodes): the mean per episode (1-based) with a 95% band, normal approximation
+    over rows."""
+    mean = rows.mean(0)
+    half = 1.96 * rows.std(0) / np.sqrt(len(rows))
+    x = np.arange(1, len(mean) + 1)
+    ax.plot(x, mean, color=color, label=label, **style)
+    ax.fill_between(x, mean - half, mean + half, color=color, alpha=0.2)
+
+
 def returns_per_episode(curves: dict, title: str, horizon: float | None = None):
     """One panel per game: each agent's mean return per episode index over its copies, with a
     95% band (normal approximation over copies); a dashed line at `horizon`, the training
@@ -80,11 +90,7 @@ def returns_per_episode(curves: dict, title: str, horizon: float | None = None):
             returns = curves.get((agent, game))
             if returns is None or not returns.size:
                 continue
-            mean = returns.mean(0)
-            half = 1.96 * returns.std(0) / np.sqrt(len(returns))
-            x = np.arange(1, len(mean) + 1)
-            ax.plot(x, mean, color=f"C{i}", label=agent, marker="o" if len(x) < 12 else None, ms=3)
-            ax.fill_between(x, mean - half, mean + half, color=f"C{i}", alpha=0.2)
+            _mean_with_band(ax, returns, f"C{i}", agent, marker="o" if returns.shape[1] < 12 else None, ms=3)
         if horizon:
             ax.axvline(horizon, color="grey", ls="--", lw=1, label="training history length")
         ax.set_title(game)
@@ -103,12 +109,7 @@ def fraction_of_optimum(curves: dict, title: str, marks: dict | None = None, hor
     vertical one."""
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     for i, (label, curve) in enumerate(curves.items()):
-        curve = np.asarray(curve, float)
-        mean = curve.mean(0)
-        half = 1.96 * curve.std(0) / np.sqrt(len(curve))
-        x = np.arange(1, len(mean) + 1)
-        ax.plot(x, mean, color=f"C{i}", label=label)
-        ax.fill_between(x, mean - half, mean + half, color=f"C{i}", alpha=0.2)
+        _mean_with_band(ax, np.asarray(curve, float), f"C{i}", label)
     ax.axhline(1.0, color="k", lw=1, ls="--", label="optimum")
     for label, level in (marks or {}).items():
         ax.axhline(level, color="grey", lw=1, ls=":", label=label)

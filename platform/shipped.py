@@ -48,11 +48,16 @@ def config_path(path: str | os.PathLike) -> Path:
     return shipped if shipped.exists() else given
 
 
+def experiments_folder() -> Path:
+    """The ready experiments: tune_configs/experiments/ as shipped."""
+    return folder(CONFIGS) / "experiments"
+
+
 def experiment_file(name_or_path: str) -> Path | None:
     """A path to an experiment file (a user's own, or `tune_configs/...` as shipped), or the
     ready experiment of that bare name in tune_configs/experiments/; None where neither exists."""
     path = config_path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         return path
-    candidate = folder(CONFIGS) / "experiments" / f"{name_or_path}.yaml"
+    candidate = experiments_folder() / f"{name_or_path}.yaml"
     return candidate if candidate.exists() else None

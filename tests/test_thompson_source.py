@@ -18,7 +18,7 @@ TASKS = mc.task_goals("train_v2")[:8]
 
 def player(n=1, seed=0, **config):
     config = ThompsonConfig(**{"episodes": 200, **config})
-    return ThompsonColumnsPlayer(n, config, seed, [np.random.default_rng([seed, i]) for i in range(n)])
+    return ThompsonColumnsPlayer(n, config, [np.random.default_rng([seed, i]) for i in range(n)])
 
 
 def test_returns_that_pay_three_columns_draw_the_aim_to_them():
