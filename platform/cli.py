@@ -134,8 +134,8 @@ def cmd_experiment(cfg, ws, resume: bool = False):
     print(f"\nExperiment {cfg.name!r} ({cfg.scale}) finished in {manifest.seconds:.0f}s.\n")
     print(manifest.table)
     study = ws.study.name if ws.study else cfg.name  # the demo runs an experiment inside its own study
-    again = f"Again, from MLflow: understudy report {cfg.name}\n" if study == cfg.name else ""
-    print(f"\n{again}In MLflow, this run of study {study!r} and every run nested under it:\n  {tracking_url(ws)}")
+    print(f"\nAgain, from MLflow: understudy report {cfg.name}\n"
+          f"In MLflow, this run of study {study!r} and every run nested under it:\n  {tracking_url(ws)}")
     _done("experiment", t)
     return manifest
 

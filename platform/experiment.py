@@ -219,14 +219,14 @@ def _interrupted(ws: Workspace, kind: str, name: str) -> bool:
 
 
 def find_report(ws: Workspace, experiment: str):
-    """The newest finished evaluation summary run tagged with `experiment`, in the experiment's
-    study (its MLflow experiment of the same name), or None."""
+    """The newest finished evaluation summary run tagged with `experiment`, in any study of the
+    workspace (the experiment's own, or one that ran it inside, as the demo does), or None."""
     client = tracking.client_for(ws)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
+    studies = [e.experiment_id for e in client.search_experiments(max_results=1000)]
+    if not studies:
         return client, None
     runs = client.search_runs(
-        [exp.experiment_id],
+        studies,
         filter_string=(f"tags.`understudy.summary` = 'true' and "
                        f"tags.`understudy.experiment` = '{experiment}' and attributes.status = 'FINISHED'"),
         order_by=["attributes.start_time DESC"], max_results=1)
@@ -257,8 +257,9 @@ def report(ws: Workspace, experiment: str) -> str:
         table = Path(path).read_text()
     params = run.data.params
     started = time.strftime("%Y-%m-%d %H:%M", time.localtime(run.info.start_time / 1000))
+    study = client.get_experiment(run.info.experiment_id).name
     header = (f"Experiment {experiment}: evaluation {params.get('stage')} of {started} "
-              f"(MLflow run {run.info.run_id})\n"
+              f"(MLflow run {run.info.run_id} in study {study!r})\n"
               f"imitator {params.get('imitator_stage')} trained on {params.get('trained_on')} "
               f"(data {params.get('data_version')}); teacher {params.get('teacher_stage')}; "
               f"{params.get('episodes')} episodes x {params.get('copies')} copies per agent and game\n"

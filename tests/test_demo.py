@@ -145,3 +145,8 @@ def test_the_demo_runs_end_to_end_at_tiny_scale(ray_session, postgres, tmp_path,
         monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)  # where models:/ URIs resolve
         info = mlflow.models.get_model_info(f"models:/demo-test-ad/{versions[0].version}")
         assert info.signature is not None and "prev_reward" in info.signature.inputs.input_names()
+
+        # the experiment inside the demo is found by `report`, though it ran in the demo's study
+        assert "Again, from MLflow: understudy report darkroom_ad" in out
+        assert cli.main(["--workspace", str(ws), "--tracking-uri", server.uri, "report", "darkroom_ad"]) == 0
+        assert "in study 'demo-test'" in capsys.readouterr().out
