@@ -549,6 +549,10 @@ class DistillConfig(Strict):
     # AD reads a context across episodes; one shorter than 2x the data's 95th-percentile episode
     # length cannot hold a previous episode, and distill refuses it unless this says otherwise.
     allow_short_context: bool = False
+    # A cross-episode learner can only copy learning its training windows show: distill refuses
+    # data whose median history gains less than half of one episode's spread across a context
+    # (platform/distill.context_span) unless this says otherwise (logged).
+    allow_flat_windows: bool = False
     allow_unlearned: bool = False  # distil histories of teachers that did not learn (logged)
     # Where the trial (each Ray Train worker) trains (platform/resources.py): auto = a GPU when the cluster has one now.
     device: Literal["auto", "cpu", "gpu"] = "auto"

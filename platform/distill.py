@@ -88,6 +88,7 @@ def context_span(cfg: DistillConfig, train) -> dict:
     else:
         print(f"[distill] context {context} steps: {context / mean:.1f} episodes of mean length {mean:.0f}, "
               f"{context / p95:.1f} of 95th-percentile length {p95:.0f}", flush=True)
+    check_window_gain(cfg, span)
     if "return_gain_per_context" in span:
         print(f"[distill] across one context the teacher's return rises by {span['return_gain_per_context']:+.3g} "
               f"(median over histories {span['return_gain_per_context_median']:+.3g}, each history's slope times "
@@ -96,6 +97,38 @@ def context_span(cfg: DistillConfig, train) -> dict:
               "only copy the improvement its windows show (data.gap spreads a window over more of the history)",
               flush=True)
     return span
+
+
+# A training window must rise by at least this many single episodes' spread (noise_h below)
+# for the median history: below it the learning AD could copy is lost in the episodes' noise.
+MIN_WINDOW_GAIN = 0.5
+MIN_JUDGED_EPISODES = 10  # fewer selected episodes per history: slope and noise are not estimable
+
+
+def check_window_gain(cfg: DistillConfig, span: dict) -> None:
+    """Refuses (StageFailed) data whose median history rises by less than MIN_WINDOW_GAIN of one
+    episode's spread across a context, unless allow_flat_windows (then logged in the span). ED's
+    data (expert_last) is meant to hold no learning and is not judged."""
+    ratio = span.get("gain_over_noise_by_history")
+    span["allow_flat_windows"] = cfg.allow_flat_windows
+    if not ratio or cfg.data.expert_last is not None:
+        return
+    if span["judged_episodes_median"] < MIN_JUDGED_EPISODES:
+        print(f"[distill] window gain not judged: the median history keeps {span['judged_episodes_median']:.0f} "
+              f"episodes, under the {MIN_JUDGED_EPISODES} its slope and noise need", flush=True)
+        return
+    median = span["gain_over_noise_median"]  # None: infinite (most histories rise without noise)
+    if median is None or median >= MIN_WINDOW_GAIN:
+        return
+    what = (f"across one context (model.context {span['context_steps']} steps) the median history's return "
+            f"rises by {median:.3g} of one episode's spread (its own successive-episode noise), below "
+            f"{MIN_WINDOW_GAIN}; {span['histories_at_min_gain']} of {len(ratio)} histories reach it "
+            f"(data.gap {cfg.data.gap}, median gain {span['return_gain_per_context_median']:+.3g})")
+    if not cfg.allow_flat_windows:
+        raise StageFailed(f"distill: {what}. A cross-episode imitator can only copy learning its windows show: "
+                          "raise data.gap (subsample the histories) or model.context, use histories that learn "
+                          "faster, or set allow_flat_windows: true to train anyway (logged)")
+    print(f"[distill] allow_flat_windows: {what}; training anyway", flush=True)
 
 
 def improvement_per_context(train, episodes_per_context: float | None = None, *,
@@ -116,6 +149,13 @@ def improvement_per_context(train, episodes_per_context: float | None = None, *,
     run ids and episodes_h), and the mean spread of single episodes' returns beside them (a gain
     far below the spread: a window shows almost none). {} without such a history.
 
+    Beside each gain, one episode's spread in its own history, noise_h = SD(r_t+1 - r_t) / sqrt(2)
+    (the successive differences remove the learning trend, which the plain SD of a learning
+    history would count as noise), and gain_h / noise_h: the window's rise in units of single
+    episodes' noise. The slope is a straight line through the whole history, so for a curve that
+    rises and then flattens it understates the windows where the rise is and overstates the flat
+    ones.
+
     `context_steps` is the context in env steps; the older positional `episodes_per_context`
     (context / the mean episode length pooled over `train`) is turned back into it."""
     import numpy as np
@@ -126,14 +166,18 @@ def improvement_per_context(train, episodes_per_context: float | None = None, *,
     if context_steps is None:
         steps = [e.steps for h in train for e in h.episodes]
         context_steps = episodes_per_context * (float(np.mean(steps)) if steps else 0.0)
-    gains, spreads, per_episodes, run_ids = [], [], [], []
+    gains, spreads, noises, ratios, per_episodes, run_ids = [], [], [], [], [], []
     for h in train:
         returns = np.array([e.ret for e in h.episodes], dtype=float)
         if len(returns) < 3:
             continue
         episodes = context_steps / float(np.mean([e.steps for e in h.episodes]))
-        gains.append(float(np.polyfit(np.arange(len(returns)), returns, 1)[0]) * episodes)
+        gain = float(np.polyfit(np.arange(len(returns)), returns, 1)[0]) * episodes
+        noise = float(np.diff(returns).std(ddof=1) / np.sqrt(2))
+        gains.append(gain)
         spreads.append(returns.std())
+        noises.append(noise)
+        ratios.append(gain / noise if noise > 0 else (float("inf") if gain > 0 else 0.0))
         per_episodes.append(episodes)
         run_ids.append(getattr(h, "run_id", None))
     if not gains:
@@ -143,7 +187,12 @@ def improvement_per_context(train, episodes_per_context: float | None = None, *,
             "return_gain_per_context_by_history": [round(g, 4) for g in gains],
             "episodes_per_context_by_history": [round(e, 3) for e in per_episodes],
             "history_run_ids": run_ids,
-            "return_std": round(float(np.mean(spreads)), 4)}
+            "return_std": round(float(np.mean(spreads)), 4),
+            "episode_noise_by_history": [round(n, 4) for n in noises],
+            "gain_over_noise_by_history": [round(r, 4) if np.isfinite(r) else None for r in ratios],
+            "gain_over_noise_median": round(float(np.median(ratios)), 4) if np.isfinite(np.median(ratios)) else None,
+            "histories_at_min_gain": int(sum(r >= MIN_WINDOW_GAIN for r in ratios)),
+            "judged_episodes_median": float(np.median([len(h.episodes) for h in train if len(h.episodes) >= 3]))}
 
 
 def returns_by_run(histories) -> dict[str, list[float]]:
