@@ -33,6 +33,7 @@ DARKROOM_DISTILL = textwrap.dedent("""\
     max_batches_per_epoch: 2
     verify_shards: false
     allow_unlearned: true
+    allow_flat_windows: true
     """)
 
 

@@ -37,7 +37,7 @@ def distill_config(tmp_path, **extra):
     path = tmp_path / "distill.yaml"
     path.write_text(yaml.safe_dump({"kind": "distill", "name": "d", "teacher": "t", "game": "Breakout",
                                     "epochs": 1, "data": {"heldout_episodes": 0},
-                                    "allow_unlearned": True, **extra}))
+                                    "allow_unlearned": True, "allow_flat_windows": True, **extra}))
     return str(path)
 
 

@@ -241,7 +241,7 @@ def distill_yaml(tmp_path, **extra):
     cfg = {"kind": "distill", "name": "sweep", "teacher": "tiny", "game": "Breakout",
            "algorithm": "ad", "model": {"context": 64, "d_model": 32, "layers": 1, "cnn": "small"},
            "data": {"heldout_episodes": 2}, "epochs": 2, "batch_size": 8,
-           "allow_unlearned": True, **extra}  # 768-step teachers do not learn
+           "allow_unlearned": True, "allow_flat_windows": True, **extra}  # 768-step teachers do not learn
     path = tmp_path / "distill.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return str(path)

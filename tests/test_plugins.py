@@ -28,7 +28,7 @@ PIPELINE = {
     "teach": {"name": "plugin-teach", "algorithm": "qlearning", "games": ["DarkRoom"], "env_steps": 200},
     "distill": {"name": "plugin-mlp", "game": "DarkRoom", "algorithm": BY_PLACE, "model": {"hidden": 16, "depth": 2},
                 "epochs": 1, "batch_size": 16, "max_batches_per_epoch": 2, "verify_shards": False,
-                "allow_unlearned": True},
+                "allow_unlearned": True, "allow_flat_windows": True},
     "evaluate": {"name": "plugin-eval", "games": ["DarkRoom"], "agents": ["imitator", "random"], "episodes": 2},
 }
 
@@ -115,7 +115,7 @@ CATCH_PIPELINE = {
               "num_envs_per_runner": 4, "env_steps_per_iter": 512},
     "distill": {"name": "catch-mlp", "game": "Catch", "algorithm": BY_ENTRY_POINT, "model": {"hidden": 16},
                 "epochs": 1, "batch_size": 16, "max_batches_per_epoch": 2, "verify_shards": False,
-                "allow_unlearned": True},
+                "allow_unlearned": True, "allow_flat_windows": True},
     "evaluate": {"name": "catch-eval", "games": ["Catch"], "agents": ["imitator", "teacher", "random"],
                  "episodes": 2},
 }

@@ -36,7 +36,7 @@ def _train(context, epochs: int, checkpoint=None) -> list:
                         model={"cnn": "grid", "stack": 1, "context": 40, "d_model": 16, "layers": 1, "heads": 2,
                                "dropout": 0.1},
                         data={"heldout_episodes": 1}, cycle_data=True, max_batches_per_epoch=30,
-                        allow_unlearned=True, verify_shards=False, seed=3, blocks_in_memory=65)
+                        allow_unlearned=True, allow_flat_windows=True, verify_shards=False, seed=3, blocks_in_memory=65)
     kept = []
 
     def report(metrics, checkpoint=None):  # as Tune's report does: the checkpoint is persisted
