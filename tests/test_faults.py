@@ -377,7 +377,8 @@ def test_killed_distill_process_resumes_from_its_last_checkpoint(tmp_path):
     distill.write_text("kind: distill\nname: killed\nteacher: rooms\ngame: DarkRoom\nalgorithm: ad\n"
                        "model: {cnn: grid, stack: 1, context: 40, d_model: 16, layers: 1, heads: 2}\n"
                        "data: {heldout_episodes: 1}\nepochs: 10\nmax_batches_per_epoch: 40\ncycle_data: true\n"
-                       "batch_size: 8\ncpus_per_trial: 1\nallow_unlearned: true\nallow_flat_windows: true\nallow_short_context: true\n")
+                       "batch_size: 8\ncpus_per_trial: 1\nallow_unlearned: true\nallow_flat_windows: true\n"
+                       "allow_short_context: true\n")
     base = [sys.executable, "-m", "understudy.platform.cli", "--workspace", str(ws)]
     env = {**os.environ, "UNDERSTUDY_NUM_CPUS": "2"}
     from understudy.platform.config import load_config

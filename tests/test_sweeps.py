@@ -14,8 +14,8 @@ TEACH = {"kind": "teach", "name": "dr", "algorithm": "qlearning", "games": ["Dar
          "env_steps_per_iter": 20}
 DISTILL = {"kind": "distill", "teacher": "dr", "game": "DarkRoom", "algorithm": "ad",
            "model": {"cnn": "grid", "stack": 1, "context": 40, "d_model": 16, "layers": 1, "heads": 2},
-           "max_batches_per_epoch": 2, "cycle_data": True, "verify_shards": False, "allow_unlearned": True, "allow_flat_windows": True,
-           "lr": 0.001}
+           "max_batches_per_epoch": 2, "cycle_data": True, "verify_shards": False, "allow_unlearned": True,
+           "allow_flat_windows": True, "lr": 0.001}
 
 
 def distill(**extra) -> dict:
