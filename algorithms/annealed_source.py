@@ -37,11 +37,12 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 
-from understudy.algorithms import sources
+from understudy.algorithms import bounds, sources
+from understudy.algorithms.bounds import NonNegative, Positive, Probability
 from understudy.envs import darkroom, minatar_columns
 from understudy.envs.families import EnvFamily, family_of, registered
 from understudy.histories.shards import Episode, ShardWriter, read_catalog, write_run_metadata
@@ -83,22 +84,14 @@ SCHEDULES = ("linear",)
 
 @dataclass(frozen=True)
 class AnnealConfig:
-    episodes: int = 60  # episodes per history (one task, one env copy, played back to back)
-    anneal_episodes: int = 40  # the noise falls over episodes 0..anneal_episodes, then stays at the floor
-    noise_start: float = 1.0  # eps of episode 0: 1.0 is uniformly random play
-    noise_floor: float = 0.0  # eps from episode anneal_episodes on: 0.0 is the expert itself
-    schedule: str = "linear"  # how eps falls between them (SCHEDULES)
+    episodes: Positive = 60  # episodes per history (one task, one env copy, played back to back)
+    anneal_episodes: NonNegative = 40  # the noise falls over episodes 0..anneal_episodes, then stays at the floor
+    noise_start: Probability = 1.0  # eps of episode 0: 1.0 is uniformly random play
+    noise_floor: Probability = 0.0  # eps from episode anneal_episodes on: 0.0 is the expert itself
+    schedule: Literal[SCHEDULES] = "linear"  # how eps falls between them
 
     def __post_init__(self):
-        if self.episodes < 1:
-            raise ValueError(f"episodes: {self.episodes} must be >= 1")
-        if self.anneal_episodes < 0:
-            raise ValueError(f"anneal_episodes: {self.anneal_episodes} must be >= 0")
-        for name in ("noise_start", "noise_floor"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name}: {getattr(self, name)} must be in [0, 1]")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule: {self.schedule!r} is not a noise schedule; valid: {', '.join(SCHEDULES)}")
+        bounds.check(self)  # each field's bounds and choices are in its annotation
 
     def epsilon(self, episode) -> np.ndarray | float:
         """eps(e) = noise_start + (noise_floor - noise_start) * min(1, e / anneal_episodes)

@@ -31,7 +31,8 @@ from typing import Iterator
 
 import numpy as np
 
-from understudy.algorithms import sources
+from understudy.algorithms import bounds, sources
+from understudy.algorithms.bounds import Discount, NonNegative, Positive, Probability, Share
 from understudy.envs import darkroom
 from understudy.envs.darkroom import (
     EPISODE_STEPS,
@@ -50,35 +51,23 @@ ALGORITHM = "qlearning"
 
 @dataclass(frozen=True)
 class QLearningConfig:
-    episodes: int = 40  # length of each learning history
-    learning_rate: float = 1.0  # the room is deterministic: one sample is the expectation
-    discount: float = 0.8
+    episodes: Positive = 40  # length of each learning history
+    learning_rate: Share = 1.0  # the room is deterministic: one sample is the expectation
+    discount: Discount = 0.8
     # Optimistic: an untried action is worth more than any tried unrewarded one, so the greedy
     # agent goes on trying new cells, nearest first, until it finds the goal.
     q_init: float = 3.0
-    epsilon_start: float = 0.0  # optimism explores; epsilon only adds undirected noise
-    epsilon_end: float = 0.0
-    epsilon_decay_fraction: float = 0.75  # share of the history over which epsilon falls linearly
+    epsilon_start: Probability = 0.0  # optimism explores; epsilon only adds undirected noise
+    epsilon_end: Probability = 0.0
+    epsilon_decay_fraction: Share = 0.75  # share of the history over which epsilon falls linearly
     # Dyna-Q planning: after each episode, this many sweeps of the Q update over every
     # transition seen so far (one copy each: the room is deterministic). A reward found late in
     # an episode then reaches the start cell at once, and the way to the goal is the shortest
     # one through the cells tried so far. 0: plain one-step Q-learning.
-    planning_sweeps: int = 30
+    planning_sweeps: NonNegative = 30
 
     def __post_init__(self):
-        if self.episodes < 1:
-            raise ValueError(f"episodes: {self.episodes} must be >= 1")
-        if not 0 < self.learning_rate <= 1:
-            raise ValueError(f"learning_rate: {self.learning_rate} must be in (0, 1]")
-        if not 0 <= self.discount < 1:
-            raise ValueError(f"discount: {self.discount} must be in [0, 1)")
-        for name in ("epsilon_start", "epsilon_end"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name}: {getattr(self, name)} must be in [0, 1]")
-        if self.planning_sweeps < 0:
-            raise ValueError(f"planning_sweeps: {self.planning_sweeps} must be >= 0")
-        if not 0 < self.epsilon_decay_fraction <= 1:
-            raise ValueError(f"epsilon_decay_fraction: {self.epsilon_decay_fraction} must be in (0, 1]")
+        bounds.check(self)  # each field's bounds are in its annotation
 
     def epsilon(self, episode: int) -> float:
         """Behaviour epsilon of an episode: linear from epsilon_start to epsilon_end, then flat."""

@@ -24,13 +24,11 @@ from __future__ import annotations
 import importlib
 import inspect
 from dataclasses import dataclass, replace
-from typing import Annotated, Any, Callable
+from typing import Any, Callable
 
-from annotated_types import Ge, Gt, Lt
-
-Positive = Annotated[int, Gt(0)]  # a size: frames, steps, units, layers, heads
-PositiveFloat = Annotated[float, Gt(0)]
-Rate = Annotated[float, Ge(0), Lt(1)]  # a dropout rate
+# The bounds imitators annotate their constructor arguments with (declared in bounds.py, with
+# the teachers' and sources'), importable from here as plug-ins always have.
+from understudy.algorithms.bounds import Positive, PositiveFloat, Rate  # noqa: F401
 
 # Modules that register a built-in imitator when imported (on first lookup, so that importing
 # this registry stays cheap: no torch).

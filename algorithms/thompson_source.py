@@ -36,8 +36,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from understudy.algorithms import sources
+from understudy.algorithms import bounds, sources
 from understudy.algorithms.annealed_source import learning_curve, play_task_histories
+from understudy.algorithms.bounds import Positive, PositiveFloat, Probability
 from understudy.envs import minatar_columns
 from understudy.envs.families import family_of
 from understudy.histories.shards import read_run_metadata, write_run_metadata
@@ -47,20 +48,14 @@ ALGORITHM = "thompson"
 
 @dataclass(frozen=True)
 class ThompsonConfig:
-    episodes: int = 60  # episodes per history (one task, played back to back)
+    episodes: Positive = 60  # episodes per history (one task, played back to back)
     prior_mean: float = 0.0  # prior mean of each column's worth (return per episode aimed at it)
-    prior_std: float = 3.0  # prior spread of each column's worth
-    return_noise_std: float = 3.0  # the spread of an episode's return given its aim, as assumed
-    action_noise: float = 0.0  # constant chance of a uniformly random action instead of the aim's
+    prior_std: PositiveFloat = 3.0  # prior spread of each column's worth
+    return_noise_std: PositiveFloat = 3.0  # the spread of an episode's return given its aim, as assumed
+    action_noise: Probability = 0.0  # constant chance of a uniformly random action instead of the aim's
 
     def __post_init__(self):
-        if self.episodes < 1:
-            raise ValueError(f"episodes: {self.episodes} must be >= 1")
-        for name in ("prior_std", "return_noise_std"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name}: {getattr(self, name)} must be > 0")
-        if not 0 <= self.action_noise <= 1:
-            raise ValueError(f"action_noise: {self.action_noise} must be in [0, 1]")
+        bounds.check(self)  # each field's bounds are in its annotation
 
 
 class ThompsonColumnsPlayer:

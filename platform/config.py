@@ -7,7 +7,9 @@ command line or the environment, so the same file runs on a laptop and on a clus
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+import typing
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -92,86 +94,36 @@ class Protocol(Strict):
     terminal_on_life_loss: bool = False
 
 
-class PPOParams(Strict):
-    """RLlib PPO's settings; defaults: algorithms.presets.PPOSettings (CleanRL's ppo_atari)."""
-    num_minibatches: PositiveInt = _PPO.num_minibatches
-    num_epochs: PositiveInt = _PPO.num_epochs
-    clip_param: PositiveFloat = _PPO.clip_param
-    entropy_coeff: float = Field(_PPO.entropy_coeff, ge=0.0)
-    vf_loss_coeff: PositiveFloat = _PPO.vf_loss_coeff
-    gae_lambda: float = Field(_PPO.gae_lambda, ge=0.0, le=1.0)
-    gamma: float = Field(_PPO.gamma, ge=0.0, lt=1.0)
-    grad_clip: PositiveFloat = _PPO.grad_clip
-    anneal_lr: bool = _PPO.anneal_lr
-    vf_clip_param: PositiveFloat = _PPO.vf_clip_param
-    use_kl_loss: bool = _PPO.use_kl_loss
+def settings_block(name: str, settings: type, doc: str, leave_out: tuple[str, ...] = (), **own) -> type[Strict]:
+    """A teach config's block of hyper-parameters, built from their dataclass: each field's name,
+    type, bounds (annotated_types in its annotation) and default are the dataclass's own, declared
+    once there, in its order. `own`: fields the block adds ahead of them, as (type, default);
+    `leave_out`: the dataclass's fields the stage sets itself (a source's episodes, from its budget)."""
+    hints = typing.get_type_hints(settings, include_extras=True)
+    fields = {f.name: (hints[f.name], f.default) for f in dataclasses.fields(settings) if f.name not in leave_out}
+    return create_model(name, __base__=Strict, __doc__=doc, __module__=__name__, **own, **fields)
 
 
-class APPOParams(Strict):
-    """RLlib APPO's settings; defaults: algorithms.presets.APPOSettings (RLlib's tuned Atari)."""
-    vtrace: bool = _APPO.vtrace
-    clip_param: PositiveFloat = _APPO.clip_param
-    entropy_coeff: float = Field(_APPO.entropy_coeff, ge=0.0)
-    entropy_anneal_steps: int = Field(_APPO.entropy_anneal_steps, ge=0)  # 0: constant entropy bonus
-    vf_loss_coeff: PositiveFloat = _APPO.vf_loss_coeff
-    grad_clip: PositiveFloat = _APPO.grad_clip
-    use_kl_loss: bool = _APPO.use_kl_loss
-    target_network_update_freq: PositiveInt = _APPO.target_network_update_freq
-    broadcast_interval: PositiveInt = _APPO.broadcast_interval
-    circular_buffer_num_batches: PositiveInt = _APPO.circular_buffer_num_batches
-    circular_buffer_iterations_per_batch: PositiveInt = _APPO.circular_buffer_iterations_per_batch
+# The family's split of tasks a history source records (e.g. envs/darkroom.py GOAL_SPLITS)
+_GOAL_SPLIT = (str, "train")
 
-
-class DQNParams(Strict):
-    """RLlib DQN's settings; defaults: algorithms.presets.DQNSettings (Dopamine/CleanRL)."""
-    batch_size: PositiveInt = _DQN.batch_size
-    n_step: PositiveInt = _DQN.n_step
-    double_q: bool = _DQN.double_q
-    dueling: bool = _DQN.dueling
-    prioritized: bool = _DQN.prioritized
-    learning_starts: int = Field(_DQN.learning_starts, ge=0)
-    target_update: PositiveInt = _DQN.target_update
-    buffer_size: PositiveInt = _DQN.buffer_size
-    epsilon_fraction: float = Field(_DQN.epsilon_fraction, gt=0.0, le=1.0)
-    epsilon_steps: PositiveInt | None = _DQN.epsilon_steps  # overrides epsilon_fraction
-    final_epsilon: float = Field(_DQN.final_epsilon, ge=0.0, le=1.0)
-    training_intensity: PositiveFloat = _DQN.training_intensity
-    adam_epsilon: PositiveFloat = _DQN.adam_epsilon
-
-
-class DarkRoomParams(Strict):
-    """Tabular Q-learning on Dark Room goals (algorithms.darkroom_source), one history per goal;
-    the defaults are QLearningConfig's."""
-    goal_split: str = "train"  # the family's split of goals to record (envs/darkroom.py GOAL_SPLITS)
-    learning_rate: float = Field(_Q.learning_rate, gt=0.0, le=1.0)
-    discount: float = Field(_Q.discount, ge=0.0, lt=1.0)
-    q_init: float = _Q.q_init
-    epsilon_start: float = Field(_Q.epsilon_start, ge=0.0, le=1.0)
-    epsilon_end: float = Field(_Q.epsilon_end, ge=0.0, le=1.0)
-    epsilon_decay_fraction: float = Field(_Q.epsilon_decay_fraction, gt=0.0, le=1.0)
-    planning_sweeps: int = Field(_Q.planning_sweeps, ge=0)
-
-
-class AnnealParams(Strict):
-    """An expert played with annealed noise (algorithms.annealed_source, AD-epsilon), one history
-    per task of a per-task family; the defaults are AnnealConfig's. The episodes per history
-    come from the stage's env_steps (per task) over the family's episode length."""
-    goal_split: str = "train"  # the family's split of tasks to record
-    anneal_episodes: int = Field(_Anneal.anneal_episodes, ge=0)
-    noise_start: float = Field(_Anneal.noise_start, ge=0.0, le=1.0)
-    noise_floor: float = Field(_Anneal.noise_floor, ge=0.0, le=1.0)
-    schedule: Literal["linear"] = _Anneal.schedule
-
-
-class ThompsonParams(Strict):
-    """A learner that finds each minatar_columns task's paying columns by Thompson sampling on
-    episode returns (algorithms.thompson_source), one history per task; the defaults are
-    ThompsonConfig's. The episodes per history come from the stage's env_steps (per task)."""
-    goal_split: str = "train"  # the family's split of tasks to record
-    prior_mean: float = _Thompson.prior_mean
-    prior_std: float = Field(_Thompson.prior_std, gt=0.0)
-    return_noise_std: float = Field(_Thompson.return_noise_std, gt=0.0)
-    action_noise: float = Field(_Thompson.action_noise, ge=0.0, le=1.0)
+PPOParams = settings_block("PPOParams", _PPO, "RLlib PPO's settings: algorithms.presets.PPOSettings "
+                           "(CleanRL's ppo_atari).")
+APPOParams = settings_block("APPOParams", _APPO, "RLlib APPO's settings: algorithms.presets.APPOSettings "
+                            "(RLlib's tuned Atari).")
+DQNParams = settings_block("DQNParams", _DQN, "RLlib DQN's settings: algorithms.presets.DQNSettings "
+                           "(Dopamine/CleanRL).")
+DarkRoomParams = settings_block(
+    "DarkRoomParams", _Q, "Tabular Q-learning on Dark Room goals (algorithms.darkroom_source.QLearningConfig), "
+    "one history per goal.", leave_out=("episodes",), goal_split=_GOAL_SPLIT)
+AnnealParams = settings_block(
+    "AnnealParams", _Anneal, "An expert played with annealed noise (algorithms.annealed_source.AnnealConfig, "
+    "AD-epsilon), one history per task of a per-task family. The episodes per history come from the stage's "
+    "env_steps (per task) over the family's episode length.", leave_out=("episodes",), goal_split=_GOAL_SPLIT)
+ThompsonParams = settings_block(
+    "ThompsonParams", _Thompson, "A learner that finds each minatar_columns task's paying columns by Thompson "
+    "sampling on episode returns (algorithms.thompson_source.ThompsonConfig), one history per task. The episodes "
+    "per history come from the stage's env_steps (per task).", leave_out=("episodes",), goal_split=_GOAL_SPLIT)
 
 
 def _teacher_algorithm(name: str) -> str:

@@ -17,11 +17,11 @@ from ray import tune
 from understudy.algorithms import imitators
 from understudy.histories import shards
 from understudy.histories.data import index_runs
-from understudy.platform import plots, reproducibility, resources, storage, tracking
-from understudy.platform.config import DistillConfig, config_digest
+from understudy.platform import plots, reproducibility, resources, stages, storage, tracking
+from understudy.platform.config import DistillConfig
 from understudy.platform.manifests import DistillManifest
-from understudy.platform.teach import StageFailed
-from understudy.platform.workspace import Study, Workspace, keep_tune_state_current
+from understudy.platform.stages import StageFailed
+from understudy.platform.workspace import Workspace
 
 METRICS = ("train_loss", "train_accuracy", "heldout_loss", "heldout_accuracy", "samples_per_s",
            "data_wait_s", "train_targets", "lr")  # lr: the one trained with (PBT perturbs it)
@@ -538,11 +538,9 @@ def check_teachers_learned(cfg: DistillConfig, teach, run_ids: list[str]) -> lis
 def run_distill(cfg: DistillConfig, ws: Workspace, resume: bool = False) -> DistillManifest:
     """Train the imitators as Tune trials: one MLflow run for the stage, a run per trial nested
     under it, each trained model registered (registered_model_name)."""
-    repro = reproducibility.record(seeds={"training": cfg.run_seeds})
-    with tracking.stage_run(ws, "distill", cfg.name, {"stage": cfg.name, "algorithm": cfg.algorithm,
-                                                      "teacher_stage": cfg.teacher,
-                                                      **reproducibility.params(repro)}) as stage:
-        return _run_distill(cfg, ws, stage, resume, repro)
+    with stages.running(ws, "distill", cfg, resume, {"algorithm": cfg.algorithm, "teacher_stage": cfg.teacher},
+                        seeds={"training": cfg.run_seeds}) as stage:
+        return _run_distill(cfg, stage)
 
 
 def registered_model_name(study: str, algorithm: str) -> str:
@@ -577,7 +575,8 @@ def check_before_training(cfg: DistillConfig, ws: Workspace) -> None:
         context_span(cfg, train)
 
 
-def _run_distill(cfg: DistillConfig, ws: Workspace, stage: Study, resume: bool, repro: dict) -> DistillManifest:
+def _run_distill(cfg: DistillConfig, stage: stages.Stage) -> DistillManifest:
+    ws = stage.ws
     teach, run_ids = _teacher_runs(cfg, ws)
     games, root = selected_games(cfg), teach.shard_root
     unlearned = check_teachers_learned(cfg, teach, run_ids)
@@ -603,13 +602,8 @@ def _run_distill(cfg: DistillConfig, ws: Workspace, stage: Study, resume: bool, 
           f"({sum(h.steps for h in train)} steps) of {data_games}, "
           f"{sum(len(h.episodes) for h in heldout)} held out", flush=True)
 
-    running = ws.stage_path("distill", cfg.name).with_suffix(".running.json")
-    started_with = cfg.model_dump(mode="json")
-    if resume and not running.exists():
-        raise StageFailed(f"--resume: no interrupted distill stage named {cfg.name!r} in {ws.root}")
-    marker = ws.interrupted("distill", cfg.name, started_with) if resume else None
-    resume = marker is not None
-    experiment_path = (marker["experiment"] if resume
+    resumed = stage.interrupted()
+    experiment_path = (resumed["experiment"] if resumed
                        else f"{ws.ray_results}/distill-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     experiment = experiment_path.rsplit("/", 1)[1]
     context = {"shard_root": root, "run_ids": run_ids, "data_version": version,
@@ -632,42 +626,28 @@ def _run_distill(cfg: DistillConfig, ws: Workspace, stage: Study, resume: bool, 
         {"runs": len(run_ids), "games": data_games, "train_episodes": sum(len(h.episodes) for h in train),
          "train_steps": sum(h.steps for h in train), "skipped_shards": len(bad)})
     client = tracking.client_for(ws)
-    client.log_inputs(stage.run_id, [dataset])
-    client.set_tag(stage.run_id, "understudy.data_version", version)
+    client.log_inputs(stage.mlflow.run_id, [dataset])
+    client.set_tag(stage.mlflow.run_id, "understudy.data_version", version)
     to_mlflow = tracking.TuneToMlflow(
-        ws, "distill", stage, params_of, metrics={k: k for k in METRICS}, step_key="steps",
+        ws, "distill", stage.mlflow, params_of, metrics={k: k for k in METRICS}, step_key="steps",
         experiment=experiment, datasets=[dataset], total=UpdatesPerTrial(sum(h.steps for h in train)),
         name_of=lambda t: f"{cfg.name}-{cfg.algorithm}-{'+'.join(games)}-{t.trial_id}")
     trainable = tune.with_resources(train_imitator, resources.distill_trial_resources(cfg, context["gpus"]))
     search_alg, scheduler = sweep_components(cfg)
-    space = param_space(cfg, context)
-    keep_tune_state_current()
-    if resume and tune.Tuner.can_restore(experiment_path):
-        print(f"[distill] resuming {experiment}", flush=True)
-        tuner = tune.Tuner.restore(experiment_path, trainable=trainable, param_space=space,
-                                   resume_unfinished=True, resume_errored=True)
-    else:
-        ws.write_stage("distill", cfg.name + ".running", {"experiment": experiment_path, "config": started_with})
-        tuner = tune.Tuner(
-            trainable, param_space=space,
-            tune_config=tune.TuneConfig(num_samples=cfg.num_samples, scheduler=scheduler, search_alg=search_alg,
-                                        max_concurrent_trials=cfg.max_concurrent_trials),
-            run_config=tune.RunConfig(
-                name=experiment, storage_path=ws.ray_results, callbacks=[to_mlflow], verbose=0,
-                # PBT: a trial exploits another's latest checkpoint, which must outlive its next saves.
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=4 if cfg.scheduler == "pbt" else 2),
-                failure_config=tune.FailureConfig(max_failures=cfg.max_failures)))
-    grid = tuner.fit()
-    errors = [str(r.error).splitlines()[0] for r in grid if r.error]
-    if errors:
-        raise StageFailed(f"distill: {len(errors)} of {len(grid)} trials failed: {errors[0]}")
+    grid = stage.fit(
+        trainable, param_space(cfg, context), experiment_path, to_mlflow,
+        tune_config=tune.TuneConfig(num_samples=cfg.num_samples, scheduler=scheduler, search_alg=search_alg,
+                                    max_concurrent_trials=cfg.max_concurrent_trials),
+        # PBT: a trial exploits another's latest checkpoint, which must outlive its next saves.
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=4 if cfg.scheduler == "pbt" else 2),
+        failure_config=tune.FailureConfig(max_failures=cfg.max_failures))
     unfinished = [r for r in grid if r.checkpoint is None and "checkpoint_uri" not in (r.metrics or {})]
     if unfinished:  # Tune returns early when the run is interrupted (Ctrl-C, SIGTERM)
         raise StageFailed(f"distill: interrupted with {len(unfinished)} of {len(grid)} trials unfinished; "
-                          f"continue with --resume (the stage's marker {running} is kept)")
+                          f"continue with --resume (the stage's marker {stage.marker} is kept)")
 
     trials = []
-    model_name = registered_model_name(stage.name, cfg.algorithm)
+    model_name = registered_model_name(stage.mlflow.name, cfg.algorithm)
     for result in grid:
         # A data-parallel trial's checkpoints are Ray Train's; its reports say where.
         checkpoint = (storage.checkpoint_uri(result.checkpoint) if result.checkpoint is not None
@@ -684,7 +664,7 @@ def _run_distill(cfg: DistillConfig, ws: Workspace, stage: Study, resume: bool, 
             client.set_tag(run, "understudy.checkpoint", checkpoint)
             with storage.local_copy(checkpoint) as local:  # a download when storage is remote
                 client.log_artifacts(run, local, "checkpoint")
-                tracking.log_imitator_model(client, stage.experiment_id, run, local, model_name, version)
+                tracking.log_imitator_model(client, stage.mlflow.experiment_id, run, local, model_name, version)
 
         to_mlflow.after_fit(f"trial {result.metrics['trial_id']}: plot, tags, checkpoint and model "
                             "artifacts", log_results)
@@ -699,26 +679,17 @@ def _run_distill(cfg: DistillConfig, ws: Workspace, stage: Study, resume: bool, 
     best = runs[0]
     for t in trials:
         t["point"] = dict(t["point"])
-    manifest = {"kind": "distill", "name": cfg.name, "algorithm": cfg.algorithm, "config_digest": config_digest(cfg),
-                "game": games[0], "games": games, "data_games": data_games,
-                "teacher": cfg.teacher, "data_version": version, "run_ids": run_ids,
-                "data": cfg.data.model_dump(), "skipped_shards": sorted(bad),
-                "config": cfg.model_dump(), "shard_root": root,
-                "num_actions": num_actions, "checkpoint": best["checkpoint"],
-                "mlflow_run_id": best["mlflow_run_id"], "best_by": metric, "trials": trials,
-                "runs": runs,
-                "data_best_return": max((e.ret for h in train for e in h.episodes), default=None),
-                "data_returns": data_returns(train), "context_span": span,
-                "split_returns": returns_by_run(train),
-                "history_returns": returns_by_run(index_runs(root, run_ids, frozenset(bad)))}
-    workers = {"trials": reproducibility.worker_threads([t["threads"] for t in trials])}
-    repro["threads"].update(workers)
-    manifest["reproducibility"] = repro
-    to_mlflow.after_fit("the trials' thread counts", lambda: tracking.log_params(
-        client, stage.run_id, reproducibility.params({"threads": workers})))
-    to_mlflow.report_missing(manifest, "distill", "the trained models are in their checkpoints "
-                             "(this stage's manifest)")
-    manifest = DistillManifest.model_validate(manifest)
-    ws.write_stage("distill", cfg.name, manifest)
-    running.unlink(missing_ok=True)
-    return manifest
+    stage.log_worker_threads([t["threads"] for t in trials])
+    return stage.finish({
+        "algorithm": cfg.algorithm, "game": games[0], "games": games, "data_games": data_games,
+        "teacher": cfg.teacher, "data_version": version, "run_ids": run_ids,
+        "data": cfg.data.model_dump(), "skipped_shards": sorted(bad),
+        "config": cfg.model_dump(), "shard_root": root,
+        "num_actions": num_actions, "checkpoint": best["checkpoint"],
+        "mlflow_run_id": best["mlflow_run_id"], "best_by": metric, "trials": trials,
+        "runs": runs,
+        "data_best_return": max((e.ret for h in train for e in h.episodes), default=None),
+        "data_returns": data_returns(train), "context_span": span,
+        "split_returns": returns_by_run(train),
+        "history_returns": returns_by_run(index_runs(root, run_ids, frozenset(bad)))},
+        safe_in="the trained models are in their checkpoints (this stage's manifest)")

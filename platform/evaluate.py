@@ -23,13 +23,13 @@ import ray
 
 from understudy.envs import family_of
 from understudy.envs.families import is_heldout_split
-from understudy.platform import reproducibility, resources, storage, tracking
+from understudy.platform import reproducibility, resources, stages, storage
 from understudy.platform.config import EvaluateConfig, config_digest
 from understudy.platform.manifests import DistillManifest, EvaluateManifest, TeachManifest
 from understudy.platform.players import CONTROLS, Agent, eval_seed, learn_from_scratch, play
 from understudy.platform.report import report
-from understudy.platform.teach import StageFailed
-from understudy.platform.workspace import Study, Workspace
+from understudy.platform.stages import StageFailed
+from understudy.platform.workspace import Workspace
 
 # Agents that play the env steps the imitator played on a game (counted in the table), not a
 # number of episodes; the teacher plays episodes (it only shows what it learned). The controls
@@ -151,30 +151,25 @@ def _past_the_horizon(cfg: EvaluateConfig, distill: DistillManifest) -> Evaluate
 class PlayedTasks:
     """The results of an evaluation's finished tasks (one agent run on one game), kept in the
     workspace until the stage has written its manifest, so that `--resume` after a kill plays
-    only the tasks that had not finished: `stages/evaluate-<name>.running.json` names what they
-    depend on (`key`: the config and the manifests of the stages it plays), and
-    `stages/evaluate-<name>.tasks/` holds one JSON file per task, written atomically. Every
-    task is a function of its seeds (players.eval_seed), so a task played again gives the rows
-    it gave before, and the ones read back are those an unbroken evaluation would have."""
+    only the tasks that had not finished: the stage's `.running` marker (platform/stages.py)
+    names what they depend on (`config_and_checkpoints`: tasks_key, of the config and the
+    manifests of the stages it plays), and `stages/evaluate-<name>.tasks/` holds one JSON file
+    per task, written atomically. Every task is a function of its seeds (players.eval_seed), so a
+    task played again gives the rows it gave before, and the ones read back are those an
+    unbroken evaluation would have."""
 
-    def __init__(self, ws: Workspace, name: str, key: str, resume: bool):
-        self.marker = ws.stage_path("evaluate", name).with_suffix(".running.json")
-        self.folder = ws.stage_path("evaluate", name).with_suffix(".tasks")
+    def __init__(self, stage: stages.Stage, key: str):
+        self.folder = stage.ws.stage_path("evaluate", stage.name).with_suffix(".tasks")
         self.saved: dict[tuple, dict] = {}
-        if resume and not self.marker.exists():
-            raise StageFailed(f"--resume: no interrupted evaluate stage named {name!r} in {ws.root}")
-        if resume and json.loads(self.marker.read_text()).get("key") == key:
+        if stage.interrupted({"config_and_checkpoints": key}) is not None:
             for path in sorted(self.folder.glob("*.json")):
                 task = json.loads(path.read_text())
                 self.saved[tuple(task["task"])] = task["result"]
             print(f"[evaluate] --resume: {len(self.saved)} task(s) that finished before the interruption are read "
                   f"back from {self.folder}, not played again", flush=True)
         else:
-            if resume:
-                print(f"[evaluate] --resume: the interrupted evaluation {name!r} played another config or other "
-                      "checkpoints; starting it afresh", flush=True)
             shutil.rmtree(self.folder, ignore_errors=True)
-            ws.write_stage("evaluate", name + ".running", {"key": key})
+            stage.start()
         self.folder.mkdir(parents=True, exist_ok=True)
 
     def save(self, task: tuple, result: dict) -> None:
@@ -187,7 +182,6 @@ class PlayedTasks:
     def done(self) -> None:
         """The stage's manifest is written: nothing is left to resume."""
         shutil.rmtree(self.folder, ignore_errors=True)
-        self.marker.unlink(missing_ok=True)
 
 
 def tasks_key(digest: str, cfg: EvaluateConfig, ws: Workspace) -> str:
@@ -206,14 +200,13 @@ def run_evaluate(cfg: EvaluateConfig, ws: Workspace, experiment: str | None = No
     `resume`, the tasks an interrupted run of this evaluation finished are read back
     (PlayedTasks), the others played."""
     tags = {"understudy.summary": "true", **({"understudy.experiment": experiment} if experiment else {})}
-    repro = reproducibility.record(seeds={"evaluation": cfg.seed})  # the env seeds are added as they are drawn
-    with tracking.stage_run(ws, "evaluate", cfg.name, {"stage": cfg.name, **reproducibility.params(repro)},
-                            tags) as stage:
-        return _run_evaluate(cfg, ws, stage, experiment, progress_s, repro, resume)
+    # the env seeds are added to the record as they are drawn
+    with stages.running(ws, "evaluate", cfg, resume, {}, seeds={"evaluation": cfg.seed}, tags=tags) as stage:
+        return _run_evaluate(cfg, ws, stage, experiment, progress_s)
 
 
-def _run_evaluate(cfg: EvaluateConfig, ws: Workspace, stage: Study, experiment: str | None,
-                  progress_s: float, repro: dict | None = None, resume: bool = False) -> EvaluateManifest:
+def _run_evaluate(cfg: EvaluateConfig, ws: Workspace, stage: stages.Stage, experiment: str | None,
+                  progress_s: float) -> EvaluateManifest:
     digest = config_digest(cfg)  # of the config as given (before the horizon sets episodes)
     teach = ws.read_stage("teach", cfg.teacher)
     distill = ws.read_stage("distill", cfg.imitator)
@@ -238,8 +231,8 @@ def _run_evaluate(cfg: EvaluateConfig, ws: Workspace, stage: Study, experiment: 
                           f"distill stage {cfg.imitator!r} is {distill.algorithm!r}: leave {what[2]} out")
     cfg = _past_the_horizon(cfg, distill)
     agents = _agents(cfg, ws, teach, distill)
-    played = PlayedTasks(ws, cfg.name, tasks_key(digest, cfg, ws), resume)
-    repro = repro or reproducibility.record(seeds={"evaluation": cfg.seed})
+    played = PlayedTasks(stage, tasks_key(digest, cfg, ws))
+    repro = stage.repro
     protocol = dict(teach.protocol, terminal_on_life_loss=False)  # evaluation: whole games
     started = time.perf_counter()
     finetune = cfg.finetune.model_dump()
@@ -330,6 +323,6 @@ def _run_evaluate(cfg: EvaluateConfig, ws: Workspace, stage: Study, experiment: 
     for (name, _), res in results.items():
         tasks.setdefault("scratch" if name == "scratch" else "play", []).extend(r.get("threads") for r in res["runs"])
     repro["threads"].update({kind: reproducibility.worker_threads(reported) for kind, reported in tasks.items()})
-    manifest = report(cfg, ws, stage, teach, distill, trained, results, experiment, digest, repro)
+    manifest = stage.finish(report(cfg, ws, stage.mlflow, teach, distill, trained, results, experiment, repro))
     played.done()
     return manifest

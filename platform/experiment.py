@@ -128,7 +128,7 @@ def _check_distill_stages(ws: Workspace, parts: list[ExperimentConfig], resume: 
     a stage its data refuses (a context too short for its episodes, teachers that did not
     learn) stops the experiment now, naming the stage, not after the stages before it trained."""
     from understudy.platform.distill import check_before_training
-    from understudy.platform.teach import StageFailed
+    from understudy.platform.stages import StageFailed
 
     for part in parts:
         for stage_cfg in (part.distill, part.ed):
@@ -215,7 +215,7 @@ def _finished(ws: Workspace, kind: str, stage_cfg) -> bool:
 
 
 def _interrupted(ws: Workspace, kind: str, name: str) -> bool:
-    return ws.stage_path(kind, name).with_suffix(".running.json").exists()
+    return ws.running_path(kind, name).exists()
 
 
 def find_report(ws: Workspace, experiment: str):

@@ -31,7 +31,7 @@ from understudy.platform import reproducibility, storage
 from understudy.platform.config import CONTROLS  # the imitator's checkpoints, with one input changed
 from understudy.platform.episode_gifs import EpisodeClip
 from understudy.platform.manifests import TeachManifest
-from understudy.platform.teach import StageFailed
+from understudy.platform.stages import StageFailed
 
 AGENT_KINDS = ("imitator", "ed", "teacher", "random", "noop", "finetune", "scratch", *CONTROLS)
 # Agents that play an imitator's checkpoint (make_player)

@@ -18,7 +18,7 @@ from understudy.envs.families import is_heldout_split
 from understudy.platform import metrics, plots, tracking
 from understudy.platform.config import EvaluateConfig
 from understudy.platform.episode_gifs import log_gifs
-from understudy.platform.manifests import DistillManifest, EvaluateManifest, TeachManifest
+from understudy.platform.manifests import DistillManifest, TeachManifest
 from understudy.platform.reproducibility import params as params_of
 from understudy.platform.workspace import Study, Workspace
 
@@ -533,10 +533,11 @@ def episode_rows(cfg: EvaluateConfig, results: dict, teacher_seeds: list[int], e
 
 def report(cfg: EvaluateConfig, ws: Workspace, stage: Study, teach: TeachManifest,
            distill: DistillManifest, trained: list[str], results: dict, experiment: str | None,
-           digest: str | None = None, reproducibility: dict | None = None) -> EvaluateManifest:
+           reproducibility: dict | None = None) -> dict:
     """The summary of an evaluation's results, logged to MLflow (a run per agent and game nested
     under the stage's run, which gets the plot and tables; the aggregate on the study's parent
-    run) and written as the stage's manifest."""
+    run), and returned as the stage's manifest (an EvaluateManifest's fields) for the stage to
+    write."""
     data = data_on_scale(teach, distill)
     if not data:
         print(f"[evaluate] distill stage {distill.name!r} recorded no training-data returns (written "
@@ -619,12 +620,9 @@ def report(cfg: EvaluateConfig, ws: Workspace, stage: Study, teach: TeachManifes
         "returns_per_episode.png")
     tracking.log_text(client, summary, table, "results.md")
     tracking.log_text(client, summary, markdown_to_html(table, f"Evaluation {cfg.name}"), "results.html")
-    manifest = EvaluateManifest(name=cfg.name, rows=table_rows, aggregate=aggregate, summary_run_id=summary,
-                                table=table, trained_on=trained, experiment=experiment, config_digest=digest,
-                                episodes=episodes, stages={"teacher": cfg.teacher, "imitator": cfg.imitator,
-                                                           "ed": cfg.ed}, reproducibility=reproducibility)
-    ws.write_stage("evaluate", cfg.name, manifest)
-    return manifest
+    return {"rows": table_rows, "aggregate": aggregate, "summary_run_id": summary, "table": table,
+            "trained_on": trained, "experiment": experiment, "episodes": episodes,
+            "stages": {"teacher": cfg.teacher, "imitator": cfg.imitator, "ed": cfg.ed}}
 
 
 def headline_metrics(rows: list[dict], aggregate: list[dict]) -> dict[str, float]:

@@ -10,17 +10,13 @@ from ray import tune
 from understudy.algorithms import sources
 from understudy.envs import AtariProtocol, family_of
 from understudy.histories import shards
-from understudy.platform import plots, reproducibility, resources, storage, tracking
-from understudy.platform.config import TeachConfig, config_digest, teacher_settings
+from understudy.platform import plots, reproducibility, resources, stages, storage, tracking
+from understudy.platform.config import TeachConfig, teacher_settings
 from understudy.platform.manifests import TeachManifest
-from understudy.platform.workspace import Study, Workspace, keep_tune_state_current
+from understudy.platform.workspace import Workspace
 
 STEPS_KEY = "env_runners/num_env_steps_sampled_lifetime"
 THREADS_KEY = "understudy_threads"  # a teacher trial's thread counts (teachers.recording_algorithm)
-
-
-class StageFailed(RuntimeError):
-    pass
 
 
 def env_params(game: str, protocol: dict) -> dict:
@@ -88,27 +84,20 @@ def run_teach(cfg: TeachConfig, ws: Workspace, resume: bool = False) -> TeachMan
     checkpoints (the history recorded after them is rewound, see recording_algorithm). One
     MLflow run for the stage; a run per teacher nested under it."""
     # RLlib seeds a trial's torch, numpy and envs from its seed; a history source its tasks
-    repro = reproducibility.record(seeds={"teachers": list(cfg.seeds)})
-    with tracking.stage_run(ws, "teach", cfg.name, {"stage": cfg.name, "algorithm": cfg.algorithm,
-                                                    "games": ",".join(cfg.games), "seeds": str(cfg.seeds),
-                                                    "env_steps": cfg.env_steps,
-                                                    **reproducibility.params(repro)}) as stage:
+    with stages.running(ws, "teach", cfg, resume, {"algorithm": cfg.algorithm, "games": ",".join(cfg.games),
+                                                   "seeds": str(cfg.seeds), "env_steps": cfg.env_steps},
+                        seeds={"teachers": list(cfg.seeds)}) as stage:
         if cfg.local_source is not None:
-            return run_teach_local(cfg, ws, stage, repro)
-        return _run_teach(cfg, ws, stage, resume, repro)
+            return run_teach_local(cfg, stage)
+        return _run_teach(cfg, stage)
 
 
-def _run_teach(cfg: TeachConfig, ws: Workspace, stage: Study, resume: bool, repro: dict) -> TeachManifest:
+def _run_teach(cfg: TeachConfig, stage: stages.Stage) -> TeachManifest:
     from understudy.algorithms.teachers import recording_algorithm, run_id_for, teacher_config_from
 
-    running = ws.stage_path("teach", cfg.name).with_suffix(".running.json")
-    started_with = cfg.model_dump(mode="json")
-    if resume and not running.exists():
-        raise StageFailed(f"--resume: no interrupted teach stage named {cfg.name!r} in "
-                          f"{ws.root} (nothing at {running})")
-    marker = ws.interrupted("teach", cfg.name, started_with) if resume else None
-    resume = marker is not None
-    session = marker["session"] if resume else time.strftime("%Y%m%d-%H%M%S")
+    ws = stage.ws
+    resumed = stage.interrupted()
+    session = resumed["session"] if resumed else time.strftime("%Y%m%d-%H%M%S")
     protocol = cfg.protocol.model_dump()
     record = {"root": ws.shard_root, "session": session, "algorithm": cfg.algorithm,
               "shard_rows": cfg.shard_rows}
@@ -135,43 +124,23 @@ def _run_teach(cfg: TeachConfig, ws: Workspace, stage: Study, resume: bool, repr
                 **{f"{cfg.algorithm}.{k}": v for k, v in settings["settings"].items()},
                 **env_params(game, protocol)}
 
+    experiment = f"teach-{cfg.name}-{session}"
     to_mlflow = tracking.TuneToMlflow(
-        ws, "teach", stage, params_of,
+        ws, "teach", stage.mlflow, params_of,
         metrics={"episode_return_mean": "env_runners/episode_return_mean",
                  "episode_len_mean": "env_runners/episode_len_mean",
                  "greedy_return_mean": GREEDY_KEY,
                  "env_steps_per_s": tracking.env_steps_per_s},
-        step_key=STEPS_KEY, total=cfg.env_steps, experiment=f"teach-{cfg.name}-{session}",
+        step_key=STEPS_KEY, total=cfg.env_steps, experiment=experiment,
         name_of=lambda t: "{}-{}-s{}".format(identity(t.config)[0], cfg.algorithm, identity(t.config)[1]))
     trainable = recording_algorithm(config.algo_class, extra_results=lambda: {THREADS_KEY: reproducibility.threads()})
-    experiment = f"teach-{cfg.name}-{session}"
-    keep_tune_state_current()
-    run_config = tune.RunConfig(
-        name=experiment,
-        storage_path=ws.ray_results,
+    grid = stage.fit(
+        trainable, config, f"{ws.ray_results}/{experiment}", to_mlflow, marker={"session": session},
+        tune_config=tune.TuneConfig(max_concurrent_trials=cfg.max_concurrent_trials),
         stop={STEPS_KEY: cfg.env_steps},
         checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=True, num_to_keep=2,
                                                 checkpoint_frequency=cfg.checkpoint_interval),
-        callbacks=[to_mlflow],
-        failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
-        verbose=0,  # progress comes from TuneToMlflow, one line per result
-    )
-    path = f"{ws.ray_results}/{experiment}"
-    if resume and tune.Tuner.can_restore(path):
-        print(f"[teach] resuming {experiment} from its last checkpoints", flush=True)
-        tuner = tune.Tuner.restore(path, trainable=trainable, param_space=config,
-                                   resume_unfinished=True, resume_errored=True)
-    else:
-        ws.write_stage("teach", cfg.name + ".running", {"session": session, "experiment": path,
-                                                        "config": started_with})
-        tuner = tune.Tuner(
-            trainable, param_space=config,
-            tune_config=tune.TuneConfig(max_concurrent_trials=cfg.max_concurrent_trials),
-            run_config=run_config)
-    grid = tuner.fit()
-    errors = [str(r.error).splitlines()[0] for r in grid if r.error]
-    if errors:
-        raise StageFailed(f"teach: {len(errors)} of {len(grid)} trials failed: {errors[0]}")
+        failure_config=tune.FailureConfig(max_failures=cfg.max_failures))
 
     client = tracking.client_for(ws)
     runs = []
@@ -209,29 +178,21 @@ def _run_teach(cfg: TeachConfig, ws: Workspace, stage: Study, resume: bool, repr
                      "final_return_mean": result.metrics.get("env_runners", {}).get("episode_return_mean"),
                      "greedy_curve": curve, "verdict": verdict, **summary})
     # the threads of the trial processes, where the teachers sampled and learned
-    workers = {"trials": reproducibility.worker_threads([r.metrics.get(THREADS_KEY) for r in grid])}
-    repro["threads"].update(workers)
-    to_mlflow.after_fit("the trials' thread counts", lambda: tracking.log_params(
-        client, stage.run_id, reproducibility.params({"threads": workers})))
-    manifest = {"kind": "teach", "name": cfg.name, "session": session, "algorithm": cfg.algorithm,
-                "shard_root": ws.shard_root, "protocol": protocol,
-                "max_episode_steps": cfg.max_episode_steps, "hyperparameters": settings,
-                "env_steps": cfg.env_steps, "runs": runs, "config_digest": config_digest(cfg),
-                "reproducibility": repro}
-    to_mlflow.report_missing(manifest, "teach", "the histories are in the shards, the teachers in "
-                             "their checkpoints (this stage's manifest)")
-    manifest = TeachManifest.model_validate(manifest)
-    ws.write_stage("teach", cfg.name, manifest)
-    running.unlink(missing_ok=True)
-    return manifest
+    stage.log_worker_threads([r.metrics.get(THREADS_KEY) for r in grid])
+    return stage.finish({"session": session, "algorithm": cfg.algorithm, "shard_root": ws.shard_root,
+                         "protocol": protocol, "max_episode_steps": cfg.max_episode_steps,
+                         "hyperparameters": settings, "env_steps": cfg.env_steps, "runs": runs},
+                        safe_in="the histories are in the shards, the teachers in their checkpoints (this stage's "
+                                "manifest)")
 
 
-def run_teach_local(cfg: TeachConfig, ws: Workspace, stage: Study, repro: dict) -> TeachManifest:
+def run_teach_local(cfg: TeachConfig, stage: stages.Stage) -> TeachManifest:
     """A history source that records in the driver (algorithms/sources.py: Dark Room's
     Q-learning, the annealed expert): one history per task of the configured split and seed,
     through the same shard path as the RLlib teachers, into a shard root of its own so the stage
     can be run again. One MLflow run per seed: the mean curve over tasks, as raw return and as a
     fraction of each task's optimum, and its figure."""
+    ws, study = stage.ws, stage.mlflow
     source = cfg.local_source
     game = cfg.games[0]
     family = family_of(game)
@@ -253,13 +214,13 @@ def run_teach_local(cfg: TeachConfig, ws: Workspace, stage: Study, repro: dict) 
                                 progress=lambda m: print(f"[teach] {game} {source.name} seed {seed}: {m}", flush=True))
         ended = time.time()
         # logged once the histories are recorded, with the time their recording started
-        run_name = tracking.run_name(stage, f"{label}-{source.name}-s{seed}")
-        mlflow_run = tracking.start_run(client, stage.experiment_id, run_name, {
+        run_name = tracking.run_name(study, f"{label}-{source.name}-s{seed}")
+        mlflow_run = tracking.start_run(client, study.experiment_id, run_name, {
             "stage": cfg.name, "algorithm": source.name, "game": game, "seed": seed,
             "goals": len(goals), "goal_split": block.goal_split, "episodes_per_goal": episodes,
             "shard_root": root, **{f"{source.name}.{k}": v for k, v in settings.items()},
             **{f"env.{k}": v for k, v in family.protocol.items()}},
-            parent=stage.run_id, start_time=began, source=stage.source)
+            parent=study.run_id, start_time=began, source=study.source)
         curves = [np.array([e["return"] for e in shards.episode_returns(root, r)]) for r in run_ids]
         shortest = min(len(c) for c in curves)
         mean = np.mean([c[:shortest] for c in curves], 0)
@@ -288,10 +249,7 @@ def run_teach_local(cfg: TeachConfig, ws: Workspace, stage: Study, repro: dict) 
                          "final_return_mean": float(curve[-10:].mean()),
                          "recorded_episodes": len(curve), "recorded_steps": sum(e["rows"] for e in catalog),
                          "shards": len(catalog), "shard_bytes": sum(e["bytes"] for e in catalog)})
-    manifest = {"kind": "teach", "name": cfg.name, "session": session, "algorithm": source.name,
-                "shard_root": root, "protocol": family.protocol, "max_episode_steps": episode_steps,
-                "hyperparameters": settings, "runs": runs, "config_digest": config_digest(cfg),
-                "reproducibility": repro}  # recorded here, in the driver: its threads are the record's
-    manifest = TeachManifest.model_validate(manifest)
-    ws.write_stage("teach", cfg.name, manifest)
-    return manifest
+    # its reproducibility record is the driver's: the histories were recorded here
+    return stage.finish({"session": session, "algorithm": source.name, "shard_root": root,
+                         "protocol": family.protocol, "max_episode_steps": episode_steps,
+                         "hyperparameters": settings, "runs": runs})

@@ -173,6 +173,10 @@ class Workspace:
     def stage_path(self, kind: str, name: str) -> Path:
         return self.root / "stages" / f"{kind}-{name}.json"
 
+    def running_path(self, kind: str, name: str) -> Path:
+        """The `.running` marker of a stage: there while a run of it has not finished (platform/stages.py)."""
+        return self.stage_path(kind, name).with_suffix(".running.json")
+
     def write_stage(self, kind: str, name: str, manifest) -> Path:
         """A finished stage's manifest (a platform.manifests model, validated here if given as
         a dict), or a `<name>.running` marker (a plain dict), written atomically."""
@@ -184,14 +188,14 @@ class Workspace:
 
     def interrupted(self, kind: str, name: str, config: dict) -> dict | None:
         """The `.running` marker of an interrupted stage, if it can be resumed: started with
-        `config`, and its Tune state readable (tune_state_usable). None, with one line saying
-        why, otherwise: the stage then starts afresh instead of resuming trials built from an
-        old config, or letting Tune silently restart them."""
-        path = self.stage_path(kind, name).with_suffix(".running.json")
+        `config`, and its Tune state, where it has one, readable (tune_state_usable). None,
+        with one line saying why, otherwise: the stage then starts afresh instead of resuming
+        trials built from an old config, or letting Tune silently restart them."""
+        path = self.running_path(kind, name)
         marker = json.loads(path.read_text())
         changed = config_changes(marker.get("config"), config)
-        if not changed:
-            return marker if tune_state_usable(kind, marker["experiment"]) else None
+        if not changed:  # an evaluation's marker names no Tune experiment: it keeps its own tasks
+            return marker if "experiment" not in marker or tune_state_usable(kind, marker["experiment"]) else None
         shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
         print(f"[{kind}] --resume: the interrupted stage {name!r} ({path}) was started with another config "
               f"({shown}); starting it afresh", flush=True)

@@ -158,15 +158,84 @@ def test_unwritable_shard_root_fails_before_ray_starts(tmp_path):
 
 # ---- teacher presets (algorithms/presets.py) -----------------------------------------------------
 
-def test_each_teacher_default_is_declared_once():
-    """The config schema's defaults are the settings dataclasses' own, field for field."""
-    from dataclasses import asdict
+def _settings_blocks():
+    """(the teach config's block, its model, the dataclass declaring its hyper-parameters) for
+    every RLlib teacher kind and history source, as the registries name them."""
+    from understudy.algorithms import sources, teacher_kinds
+    from understudy.platform.config import TeachConfig
 
-    from understudy.algorithms.presets import SETTINGS
+    declared = [(name, teacher_kinds.get(name).settings) for name in teacher_kinds.names()]
+    declared += [(sources.local_source(n).block, sources.local_source(n).settings) for n in sources.names()]
+    return [(block, TeachConfig.model_fields[block].annotation, settings) for block, settings in declared]
 
-    cfg = parse_config(TEACH)
-    for algorithm, settings in SETTINGS.items():
-        assert getattr(cfg, algorithm).model_dump() == asdict(settings()), algorithm
+
+def test_each_hyper_parameter_is_its_dataclass_field():
+    """A teach config's block holds its dataclass's fields in their order, each with the type,
+    bounds and default declared there (a source's block adds goal_split and leaves out
+    episodes, which the stage's budget sets): nothing may drift from its declaration."""
+    import dataclasses
+    import typing
+
+    from pydantic import TypeAdapter
+
+    from understudy.algorithms import sources
+
+    blocks = _settings_blocks()
+    assert len(blocks) == 6
+    source_blocks = {sources.local_source(n).block for n in sources.names()}
+    for block, model, settings in blocks:
+        own, left_out = ({"goal_split"}, {"episodes"}) if block in source_blocks else (set(), set())
+        fields = [f for f in dataclasses.fields(settings) if f.name not in left_out]
+        assert list(model.model_fields) == [*sorted(own), *(f.name for f in fields)], block
+        hints = typing.get_type_hints(settings, include_extras=True)
+        schema = model.model_json_schema()["properties"]
+        for f in fields:
+            got = model.model_fields[f.name].default
+            assert (got, type(got)) == (f.default, type(f.default)), f"{block}.{f.name}"
+            shown = {k: v for k, v in schema[f.name].items() if k not in ("title", "default")}
+            assert shown == TypeAdapter(hints[f.name]).json_schema(), f"{block}.{f.name}: type or bounds"
+        dumped = getattr(parse_config(TEACH), block).model_dump()
+        assert {k: v for k, v in dumped.items() if k not in own} == \
+            {k: v for k, v in dataclasses.asdict(settings()).items() if k not in left_out}, block
+
+
+def test_no_hyper_parameter_is_declared_twice():
+    """platform/ builds the blocks from the dataclasses (config.settings_block): no class there
+    writes out two or more fields of one settings dataclass (a copy, whose defaults would drift).
+    One shared name is a coincidence (DistillConfig.batch_size, EvaluateConfig.episodes)."""
+    import ast
+    import dataclasses
+
+    copies = []
+    for path in sorted((Path(REPO_ROOT) / "platform").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ClassDef):
+                continue
+            names = {s.target.id for s in node.body if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name)}
+            for block, _, settings in _settings_blocks():
+                shared = names & {f.name for f in dataclasses.fields(settings)}
+                if len(shared) > 1:
+                    copies.append(f"{path.name} {node.name} declares {sorted(shared)} of {settings.__name__}")
+    assert not copies
+
+
+def test_a_settings_dataclass_checks_its_annotated_bounds():
+    """Built directly in Python, a settings dataclass refuses a value outside its bounds, as a
+    config would (algorithms/bounds.py reads the same annotations)."""
+    from understudy.algorithms.annealed_source import AnnealConfig
+    from understudy.algorithms.bounds import check
+    from understudy.algorithms.darkroom_source import QLearningConfig
+    from understudy.algorithms.presets import DQNSettings
+
+    with pytest.raises(ValueError, match=r"learning_rate: 0 must be in \(0, 1\]"):
+        QLearningConfig(learning_rate=0)
+    with pytest.raises(ValueError, match="planning_sweeps: -1 must be >= 0"):
+        QLearningConfig(planning_sweeps=-1)
+    with pytest.raises(ValueError, match="schedule: 'cosine' is not valid; valid: linear"):
+        AnnealConfig(schedule="cosine")
+    check(DQNSettings(epsilon_steps=None))  # an optional field left out
+    with pytest.raises(ValueError, match="epsilon_steps: 0 must be > 0"):
+        check(DQNSettings(epsilon_steps=0))
 
 
 def test_a_preset_fills_what_the_config_leaves_out_and_the_config_wins():

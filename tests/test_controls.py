@@ -23,7 +23,7 @@ from understudy.platform.players import (
     make_player,
     play,
 )
-from understudy.platform.teach import StageFailed
+from understudy.platform.stages import StageFailed
 
 
 def tiny(algorithm="ad", context=100, num_actions=5, cnn="grid"):

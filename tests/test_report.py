@@ -9,7 +9,7 @@ from understudy.platform.config import EvaluateConfig
 from understudy.platform.evaluate import _check_goals_held_out
 from understudy.platform.manifests import DistillManifest, TeachManifest, TeachRun
 from understudy.platform.report import summarise
-from understudy.platform.teach import StageFailed
+from understudy.platform.stages import StageFailed
 
 
 def runs(*results, seeds=None):
