@@ -8,7 +8,7 @@ import pytest
 
 from understudy.platform.config import parse_config
 from understudy.platform.distill import check_window_gain, context_span, improvement_per_context
-from understudy.platform.teach import StageFailed
+from understudy.platform.stages import StageFailed
 
 
 def history(returns, steps=20):
