@@ -58,11 +58,6 @@ def init_ray():
     if address:  # a cluster, e.g. inside `ray job submit`
         ray.init(address=address, log_to_driver=True)
     else:
-        # Ray starts its workers at nice 15, so on a machine shared with anything else (a second
-        # experiment, a test run) the trials, which are the work, get the smallest share of the
-        # CPU; a Ray Train trial's training thread stays at 15 even if its process is reniced.
-        # Local trials run at the driver's priority unless the user's environment says otherwise.
-        os.environ.setdefault("RAY_worker_niceness", "0")
         # Ray's "Started a local Ray instance" goes to stderr at INFO: keep a failure one line.
         ray.init(include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING,
                  num_cpus=int(settings.NUM_CPUS.get()))
